@@ -1,0 +1,32 @@
+# The two commands of the README: `make demo` and `make test`. Each creates .venv and installs
+# what it needs. PyTorch is installed first, pinned, so that pip never swaps it for another
+# build (on the CI machines `torch==2.13.0` is a local CPU wheel; override TORCH_SPEC elsewhere).
+PYTHON      ?= python3
+VENV        ?= .venv
+TORCH_SPEC  ?= torch==2.13.0
+PY          := $(VENV)/bin/python
+STAMP       := $(VENV)/.vidgen-installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test install aot clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml setup.py CMakeLists.txt $(wildcard csrc/*)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip "setuptools>=64" wheel
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q --no-build-isolation -e ".[test]"
+	touch $@
+
+demo: $(STAMP)
+	$(VENV)/bin/vidgen demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS)
+
+aot: $(STAMP)
+	env -u TRITON_INTERPRET $(PY) -m vidgen.kernels._aot
+
+clean:
+	rm -rf $(VENV) build *.egg-info vidgen/_lib

@@ -1,0 +1,123 @@
+"""Ahead-of-time compilation of every launchable kernel config for GPU targets, without a GPU.
+
+Each kernel module exposes ``aot_specs() -> list[KernelSpec]`` built from the same config
+tables its launcher picks from. :func:`compile_spec` compiles one for a compute capability
+with ``triton.compile(ASTSource(...), target=GPUTarget("cuda", cc, 32))`` and reports the
+shared memory it needs against the target's limit, and whether sm_90 code uses wgmma.
+
+Must run with ``TRITON_INTERPRET`` unset (the interpreter replaces ``@triton.jit`` objects).
+``python -m vidgen.kernels._aot`` compiles everything and prints a table.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+
+# Max dynamic shared memory per block (opt-in), bytes: A100 (sm_80) and H100 (sm_90).
+SHARED_MEMORY_LIMIT = {80: 166912, 90: 232448}
+KERNEL_MODULES = (
+    "vidgen.kernels.noise",
+    "vidgen.kernels.guidance",
+    "vidgen.kernels.frame_attention",
+    "vidgen.kernels.temporal_attention",
+)
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """One launchable configuration of a ``@triton.jit`` kernel."""
+
+    module: str
+    kernel: str  # attribute name of the jit function in ``module``
+    signature: dict[str, str]  # argument name -> Triton type ("*fp16", "i32", "fp32", "constexpr")
+    constexprs: dict[str, object] = field(default_factory=dict)
+    num_warps: int = 4
+    num_stages: int = 3
+    expect_wgmma: bool = False  # sm_90 code must use wgmma (tensor-core attention kernels)
+
+    @property
+    def label(self) -> str:
+        consts = ",".join(f"{k}={v}" for k, v in sorted(self.constexprs.items()))
+        types = ",".join(t for t in self.signature.values() if t.startswith("*"))
+        return f"{self.module.rsplit('.', 1)[-1]}.{self.kernel}[{types}][{consts}] w{self.num_warps} s{self.num_stages}"
+
+
+def compile_spec(spec: KernelSpec, cc: int) -> dict:
+    """Compile ``spec`` for ``sm_<cc>``; returns a result row (``ok`` False with ``error`` on failure)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    row = {"label": spec.label, "cc": cc, "ok": False, "shared": None, "wgmma": None, "error": None}
+    try:
+        fn = getattr(importlib.import_module(spec.module), spec.kernel)
+        if not isinstance(fn, triton.runtime.JITFunction):
+            raise RuntimeError("kernel is not a JITFunction (is TRITON_INTERPRET set?)")
+        src = ASTSource(fn=fn, signature=spec.signature, constexprs=dict(spec.constexprs))
+        compiled = triton.compile(src, target=GPUTarget("cuda", cc, 32),
+                                  options={"num_warps": spec.num_warps, "num_stages": spec.num_stages})
+        row["shared"] = int(compiled.metadata.shared)
+        row["wgmma"] = "wgmma" in compiled.asm["ptx"]
+        problems = []
+        if row["shared"] > SHARED_MEMORY_LIMIT[cc]:
+            problems.append(f"needs {row['shared']} B shared memory, sm_{cc} has {SHARED_MEMORY_LIMIT[cc]}")
+        if cc >= 90 and spec.expect_wgmma and not row["wgmma"]:
+            problems.append("sm_90 code does not use wgmma")
+        row["ok"] = not problems
+        row["error"] = "; ".join(problems) or None
+    except Exception as exc:  # a compile failure is a result to report, not a crash
+        row["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+    return row
+
+
+def all_specs(modules=KERNEL_MODULES) -> list[KernelSpec]:
+    specs = []
+    for name in modules:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # op not written yet
+                continue
+            raise
+        specs.extend(module.aot_specs())
+    return specs
+
+
+def _compile_job(job):
+    return compile_spec(*job)
+
+
+def compile_all(ccs=(80, 90), modules=KERNEL_MODULES, jobs: int = 2) -> list[dict]:
+    work = [(spec, cc) for spec in all_specs(modules) for cc in ccs]
+    if jobs <= 1:
+        return [compile_spec(*w) for w in work]
+    with ProcessPoolExecutor(jobs) as pool:
+        return list(pool.map(_compile_job, work, chunksize=4))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cc", type=int, nargs="+", default=[80, 90])
+    parser.add_argument("--module", nargs="+", default=list(KERNEL_MODULES))
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--json", help="write the result rows to this file")
+    args = parser.parse_args(argv)
+    rows = compile_all(tuple(args.cc), tuple(args.module), args.jobs)
+    for r in rows:
+        status = "ok " if r["ok"] else "BAD"
+        print(f"{status} sm_{r['cc']} shared={r['shared']!s:>6} wgmma={r['wgmma']!s:5} {r['label']}"
+              + (f"  <- {r['error']}" if r["error"] else ""))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    bad = sum(not r["ok"] for r in rows)
+    print(f"{len(rows) - bad} compiled, {bad} failed")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,258 @@
+"""Correlated video noise (PYoCo, arXiv 2305.10474; METHODS.md section 3), generated in-kernel.
+
+The output is viewed as (B, PRE, F, POST): B videos (dim 0), the frame axis F at
+``frame_dim``, PRE/POST the flattened dims before/after it. Frames are correlated at each
+(video, PRE, POST) "column"; every column is independent. One program owns BLOCK columns of
+one video and walks its F frames in registers, so each output element is written exactly
+once and nothing else touches memory (``add_noise`` also reads x0 once and writes x_t).
+
+Random numbers: Philox keyed by the seed. Normals come four per Philox call
+(``tl.randn4x``): counter ``g * cols + col`` gives frames 4g..4g+3 of column ``col``, and the
+draw of index F (in group F // 4) is the shared one of ``mixed``. With one seed per video the
+counters start at 0 for every video, so a video's noise depends on its own seed and shape
+only; with one seed for the batch, video b's counters start at ``b * groups * cols``.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from ._aot import KernelSpec
+
+KINDS = ("iid", "mixed", "progressive")
+_KIND_ID = {name: i for i, name in enumerate(KINDS)}
+_BLOCK, _NUM_WARPS = 1024, 4
+_INT32_LIMIT = 2**31
+
+
+def mixing_coefficients(kind: str, alpha: float) -> tuple[float, float]:
+    """(coef_keep, coef_new): mixed ``keep * z_shared + new * z_f``; progressive ``keep * eps_{f-1} + new * z_f``."""
+    a2 = alpha * alpha
+    if kind == "mixed":
+        return math.sqrt(a2 / (1.0 + a2)), math.sqrt(1.0 / (1.0 + a2))
+    if kind == "progressive":
+        return alpha / math.sqrt(1.0 + a2), 1.0 / math.sqrt(1.0 + a2)
+    return 0.0, 1.0
+
+
+def video_layout(shape: tuple[int, ...], frame_dim: int) -> tuple[int, int, int, int]:
+    """(B, PRE, F, POST) of a contiguous tensor of ``shape`` with frames on ``frame_dim``."""
+    if frame_dim == 0:
+        return 1, 1, shape[0], math.prod(shape[1:])
+    return shape[0], math.prod(shape[1:frame_dim]), shape[frame_dim], math.prod(shape[frame_dim + 1:])
+
+
+# ----------------------------------------------------------------------------------------------
+# Reference (the spec, the CPU fallback and the test oracle). Draws with torch's generators, so
+# its numbers differ from the kernel's; the distribution is the same.
+# ----------------------------------------------------------------------------------------------
+def _mix(z: torch.Tensor, z_shared: torch.Tensor, kind: str, alpha: float) -> torch.Tensor:
+    """z: (B, PRE, F, POST) fp32 draws; z_shared: (B, PRE, 1, POST)."""
+    keep, new = mixing_coefficients(kind, alpha)
+    if kind == "iid":
+        return z
+    if kind == "mixed":
+        return keep * z_shared + new * z
+    frames = [z[:, :, 0]]
+    for f in range(1, z.shape[2]):
+        frames.append(keep * frames[-1] + new * z[:, :, f])
+    return torch.stack(frames, dim=2)
+
+
+def correlated_noise_reference(shape, kind, alpha, frame_dim, seed, seeds, dtype, device) -> torch.Tensor:
+    """Noise of ``shape``: one int ``seed`` for the batch, or ``seeds`` (B,) one per video."""
+    B, PRE, F, POST = video_layout(shape, frame_dim)
+    device = torch.device(device)
+
+    def draw(generator, videos):
+        z = torch.randn((videos, PRE, F + 1, POST), generator=generator, device=device, dtype=torch.float32)
+        return _mix(z[:, :, :F], z[:, :, F:], kind, alpha)
+
+    if seeds is None:
+        eps = draw(torch.Generator(device).manual_seed(seed), B)
+    else:
+        eps = torch.cat([draw(torch.Generator(device).manual_seed(int(s)), 1) for s in seeds.tolist()])
+    return eps.reshape(shape).to(dtype)
+
+
+def add_noise_reference(x0, timesteps, alphas_cumprod, kind, alpha, frame_dim, seed, seeds):
+    """Forward diffusion ``x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps`` with correlated ``eps``; fp32 math."""
+    eps = correlated_noise_reference(tuple(x0.shape), kind, alpha, frame_dim, seed, seeds, torch.float32, x0.device)
+    a = alphas_cumprod.to(x0.device, torch.float32)[timesteps.long()]
+    a = a.view(-1, *([1] * (x0.dim() - 1)))
+    x_t = a.sqrt() * x0.float() + (1 - a).sqrt() * eps
+    return x_t.to(x0.dtype), eps.to(x0.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# Triton kernel
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _emit_frame(x0_ptr, xt_ptr, eps_ptr, offs, f, num_frames, post, mask, z, prev, shared,
+                coef_keep, coef_new, sqrt_a, sqrt_1ma,
+                KIND: tl.constexpr, FUSE_ADD_NOISE: tl.constexpr):
+    if KIND == 1:  # mixed
+        eps = coef_keep * shared + coef_new * z
+    elif KIND == 2:  # progressive
+        eps = tl.where(f == 0, z, coef_keep * prev + coef_new * z)
+    else:
+        eps = z
+    m = mask & ((tl.zeros_like(offs) + f) < num_frames)  # frames past F (last group) are not stored
+    ptr_offs = offs + f * post
+    tl.store(eps_ptr + ptr_offs, eps.to(eps_ptr.dtype.element_ty), mask=m)
+    if FUSE_ADD_NOISE:
+        x0 = tl.load(x0_ptr + ptr_offs, mask=m).to(tl.float32)
+        tl.store(xt_ptr + ptr_offs, (sqrt_a * x0 + sqrt_1ma * eps).to(xt_ptr.dtype.element_ty), mask=m)
+    return eps
+
+
+@triton.jit
+def _correlated_noise_kernel(
+    eps_ptr,          # (B, PRE, F, POST) contiguous, output noise (any float dtype)
+    x0_ptr,           # (B, PRE, F, POST) contiguous, clean sample (read when FUSE_ADD_NOISE)
+    xt_ptr,           # (B, PRE, F, POST) contiguous, noisy sample (written when FUSE_ADD_NOISE)
+    timesteps_ptr,    # (B,) int: per-video timestep (FUSE_ADD_NOISE)
+    alphas_ptr,       # (T,) float: alphas_cumprod (FUSE_ADD_NOISE)
+    seed,             # int: the batch's seed when not PER_VIDEO_SEED
+    seeds_ptr,        # (B,) int64: one seed per video when PER_VIDEO_SEED
+    cols,             # PRE * POST: columns per video
+    post,             # POST: stride of the frame axis
+    num_frames,       # F
+    num_groups,       # cdiv(F + 1, 4): Philox counters per column (batch-seed stride)
+    blocks_per_video, # cdiv(cols, BLOCK)
+    coef_keep, coef_new,  # fp32 mixing coefficients (mixing_coefficients)
+    KIND: tl.constexpr,            # 0 iid, 1 mixed, 2 progressive
+    PER_VIDEO_SEED: tl.constexpr,
+    FUSE_ADD_NOISE: tl.constexpr,
+    INT64: tl.constexpr,           # element or counter indices reach 2**31
+    BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    video = pid // blocks_per_video
+    col = (pid % blocks_per_video) * BLOCK + tl.arange(0, BLOCK)
+    if INT64:
+        video = video.to(tl.int64)
+        col = col.to(tl.int64)
+        post = post.to(tl.int64)
+        cols = cols.to(tl.int64)
+    mask = col < cols
+    row = col // post
+    offs = video * cols * num_frames + row * post * num_frames + (col - row * post)
+
+    if PER_VIDEO_SEED:
+        key = tl.load(seeds_ptr + video)
+        counter = col
+    else:
+        key = seed
+        counter = video * num_groups * cols + col
+
+    sqrt_a = 0.0
+    sqrt_1ma = 0.0
+    if FUSE_ADD_NOISE:
+        a = tl.load(alphas_ptr + tl.load(timesteps_ptr + video)).to(tl.float32)
+        sqrt_a = tl.sqrt(a)
+        sqrt_1ma = tl.sqrt(1.0 - a)
+
+    shared = tl.zeros([BLOCK], tl.float32)
+    if KIND == 1:  # the shared draw is index F: lane F % 4 of group F // 4
+        s0, s1, s2, s3 = tl.randn4x(key, counter + (num_frames // 4) * cols)
+        lane = num_frames % 4
+        shared = tl.where(lane == 0, s0, tl.where(lane == 1, s1, tl.where(lane == 2, s2, s3)))
+
+    prev = tl.zeros([BLOCK], tl.float32)
+    for g in range(0, tl.cdiv(num_frames, 4)):
+        z0, z1, z2, z3 = tl.randn4x(key, counter + g * cols)
+        f = 4 * g
+        prev = _emit_frame(x0_ptr, xt_ptr, eps_ptr, offs, f, num_frames, post, mask, z0, prev, shared,
+                           coef_keep, coef_new, sqrt_a, sqrt_1ma, KIND, FUSE_ADD_NOISE)
+        prev = _emit_frame(x0_ptr, xt_ptr, eps_ptr, offs, f + 1, num_frames, post, mask, z1, prev, shared,
+                           coef_keep, coef_new, sqrt_a, sqrt_1ma, KIND, FUSE_ADD_NOISE)
+        prev = _emit_frame(x0_ptr, xt_ptr, eps_ptr, offs, f + 2, num_frames, post, mask, z2, prev, shared,
+                           coef_keep, coef_new, sqrt_a, sqrt_1ma, KIND, FUSE_ADD_NOISE)
+        prev = _emit_frame(x0_ptr, xt_ptr, eps_ptr, offs, f + 3, num_frames, post, mask, z3, prev, shared,
+                           coef_keep, coef_new, sqrt_a, sqrt_1ma, KIND, FUSE_ADD_NOISE)
+
+
+# ----------------------------------------------------------------------------------------------
+# Launchers
+# ----------------------------------------------------------------------------------------------
+class LaunchPlan(NamedTuple):
+    batch: int
+    cols: int
+    post: int
+    frames: int
+    num_groups: int
+    blocks_per_video: int
+    int64: bool
+
+    @property
+    def grid(self) -> tuple[int]:
+        return (self.batch * self.blocks_per_video,)
+
+
+def launch_plan(shape: tuple[int, ...], frame_dim: int) -> LaunchPlan:
+    """Grid and index width for ``shape``; refuses what one 1-D grid cannot cover."""
+    B, PRE, F, POST = video_layout(shape, frame_dim)
+    cols = PRE * POST
+    num_groups = triton.cdiv(F + 1, 4)
+    blocks_per_video = triton.cdiv(cols, _BLOCK)
+    if B * blocks_per_video >= _INT32_LIMIT:
+        raise ValueError(f"shape {shape} needs {B * blocks_per_video} programs; one launch takes at most 2**31 - 1")
+    int64 = max(math.prod(shape), B * num_groups * cols, B * blocks_per_video * _BLOCK) >= _INT32_LIMIT
+    return LaunchPlan(B, cols, POST, F, num_groups, blocks_per_video, int64)
+
+
+def _launch(eps, kind, alpha, frame_dim, seed, seeds, x0=None, xt=None, timesteps=None, alphas_cumprod=None):
+    plan = launch_plan(tuple(eps.shape), frame_dim)
+    keep, new = mixing_coefficients(kind, alpha)
+    fuse = x0 is not None
+    _correlated_noise_kernel[plan.grid](
+        eps, x0 if fuse else eps, xt if fuse else eps,
+        timesteps if fuse else eps, alphas_cumprod if fuse else eps,
+        seed if seeds is None else 0, seeds if seeds is not None else eps,
+        plan.cols, plan.post, plan.frames, plan.num_groups, plan.blocks_per_video, keep, new,
+        KIND=_KIND_ID[kind], PER_VIDEO_SEED=seeds is not None, FUSE_ADD_NOISE=fuse,
+        INT64=plan.int64, BLOCK=_BLOCK, num_warps=_NUM_WARPS,
+    )
+
+
+def correlated_noise_triton(shape, kind, alpha, frame_dim, seed, seeds, dtype, device) -> torch.Tensor:
+    eps = torch.empty(shape, dtype=dtype, device=device)
+    _launch(eps, kind, alpha, frame_dim, seed, seeds)
+    return eps
+
+
+def add_noise_triton(x0, timesteps, alphas_cumprod, kind, alpha, frame_dim, seed, seeds):
+    x0 = x0.contiguous()
+    timesteps, alphas_cumprod = timesteps.long(), alphas_cumprod.float()  # the compiled variants (aot_specs)
+    xt, eps = torch.empty_like(x0), torch.empty_like(x0)
+    _launch(eps, kind, alpha, frame_dim, seed, seeds, x0=x0, xt=xt, timesteps=timesteps,
+            alphas_cumprod=alphas_cumprod)
+    return xt, eps
+
+
+def aot_specs() -> list[KernelSpec]:
+    specs = []
+    for kind in range(len(KINDS)):
+        for dtype in ("fp32", "fp16", "bf16"):
+            for per_video in (False, True):
+                for fuse in (False, True):
+                    for int64 in (False, True):
+                        size = "i64" if int64 else "i32"
+                        specs.append(KernelSpec(
+                            module=__name__, kernel="_correlated_noise_kernel",
+                            signature={
+                                "eps_ptr": f"*{dtype}", "x0_ptr": f"*{dtype}", "xt_ptr": f"*{dtype}",
+                                "timesteps_ptr": "*i64", "alphas_ptr": "*fp32", "seed": "i64",
+                                "seeds_ptr": "*i64", "cols": size, "post": size, "num_frames": "i32",
+                                "num_groups": "i32", "blocks_per_video": "i32", "coef_keep": "fp32",
+                                "coef_new": "fp32", "KIND": "constexpr", "PER_VIDEO_SEED": "constexpr",
+                                "FUSE_ADD_NOISE": "constexpr", "INT64": "constexpr", "BLOCK": "constexpr"},
+                            constexprs={"KIND": kind, "PER_VIDEO_SEED": per_video, "FUSE_ADD_NOISE": fuse,
+                                        "INT64": int64, "BLOCK": _BLOCK},
+                            num_warps=_NUM_WARPS, num_stages=1))
+    return specs

@@ -1,0 +1,29 @@
+"""The ``vidgen`` command: ``vidgen <command> [options]``; ``vidgen <command> --help`` for each."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+# command -> (module with main(argv), one-line help)
+COMMANDS = {
+    "info": ("vidgen.info", "versions, GPU, CUDA library state, backend per op"),
+    "demo": ("vidgen.demo", "run every op on built-in shapes and print a timing table"),
+}
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(__doc__.splitlines()[0] + "\n\ncommands:")
+        for name, (_, help_) in COMMANDS.items():
+            print(f"  {name:<8} {help_}")
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"\nvidgen: unknown command {argv[0]!r}", file=sys.stderr)
+            return 2
+        return 0
+    module, _ = COMMANDS[argv[0]]
+    return importlib.import_module(module).main(argv[1:])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
