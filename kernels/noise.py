@@ -24,7 +24,6 @@ import triton.language as tl
 from ._aot import KernelSpec
 
 KINDS = ("iid", "mixed", "progressive")
-_KIND_ID = {name: i for i, name in enumerate(KINDS)}
 _BLOCK, _NUM_WARPS = 1024, 4
 _INT32_LIMIT = 2**31
 
@@ -37,6 +36,19 @@ def mixing_coefficients(kind: str, alpha: float) -> tuple[float, float]:
     if kind == "progressive":
         return alpha / math.sqrt(1.0 + a2), 1.0 / math.sqrt(1.0 + a2)
     return 0.0, 1.0
+
+
+def recurrence_coefficients(kind: str, alpha: float) -> tuple[float, float, float, float]:
+    """(prev, shared, new, first): every kind as one linear recurrence, so one compiled kernel serves all.
+
+    ``eps_0 = first * z_0 + shared * z_s`` and ``eps_f = prev * eps_{f-1} + shared * z_s + new * z_f``.
+    """
+    keep, new = mixing_coefficients(kind, alpha)
+    if kind == "mixed":
+        return 0.0, keep, new, new
+    if kind == "progressive":
+        return keep, 0.0, new, 1.0
+    return 0.0, 0.0, 1.0, 1.0
 
 
 def video_layout(shape: tuple[int, ...], frame_dim: int) -> tuple[int, int, int, int]:
@@ -93,14 +105,9 @@ def add_noise_reference(x0, timesteps, alphas_cumprod, kind, alpha, frame_dim, s
 # ----------------------------------------------------------------------------------------------
 @triton.jit
 def _emit_frame(x0_ptr, xt_ptr, eps_ptr, offs, f, num_frames, post, mask, z, prev, shared,
-                coef_keep, coef_new, sqrt_a, sqrt_1ma,
-                KIND: tl.constexpr, FUSE_ADD_NOISE: tl.constexpr):
-    if KIND == 1:  # mixed
-        eps = coef_keep * shared + coef_new * z
-    elif KIND == 2:  # progressive
-        eps = tl.where(f == 0, z, coef_keep * prev + coef_new * z)
-    else:
-        eps = z
+                coef_prev, coef_new, coef_first, sqrt_a, sqrt_1ma, FUSE_ADD_NOISE: tl.constexpr):
+    # `shared` already carries its coefficient; frame 0 has no predecessor.
+    eps = tl.where(f == 0, coef_first * z + shared, coef_prev * prev + shared + coef_new * z)
     m = mask & ((tl.zeros_like(offs) + f) < num_frames)  # frames past F (last group) are not stored
     ptr_offs = offs + f * post
     tl.store(eps_ptr + ptr_offs, eps.to(eps_ptr.dtype.element_ty), mask=m)
@@ -124,8 +131,7 @@ def _correlated_noise_kernel(
     num_frames,       # F
     num_groups,       # cdiv(F + 1, 4): Philox counters per column (batch-seed stride)
     blocks_per_video, # cdiv(cols, BLOCK)
-    coef_keep, coef_new,  # fp32 mixing coefficients (mixing_coefficients)
-    KIND: tl.constexpr,            # 0 iid, 1 mixed, 2 progressive
+    coef_prev, coef_shared, coef_new, coef_first,  # fp32, recurrence_coefficients(kind, alpha)
     PER_VIDEO_SEED: tl.constexpr,
     FUSE_ADD_NOISE: tl.constexpr,
     INT64: tl.constexpr,           # element or counter indices reach 2**31
@@ -157,24 +163,24 @@ def _correlated_noise_kernel(
         sqrt_a = tl.sqrt(a)
         sqrt_1ma = tl.sqrt(1.0 - a)
 
-    shared = tl.zeros([BLOCK], tl.float32)
-    if KIND == 1:  # the shared draw is index F: lane F % 4 of group F // 4
-        s0, s1, s2, s3 = tl.randn4x(key, counter + (num_frames // 4) * cols)
-        lane = num_frames % 4
-        shared = tl.where(lane == 0, s0, tl.where(lane == 1, s1, tl.where(lane == 2, s2, s3)))
+    # The shared draw (mixed) is index F: lane F % 4 of group F // 4. One Philox call per column,
+    # against F / 4 for the frames, so it is drawn for every kind rather than compiled separately.
+    s0, s1, s2, s3 = tl.randn4x(key, counter + (num_frames // 4) * cols)
+    lane = num_frames % 4
+    shared = coef_shared * tl.where(lane == 0, s0, tl.where(lane == 1, s1, tl.where(lane == 2, s2, s3)))
 
     prev = tl.zeros([BLOCK], tl.float32)
     for g in range(0, tl.cdiv(num_frames, 4)):
         z0, z1, z2, z3 = tl.randn4x(key, counter + g * cols)
         f = 4 * g
         prev = _emit_frame(x0_ptr, xt_ptr, eps_ptr, offs, f, num_frames, post, mask, z0, prev, shared,
-                           coef_keep, coef_new, sqrt_a, sqrt_1ma, KIND, FUSE_ADD_NOISE)
+                           coef_prev, coef_new, coef_first, sqrt_a, sqrt_1ma, FUSE_ADD_NOISE)
         prev = _emit_frame(x0_ptr, xt_ptr, eps_ptr, offs, f + 1, num_frames, post, mask, z1, prev, shared,
-                           coef_keep, coef_new, sqrt_a, sqrt_1ma, KIND, FUSE_ADD_NOISE)
+                           coef_prev, coef_new, coef_first, sqrt_a, sqrt_1ma, FUSE_ADD_NOISE)
         prev = _emit_frame(x0_ptr, xt_ptr, eps_ptr, offs, f + 2, num_frames, post, mask, z2, prev, shared,
-                           coef_keep, coef_new, sqrt_a, sqrt_1ma, KIND, FUSE_ADD_NOISE)
+                           coef_prev, coef_new, coef_first, sqrt_a, sqrt_1ma, FUSE_ADD_NOISE)
         prev = _emit_frame(x0_ptr, xt_ptr, eps_ptr, offs, f + 3, num_frames, post, mask, z3, prev, shared,
-                           coef_keep, coef_new, sqrt_a, sqrt_1ma, KIND, FUSE_ADD_NOISE)
+                           coef_prev, coef_new, coef_first, sqrt_a, sqrt_1ma, FUSE_ADD_NOISE)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -208,14 +214,13 @@ def launch_plan(shape: tuple[int, ...], frame_dim: int) -> LaunchPlan:
 
 def _launch(eps, kind, alpha, frame_dim, seed, seeds, x0=None, xt=None, timesteps=None, alphas_cumprod=None):
     plan = launch_plan(tuple(eps.shape), frame_dim)
-    keep, new = mixing_coefficients(kind, alpha)
     fuse = x0 is not None
     _correlated_noise_kernel[plan.grid](
         eps, x0 if fuse else eps, xt if fuse else eps,
         timesteps if fuse else eps, alphas_cumprod if fuse else eps,
         seed if seeds is None else 0, seeds if seeds is not None else eps,
-        plan.cols, plan.post, plan.frames, plan.num_groups, plan.blocks_per_video, keep, new,
-        KIND=_KIND_ID[kind], PER_VIDEO_SEED=seeds is not None, FUSE_ADD_NOISE=fuse,
+        plan.cols, plan.post, plan.frames, plan.num_groups, plan.blocks_per_video,
+        *recurrence_coefficients(kind, alpha), PER_VIDEO_SEED=seeds is not None, FUSE_ADD_NOISE=fuse,
         INT64=plan.int64, BLOCK=_BLOCK, num_warps=_NUM_WARPS,
     )
 
@@ -237,22 +242,21 @@ def add_noise_triton(x0, timesteps, alphas_cumprod, kind, alpha, frame_dim, seed
 
 def aot_specs() -> list[KernelSpec]:
     specs = []
-    for kind in range(len(KINDS)):
-        for dtype in ("fp32", "fp16", "bf16"):
-            for per_video in (False, True):
-                for fuse in (False, True):
-                    for int64 in (False, True):
-                        size = "i64" if int64 else "i32"
-                        specs.append(KernelSpec(
-                            module=__name__, kernel="_correlated_noise_kernel",
-                            signature={
-                                "eps_ptr": f"*{dtype}", "x0_ptr": f"*{dtype}", "xt_ptr": f"*{dtype}",
-                                "timesteps_ptr": "*i64", "alphas_ptr": "*fp32", "seed": "i64",
-                                "seeds_ptr": "*i64", "cols": size, "post": size, "num_frames": "i32",
-                                "num_groups": "i32", "blocks_per_video": "i32", "coef_keep": "fp32",
-                                "coef_new": "fp32", "KIND": "constexpr", "PER_VIDEO_SEED": "constexpr",
-                                "FUSE_ADD_NOISE": "constexpr", "INT64": "constexpr", "BLOCK": "constexpr"},
-                            constexprs={"KIND": kind, "PER_VIDEO_SEED": per_video, "FUSE_ADD_NOISE": fuse,
-                                        "INT64": int64, "BLOCK": _BLOCK},
-                            num_warps=_NUM_WARPS, num_stages=1))
+    for dtype in ("fp32", "fp16", "bf16"):
+        for per_video in (False, True):
+            for fuse in (False, True):
+                for int64 in (False, True):
+                    size = "i64" if int64 else "i32"
+                    specs.append(KernelSpec(
+                        module=__name__, kernel="_correlated_noise_kernel",
+                        signature={
+                            "eps_ptr": f"*{dtype}", "x0_ptr": f"*{dtype}", "xt_ptr": f"*{dtype}",
+                            "timesteps_ptr": "*i64", "alphas_ptr": "*fp32", "seed": "i64", "seeds_ptr": "*i64",
+                            "cols": size, "post": size, "num_frames": "i32", "num_groups": "i32",
+                            "blocks_per_video": "i32", "coef_prev": "fp32", "coef_shared": "fp32",
+                            "coef_new": "fp32", "coef_first": "fp32", "PER_VIDEO_SEED": "constexpr",
+                            "FUSE_ADD_NOISE": "constexpr", "INT64": "constexpr", "BLOCK": "constexpr"},
+                        constexprs={"PER_VIDEO_SEED": per_video, "FUSE_ADD_NOISE": fuse, "INT64": int64,
+                                    "BLOCK": _BLOCK},
+                        num_warps=_NUM_WARPS, num_stages=1))
     return specs
