@@ -1,0 +1,105 @@
+"""The built-in default model: a Stable-Diffusion-layout diffusers folder with random weights.
+
+No weights are downloaded, ever: ``tiny`` is small enough for a CPU run of the whole sampling
+path in about a minute; ``sd15`` has the full SD1.5 architecture (UNet, VAE, CLIP text encoder)
+for realistic timings on a GPU. Both are written once as an ordinary diffusers folder (the
+same loading path as a user's model) under ``$VIDGEN_CACHE`` (default ``~/.cache/vidgen``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+import torch
+
+ARCHS = ("tiny", "sd15")
+_FORMAT_VERSION = 1
+
+# SD1.5's scheduler configuration (METHODS.md section 5).
+SD15_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                      set_alpha_to_one=False, steps_offset=1, num_train_timesteps=1000)
+
+_CONFIGS = {
+    "tiny": dict(
+        unet=dict(sample_size=16, block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32,
+                  attention_head_dim=4, norm_num_groups=8,
+                  down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                  up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")),
+        vae=dict(sample_size=128, block_out_channels=(16, 16, 32, 32), layers_per_block=1, norm_num_groups=8,
+                 latent_channels=4, down_block_types=("DownEncoderBlock2D",) * 4,
+                 up_block_types=("UpDecoderBlock2D",) * 4),
+        text=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  max_position_embeddings=77, projection_dim=32),
+    ),
+    "sd15": dict(
+        unet=dict(sample_size=64, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
+                  cross_attention_dim=768, attention_head_dim=8),
+        vae=dict(sample_size=512, block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+                 down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4),
+        text=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                  max_position_embeddings=77, projection_dim=768),
+    ),
+}
+
+
+def _write_tokenizer(path: str) -> None:
+    """A byte-level CLIP tokenizer with no merges (one token per byte), written in code."""
+    from transformers import CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    symbols = list(bytes_to_unicode().values())
+    vocab = {s: i for i, s in enumerate(symbols + [s + "</w>" for s in symbols])}
+    vocab.update({"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1})
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(os.path.join(tmp, "vocab.json"), "w") as f:
+            json.dump(vocab, f)
+        with open(os.path.join(tmp, "merges.txt"), "w") as f:
+            f.write("#version: 0.2\n")
+        CLIPTokenizer(os.path.join(tmp, "vocab.json"), os.path.join(tmp, "merges.txt")).save_pretrained(path)
+
+
+def build(path: str, arch: str = "tiny", seed: int = 0) -> str:
+    """Write a random-weight SD-layout diffusers folder for ``arch`` at ``path`` (atomically)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    if arch not in ARCHS:
+        raise ValueError(f"arch: expected one of {', '.join(ARCHS)}, got {arch!r}")
+    config = _CONFIGS[arch]
+    torch.manual_seed(seed)
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".building-", dir=parent)
+    try:
+        _write_tokenizer(os.path.join(staging, "tokenizer"))
+        tokenizer = CLIPTokenizer.from_pretrained(os.path.join(staging, "tokenizer"))
+        text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                                                    eos_token_id=tokenizer.eos_token_id, **config["text"]))
+        pipe = StableDiffusionPipeline(
+            vae=AutoencoderKL(**config["vae"]), text_encoder=text_encoder, tokenizer=tokenizer,
+            unet=UNet2DConditionModel(**config["unet"]), scheduler=DDIMScheduler(**SD15_SCHEDULER),
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        pipe.save_pretrained(staging, safe_serialization=True)
+        with open(os.path.join(staging, "vidgen_default_model.json"), "w") as f:
+            json.dump({"arch": arch, "seed": seed, "format": _FORMAT_VERSION}, f)
+        if os.path.exists(path):
+            shutil.rmtree(path)
+        os.replace(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return path
+
+
+def cache_dir() -> str:
+    return os.environ.get("VIDGEN_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "vidgen"))
+
+
+def ensure(arch: str = "tiny") -> str:
+    """The cached default model folder for ``arch``, built on first use."""
+    path = os.path.join(cache_dir(), f"default-{arch}-v{_FORMAT_VERSION}")
+    if not os.path.exists(os.path.join(path, "vidgen_default_model.json")):
+        build(path, arch)
+    return path
