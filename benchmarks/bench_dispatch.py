@@ -33,7 +33,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=2000)
+    parser.add_argument("--quick", action="store_true", help="200 calls per measurement")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.repeats = 200
     device = torch.device(args.device)
     shape = [1, 1, 2, 4, 4]
     op = torch.ops.vidgen.correlated_noise.default

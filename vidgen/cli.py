@@ -8,6 +8,7 @@ import sys
 COMMANDS = {
     "info": ("vidgen.info", "versions, GPU, CUDA library state, backend per op"),
     "demo": ("vidgen.demo", "run every op on built-in shapes and print a timing table"),
+    "bench": ("vidgen.commands.bench", "GPU kernel benchmarks against their peers (source checkout)"),
     "eval": ("vidgen.commands.eval", "CLIP text alignment, frame consistency and diversity of videos"),
 }
 
