@@ -16,6 +16,46 @@ VIDGEN_API const char* vidgen_last_error(void);
 // Number of visible CUDA devices; a machine without a GPU or driver returns a status and a message.
 VIDGEN_API int vidgen_device_count(int* count);
 
+// ---- Fused guidance step (csrc/guided_step.cu; semantics in kernels/guidance.py) ----------------
+// Tensors are contiguous, of one dtype, viewed as (batch, pre, frames, post) with the frame axis
+// of in-kernel noise at `frames` (B, C, F, h*w for video latents).
+enum VidgenDtype { VIDGEN_FP32 = 0, VIDGEN_FP16 = 1, VIDGEN_BF16 = 2 };
+enum VidgenPrediction { VIDGEN_EPSILON = 0, VIDGEN_V_PREDICTION = 1, VIDGEN_SAMPLE = 2 };
+enum VidgenNoiseMode { VIDGEN_NOISE_NONE = 0, VIDGEN_NOISE_GIVEN = 1, VIDGEN_NOISE_GENERATED = 2 };
+enum VidgenNoiseKind { VIDGEN_NOISE_IID = 0, VIDGEN_NOISE_MIXED = 1, VIDGEN_NOISE_PROGRESSIVE = 2 };
+#define VIDGEN_NUM_PARTIALS 64
+
+typedef struct VidgenGuidedStepArgs {
+  void* out;                    // x_prev (x_next when inverse)
+  void* pred_original;          // predicted x0, or NULL to skip it
+  const void* sample;           // x_t
+  const void* eps_cond;
+  const void* eps_uncond;       // NULL: no guidance
+  const void* prior_cond;       // NULL: no Video Adapter prior
+  const void* noise;            // z when noise_mode == GIVEN
+  float* partials;              // (batch, VIDGEN_NUM_PARTIALS, 4) fp32 workspace when rescaling
+  const float* alpha_t_values;  // (1,) or (batch,) when alpha_t_stride >= 0
+  const float* alpha_p_values;  // (1,) or (batch,) when alpha_p_stride >= 0
+  const int64_t* seeds;         // (batch,) one Philox key per video, or NULL: `seed` for the batch
+  int64_t batch, pre, frames, post;
+  uint64_t seed;
+  float alpha_t, alpha_p;       // used when the stride is -1
+  int32_t alpha_t_stride, alpha_p_stride;  // -1 scalar, 0 one value, 1 one per video
+  float guidance_scale, prior_strength, guidance_rescale, eta;
+  float clip_range;             // +inf: no clipping
+  float coef_keep, coef_new;    // noise mixing coefficients (kernels/noise.py mixing_coefficients)
+  int32_t dtype, prediction, use_clipped, inverse, noise_mode, noise_kind, device;
+} VidgenGuidedStepArgs;
+
+// sizeof(VidgenGuidedStepArgs), so bindings can check their copy of the struct.
+VIDGEN_API int64_t vidgen_guided_step_args_size(void);
+// One fused guidance step on `stream` (a cudaStream_t; NULL: the legacy default stream).
+VIDGEN_API int vidgen_guided_step(const VidgenGuidedStepArgs* args, void* stream);
+// Host build of the device Philox + Box-Muller (Triton's tl.randn4x), for tests on CPU machines:
+// for each counter, 4 words (`words`, may be NULL) and 4 normals (`normals`, may be NULL).
+VIDGEN_API int vidgen_philox_randn4x_host(uint64_t seed, const uint64_t* counters, int64_t n,
+                                          uint32_t* words, float* normals);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,436 @@
+"""The fused guidance step: Video Adapter score composition + CFG (+ rescale) + one DDIM step.
+
+METHODS.md sections 4 and 5. Per element, in fp32::
+
+    eps_text = eps_cond + prior_strength * prior_cond             # Video Adapter composition
+    eps      = eps_uncond + guidance_scale * (eps_text - eps_uncond)  # classifier-free guidance
+    eps      = eps * (phi * std(eps_text) / std(eps) + 1 - phi)     # rescale_noise_cfg (per video)
+    x0, e    = from (sample, eps) by the prediction type; x0 clipped to +-clip_sample_range
+    out      = sqrt(a_p) x0 + sqrt(1 - a_p - sigma^2) e + sigma z   # DDIM (inverse: sigma = 0)
+
+Tensors are viewed as (B, PRE, F, POST), contiguous, the frame axis at dim 2 like
+:mod:`vidgen.kernels.noise` (B videos, PRE = channels, POST = h * w). Without in-kernel noise
+the frame structure does not matter and the view is (B, 1, 1, N) with N elements per video.
+
+Two passes: when ``guidance_rescale > 0`` a reduction (``_rescale_stats_kernel``) writes
+NUM_PARTIALS shifted partial sums per video, and the elementwise pass
+(``_guided_step_kernel``) folds them into the per-video factor before reading each input
+once and writing the output (and x0 when asked) once.
+
+In-kernel noise uses the Philox streams and counter layout of :mod:`vidgen.kernels.noise`
+exactly (counter ``g * cols + col`` gives frames 4g..4g+3 of column ``col`` through
+``tl.randn4x``; with one seed for the batch video b starts at ``b * groups * cols``), so it
+equals ``vidgen.ops.correlated_noise(sample.shape, kind, alpha, frame_dim=2, seed)``. A
+program owns 4 frames of BLOCK columns; for ``progressive`` noise it replays the Philox draws
+of the earlier frames in registers to rebuild the AR(1) chain (compute only, no memory), so
+frame groups run in parallel.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._aot import KernelSpec
+from .noise import KINDS, correlated_noise_reference, mixing_coefficients, video_layout
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+NUM_PARTIALS = 64  # partial sums per video written by the rescale reduction
+NOISE_NONE, NOISE_GIVEN, NOISE_GENERATED = 0, 1, 2
+_BLOCK, _NUM_WARPS = 1024, 4
+_INT32_LIMIT = 2**31
+
+
+# ----------------------------------------------------------------------------------------------
+# Reference (the spec, the CPU fallback and the test oracle): diffusers' formulas, written out.
+# Computes in fp32, or fp64 for fp64 inputs (how the tests evaluate it).
+# ----------------------------------------------------------------------------------------------
+def _per_video(alpha, batch: int, ndim: int, dtype, device) -> torch.Tensor:
+    """A float, 0-d or (B,) tensor -> a (B, 1, ..., 1) tensor broadcasting over a video."""
+    a = torch.as_tensor(alpha, dtype=dtype, device=device)
+    return a.reshape(-1).expand(batch).reshape(batch, *([1] * (ndim - 1)))
+
+
+def compose_reference(eps_cond, eps_uncond, prior_cond, guidance_scale, prior_strength, guidance_rescale):
+    """Video Adapter composition + CFG + rescale_noise_cfg, in the dtype of the inputs."""
+    eps_text = eps_cond if prior_cond is None else eps_cond + prior_strength * prior_cond
+    if eps_uncond is None:  # no guidance; rescale would compare eps_text with itself
+        return eps_text
+    eps = eps_uncond + guidance_scale * (eps_text - eps_uncond)
+    if guidance_rescale > 0:
+        dims = list(range(1, eps.dim()))
+        ratio = eps_text.std(dim=dims, keepdim=True) / eps.std(dim=dims, keepdim=True)
+        eps = guidance_rescale * (eps * ratio) + (1 - guidance_rescale) * eps
+    return eps
+
+
+def guided_step_reference(sample, eps_cond, eps_uncond, prior_cond, guidance_scale, prior_strength,
+                          guidance_rescale, alpha_prod_t, alpha_prod_prev, eta, noise, prediction_type,
+                          clip_sample_range, use_clipped_model_output, inverse):
+    """(x_prev, pred_original_sample) in ``sample``'s dtype; ``noise`` is z (needed when eta > 0)."""
+    compute = torch.float64 if sample.dtype == torch.float64 else torch.float32
+    up = (lambda t: None if t is None else t.to(compute))  # noqa: E731
+    x = sample.to(compute)
+    model_output = compose_reference(up(eps_cond), up(eps_uncond), up(prior_cond),
+                                     guidance_scale, prior_strength, guidance_rescale)
+    batch = sample.shape[0]
+    a_t = _per_video(alpha_prod_t, batch, sample.dim(), compute, sample.device)
+    a_p = _per_video(alpha_prod_prev, batch, sample.dim(), compute, sample.device)
+    b_t = 1 - a_t
+    if prediction_type == "epsilon":
+        x0, e = (x - b_t.sqrt() * model_output) / a_t.sqrt(), model_output
+    elif prediction_type == "v_prediction":
+        x0, e = a_t.sqrt() * x - b_t.sqrt() * model_output, a_t.sqrt() * model_output + b_t.sqrt() * x
+    else:  # "sample"
+        x0 = model_output
+        e = (x - a_t.sqrt() * x0) / b_t.sqrt()
+    if clip_sample_range is not None:
+        x0 = x0.clamp(-clip_sample_range, clip_sample_range)
+        if use_clipped_model_output:
+            e = (x - a_t.sqrt() * x0) / b_t.sqrt()
+    if inverse:
+        out = a_p.sqrt() * x0 + (1 - a_p).sqrt() * e
+    else:
+        sigma = eta * ((1 - a_p) / b_t * (1 - a_t / a_p)).sqrt()
+        # clamp: rounding can push 1 - a_p - sigma^2 a hair below 0 at eta = 1 (diffusers: NaN)
+        out = a_p.sqrt() * x0 + (1 - a_p - sigma**2).clamp(min=0).sqrt() * e
+        if eta > 0:
+            out = out + sigma * noise.to(compute)
+    return out.to(sample.dtype, copy=True), x0.to(sample.dtype, copy=True)
+
+
+def generated_noise_reference(shape, kind, alpha, seed, seeds, device) -> torch.Tensor:
+    """The reference backend's in-step noise: correlated_noise's reference draw (fp32)."""
+    return correlated_noise_reference(tuple(shape), kind, alpha, 2, seed, seeds, torch.float32, device)
+
+
+# ----------------------------------------------------------------------------------------------
+# Triton kernels
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _compose(cond_ptr, uncond_ptr, prior_ptr, offs, mask, guidance_scale, prior_strength,
+             HAS_UNCOND: tl.constexpr, HAS_PRIOR: tl.constexpr):
+    """(eps_text, eps) of one tile, fp32."""
+    text = tl.load(cond_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_PRIOR:
+        text = text + prior_strength * tl.load(prior_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    eps = text
+    if HAS_UNCOND:
+        uncond = tl.load(uncond_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        eps = uncond + guidance_scale * (text - uncond)
+    return text, eps
+
+
+@triton.jit
+def _rescale_stats_kernel(
+    partials_ptr,   # (B, NUM_PARTIALS, 4) fp32 out: sum and sum of squares of eps_text, eps (shifted)
+    cond_ptr,       # (B, N) eps_cond
+    uncond_ptr,     # (B, N) eps_uncond
+    prior_ptr,      # (B, N) prior_cond (read when HAS_PRIOR)
+    n_per_video,    # N
+    chunk,          # elements per partial, a multiple of BLOCK
+    guidance_scale, prior_strength,
+    HAS_PRIOR: tl.constexpr, INT64: tl.constexpr, NUM_PARTIALS: tl.constexpr, BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    video = pid // NUM_PARTIALS
+    part = pid % NUM_PARTIALS
+    if INT64:
+        video = video.to(tl.int64)
+        n_per_video = n_per_video.to(tl.int64)
+        chunk = chunk.to(tl.int64)
+    base = video * n_per_video
+    # Shift by the video's first element so that sum-of-squares variance keeps its precision.
+    first = tl.arange(0, 1) + base
+    pivot_text, pivot_eps = _compose(cond_ptr, uncond_ptr, prior_ptr, first, first >= 0,
+                                     guidance_scale, prior_strength, True, HAS_PRIOR)
+    pivot_text = tl.sum(pivot_text, axis=0)
+    pivot_eps = tl.sum(pivot_eps, axis=0)
+    s_text = tl.zeros([BLOCK], tl.float32)
+    q_text = tl.zeros([BLOCK], tl.float32)
+    s_eps = tl.zeros([BLOCK], tl.float32)
+    q_eps = tl.zeros([BLOCK], tl.float32)
+    for start in range(0, chunk, BLOCK):
+        idx = part * chunk + start + tl.arange(0, BLOCK)
+        mask = idx < n_per_video
+        text, eps = _compose(cond_ptr, uncond_ptr, prior_ptr, base + idx, mask, guidance_scale,
+                             prior_strength, True, HAS_PRIOR)
+        dt = tl.where(mask, text - pivot_text, 0.0)
+        de = tl.where(mask, eps - pivot_eps, 0.0)
+        s_text += dt
+        q_text += dt * dt
+        s_eps += de
+        q_eps += de * de
+    out = partials_ptr + (video * NUM_PARTIALS + part) * 4
+    tl.store(out + 0, tl.sum(s_text, axis=0))
+    tl.store(out + 1, tl.sum(q_text, axis=0))
+    tl.store(out + 2, tl.sum(s_eps, axis=0))
+    tl.store(out + 3, tl.sum(q_eps, axis=0))
+
+
+@triton.jit
+def _rescale_factor(partials_ptr, video, n_per_video, guidance_rescale, NUM_PARTIALS: tl.constexpr):
+    """phi * std(eps_text) / std(eps) + 1 - phi from the video's partial sums (unbiased std)."""
+    rows = partials_ptr + (video * NUM_PARTIALS + tl.arange(0, NUM_PARTIALS)) * 4
+    n = n_per_video.to(tl.float32)
+    s_text = tl.sum(tl.load(rows + 0), axis=0)
+    q_text = tl.sum(tl.load(rows + 1), axis=0)
+    s_eps = tl.sum(tl.load(rows + 2), axis=0)
+    q_eps = tl.sum(tl.load(rows + 3), axis=0)
+    var_text = (q_text - s_text * s_text / n) / (n - 1.0)
+    var_eps = (q_eps - s_eps * s_eps / n) / (n - 1.0)
+    return guidance_rescale * tl.sqrt(var_text / var_eps) + (1.0 - guidance_rescale)
+
+
+@triton.jit
+def _pick(z0, z1, z2, z3, lane):
+    return tl.where(lane == 0, z0, tl.where(lane == 1, z1, tl.where(lane == 2, z2, z3)))
+
+
+@triton.jit
+def _correlate(z, f, prev, shared, kind, coef_keep, coef_new):
+    """One frame of correlated noise from its fresh draw ``z`` (as in noise._emit_frame)."""
+    mixed = coef_keep * shared + coef_new * z
+    progressive = tl.where(f == 0, z, coef_keep * prev + coef_new * z)
+    return tl.where(kind == 1, mixed, tl.where(kind == 2, progressive, z))
+
+
+@triton.jit
+def _step_frame(out_ptr, x0_ptr, sample_ptr, cond_ptr, uncond_ptr, prior_ptr, noise_ptr, offs, mask, z,
+                guidance_scale, prior_strength, factor, c_x0_x, c_x0_e, c_e_x, c_e_e, sqrt_a, inv_sqrt_1ma,
+                clip, clip_range, use_clipped, c_out_x0, c_out_e, sigma, write_x0,
+                HAS_UNCOND: tl.constexpr, HAS_PRIOR: tl.constexpr, NOISE: tl.constexpr):
+    """Compose, guide, rescale and step one tile; each input read once, each output written once."""
+    _, eps = _compose(cond_ptr, uncond_ptr, prior_ptr, offs, mask, guidance_scale, prior_strength,
+                      HAS_UNCOND, HAS_PRIOR)
+    eps = eps * factor
+    x = tl.load(sample_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    x0 = c_x0_x * x + c_x0_e * eps
+    e = c_e_x * x + c_e_e * eps
+    x0 = tl.where(clip != 0, tl.minimum(tl.maximum(x0, -clip_range), clip_range), x0)
+    e = tl.where(use_clipped != 0, (x - sqrt_a * x0) * inv_sqrt_1ma, e)
+    out = c_out_x0 * x0 + c_out_e * e
+    if NOISE == 1:
+        out += sigma * tl.load(noise_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    elif NOISE == 2:
+        out += sigma * z
+    tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
+    if write_x0 != 0:
+        tl.store(x0_ptr + offs, x0.to(x0_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit(do_not_specialize=["alpha_t_stride", "alpha_p_stride", "seed", "per_video_seed", "kind", "prediction",
+                               "clip", "use_clipped", "inverse", "write_x0", "rescale"])  # flags: one compile
+def _guided_step_kernel(
+    out_ptr,          # (B, PRE, F, POST) out: x_prev (x_next when inverse)
+    x0_ptr,           # (B, PRE, F, POST) out: predicted x0 (written when write_x0)
+    sample_ptr,       # (B, PRE, F, POST) x_t
+    cond_ptr,         # (B, PRE, F, POST) eps_cond
+    uncond_ptr,       # (B, PRE, F, POST) eps_uncond (read when HAS_UNCOND)
+    prior_ptr,        # (B, PRE, F, POST) prior_cond (read when HAS_PRIOR)
+    noise_ptr,        # (B, PRE, F, POST) z (read when NOISE == 1)
+    partials_ptr,     # (B, NUM_PARTIALS, 4) fp32 rescale partial sums (read when rescale)
+    alpha_t_ptr,      # (1,) or (B,) fp32 alpha_prod_t (read when alpha_t_stride >= 0)
+    alpha_p_ptr,      # (1,) or (B,) fp32 alpha_prod_prev (read when alpha_p_stride >= 0)
+    seeds_ptr,        # (B,) int64 one seed per video (read when per_video_seed)
+    alpha_t, alpha_p,                 # fp32 scalars used when the stride is -1
+    alpha_t_stride, alpha_p_stride,   # -1 scalar, 0 one tensor value, 1 one per video
+    guidance_scale, prior_strength, guidance_rescale, eta, clip_range,  # fp32
+    prediction,       # 0 epsilon, 1 v_prediction, 2 sample
+    clip,             # clamp x0 to +-clip_range
+    use_clipped,      # recompute e from the clipped x0 (diffusers use_clipped_model_output)
+    inverse,          # DDIM inversion step
+    write_x0, rescale,
+    seed, per_video_seed, kind, coef_keep, coef_new,  # in-kernel noise (noise.py's layout)
+    n_per_video,      # N = PRE * F * POST
+    cols,             # PRE * POST
+    post,             # POST
+    num_frames,       # F
+    num_groups,       # cdiv(F + 1, 4): Philox counters per column
+    blocks_per_video, # cdiv(cols, BLOCK)
+    frame_groups,     # cdiv(F, 4) with in-kernel noise, else 1
+    HAS_UNCOND: tl.constexpr, HAS_PRIOR: tl.constexpr,
+    NOISE: tl.constexpr,               # 0 none (eta = 0), 1 given tensor, 2 generated
+    INT64: tl.constexpr, NUM_PARTIALS: tl.constexpr, BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    video = pid // (blocks_per_video * frame_groups)
+    rest = pid % (blocks_per_video * frame_groups)
+    group = rest // blocks_per_video
+    col = (rest % blocks_per_video) * BLOCK + tl.arange(0, BLOCK)
+    if INT64:
+        video = video.to(tl.int64)
+        col = col.to(tl.int64)
+        cols = cols.to(tl.int64)
+        post = post.to(tl.int64)
+        n_per_video = n_per_video.to(tl.int64)
+    mask = col < cols
+    row = col // post
+    offs = video * n_per_video + row * post * num_frames + (col - row * post)
+
+    # Per-video scalars: the noise levels and the linear maps (x, eps) -> x0, (x, eps) -> e.
+    a_t = alpha_t
+    if alpha_t_stride >= 0:
+        a_t = tl.load(alpha_t_ptr + video * alpha_t_stride).to(tl.float32)
+    a_p = alpha_p
+    if alpha_p_stride >= 0:
+        a_p = tl.load(alpha_p_ptr + video * alpha_p_stride).to(tl.float32)
+    sqrt_a = tl.sqrt(a_t)
+    sqrt_1ma = tl.sqrt(1.0 - a_t)
+    is_v = prediction == 1
+    is_x0 = prediction == 2
+    c_x0_x = tl.where(is_v, sqrt_a, tl.where(is_x0, 0.0, 1.0 / sqrt_a))
+    c_x0_e = tl.where(is_v, -sqrt_1ma, tl.where(is_x0, 1.0, -sqrt_1ma / sqrt_a))
+    c_e_x = tl.where(is_v, sqrt_1ma, tl.where(is_x0, 1.0 / sqrt_1ma, 0.0))
+    c_e_e = tl.where(is_v, sqrt_a, tl.where(is_x0, -sqrt_a / sqrt_1ma, 1.0))
+    sigma = eta * tl.sqrt(tl.maximum((1.0 - a_p) / (1.0 - a_t) * (1.0 - a_t / a_p), 0.0))
+    sigma = tl.where(inverse != 0, 0.0, sigma)
+    c_out_e = tl.sqrt(tl.maximum(1.0 - a_p - sigma * sigma, 0.0))
+    c_out_x0 = tl.sqrt(a_p)
+    factor = 1.0
+    if rescale != 0:
+        factor = _rescale_factor(partials_ptr, video, n_per_video, guidance_rescale, NUM_PARTIALS)
+
+    if NOISE == 2:
+        key = seed.to(tl.int64)
+        counter = video * num_groups * cols + col
+        if per_video_seed != 0:
+            key = tl.load(seeds_ptr + video)
+            counter = col
+        shared = tl.zeros([BLOCK], tl.float32)
+        if kind == 1:  # the shared draw is index F: lane F % 4 of group F // 4
+            s0, s1, s2, s3 = tl.randn4x(key, counter + (num_frames // 4) * cols)
+            shared = _pick(s0, s1, s2, s3, num_frames % 4)
+        prev = tl.zeros([BLOCK], tl.float32)
+        replay = 0
+        if kind == 2:
+            replay = group
+        for g in range(0, replay):  # rebuild the AR(1) chain up to this group's first frame
+            z0, z1, z2, z3 = tl.randn4x(key, counter + g * cols)
+            prev = _correlate(z0, 4 * g, prev, shared, kind, coef_keep, coef_new)
+            prev = _correlate(z1, 4 * g + 1, prev, shared, kind, coef_keep, coef_new)
+            prev = _correlate(z2, 4 * g + 2, prev, shared, kind, coef_keep, coef_new)
+            prev = _correlate(z3, 4 * g + 3, prev, shared, kind, coef_keep, coef_new)
+        z0, z1, z2, z3 = tl.randn4x(key, counter + group * cols)
+        for lane in tl.static_range(4):
+            f = 4 * group + lane
+            prev = _correlate(_pick(z0, z1, z2, z3, lane), f, prev, shared, kind, coef_keep, coef_new)
+            frame_mask = mask & ((tl.zeros_like(col) + f) < num_frames)
+            _step_frame(out_ptr, x0_ptr, sample_ptr, cond_ptr, uncond_ptr, prior_ptr, noise_ptr,
+                        offs + f * post, frame_mask, prev, guidance_scale, prior_strength, factor,
+                        c_x0_x, c_x0_e, c_e_x, c_e_e, sqrt_a, 1.0 / sqrt_1ma, clip, clip_range, use_clipped,
+                        c_out_x0, c_out_e, sigma, write_x0, HAS_UNCOND, HAS_PRIOR, NOISE)
+    else:
+        _step_frame(out_ptr, x0_ptr, sample_ptr, cond_ptr, uncond_ptr, prior_ptr, noise_ptr, offs, mask,
+                    0.0, guidance_scale, prior_strength, factor, c_x0_x, c_x0_e, c_e_x, c_e_e, sqrt_a,
+                    1.0 / sqrt_1ma, clip, clip_range, use_clipped, c_out_x0, c_out_e, sigma, write_x0,
+                    HAS_UNCOND, HAS_PRIOR, NOISE)
+
+
+# ----------------------------------------------------------------------------------------------
+# Launchers
+# ----------------------------------------------------------------------------------------------
+def _alpha_args(alpha) -> tuple[float, torch.Tensor | None, int]:
+    """(scalar, tensor, stride) for the kernel: stride -1 uses the scalar."""
+    if isinstance(alpha, torch.Tensor):
+        return 0.0, alpha, (1 if alpha.numel() > 1 else 0)
+    return float(alpha), None, -1
+
+
+def guided_step_triton(sample, eps_cond, eps_uncond, prior_cond, guidance_scale, prior_strength,
+                       guidance_rescale, alpha_prod_t, alpha_prod_prev, eta, noise, noise_kind, noise_alpha,
+                       seed, seeds, prediction_type, clip_sample_range, use_clipped_model_output, inverse,
+                       return_pred_original):
+    """Launch the step on contiguous tensors; alphas are floats or fp32 (1,)/(B,) tensors."""
+    batch, numel = sample.shape[0], sample.numel()
+    n_per_video = numel // batch
+    out = torch.empty_like(sample)
+    x0 = torch.empty_like(sample) if return_pred_original else out
+    if eta > 0 and not inverse:
+        mode = NOISE_GIVEN if noise is not None else NOISE_GENERATED
+    else:
+        mode = NOISE_NONE
+    if mode == NOISE_GENERATED:
+        _, pre, frames, post = video_layout(tuple(sample.shape), 2)
+        cols, frame_groups = pre * post, triton.cdiv(frames, 4)
+    else:  # frames do not matter: one flat row per video
+        cols, post, frames, frame_groups = n_per_video, n_per_video, 1, 1
+    num_groups = triton.cdiv(frames + 1, 4)
+    blocks_per_video = triton.cdiv(cols, _BLOCK)
+    programs = batch * blocks_per_video * frame_groups
+    if programs >= _INT32_LIMIT:
+        raise ValueError(f"sample: shape {tuple(sample.shape)} needs {programs} programs; the limit is 2**31 - 1")
+    int64 = max(numel + NUM_PARTIALS * _BLOCK, batch * num_groups * cols + _BLOCK) >= _INT32_LIMIT
+    has_uncond, has_prior = eps_uncond is not None, prior_cond is not None
+    rescale = guidance_rescale > 0 and has_uncond
+    # Stand-ins for absent fp32/int64 arguments keep the pointer types of aot_specs().
+    unused_f32 = torch.empty(1, dtype=torch.float32, device=sample.device)
+    partials = unused_f32
+    if rescale:
+        partials = torch.empty((batch, NUM_PARTIALS, 4), dtype=torch.float32, device=sample.device)
+        chunk = triton.cdiv(triton.cdiv(n_per_video, NUM_PARTIALS), _BLOCK) * _BLOCK
+        _rescale_stats_kernel[(batch * NUM_PARTIALS,)](
+            partials, eps_cond, eps_uncond, prior_cond if has_prior else eps_cond, n_per_video, chunk,
+            guidance_scale, prior_strength,
+            HAS_PRIOR=has_prior, INT64=int64, NUM_PARTIALS=NUM_PARTIALS, BLOCK=_BLOCK, num_warps=_NUM_WARPS)
+    a_t, a_t_tensor, a_t_stride = _alpha_args(alpha_prod_t)
+    a_p, a_p_tensor, a_p_stride = _alpha_args(alpha_prod_prev)
+    keep, new = mixing_coefficients(noise_kind, noise_alpha) if mode == NOISE_GENERATED else (0.0, 1.0)
+    kind_id = KINDS.index(noise_kind) if mode == NOISE_GENERATED else 0
+    _guided_step_kernel[(programs,)](
+        out, x0, sample, eps_cond, eps_uncond if has_uncond else eps_cond,
+        prior_cond if has_prior else eps_cond, noise if mode == NOISE_GIVEN else sample, partials,
+        a_t_tensor if a_t_tensor is not None else unused_f32, a_p_tensor if a_p_tensor is not None else unused_f32,
+        seeds if seeds is not None else torch.empty(1, dtype=torch.int64, device=sample.device),
+        a_t, a_p, a_t_stride, a_p_stride,
+        guidance_scale, prior_strength, guidance_rescale, eta,
+        0.0 if clip_sample_range is None else clip_sample_range,
+        PREDICTION_TYPES.index(prediction_type), int(clip_sample_range is not None),
+        int(use_clipped_model_output and clip_sample_range is not None),
+        int(inverse), int(return_pred_original), int(rescale),
+        seed, int(seeds is not None), kind_id, keep, new,
+        n_per_video, cols, post, frames, num_groups, blocks_per_video, frame_groups,
+        HAS_UNCOND=has_uncond, HAS_PRIOR=has_prior, NOISE=mode, INT64=int64, NUM_PARTIALS=NUM_PARTIALS,
+        BLOCK=_BLOCK, num_warps=_NUM_WARPS,
+    )
+    return out, (x0 if return_pred_original else None)
+
+
+def aot_specs() -> list[KernelSpec]:
+    specs = []
+    for dtype in ("fp32", "fp16", "bf16"):
+        for int64 in (False, True):
+            size = "i64" if int64 else "i32"
+            for has_prior in (False, True):
+                specs.append(KernelSpec(
+                    module=__name__, kernel="_rescale_stats_kernel",
+                    signature={"partials_ptr": "*fp32", "cond_ptr": f"*{dtype}", "uncond_ptr": f"*{dtype}",
+                               "prior_ptr": f"*{dtype}", "n_per_video": size, "chunk": size,
+                               "guidance_scale": "fp32", "prior_strength": "fp32", "HAS_PRIOR": "constexpr",
+                               "INT64": "constexpr", "NUM_PARTIALS": "constexpr", "BLOCK": "constexpr"},
+                    constexprs={"HAS_PRIOR": has_prior, "INT64": int64, "NUM_PARTIALS": NUM_PARTIALS,
+                                "BLOCK": _BLOCK},
+                    num_warps=_NUM_WARPS, num_stages=1))
+                for has_uncond in (False, True):
+                    # the seed is typed by value (i32 below 2**31) and only passed through for NOISE_GENERATED
+                    for noise, seed in ((NOISE_NONE, "i32"), (NOISE_GIVEN, "i32"), (NOISE_GENERATED, "i32"),
+                                        (NOISE_GENERATED, "i64")):
+                        signature = {f"{name}_ptr": f"*{dtype}" for name in
+                                     ("out", "x0", "sample", "cond", "uncond", "prior", "noise")}
+                        signature.update({"partials_ptr": "*fp32", "alpha_t_ptr": "*fp32", "alpha_p_ptr": "*fp32",
+                                          "seeds_ptr": "*i64", "alpha_t": "fp32", "alpha_p": "fp32",
+                                          "alpha_t_stride": "i32", "alpha_p_stride": "i32"})
+                        signature.update({name: "fp32" for name in ("guidance_scale", "prior_strength",
+                                                                    "guidance_rescale", "eta", "clip_range")})
+                        signature.update({name: "i32" for name in ("prediction", "clip", "use_clipped", "inverse",
+                                                                   "write_x0", "rescale")})
+                        signature.update({"seed": seed, "per_video_seed": "i32", "kind": "i32",
+                                          "coef_keep": "fp32", "coef_new": "fp32", "n_per_video": size,
+                                          "cols": size, "post": size, "num_frames": "i32", "num_groups": "i32",
+                                          "blocks_per_video": "i32", "frame_groups": "i32"})
+                        constexprs = {"HAS_UNCOND": has_uncond, "HAS_PRIOR": has_prior, "NOISE": noise,
+                                      "INT64": int64, "NUM_PARTIALS": NUM_PARTIALS, "BLOCK": _BLOCK}
+                        signature.update({name: "constexpr" for name in constexprs})
+                        specs.append(KernelSpec(module=__name__, kernel="_guided_step_kernel", signature=signature,
+                                                constexprs=constexprs, num_warps=_NUM_WARPS, num_stages=1))
+    return specs

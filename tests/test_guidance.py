@@ -1,0 +1,268 @@
+"""vidgen.ops.guided_step against diffusers itself (CFG + rescale_noise_cfg + DDIM(Inverse)Scheduler.step).
+
+Every comparison runs the op twice: through the default backend (Triton's interpreter on CPU,
+compiled kernels with VIDGEN_TEST_DEVICE=cuda) and through the PyTorch reference
+(``use_backend("torch")``). diffusers runs in float64 on the same inputs.
+"""
+import contextlib
+
+import pytest
+import torch
+from diffusers import DDIMInverseScheduler, DDIMScheduler
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
+
+import vidgen
+from vidgen.kernels.guidance import guided_step_reference
+from vidgen.ops import BackendUnavailable, guided_step, use_backend
+
+SHAPE = (2, 3, 5, 6, 7)  # (B, C, F, h, w): odd sizes, 5 frames = one full Philox group + one partial
+BACKENDS = ("default", "torch")
+TOLERANCE = {torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
+
+
+def backend(name):
+    return contextlib.nullcontext() if name == "default" else use_backend(name)
+
+
+def randn(device, dtype=torch.float32, shape=SHAPE, seed=0):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(device=device, dtype=dtype)
+
+
+def assert_close(actual, expected, dtype=torch.float32):
+    tol = TOLERANCE[dtype]
+    expected = expected.double().cpu()
+    err = (actual.double().cpu() - expected).abs().max().item()
+    assert err <= tol * (1 + expected.abs().max().item()), f"max abs error {err}"
+
+
+def ddim(prediction_type="epsilon", clip_sample=False, set_alpha_to_one=True, steps=10, **kwargs):
+    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                              prediction_type=prediction_type, clip_sample=clip_sample, clip_sample_range=1.5,
+                              set_alpha_to_one=set_alpha_to_one, steps_offset=1, **kwargs)
+    scheduler.set_timesteps(steps)
+    return scheduler
+
+
+def levels(scheduler, t):
+    prev = t - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+    a_p = scheduler.alphas_cumprod[prev] if prev >= 0 else scheduler.final_alpha_cumprod
+    return float(scheduler.alphas_cumprod[t]), float(a_p)
+
+
+# prediction type, eta (> 0: with a given noise tensor), clipping, set_alpha_to_one, step index
+DDIM_CASES = [
+    ("epsilon", 0.0, False, True, 3),
+    ("epsilon", 0.7, True, False, -1),      # last step: alpha_prod_prev = alphas_cumprod[0]
+    ("epsilon", 0.0, False, True, -1),      # last step: alpha_prod_prev = 1
+    ("v_prediction", 0.0, True, True, 0),
+    ("v_prediction", 1.0, False, False, 5),
+    ("sample", 0.3, True, True, 7),
+]
+
+
+@pytest.mark.parametrize("which", BACKENDS)
+@pytest.mark.parametrize("prediction_type,eta,clip,set_alpha_to_one,index", DDIM_CASES)
+def test_cfg_and_ddim_step_match_diffusers(device, which, prediction_type, eta, clip, set_alpha_to_one, index):
+    scheduler = ddim(prediction_type, clip, set_alpha_to_one)
+    t = int(scheduler.timesteps[index])
+    x, cond, uncond, z = (randn(device, seed=s) for s in range(4))
+    w = 6.5
+    guided = uncond.double() + w * (cond.double() - uncond.double())  # diffusers pipelines' CFG line
+    expected = scheduler.step(guided.cpu(), t, x.double().cpu(), eta=eta, variance_noise=z.double().cpu())
+    a_t, a_p = levels(scheduler, t)
+    with backend(which):
+        out, x0 = guided_step(x, cond, uncond, guidance_scale=w, alpha_prod_t=a_t, alpha_prod_prev=a_p, eta=eta,
+                              noise=z if eta > 0 else None, prediction_type=prediction_type,
+                              clip_sample_range=1.5 if clip else None, return_pred_original=True)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    assert_close(out, expected.prev_sample)
+    assert_close(x0, expected.pred_original_sample)
+
+
+@pytest.mark.parametrize("which", BACKENDS)
+def test_use_clipped_model_output_matches_diffusers(device, which):
+    scheduler = ddim("v_prediction", clip_sample=True)
+    t = int(scheduler.timesteps[8])
+    x, cond = randn(device, seed=1) * 3, randn(device, seed=2)
+    expected = scheduler.step(cond.double().cpu(), t, x.double().cpu(), use_clipped_model_output=True)
+    a_t, a_p = levels(scheduler, t)
+    with backend(which):
+        out = guided_step(x, cond, alpha_prod_t=a_t, alpha_prod_prev=a_p, prediction_type="v_prediction",
+                          clip_sample_range=1.5, use_clipped_model_output=True)
+    assert_close(out, expected.prev_sample)
+
+
+@pytest.mark.parametrize("which", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_guidance_rescale_matches_diffusers(device, which, dtype):
+    scheduler = ddim()
+    t = int(scheduler.timesteps[2])
+    x, cond, uncond = (randn(device, dtype, seed=s) for s in range(3))
+    cond = cond * 0.5 + 0.3  # different std and mean from uncond: the rescale factor is far from 1
+    w, phi = 7.5, 0.7
+    c64, u64 = cond.double().cpu(), uncond.double().cpu()
+    guided = rescale_noise_cfg(u64 + w * (c64 - u64), c64, guidance_rescale=phi)
+    expected = scheduler.step(guided, t, x.double().cpu()).prev_sample
+    a_t, a_p = levels(scheduler, t)
+    with backend(which):
+        out = guided_step(x, cond, uncond, guidance_scale=w, guidance_rescale=phi, alpha_prod_t=a_t,
+                          alpha_prod_prev=a_p)
+    assert out.dtype == dtype
+    assert_close(out, expected, dtype)
+
+
+def test_rescale_statistics_keep_precision_with_a_large_mean(device):
+    """Shifted sums: a mean 300x the std must not cancel the variance away in fp32."""
+    x, cond, uncond = randn(device, seed=0), randn(device, seed=1) + 300.0, randn(device, seed=2) * 2 + 300.0
+    c64, u64 = cond.double().cpu(), uncond.double().cpu()
+    expected_eps = rescale_noise_cfg(u64 + 3.0 * (c64 - u64), c64, guidance_rescale=1.0)
+    _, x0 = guided_step(x, cond, uncond, guidance_scale=3.0, guidance_rescale=1.0, alpha_prod_t=0.5,
+                        alpha_prod_prev=0.6, prediction_type="sample", return_pred_original=True)
+    assert_close(x0, expected_eps)  # x0-prediction: the predicted x0 is the rescaled guided output
+
+
+@pytest.mark.parametrize("which", BACKENDS)
+def test_video_adapter_composition_written_out(device, which):
+    x, small_c, small_u, prior_c = (randn(device, seed=s) for s in range(4))
+    lam, w, a_t, a_p = 0.1, 2.5, 0.3, 0.45
+    eps_text = small_c.double() + lam * prior_c.double()
+    eps = small_u.double() + w * (eps_text - small_u.double())
+    x0 = (x.double() - (1 - a_t) ** 0.5 * eps) / a_t**0.5
+    expected = a_p**0.5 * x0 + (1 - a_p) ** 0.5 * eps
+    with backend(which):
+        out = guided_step(x, small_c, small_u, prior_c, guidance_scale=w, prior_strength=lam, alpha_prod_t=a_t,
+                          alpha_prod_prev=a_p)
+        no_guidance = guided_step(x, small_c, None, prior_c, prior_strength=lam, alpha_prod_t=a_t,
+                                  alpha_prod_prev=a_p)
+    assert_close(out, expected)
+    x0_text = (x.double() - (1 - a_t) ** 0.5 * eps_text) / a_t**0.5
+    assert_close(no_guidance, a_p**0.5 * x0_text + (1 - a_p) ** 0.5 * eps_text)
+
+
+@pytest.mark.parametrize("which", BACKENDS)
+def test_ddim_inverse_step_matches_diffusers(device, which):
+    inverse = DDIMInverseScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                   set_alpha_to_one=False, steps_offset=1, clip_sample=True, clip_sample_range=1.0)
+    inverse.set_timesteps(10)
+    x, cond = randn(device, seed=5), randn(device, seed=6)
+    for t in (int(inverse.timesteps[0]), int(inverse.timesteps[4])):
+        expected = inverse.step(cond.double().cpu(), t, x.double().cpu()).prev_sample
+        current = min(t - 100, 999)
+        a_t = float(inverse.alphas_cumprod[current]) if current >= 0 else float(inverse.initial_alpha_cumprod)
+        with backend(which):
+            out = guided_step(x, cond, alpha_prod_t=a_t, alpha_prod_prev=float(inverse.alphas_cumprod[t]),
+                              clip_sample_range=1.0, inverse=True)
+        assert_close(out, expected)
+
+
+@pytest.mark.parametrize("which", BACKENDS)
+def test_per_video_alpha_tensors_match_per_video_floats(device, which):
+    x, cond, uncond = (randn(device, seed=s) for s in range(3))
+    a_t, a_p = torch.tensor([0.2, 0.6], device=device), torch.tensor(0.8, device=device)
+    with backend(which):
+        out = guided_step(x, cond, uncond, guidance_scale=4.0, alpha_prod_t=a_t, alpha_prod_prev=a_p)
+        for b in range(2):
+            alone = guided_step(x[b:b + 1], cond[b:b + 1], uncond[b:b + 1], guidance_scale=4.0,
+                                alpha_prod_t=float(a_t[b]), alpha_prod_prev=0.8)
+            assert torch.equal(out[b:b + 1], alone)
+
+
+@pytest.mark.parametrize("which", BACKENDS)
+@pytest.mark.parametrize("kind,alpha,seed", [("iid", 0.0, 7), ("mixed", 1.0, 2**40 + 3), ("progressive", 2.0, 11)])
+def test_in_kernel_noise_is_correlated_noise(device, which, kind, alpha, seed):
+    """eta > 0 without a noise tensor draws exactly vidgen.ops.correlated_noise(seed) in the kernel."""
+    x, cond = randn(device, seed=1), randn(device, seed=2)
+    args = dict(alpha_prod_t=0.35, alpha_prod_prev=0.5, eta=0.8)
+    with backend(which):
+        drawn = guided_step(x, cond, noise_kind=kind, noise_alpha=alpha, seed=seed, **args)
+        noise = vidgen.ops.correlated_noise(x.shape, kind=kind, alpha=alpha, seed=seed, device=device)
+        given = guided_step(x, cond, noise=noise, **args)
+    torch.testing.assert_close(drawn, given, rtol=1e-6, atol=1e-6)
+    assert not torch.equal(drawn, guided_step(x, cond, alpha_prod_t=0.35, alpha_prod_prev=0.5))
+
+
+def test_in_kernel_noise_with_one_seed_per_video(device):
+    x, cond = randn(device, seed=1), randn(device, seed=2)
+    seeds = torch.tensor([5, 9], device=device)
+    drawn = guided_step(x, cond, alpha_prod_t=0.35, alpha_prod_prev=0.5, eta=1.0, noise_kind="progressive",
+                        noise_alpha=2.0, seed=seeds)
+    noise = vidgen.ops.correlated_noise(x.shape, kind="progressive", alpha=2.0, seed=seeds, device=device)
+    given = guided_step(x, cond, alpha_prod_t=0.35, alpha_prod_prev=0.5, eta=1.0, noise=noise)
+    torch.testing.assert_close(drawn, given, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_against_float64_reference(device, dtype):
+    """fp16/bf16 tensors, fp32 math: error of the order of one rounding of the output."""
+    x, cond, uncond, prior, z = (randn(device, dtype, shape=(3, 4, 3, 5, 9), seed=s) for s in range(5))
+    args = dict(guidance_scale=3.0, prior_strength=0.2, alpha_prod_t=0.25, alpha_prod_prev=0.4, eta=0.5,
+                prediction_type="v_prediction", clip_sample_range=2.0)
+    out, x0 = guided_step(x, cond, uncond, prior, noise=z, return_pred_original=True, **args)
+    ref, ref_x0 = guided_step_reference(x.double(), cond.double(), uncond.double(), prior.double(), 3.0, 0.2, 0.0,
+                                        0.25, 0.4, 0.5, z.double(), "v_prediction", 2.0, False, False)
+    assert out.dtype == dtype and x0.dtype == dtype
+    assert_close(out, ref, dtype)
+    assert_close(x0, ref_x0, dtype)
+
+
+def test_non_contiguous_inputs(device):
+    x, cond = randn(device, seed=1).transpose(3, 4), randn(device, seed=2).transpose(3, 4)
+    out = guided_step(x, cond, alpha_prod_t=0.5, alpha_prod_prev=0.7)
+    expected = guided_step(x.contiguous(), cond.contiguous(), alpha_prod_t=0.5, alpha_prod_prev=0.7)
+    assert torch.equal(out, expected)
+
+
+def test_traces_under_torch_compile(device):
+    x, cond, uncond = (randn(device, seed=s) for s in range(3))
+    a_t = torch.tensor([0.3, 0.4], device=device)
+
+    def step(x, cond, uncond, a_t):
+        return guided_step(x, cond, uncond, guidance_scale=5.0, alpha_prod_t=a_t, alpha_prod_prev=a_t + 0.1)
+
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x, cond, uncond, a_t), step(x, cond, uncond, a_t))
+
+
+# ---- bad input -----------------------------------------------------------------------------------
+def bad_call(device, **overrides):
+    x, cond = randn(device, seed=0), randn(device, seed=1)
+    args = dict(sample=x, eps_cond=cond, alpha_prod_t=0.5, alpha_prod_prev=0.6)
+    for name, value in overrides.items():
+        args[name] = randn(device, seed=9) if isinstance(value, str) and value == "valid tensor" else value
+    return guided_step(**args)
+
+
+@pytest.mark.parametrize("overrides,error,match", [
+    (dict(eps_uncond=torch.randn(2, 3, 5, 6, 8)), ValueError, r"eps_uncond: expected shape \(2, 3, 5, 6, 7\)"),
+    (dict(prior_cond=torch.randn(SHAPE, dtype=torch.float16)), TypeError, "share one dtype.*prior_cond"),
+    (dict(eps_cond=torch.randn(SHAPE, dtype=torch.float64)), TypeError, "eps_cond: expected dtype"),
+    (dict(eps_cond=torch.randn(SHAPE, device="meta")), ValueError, "one device.*eps_cond on meta"),
+    (dict(prediction_type="flow"), ValueError, "prediction_type: expected one of"),
+    (dict(eta=0.5), ValueError, "noise_kind: eta > 0 needs noise"),
+    (dict(eta=0.5, noise_kind="pink"), ValueError, "noise_kind: expected one of"),
+    (dict(eta=0.5, noise_kind="iid", noise="valid tensor"), ValueError, "not both"),
+    (dict(eta=0.5, inverse=True, noise_kind="iid"), ValueError, "eta: the DDIM inversion step is deterministic"),
+    (dict(eta=-1.0), ValueError, "eta: expected a finite value >= 0"),
+    (dict(alpha_prod_t=1.5), ValueError, r"alpha_prod_t: expected a cumulative alpha in \(0, 1\]"),
+    (dict(alpha_prod_prev=torch.ones(3)), ValueError, "alpha_prod_prev: expected a float, or a 0-d/1-d"),
+    (dict(alpha_prod_t="0.5"), TypeError, "alpha_prod_t: expected a float or a tensor"),
+    (dict(clip_sample_range=0.0), ValueError, "clip_sample_range: expected a positive range"),
+    (dict(guidance_scale=float("nan")), ValueError, "guidance_scale: expected a finite number"),
+    (dict(sample=torch.randn(2, 3)[:, :0]), ValueError, "sample: expected a non-empty tensor"),
+    (dict(eta=0.5, noise_kind="iid", seed=torch.tensor([1, 2, 3])), ValueError, "seed: expected one seed per video"),
+])
+def test_bad_input_is_refused_with_a_clear_error(device, overrides, error, match):
+    with pytest.raises(error, match=match):
+        bad_call(device, **overrides)
+
+
+def test_in_kernel_noise_needs_a_frame_axis(device):
+    with pytest.raises(ValueError, match="noise_kind: in-kernel noise needs frames on dim 2"):
+        guided_step(randn(device, shape=(2, 9)), randn(device, shape=(2, 9), seed=1), alpha_prod_t=0.5,
+                    alpha_prod_prev=0.6, eta=1.0, noise_kind="iid", seed=1)
+
+
+def test_forced_cuda_backend_on_cpu_tensors_is_refused():
+    x = torch.randn(2, 3)
+    with use_backend("cuda"), pytest.raises(BackendUnavailable, match="cuda cannot run guided_step"):
+        guided_step(x, x.clone(), alpha_prod_t=0.5, alpha_prod_prev=0.6)

@@ -1,0 +1,229 @@
+"""Public op :func:`guided_step`: score composition + CFG + DDIM step in one pass (METHODS.md 4-5)."""
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from .. import _backend, _checks, _cuda_abi, _cuda_lib
+from ..kernels import guidance as _kernels
+from ..kernels import noise as _noise_kernels
+from .noise import _resolve_seed
+
+GUIDED_STEP = _backend.declare("guided_step", ("cuda", "triton", "torch"))
+_CUDA_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+
+
+def _guided_step_cuda(sample, eps_cond, eps_uncond, prior_cond, guidance_scale, prior_strength, guidance_rescale,
+                      alpha_t, alpha_t_tensor, alpha_p, alpha_p_tensor, eta, noise, noise_kind, noise_alpha, seed,
+                      seeds, prediction_type, clip_sample_range, use_clipped_model_output, inverse,
+                      return_pred_original):
+    """The CUDA library's step on the current stream: raw pointers through the C ABI, no host sync."""
+    lib = _cuda_lib.library()
+    out = torch.empty_like(sample)
+    x0 = torch.empty_like(sample) if return_pred_original else None
+    generated = eta > 0 and not inverse and noise is None
+    batch = sample.shape[0]
+    if generated:
+        _, pre, frames, post = _noise_kernels.video_layout(tuple(sample.shape), 2)
+    else:
+        pre, frames, post = 1, 1, sample.numel() // batch
+    rescale = guidance_rescale > 0 and eps_uncond is not None
+    partials = (torch.empty((batch, _cuda_abi.NUM_PARTIALS, 4), dtype=torch.float32, device=sample.device)
+                if rescale else None)
+    keep, new = _noise_kernels.mixing_coefficients(noise_kind, noise_alpha) if generated else (0.0, 1.0)
+    ptr = (lambda t: None if t is None else t.data_ptr())  # noqa: E731
+    args = _cuda_abi.GuidedStepArgs(
+        out=ptr(out), pred_original=ptr(x0), sample=ptr(sample), eps_cond=ptr(eps_cond),
+        eps_uncond=ptr(eps_uncond), prior_cond=ptr(prior_cond),
+        noise=ptr(noise) if eta > 0 and not inverse else None, partials=ptr(partials),
+        alpha_t_values=ptr(alpha_t_tensor), alpha_p_values=ptr(alpha_p_tensor),
+        seeds=ptr(seeds) if generated else None,
+        batch=batch, pre=pre, frames=frames, post=post, seed=seed,
+        alpha_t=alpha_t, alpha_p=alpha_p,
+        alpha_t_stride=-1 if alpha_t_tensor is None else int(alpha_t_tensor.numel() > 1),
+        alpha_p_stride=-1 if alpha_p_tensor is None else int(alpha_p_tensor.numel() > 1),
+        guidance_scale=guidance_scale, prior_strength=prior_strength, guidance_rescale=guidance_rescale,
+        eta=eta, clip_range=float("inf") if clip_sample_range is None else clip_sample_range,
+        coef_keep=keep, coef_new=new, dtype=_CUDA_DTYPES[sample.dtype],
+        prediction=_kernels.PREDICTION_TYPES.index(prediction_type),
+        use_clipped=int(use_clipped_model_output and clip_sample_range is not None), inverse=int(inverse),
+        noise_mode=(_kernels.NOISE_NONE if eta == 0 or inverse else
+                    _kernels.NOISE_GENERATED if generated else _kernels.NOISE_GIVEN),
+        noise_kind=_noise_kernels.KINDS.index(noise_kind) if generated else 0,
+        device=sample.device.index if sample.device.index is not None else torch.cuda.current_device(),
+    )
+    stream = torch.cuda.current_stream(sample.device).cuda_stream
+    _cuda_lib.check(lib.vidgen_guided_step(ctypes.byref(args), ctypes.c_void_p(stream)), "guided_step")
+    return out, x0
+
+
+# Custom op: opaque to torch.compile and safe under CUDA-graph capture (alphas may be device
+# tensors, so replays can take new timesteps; the seed is an int resolved before the call).
+@torch.library.custom_op("vidgen::guided_step", mutates_args=())
+def _guided_step_op(sample: torch.Tensor, eps_cond: torch.Tensor, eps_uncond: torch.Tensor | None,
+                    prior_cond: torch.Tensor | None, guidance_scale: float, prior_strength: float,
+                    guidance_rescale: float, alpha_t: float, alpha_t_tensor: torch.Tensor | None, alpha_p: float,
+                    alpha_p_tensor: torch.Tensor | None, eta: float, noise: torch.Tensor | None,
+                    noise_kind: str | None, noise_alpha: float, seed: int, seeds: torch.Tensor | None,
+                    prediction_type: str, clip_sample_range: float | None, use_clipped_model_output: bool,
+                    inverse: bool, return_pred_original: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    backend = _backend.select(GUIDED_STEP, sample.device)
+    a_t = alpha_t if alpha_t_tensor is None else alpha_t_tensor
+    a_p = alpha_p if alpha_p_tensor is None else alpha_p_tensor
+    if backend == "cuda":
+        out, x0 = _guided_step_cuda(sample, eps_cond, eps_uncond, prior_cond, guidance_scale, prior_strength,
+                                    guidance_rescale, alpha_t, alpha_t_tensor, alpha_p, alpha_p_tensor, eta, noise,
+                                    noise_kind, noise_alpha, seed, seeds, prediction_type, clip_sample_range,
+                                    use_clipped_model_output, inverse, return_pred_original)
+    elif backend == "triton":
+        out, x0 = _kernels.guided_step_triton(sample, eps_cond, eps_uncond, prior_cond, guidance_scale,
+                                              prior_strength, guidance_rescale, a_t, a_p, eta, noise, noise_kind,
+                                              noise_alpha, seed, seeds, prediction_type, clip_sample_range,
+                                              use_clipped_model_output, inverse, return_pred_original)
+    else:
+        if eta > 0 and not inverse and noise is None:
+            noise = _kernels.generated_noise_reference(sample.shape, noise_kind, noise_alpha, seed, seeds,
+                                                       sample.device)
+        out, x0 = _kernels.guided_step_reference(sample, eps_cond, eps_uncond, prior_cond, guidance_scale,
+                                                 prior_strength, guidance_rescale, a_t, a_p, eta, noise,
+                                                 prediction_type, clip_sample_range, use_clipped_model_output,
+                                                 inverse)
+    return out, (x0 if return_pred_original else out.new_empty(0))
+
+
+@_guided_step_op.register_fake
+def _(sample, eps_cond, eps_uncond, prior_cond, guidance_scale, prior_strength, guidance_rescale, alpha_t,
+      alpha_t_tensor, alpha_p, alpha_p_tensor, eta, noise, noise_kind, noise_alpha, seed, seeds, prediction_type,
+      clip_sample_range, use_clipped_model_output, inverse, return_pred_original):
+    out = torch.empty_like(sample, memory_format=torch.contiguous_format)
+    return out, (torch.empty_like(out) if return_pred_original else out.new_empty(0))
+
+
+def _check_alpha(name: str, alpha, sample: torch.Tensor) -> tuple[float, torch.Tensor | None]:
+    """(float, None) or (0.0, contiguous fp32 (1,)/(B,) tensor on sample's device); no host sync."""
+    if isinstance(alpha, torch.Tensor):
+        if not alpha.dtype.is_floating_point or alpha.dim() > 1 or alpha.numel() not in (1, sample.shape[0]):
+            raise ValueError(f"{name}: expected a float, or a 0-d/1-d float tensor with 1 or {sample.shape[0]} "
+                             f"(batch) values, got {alpha.dtype} of shape {tuple(alpha.shape)}")
+        if alpha.device != sample.device:
+            if alpha.device.type == "cpu" and alpha.numel() == 1:
+                return _check_alpha(name, float(alpha), sample)  # a host value: no device sync
+            raise ValueError(f"{name}: expected a tensor on {sample.device} like sample, got {alpha.device}")
+        return 0.0, alpha.reshape(-1).to(torch.float32).contiguous()
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise TypeError(f"{name}: expected a float or a tensor, got {type(alpha).__name__}")
+    if not 0.0 < float(alpha) <= 1.0:
+        raise ValueError(f"{name}: expected a cumulative alpha in (0, 1], got {alpha}")
+    return float(alpha), None
+
+
+def _number(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{name}: expected a finite number, got {value}")
+    return float(value)
+
+
+def guided_step(sample: torch.Tensor, eps_cond: torch.Tensor, eps_uncond: torch.Tensor | None = None,
+                prior_cond: torch.Tensor | None = None, *, guidance_scale: float = 1.0, prior_strength: float = 0.0,
+                guidance_rescale: float = 0.0, alpha_prod_t, alpha_prod_prev, eta: float = 0.0,
+                noise: torch.Tensor | None = None, noise_kind: str | None = None, noise_alpha: float = 0.0,
+                seed: int | torch.Tensor | None = None, prediction_type: str = "epsilon",
+                clip_sample_range: float | None = None, use_clipped_model_output: bool = False,
+                inverse: bool = False, return_pred_original: bool = False):
+    """One guided sampling step, fused: compose the predictions, apply guidance, take a DDIM step.
+
+    Per element (fp32 math for fp16/bf16/fp32 tensors)::
+
+        eps_text = eps_cond + prior_strength * prior_cond              # Video Adapter (no prior: eps_cond)
+        eps      = eps_uncond + guidance_scale * (eps_text - eps_uncond)  # CFG (no eps_uncond: eps_text)
+        eps      = rescale_noise_cfg(eps, eps_text, guidance_rescale)    # per-video unbiased std, if > 0
+        x0, e    = the prediction type's (x0, epsilon) from (sample, eps); x0 clamped if clip_sample_range
+        out      = sqrt(a_p) x0 + sqrt(1 - a_p - sigma^2) e + sigma z,
+                   sigma = eta sqrt((1 - a_p) / (1 - a_t) (1 - a_t / a_p))
+
+    This is diffusers' CFG arithmetic + ``rescale_noise_cfg`` + ``DDIMScheduler.step``
+    (``inverse=True``: ``DDIMInverseScheduler.step``, ``out = sqrt(a_p) x0 + sqrt(1 - a_p) e``),
+    reading every input once and writing ``out`` (and x0) once. Video Adapter's "inverse"
+    adaptation (the roles of the small model and the prior swapped) is a matter of which
+    predictions are passed as ``eps_cond``/``eps_uncond`` and ``prior_cond``; ``inverse=True``
+    here means the DDIM inversion step.
+
+    Args:
+        sample: x_t, e.g. (B, C, F, h, w) video latents; fp16, bf16 or fp32.
+        eps_cond: the conditional model output (epsilon, v or x0 as ``prediction_type`` says).
+        eps_uncond: the unconditional output; ``None`` means no classifier-free guidance.
+        prior_cond: the Video Adapter prior's conditional output; ``None`` means no prior.
+        guidance_scale, prior_strength, guidance_rescale: w, lambda and phi above.
+        alpha_prod_t, alpha_prod_prev: cumulative alphas of the input and output noise levels
+            (diffusers' naming in both directions): floats, or 0-d/1-d float tensors on
+            ``sample``'s device with one value or one per video, read on the device (no host
+            sync, so a captured CUDA graph can replay with new timesteps).
+        eta: DDIM's eta (0 is deterministic). With ``eta > 0``, z is ``noise`` if given, else
+            drawn in the kernel: ``correlated_noise(sample.shape, kind=noise_kind,
+            alpha=noise_alpha, frame_dim=2, seed=seed)`` exactly, for the same backend.
+        noise_kind: ``"iid"``, ``"mixed"`` or ``"progressive"`` (PYoCo, frames on dim 2).
+        seed: an int or one seed per video (see :func:`vidgen.ops.correlated_noise`);
+            ``None`` draws one from torch's default generator. Use a new seed every step.
+        prediction_type: ``"epsilon"``, ``"v_prediction"`` or ``"sample"``.
+        clip_sample_range: clamp x0 to +-range (diffusers ``clip_sample``); ``None``: no clamp.
+        use_clipped_model_output: recompute e from the clipped x0, as diffusers does.
+        inverse: take the DDIM inversion step (eta must be 0).
+        return_pred_original: also return the predicted x0.
+
+    Returns:
+        ``out`` (contiguous, ``sample``'s shape and dtype), or ``(out, pred_original_sample)``.
+    """
+    _checks.tensor("sample", sample)
+    if sample.dim() == 0 or sample.numel() == 0:
+        raise ValueError(f"sample: expected a non-empty tensor with a batch dim, got shape {tuple(sample.shape)}")
+    tensors = {"eps_cond": eps_cond, "eps_uncond": eps_uncond, "prior_cond": prior_cond, "noise": noise}
+    for name, t in tensors.items():
+        if t is not None:
+            _checks.tensor(name, t)
+    _checks.same_shape("sample", sample, **tensors)
+    _checks.same_dtype(sample=sample, **tensors)
+    _checks.same_device(sample=sample, **tensors)
+    _checks.choice("prediction_type", prediction_type, _kernels.PREDICTION_TYPES)
+    guidance_scale = _number("guidance_scale", guidance_scale)
+    prior_strength = _number("prior_strength", prior_strength)
+    guidance_rescale = _checks.non_negative("guidance_rescale", guidance_rescale)
+    eta = _checks.non_negative("eta", eta)
+    if clip_sample_range is not None:
+        clip_sample_range = _number("clip_sample_range", clip_sample_range)
+        if clip_sample_range <= 0:
+            raise ValueError(f"clip_sample_range: expected a positive range or None, got {clip_sample_range}")
+    a_t, a_t_tensor = _check_alpha("alpha_prod_t", alpha_prod_t, sample)
+    a_p, a_p_tensor = _check_alpha("alpha_prod_prev", alpha_prod_prev, sample)
+    batch = sample.shape[0]
+    if guidance_rescale > 0 and eps_uncond is not None and sample.numel() // batch < 2:
+        raise ValueError("guidance_rescale: the unbiased std needs at least 2 elements per video")
+    if inverse and eta > 0:
+        raise ValueError(f"eta: the DDIM inversion step is deterministic, expected eta=0 with inverse=True, got {eta}")
+    seed_int, seeds = 0, None
+    if eta > 0 and not inverse:
+        if noise is not None and noise_kind is not None:
+            raise ValueError("noise, noise_kind: give the noise tensor or a kind to draw it in-kernel, not both")
+        if noise is None:
+            if noise_kind is None:
+                raise ValueError("noise_kind: eta > 0 needs noise, either a `noise` tensor or a `noise_kind` "
+                                 f"({', '.join(_noise_kernels.KINDS)}) to draw it in the kernel")
+            _checks.choice("noise_kind", noise_kind, _noise_kernels.KINDS)
+            noise_alpha = _checks.non_negative("noise_alpha", noise_alpha)
+            if sample.dim() < 3:
+                raise ValueError(f"noise_kind: in-kernel noise needs frames on dim 2, got sample of shape "
+                                 f"{tuple(sample.shape)}")
+            seed_int, seeds = _resolve_seed(seed, None, batch, 2, sample.device)
+    else:
+        noise, noise_kind = None, None
+    if sample.device.type == "cuda" and batch > 65535:
+        raise ValueError(f"sample: batch {batch} exceeds 65535 videos per call")
+    contiguous = (lambda t: None if t is None else t.contiguous())  # noqa: E731
+    out, x0 = _guided_step_op(
+        sample.contiguous(), eps_cond.contiguous(), contiguous(eps_uncond), contiguous(prior_cond), guidance_scale,
+        prior_strength, guidance_rescale, a_t, a_t_tensor, a_p, a_p_tensor, eta, contiguous(noise), noise_kind,
+        float(noise_alpha), seed_int, seeds, prediction_type, clip_sample_range, bool(use_clipped_model_output),
+        bool(inverse), bool(return_pred_original))
+    return (out, x0) if return_pred_original else out
