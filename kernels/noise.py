@@ -124,7 +124,8 @@ def _correlated_noise_kernel(
     xt_ptr,           # (B, PRE, F, POST) contiguous, noisy sample (written when FUSE_ADD_NOISE)
     timesteps_ptr,    # (B,) int: per-video timestep (FUSE_ADD_NOISE)
     alphas_ptr,       # (T,) float: alphas_cumprod (FUSE_ADD_NOISE)
-    seed,             # int: the batch's seed when not PER_VIDEO_SEED
+    seed_lo, seed_hi, # int32 halves of the batch's seed (< 2**62) when not PER_VIDEO_SEED; two
+                      # fixed-width halves keep the compiled signature independent of the seed's value
     seeds_ptr,        # (B,) int64: one seed per video when PER_VIDEO_SEED
     cols,             # PRE * POST: columns per video
     post,             # POST: stride of the frame axis
@@ -153,7 +154,7 @@ def _correlated_noise_kernel(
         key = tl.load(seeds_ptr + video)
         counter = col
     else:
-        key = seed
+        key = (seed_hi.to(tl.int64) << 31) | seed_lo.to(tl.int64)
         counter = video * num_groups * cols + col
 
     sqrt_a = 0.0
@@ -186,6 +187,14 @@ def _correlated_noise_kernel(
 # ----------------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------------
+SEED_LIMIT = 2**62
+
+
+def split_seed(seed: int) -> tuple[int, int]:
+    """A seed in [0, 2**62) as two int32 kernel arguments (low 31 bits, high bits)."""
+    return seed & 0x7FFFFFFF, seed >> 31
+
+
 class LaunchPlan(NamedTuple):
     batch: int
     cols: int
@@ -218,7 +227,7 @@ def _launch(eps, kind, alpha, frame_dim, seed, seeds, x0=None, xt=None, timestep
     _correlated_noise_kernel[plan.grid](
         eps, x0 if fuse else eps, xt if fuse else eps,
         timesteps if fuse else eps, alphas_cumprod if fuse else eps,
-        seed if seeds is None else 0, seeds if seeds is not None else eps,
+        *split_seed(seed if seeds is None else 0), seeds if seeds is not None else eps,
         plan.cols, plan.post, plan.frames, plan.num_groups, plan.blocks_per_video,
         *recurrence_coefficients(kind, alpha), PER_VIDEO_SEED=seeds is not None, FUSE_ADD_NOISE=fuse,
         INT64=plan.int64, BLOCK=_BLOCK, num_warps=_NUM_WARPS,
@@ -251,7 +260,8 @@ def aot_specs() -> list[KernelSpec]:
                         module=__name__, kernel="_correlated_noise_kernel",
                         signature={
                             "eps_ptr": f"*{dtype}", "x0_ptr": f"*{dtype}", "xt_ptr": f"*{dtype}",
-                            "timesteps_ptr": "*i64", "alphas_ptr": "*fp32", "seed": "i64", "seeds_ptr": "*i64",
+                            "timesteps_ptr": "*i64", "alphas_ptr": "*fp32", "seed_lo": "i32", "seed_hi": "i32",
+                            "seeds_ptr": "*i64",
                             "cols": size, "post": size, "num_frames": "i32", "num_groups": "i32",
                             "blocks_per_video": "i32", "coef_prev": "fp32", "coef_shared": "fp32",
                             "coef_new": "fp32", "coef_first": "fp32", "PER_VIDEO_SEED": "constexpr",

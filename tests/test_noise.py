@@ -77,6 +77,13 @@ def test_one_seed_per_video_is_reproducible_whatever_the_batch(device, backend):
     assert not torch.isclose(batch[0], batch[1]).any()
 
 
+def test_large_seeds_use_every_bit(device):
+    a = correlated_noise((1, 2, 3, 4, 4), seed=2**40 + 5, device=device)
+    b = correlated_noise((1, 2, 3, 4, 4), seed=5, device=device)
+    c = correlated_noise((1, 2, 3, 4, 4), seed=2**40 + 5, device=device)
+    assert torch.equal(a, c) and not torch.isclose(a, b).any()
+
+
 def test_seed_none_follows_torch_manual_seed(device):
     torch.manual_seed(5)
     a = correlated_noise((1, 2, 3, 4, 4), device=device)
@@ -190,6 +197,7 @@ def test_launch_plan_switches_to_int64_and_refuses_what_a_grid_cannot_cover():
     (dict(frame_dim=5), ValueError, "frame_dim"),
     (dict(dtype=torch.int32), TypeError, "dtype"),
     (dict(seed=-3), ValueError, "seed"),
+    (dict(seed=2**62), ValueError, "seed"),
     (dict(seed=torch.tensor([1, 2, 3])), ValueError, "seed"),
     (dict(seed=torch.tensor([1.0, 2.0])), TypeError, "seed"),
 ])

@@ -46,13 +46,13 @@ def _resolve_seed(seed, generator, batch: int, frame_dim: int, device) -> tuple[
     """(int seed, per-video seed tensor or None). Only ``seed=None`` draws (from ``generator``)."""
     if seed is None:
         gen_device = generator.device if generator is not None else "cpu"
-        drawn = torch.randint(0, 2**62, (), generator=generator, device=gen_device)
+        drawn = torch.randint(0, _kernels.SEED_LIMIT, (), generator=generator, device=gen_device)
         return int(drawn), None  # one host read, outside any kernel; pass seed= to avoid it
     if isinstance(seed, bool):
         raise TypeError("seed: expected an int or a 1-D integer tensor, got a bool")
     if isinstance(seed, int):
-        if not 0 <= seed < 2**63:
-            raise ValueError(f"seed: expected 0 <= seed < 2**63, got {seed}")
+        if not 0 <= seed < _kernels.SEED_LIMIT:
+            raise ValueError(f"seed: expected 0 <= seed < 2**62, got {seed}")
         return seed, None
     if isinstance(seed, torch.Tensor):
         if seed.dim() != 1 or seed.dtype.is_floating_point or seed.dtype == torch.bool:
