@@ -32,7 +32,7 @@ import triton
 import triton.language as tl
 
 from ._aot import KernelSpec
-from .noise import KINDS, correlated_noise_reference, mixing_coefficients, video_layout
+from .noise import KINDS, correlated_noise_reference, mixing_coefficients, split_seed, video_layout
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 NUM_PARTIALS = 64  # partial sums per video written by the rescale reduction
@@ -219,7 +219,7 @@ def _step_frame(out_ptr, x0_ptr, sample_ptr, cond_ptr, uncond_ptr, prior_ptr, no
         tl.store(x0_ptr + offs, x0.to(x0_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit(do_not_specialize=["alpha_t_stride", "alpha_p_stride", "seed", "per_video_seed", "kind", "prediction",
+@triton.jit(do_not_specialize=["alpha_t_stride", "alpha_p_stride", "seed_lo", "seed_hi", "per_video_seed", "kind", "prediction",
                                "clip", "use_clipped", "inverse", "write_x0", "rescale"])  # flags: one compile
 def _guided_step_kernel(
     out_ptr,          # (B, PRE, F, POST) out: x_prev (x_next when inverse)
@@ -241,7 +241,7 @@ def _guided_step_kernel(
     use_clipped,      # recompute e from the clipped x0 (diffusers use_clipped_model_output)
     inverse,          # DDIM inversion step
     write_x0, rescale,
-    seed, per_video_seed, kind, coef_keep, coef_new,  # in-kernel noise (noise.py's layout)
+    seed_lo, seed_hi, per_video_seed, kind, coef_keep, coef_new,  # in-kernel noise (noise.py's layout and seed halves)
     n_per_video,      # N = PRE * F * POST
     cols,             # PRE * POST
     post,             # POST
@@ -292,7 +292,7 @@ def _guided_step_kernel(
         factor = _rescale_factor(partials_ptr, video, n_per_video, guidance_rescale, NUM_PARTIALS)
 
     if NOISE == 2:
-        key = seed.to(tl.int64)
+        key = (seed_hi.to(tl.int64) << 31) | seed_lo.to(tl.int64)
         counter = video * num_groups * cols + col
         if per_video_seed != 0:
             key = tl.load(seeds_ptr + video)
@@ -388,7 +388,7 @@ def guided_step_triton(sample, eps_cond, eps_uncond, prior_cond, guidance_scale,
         PREDICTION_TYPES.index(prediction_type), int(clip_sample_range is not None),
         int(use_clipped_model_output and clip_sample_range is not None),
         int(inverse), int(return_pred_original), int(rescale),
-        seed, int(seeds is not None), kind_id, keep, new,
+        *split_seed(seed), int(seeds is not None), kind_id, keep, new,
         n_per_video, cols, post, frames, num_groups, blocks_per_video, frame_groups,
         HAS_UNCOND=has_uncond, HAS_PRIOR=has_prior, NOISE=mode, INT64=int64, NUM_PARTIALS=NUM_PARTIALS,
         BLOCK=_BLOCK, num_warps=_NUM_WARPS,
@@ -412,9 +412,7 @@ def aot_specs() -> list[KernelSpec]:
                                 "BLOCK": _BLOCK},
                     num_warps=_NUM_WARPS, num_stages=1))
                 for has_uncond in (False, True):
-                    # the seed is typed by value (i32 below 2**31) and only passed through for NOISE_GENERATED
-                    for noise, seed in ((NOISE_NONE, "i32"), (NOISE_GIVEN, "i32"), (NOISE_GENERATED, "i32"),
-                                        (NOISE_GENERATED, "i64")):
+                    for noise in (NOISE_NONE, NOISE_GIVEN, NOISE_GENERATED):
                         signature = {f"{name}_ptr": f"*{dtype}" for name in
                                      ("out", "x0", "sample", "cond", "uncond", "prior", "noise")}
                         signature.update({"partials_ptr": "*fp32", "alpha_t_ptr": "*fp32", "alpha_p_ptr": "*fp32",
@@ -424,7 +422,7 @@ def aot_specs() -> list[KernelSpec]:
                                                                     "guidance_rescale", "eta", "clip_range")})
                         signature.update({name: "i32" for name in ("prediction", "clip", "use_clipped", "inverse",
                                                                    "write_x0", "rescale")})
-                        signature.update({"seed": seed, "per_video_seed": "i32", "kind": "i32",
+                        signature.update({"seed_lo": "i32", "seed_hi": "i32", "per_video_seed": "i32", "kind": "i32",
                                           "coef_keep": "fp32", "coef_new": "fp32", "n_per_video": size,
                                           "cols": size, "post": size, "num_frames": "i32", "num_groups": "i32",
                                           "blocks_per_video": "i32", "frame_groups": "i32"})

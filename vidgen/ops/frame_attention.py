@@ -1,0 +1,240 @@
+"""Public frame-sparse attention ops (METHODS.md section 1): :func:`frame_attention` and its presets.
+
+Query frame f of every video attends to the union of the keys of the frames listed in row f
+of a key-frame table: Tune-A-Video's sparse-causal attention (frames 0 and f-1), first-frame
+attention (Text2Video-Zero, LAMP) and full spatio-temporal attention are three tables for the
+same op. Differentiable in q, k and v.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+
+from .. import _backend, _checks
+from ..kernels import frame_attention as _kernels
+
+FRAME_ATTENTION = _backend.declare("frame_attention", ("triton", "torch"), differentiable=True)
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # fp64: reference only
+
+
+# ----------------------------------------------------------------------------------------------
+# Custom ops: opaque to torch.compile; the Triton path never synchronises with the host (CUDA-graph
+# safe; the reference path reads the table on the host). The prepared key table travels as tensors
+# and sizes are unspecialised kernel arguments, so a new F, N or table never recompiles anything.
+# ----------------------------------------------------------------------------------------------
+def _run_triton(q: torch.Tensor) -> bool:
+    backend = _backend.select(FRAME_ATTENTION, q.device)
+    if backend == "triton" and q.dtype == torch.float64:
+        if _backend.requested() == "triton":
+            raise _backend.BackendUnavailable(
+                "VIDGEN_BACKEND=triton cannot run frame_attention on float64 inputs: the kernels take "
+                "fp16, bf16 or fp32 (float64 runs the PyTorch reference)")
+        return False
+    return backend == "triton"
+
+
+@torch.library.custom_op("vidgen::frame_attention_fwd", mutates_args=())
+def _forward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor, counts: torch.Tensor,
+                readers: torch.Tensor, reader_counts: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, lse). ``readers``/``reader_counts`` (the reverse table) are only saved for the backward."""
+    if _run_triton(q):
+        return _kernels.frame_attention_forward_triton(q, k, v, table, counts, scale)
+    out, lse = _kernels.frame_attention_reference(q, k, v, _listed_rows(table, counts), scale)
+    return out.contiguous(), lse.contiguous()
+
+
+@_forward_op.register_fake
+def _(q, k, v, table, counts, readers, reader_counts, scale):
+    B, F, N, H, _ = q.shape
+    lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    return (torch.empty(q.shape, dtype=q.dtype, device=q.device),
+            torch.empty((B, F, H, N), dtype=lse_dtype, device=q.device))
+
+
+@torch.library.custom_op("vidgen::frame_attention_bwd", mutates_args=())
+def _backward_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                 lse: torch.Tensor, table: torch.Tensor, counts: torch.Tensor, readers: torch.Tensor,
+                 reader_counts: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv), each contiguous in its input's shape."""
+    if _run_triton(q):
+        return _kernels.frame_attention_backward_triton(dout, q, k, v, out, lse, table, counts, readers,
+                                                        reader_counts, scale)
+    grads = _kernels.frame_attention_reference_backward(dout, q, k, v, _listed_rows(table, counts), scale)
+    return tuple(g.contiguous() for g in grads)
+
+
+@_backward_op.register_fake
+def _(dout, q, k, v, out, lse, table, counts, readers, reader_counts, scale):
+    return tuple(torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, table, counts, readers, reader_counts, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, table, counts, readers, reader_counts)
+    ctx.scale = scale
+    ctx.mark_non_differentiable(lse)
+    ctx.set_materialize_grads(False)  # no zero-filled gradient for lse
+
+
+def _backward(ctx, dout, dlse):
+    if dout is None:
+        return None, None, None, None, None, None, None, None
+    dq, dk, dv = _backward_op(dout, *ctx.saved_tensors, ctx.scale)
+    return dq, dk, dv, None, None, None, None, None
+
+
+torch.library.register_autograd("vidgen::frame_attention_fwd", _backward, setup_context=_setup_context)
+
+
+def _listed_rows(table: torch.Tensor, counts: torch.Tensor) -> list[list[int]]:
+    """The distinct key frames of each row (host copy; reference path only)."""
+    return [row[:n] for row, n in zip(table.tolist(), counts.tolist())]
+
+
+# ----------------------------------------------------------------------------------------------
+# Key tables: validated on the host, prepared once per (content, device) and cached, so repeated
+# calls (every UNet layer, every step) copy nothing to the device and never synchronise.
+# ----------------------------------------------------------------------------------------------
+def _key_rows(key_frames, num_frames: int) -> tuple[tuple[int, ...], ...]:
+    """Validate ``key_frames`` against F; returns it as a tuple of rows (a hashable cache key)."""
+    if isinstance(key_frames, torch.Tensor):
+        if key_frames.dtype.is_floating_point or key_frames.dtype.is_complex or key_frames.dtype == torch.bool:
+            raise TypeError(f"key_frames: expected an integer tensor, got {key_frames.dtype}")
+        if key_frames.dim() != 2:
+            raise ValueError(f"key_frames: expected a 2-D (F, K) table, got shape {tuple(key_frames.shape)}")
+        rows = key_frames.tolist()  # a CUDA table costs one host sync here; pass a list or CPU tensor
+    else:
+        try:
+            rows = [list(row) for row in key_frames]
+        except TypeError:
+            raise TypeError("key_frames: expected an (F, K) integer tensor or a list of F lists of frame "
+                            f"indices, got {type(key_frames).__name__}") from None
+        for row in rows:
+            for g in row:
+                if isinstance(g, bool) or not isinstance(g, (int, torch.SymInt)) and not (
+                        isinstance(g, torch.Tensor) and g.dim() == 0 and not g.dtype.is_floating_point):
+                    raise TypeError(f"key_frames: entries must be integer frame indices, got {g!r}")
+        rows = [[int(g) for g in row] for row in rows]
+    if len(rows) != num_frames:
+        raise ValueError(f"key_frames: expected one row per frame (F={num_frames}), got {len(rows)} rows")
+    for f, row in enumerate(rows):
+        if not row:
+            raise ValueError(f"key_frames: row {f} is empty, every query frame needs at least one key frame")
+    width = max(len(row) for row in rows)
+    rows = [row + row[:1] * (width - len(row)) for row in rows]  # ragged lists: pad with repeats (free)
+    for f, row in enumerate(rows):
+        bad = [g for g in row if not 0 <= g < num_frames]
+        if bad:
+            raise ValueError(f"key_frames: row {f} lists frame(s) {bad}, expected indices in [0, {num_frames})")
+    return tuple(tuple(row) for row in rows)
+
+
+def _build_tables(rows: tuple[tuple[int, ...], ...], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """(table, counts, readers, reader_counts) on ``device`` (see ``prepare_key_table``)."""
+    table, counts = _kernels.prepare_key_table(torch.tensor(rows, dtype=torch.int64, device=device))
+    return (table, counts, *_kernels.reverse_key_table(table, counts))
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_tables(rows: tuple[tuple[int, ...], ...], device: str) -> tuple[torch.Tensor, ...]:
+    return _build_tables(rows, torch.device(device))
+
+
+def _prepared_table(rows: tuple[tuple[int, ...], ...], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Eager: cached per (table, device), so a UNet's many calls copy nothing and never sync.
+    Under torch.compile the few tiny table ops are traced into the graph instead."""
+    if torch.compiler.is_compiling():
+        return _build_tables(rows, device)
+    return _cached_tables(rows, str(device))
+
+
+# ----------------------------------------------------------------------------------------------
+# Public functions
+# ----------------------------------------------------------------------------------------------
+def _check_inputs(q, k, v, scale) -> float:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        _checks.tensor(name, t, ndim=5, dtypes=_DTYPES)
+    _checks.same_device(q=q, k=k, v=v)
+    _checks.same_dtype(q=q, k=k, v=v)
+    B, F, N, H, D = q.shape
+    if k.shape != v.shape:
+        raise ValueError(f"v: expected the shape of k {tuple(k.shape)} (B, F, M, H, D), got {tuple(v.shape)}")
+    Bk, Fk, M, Hk, Dk = k.shape
+    if (Bk, Fk, Hk, Dk) != (B, F, H, D):
+        raise ValueError(f"k: expected (B, F, M, H, D) = ({B}, {F}, M, {H}, {D}) to match q (B, F, N, H, D) "
+                         f"{tuple(q.shape)}, got {tuple(k.shape)}")
+    if not _kernels.MIN_HEAD_DIM <= D <= _kernels.MAX_HEAD_DIM:
+        raise ValueError(f"q: head dim D={D} is not supported, expected "
+                         f"{_kernels.MIN_HEAD_DIM} <= D <= {_kernels.MAX_HEAD_DIM}")
+    if min(B, F, N, H, M) == 0:
+        raise ValueError(f"q, k: expected non-empty tensors, got q {tuple(q.shape)}, k {tuple(k.shape)}")
+    if scale is None:
+        return D ** -0.5
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise TypeError(f"scale: expected a finite float or None, got {scale!r}")
+    return float(scale)
+
+
+def frame_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_frames, *,
+                    scale: float | None = None) -> torch.Tensor:
+    """Attention of each query frame over the keys of a set of frames, without copying K or V.
+
+    ``out[b, f, n, h] = softmax_j(scale * q[b, f, n, h] . K_f[j]) @ V_f`` where ``K_f``/``V_f``
+    are the tokens of the frames in ``key_frames[f]`` (each distinct frame once), all heads
+    independent.
+
+    Args:
+        q: (B, F, N, H, D) queries: B videos, F frames, N tokens per frame, H heads, head dim
+            8 <= D <= 256. fp16, bf16 or fp32 (exact fp32 products, no tf32); fp64 runs the
+            PyTorch reference.
+        k, v: (B, F, M, H, D) keys and values of every frame. Any strides with unit stride on
+            D: e.g. a projection output (B*F, N, H*D) viewed as (B, F, N, H, D) is read in place.
+        key_frames: (F, K) table (integer tensor, or list of F non-empty lists, which may be
+            ragged): query frame f attends to the union of the tokens of frames
+            ``key_frames[f]``. A frame listed twice counts once, in the result and in the cost.
+            Lists and CPU tensors are validated on the host and cached on the device; a CUDA
+            tensor costs one host synchronisation.
+        scale: score scale, ``D ** -0.5`` by default.
+
+    The backward is race-free and bit-deterministic in every mode, so there is no
+    deterministic switch: every dk/dv block has exactly one writer (no atomics), which loops
+    over the query frames that read its key frame.
+
+    Returns:
+        (B, F, N, H, D) contiguous, q's dtype: viewed as (B*F, N, H*D), the layout the output
+        projection takes.
+    """
+    scale = _check_inputs(q, k, v, scale)
+    rows = _key_rows(key_frames, q.shape[1])
+    out, _ = _forward_op(q, k, v, *_prepared_table(rows, q.device), scale)
+    return out
+
+
+def sparse_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+                            scale: float | None = None) -> torch.Tensor:
+    """Tune-A-Video's ``SparseCausalAttention``: frame f attends to frames 0 and ``max(f - 1, 0)``.
+
+    Same arguments and result as :func:`frame_attention`; equal to attending over
+    ``cat([k[:, [0] * F], k[:, prev]], dim=2)`` (frames 0 and 1 see frame 0 once, at the cost of once).
+    """
+    return frame_attention(q, k, v, _kernels.sparse_causal_key_frames(_frames_of(q)), scale=scale)
+
+
+def first_frame_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+                          scale: float | None = None) -> torch.Tensor:
+    """Every frame attends to frame 0 (Text2Video-Zero's ``CrossFrameAttnProcessor``, LAMP)."""
+    return frame_attention(q, k, v, _kernels.first_frame_key_frames(_frames_of(q)), scale=scale)
+
+
+def full_frame_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+                         scale: float | None = None) -> torch.Tensor:
+    """Every frame attends to the tokens of all F frames (full spatio-temporal attention)."""
+    return frame_attention(q, k, v, _kernels.full_key_frames(_frames_of(q)), scale=scale)
+
+
+def _frames_of(q) -> int:
+    _checks.tensor("q", q, ndim=5, dtypes=_DTYPES)
+    return q.shape[1]
