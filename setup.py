@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import sys
 
-from setuptools import Extension, setup
+from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 DEFAULT_CUDA_ARCHS = "80-real;90a-real;90-virtual"
@@ -58,7 +58,7 @@ def cuda_extensions():
 
 
 setup(
-    packages=["vidgen", "vidgen.ops", "vidgen.kernels"],
+    packages=["vidgen", *(f"vidgen.{p}" for p in find_packages("vidgen")), "vidgen.kernels"],
     package_dir={"vidgen": "vidgen", "vidgen.kernels": "kernels"},
     ext_modules=cuda_extensions(),
     cmdclass={"build_ext": CMakeBuild},

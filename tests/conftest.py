@@ -17,6 +17,22 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # keep Triton's current 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# pytest-xdist runs one worker per core: more intra-op threads only contend for the same cores.
+torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def builtin_model_cache(tmp_path_factory):
+    """One cache of built-in default models per test process, never the user's ~/.cache."""
+    path = tmp_path_factory.mktemp("vidgen-cache")
+    previous = os.environ.get("VIDGEN_CACHE")
+    os.environ["VIDGEN_CACHE"] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop("VIDGEN_CACHE")
+    else:
+        os.environ["VIDGEN_CACHE"] = previous
+
 
 @pytest.fixture(autouse=True)
 def poison_uninitialized_memory():
@@ -25,6 +41,30 @@ def poison_uninitialized_memory():
     torch.utils.deterministic.fill_uninitialized_memory = True
     yield
     torch.use_deterministic_algorithms(previous)
+
+
+@pytest.fixture(autouse=True)
+def interpreter_bf16_dot(monkeypatch):
+    """Work around Triton's interpreter (3.6-3.9) keeping bf16 as raw uint16 bits and multiplying
+    those integers in ``tl.dot``: widen bf16 operands to fp32 (exact), as the tensor cores read them.
+    The rest of the interpreter handles bf16 correctly; compiled (GPU) runs are untouched."""
+    if DEVICE != "cpu":
+        return
+    import numpy as np
+    import triton.language as tl
+    from triton.runtime import interpreter
+
+    original = interpreter.InterpreterBuilder.create_dot
+
+    def widen(handle):
+        if handle.dtype != tl.bfloat16:
+            return handle
+        return interpreter.TensorHandle((handle.data.astype(np.uint32) << 16).view(np.float32), tl.float32)
+
+    def create_dot(self, a, b, d, *args):
+        return original(self, widen(a), widen(b), d, *args)
+
+    monkeypatch.setattr(interpreter.InterpreterBuilder, "create_dot", create_dot)
 
 
 @pytest.fixture

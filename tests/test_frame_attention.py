@@ -7,7 +7,6 @@ contiguous and strided; the three named modes and a random table).
 """
 import importlib
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F_
@@ -20,27 +19,6 @@ fa_module = importlib.import_module("vidgen.ops.frame_attention")  # the module,
 # Error relative to the largest reference magnitude. fp16/bf16 round P to the input dtype before
 # the P V product (as every fused attention does), so they sit near their epsilon.
 TOLERANCE = {torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
-
-
-@pytest.fixture(autouse=True)
-def interpreter_bf16_dot(monkeypatch):
-    """Work around a Triton interpreter bug (3.6-3.9): ``tl.dot`` on bf16 operands multiplies
-    their raw uint16 bit patterns as integers. Decode them to fp32 first (exact), as the GPU's
-    bf16 MMA does; the rest of the interpreter handles bf16 correctly. No effect on GPU runs."""
-    try:
-        from triton.runtime import interpreter
-    except ImportError:
-        return
-    original = interpreter.InterpreterBuilder.create_dot
-
-    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
-        if a.dtype.scalar.name == "bf16":
-            decode = lambda h: interpreter.TensorHandle(  # noqa: E731
-                (h.data.astype(np.uint32) << 16).view(np.float32), interpreter.tl.float32)
-            a, b = decode(a), decode(b)
-        return original(self, a, b, d, input_precision, max_num_imprecise_acc)
-
-    monkeypatch.setattr(interpreter.InterpreterBuilder, "create_dot", create_dot)
 
 
 def _tables(mode: str, frames: int, seed: int = 0):

@@ -15,7 +15,7 @@ import tempfile
 import torch
 
 ARCHS = ("tiny", "sd15")
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
 
 # SD1.5's scheduler configuration (METHODS.md section 5).
 SD15_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
@@ -57,7 +57,8 @@ def _write_tokenizer(path: str) -> None:
             json.dump(vocab, f)
         with open(os.path.join(tmp, "merges.txt"), "w") as f:
             f.write("#version: 0.2\n")
-        CLIPTokenizer(os.path.join(tmp, "vocab.json"), os.path.join(tmp, "merges.txt")).save_pretrained(path)
+        CLIPTokenizer(os.path.join(tmp, "vocab.json"), os.path.join(tmp, "merges.txt"),
+                      model_max_length=77).save_pretrained(path)
 
 
 def build(path: str, arch: str = "tiny", seed: int = 0) -> str:

@@ -1,5 +1,10 @@
 """vidgen's ops: each dispatches to the CUDA library, Triton or its PyTorch reference (see ``vidgen._backend``)."""
 from .._backend import BackendUnavailable, use_backend
+from .frame_attention import (first_frame_attention, frame_attention, full_frame_attention,
+                              sparse_causal_attention)
+from .guidance import guided_step
 from .noise import add_noise, correlated_noise
+from .temporal_attention import temporal_attention
 
-__all__ = ["BackendUnavailable", "add_noise", "correlated_noise", "use_backend"]
+__all__ = ["BackendUnavailable", "add_noise", "correlated_noise", "first_frame_attention", "frame_attention",
+           "full_frame_attention", "sparse_causal_attention", "guided_step", "temporal_attention", "use_backend"]

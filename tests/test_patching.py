@@ -1,0 +1,325 @@
+"""vidgen.patch / vidgen.unpatch: same outputs as diffusers, undone exactly, for every supported kind.
+
+Tiny models are built in code, saved to a temporary folder and loaded back the way a user
+loads them. Equivalence is fp32 (patched vs unpatched on the same inputs); unpatch must give
+bit-identical outputs to the never-patched model.
+"""
+import pytest
+import torch
+from diffusers import (AnimateDiffPipeline, DDIMScheduler, MotionAdapter, SparseControlNetModel,
+                       UNet2DConditionModel, UNet3DConditionModel, UNetMotionModel)
+from diffusers.models.attention_processor import AttnProcessor2_0
+from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
+from diffusers.pipelines.deprecated.text_to_video_synthesis.pipeline_text_to_video_zero import (
+    CrossFrameAttnProcessor, CrossFrameAttnProcessor2_0, TextToVideoZeroPipeline)
+
+import vidgen
+from vidgen import default_model
+from vidgen.models import VideoUNet
+from vidgen.patching import FirstFrameAttnProcessor, is_patched
+from vidgen.schedulers import FusedDDIMScheduler
+
+FRAMES = 3
+
+
+def tiny_unet2d(seed: int = 0) -> UNet2DConditionModel:
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=2, norm_num_groups=8)
+
+
+def tiny_adapter(seed: int = 1) -> MotionAdapter:
+    torch.manual_seed(seed)
+    adapter = MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=1, motion_num_attention_heads=2,
+                            motion_norm_num_groups=8, motion_max_seq_length=8)
+    with torch.no_grad():  # real (non-zero) output projections, so the motion modules matter
+        for name, param in adapter.named_parameters():
+            if "proj_out" in name:
+                param.normal_(0, 0.2)
+    return adapter
+
+
+@pytest.fixture(scope="module")
+def motion_unet_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("motion") / "unet"
+    UNetMotionModel.from_unet2d(tiny_unet2d(), tiny_adapter()).save_pretrained(path)
+    return path
+
+
+def video_inputs(videos=1, frames=FRAMES, size=8, seed=3, text_per_frame=False):
+    """(sample (B, C, F, h, w), timestep, text): UNetMotionModel takes text per frame (B*F, L, C)."""
+    gen = torch.Generator().manual_seed(seed)
+    text = torch.randn(videos, 5, 32, generator=gen)
+    return (torch.randn(videos, 4, frames, size, size, generator=gen), torch.tensor(411),
+            text.repeat_interleave(frames, dim=0) if text_per_frame else text)
+
+
+def run(model, *inputs):
+    with torch.no_grad():
+        return model(*inputs).sample
+
+
+# ----------------------------------------------------------------------------------------------
+# AnimateDiff
+# ----------------------------------------------------------------------------------------------
+def test_motion_unet_patch_is_equivalent_and_unpatch_restores_bits(motion_unet_dir):
+    unet = UNetMotionModel.from_pretrained(motion_unet_dir)
+    inputs = video_inputs(text_per_frame=True)
+    before = run(unet, *inputs)
+    with vidgen.ops.use_backend("torch"):
+        assert vidgen.patch(unet) is unet and is_patched(unet)
+        record = unet._vidgen_patch
+        assert vidgen.patch(unet) is unet and unet._vidgen_patch is record  # idempotent
+        patched = run(unet, *inputs)
+    torch.testing.assert_close(patched, before, rtol=1e-4, atol=1e-4)
+    motion_modules = sum(isinstance(m, AnimateDiffTransformer3D) for m in unet.modules())
+    assert f"vidgen: temporal_attention ({motion_modules} motion modules)" in str(unet)
+    vidgen.unpatch(unet)
+    assert not is_patched(unet) and "vidgen" not in str(unet)
+    assert torch.equal(run(unet, *inputs), before)
+
+
+def test_motion_unet_triton_path(motion_unet_dir):
+    # vidgen's Triton temporal kernel through the interpreter on the tiniest shapes.
+    unet = UNetMotionModel.from_pretrained(motion_unet_dir)
+    inputs = video_inputs(size=4, text_per_frame=True)
+    before = run(unet, *inputs)
+    vidgen.patch(unet)
+    torch.testing.assert_close(run(unet, *inputs), before, rtol=2e-4, atol=2e-4)
+
+
+def test_patch_options_select_roles(motion_unet_dir):
+    unet = UNetMotionModel.from_pretrained(motion_unet_dir)
+    processors = unet.attn_processors
+    vidgen.patch(unet, temporal_attention=False)
+    assert "vidgen" not in str(unet)  # nothing else in a motion UNet is vidgen's to patch
+    vidgen.patch(unet)  # other options: re-patched
+    assert unet._vidgen_patch.options["temporal_attention"]
+    assert all(type(p) is type(processors[k]) for k, p in unet.attn_processors.items())  # spatial/text untouched
+    vidgen.unpatch(unet)
+
+
+@pytest.fixture(scope="module")
+def sd_dir(tmp_path_factory):
+    return default_model.build(str(tmp_path_factory.mktemp("sd") / "model"), "tiny")
+
+
+def _animatediff_pipeline(sd_dir):
+    pipe = AnimateDiffPipeline.from_pretrained(sd_dir, motion_adapter=tiny_adapter_for(sd_dir))
+    pipe.set_progress_bar_config(disable=True)
+    pipe.tokenizer.model_max_length = min(pipe.tokenizer.model_max_length, 77)  # older default_model folders lack it
+    return pipe
+
+
+def tiny_adapter_for(sd_dir):
+    unet = UNet2DConditionModel.from_pretrained(sd_dir, subfolder="unet")
+    torch.manual_seed(2)
+    adapter = MotionAdapter(block_out_channels=unet.config.block_out_channels, motion_layers_per_block=1,
+                            motion_num_attention_heads=2, motion_norm_num_groups=8, motion_max_seq_length=8)
+    with torch.no_grad():
+        for name, param in adapter.named_parameters():
+            if "proj_out" in name:
+                param.normal_(0, 0.2)
+    return adapter
+
+
+def test_animatediff_pipeline_patch_swaps_scheduler_and_matches(sd_dir):
+    pipe = _animatediff_pipeline(sd_dir)
+    original_scheduler = pipe.scheduler
+    assert type(original_scheduler) is DDIMScheduler
+
+    def sample():
+        return pipe("a cat", num_frames=FRAMES, height=64, width=64, num_inference_steps=2, guidance_scale=3.0,
+                    generator=torch.Generator().manual_seed(0), output_type="latent").frames
+
+    before = sample()
+    with vidgen.ops.use_backend("torch"):
+        vidgen.patch(pipe)
+        assert isinstance(pipe.scheduler, FusedDDIMScheduler)
+        assert is_patched(pipe.unet) and "temporal_attention" in str(pipe.unet)
+        patched = sample()
+    torch.testing.assert_close(patched, before, rtol=1e-4, atol=1e-4)
+    vidgen.unpatch(pipe)
+    assert pipe.scheduler is original_scheduler and not is_patched(pipe.unet)
+    assert torch.equal(sample(), before)
+
+
+def test_free_noise_is_refused(sd_dir):
+    pipe = _animatediff_pipeline(sd_dir)
+    pipe.enable_free_noise(context_length=2, context_stride=1)
+    with pytest.raises(ValueError, match="FreeNoise"):
+        vidgen.patch(pipe)
+    assert not is_patched(pipe) and not is_patched(pipe.unet)
+    assert pipe.scheduler.__class__ is DDIMScheduler  # nothing half-done
+    vidgen.patch(pipe, temporal_attention=False)  # the documented way out
+    vidgen.unpatch(pipe)
+    pipe.disable_free_noise()
+    vidgen.patch(pipe)
+    with pytest.raises(ValueError, match="enable_free_noise: this pipeline is patched by vidgen"):
+        pipe.enable_free_noise(context_length=2, context_stride=1)  # after patching: refused too
+    vidgen.unpatch(pipe)
+    pipe.enable_free_noise(context_length=2, context_stride=1)
+
+
+def test_sparsectrl_controlnet_motion_modules(tmp_path):
+    torch.manual_seed(7)
+    SparseControlNetModel(
+        in_channels=4, conditioning_channels=4, block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8,
+        down_block_types=("CrossAttnDownBlockMotion", "DownBlockMotion"), cross_attention_dim=32, attention_head_dim=2,
+        motion_num_attention_heads=2, motion_max_seq_length=8).save_pretrained(tmp_path / "controlnet")
+    controlnet = SparseControlNetModel.from_pretrained(tmp_path / "controlnet")
+    with torch.no_grad():  # its output convolutions are zero-initialised: make every path count
+        for param in controlnet.parameters():
+            param.add_(torch.randn_like(param) * 0.1)
+    sample, timestep, text = video_inputs(size=4, text_per_frame=True)
+    gen = torch.Generator().manual_seed(8)
+    cond, mask = torch.randn(1, 4, FRAMES, 4, 4, generator=gen), (torch.rand(1, 1, FRAMES, 4, 4, generator=gen) > 0.5).float()
+
+    def outputs():
+        with torch.no_grad():
+            result = controlnet(sample, timestep, text, cond, conditioning_mask=mask, return_dict=False)
+        return [*result[0], result[1]]
+
+    before = outputs()
+    with vidgen.ops.use_backend("torch"):
+        vidgen.patch(controlnet)
+        assert "motion modules" in str(controlnet).splitlines()[1]
+        for got, expected in zip(outputs(), before):
+            torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    vidgen.unpatch(controlnet)
+    assert all(torch.equal(got, expected) for got, expected in zip(outputs(), before))
+
+
+def test_unet3d_temporal_transformers(tmp_path):
+    torch.manual_seed(6)
+    UNet3DConditionModel(
+        sample_size=8, block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32, attention_head_dim=8,
+        norm_num_groups=8, down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D")).save_pretrained(tmp_path / "unet3d")
+    unet = UNet3DConditionModel.from_pretrained(tmp_path / "unet3d")
+    inputs = video_inputs(size=4)
+    before = run(unet, *inputs)
+    with vidgen.ops.use_backend("torch"):
+        vidgen.patch(unet)
+        torch.testing.assert_close(run(unet, *inputs), before, rtol=1e-4, atol=1e-4)
+    assert "motion modules" in str(unet).splitlines()[1]
+    vidgen.unpatch(unet)
+    assert torch.equal(run(unet, *inputs), before)
+
+
+# ----------------------------------------------------------------------------------------------
+# Text2Video-Zero
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("processor_class", [CrossFrameAttnProcessor2_0, CrossFrameAttnProcessor])
+def test_text2video_zero_processors(tmp_path, processor_class):
+    tiny_unet2d().save_pretrained(tmp_path / "unet")
+    unet = UNet2DConditionModel.from_pretrained(tmp_path / "unet")
+    unet.set_attn_processor(processor_class(batch_size=2))
+    originals = unet.attn_processors
+    gen = torch.Generator().manual_seed(4)
+    inputs = (torch.randn(2 * FRAMES, 4, 8, 8, generator=gen), torch.tensor(300), torch.randn(2 * FRAMES, 5, 32, generator=gen))
+    before = run(unet, *inputs)
+    with vidgen.ops.use_backend("torch"):
+        vidgen.patch(unet)
+        after = unet.attn_processors
+        for name, processor in after.items():
+            if ".attn1." in name:
+                assert isinstance(processor, FirstFrameAttnProcessor) and processor.original is originals[name]
+            else:
+                assert processor is originals[name]  # text cross-attention untouched
+        torch.testing.assert_close(run(unet, *inputs), before, rtol=1e-4, atol=1e-4)
+        assert "vidgen: first-frame attention" in str(unet)
+
+        # The pipeline installs its processors inside __call__: they are translated on arrival.
+        unet.set_attn_processor(AttnProcessor2_0())
+        assert "vidgen: first-frame" not in str(unet.down_blocks[0])
+        unet.set_attn_processor(processor_class(batch_size=2))
+        assert isinstance(unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1.processor, FirstFrameAttnProcessor)
+        torch.testing.assert_close(run(unet, *inputs), before, rtol=1e-4, atol=1e-4)
+
+    vidgen.unpatch(unet)
+    assert "set_attn_processor" not in unet.__dict__ and "vidgen" not in str(unet)
+    assert not any(isinstance(p, FirstFrameAttnProcessor) for p in unet.attn_processors.values())
+    assert torch.equal(run(unet, *inputs), before)
+
+
+def test_text2video_zero_pipeline(sd_dir, monkeypatch):
+    # The pipeline installs cross-frame processors inside __call__ and restores the old ones after.
+    pipe = TextToVideoZeroPipeline.from_pretrained(sd_dir, safety_checker=None, feature_extractor=None,
+                                                   requires_safety_checker=False)
+    pipe.tokenizer.model_max_length = min(pipe.tokenizer.model_max_length, 77)
+    pipe.set_progress_bar_config(disable=True)
+
+    def sample():
+        return pipe("a cat", video_length=FRAMES, height=64, width=64, num_inference_steps=3, t0=0, t1=1,
+                    generator=torch.Generator().manual_seed(0), output_type="latent").images
+
+    calls = []
+    original_call = FirstFrameAttnProcessor.__call__
+    monkeypatch.setattr(FirstFrameAttnProcessor, "__call__", lambda self, *a, **k: calls.append(1) or original_call(self, *a, **k))
+    before = sample()
+    with vidgen.ops.use_backend("torch"):
+        vidgen.patch(pipe)
+        assert isinstance(pipe.scheduler, FusedDDIMScheduler)
+        torch.testing.assert_close(sample(), before, rtol=1e-4, atol=1e-4)
+    assert calls  # the processors installed inside __call__ ran on vidgen's kernel
+    vidgen.unpatch(pipe)
+    calls.clear()
+    assert torch.equal(sample(), before) and not calls
+
+
+def test_text2video_zero_triton_path(tmp_path):
+    unet = tiny_unet2d()
+    unet.set_attn_processor(CrossFrameAttnProcessor2_0(batch_size=2))
+    gen = torch.Generator().manual_seed(4)
+    inputs = (torch.randn(2 * FRAMES, 4, 4, 4, generator=gen), torch.tensor(300), torch.randn(2 * FRAMES, 5, 32, generator=gen))
+    before = run(unet, *inputs)
+    vidgen.patch(unet)
+    torch.testing.assert_close(run(unet, *inputs), before, rtol=2e-4, atol=2e-4)
+
+
+# ----------------------------------------------------------------------------------------------
+# vidgen's VideoUNet
+# ----------------------------------------------------------------------------------------------
+def test_video_unet_patch_switches_implementation(tmp_path):
+    tiny_unet2d().save_pretrained(tmp_path / "unet")
+    unet = VideoUNet.from_pretrained_2d(tmp_path)
+    with torch.no_grad():
+        for name, param in unet.named_parameters():
+            if "attn_temp.to_out" in name:
+                param.normal_(0, 0.3)
+    inputs = video_inputs(videos=2)
+    with vidgen.ops.use_backend("torch"):
+        born_patched = run(unet, *inputs)
+        assert unet.vidgen_ops == {"frame_attention": True, "temporal_attention": True}
+        vidgen.unpatch(unet)
+        assert unet.vidgen_ops == {"frame_attention": False, "temporal_attention": False}
+        assert "unpatched" in str(unet).splitlines()[1]
+        reference = run(unet, *inputs)
+        vidgen.patch(unet, frame_attention=False)
+        assert unet.vidgen_ops == {"frame_attention": False, "temporal_attention": True}
+        half = run(unet, *inputs)
+        vidgen.unpatch(unet)
+        assert torch.equal(run(unet, *inputs), reference)
+    torch.testing.assert_close(born_patched, reference, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(half, reference, rtol=1e-4, atol=1e-4)
+
+
+def test_bad_objects_are_refused():
+    with pytest.raises(TypeError, match="obj: expected a diffusers pipeline or model"):
+        vidgen.patch("unet")
+
+
+@pytest.mark.slow  # torch.compile tracing: ~15 s on one CPU core
+def test_patched_models_work_under_torch_compile(motion_unet_dir, tmp_path):
+    motion = UNetMotionModel.from_pretrained(motion_unet_dir)
+    tiny_unet2d().save_pretrained(tmp_path / "unet")
+    video = VideoUNet.from_pretrained_2d(tmp_path)
+    with vidgen.ops.use_backend("torch"):
+        for unet, text_per_frame, fullgraph in ((motion, True, False), (video, False, True)):
+            inputs = video_inputs(size=4, text_per_frame=text_per_frame)
+            expected = run(vidgen.patch(unet), *inputs)
+            compiled = torch.compile(unet, backend="aot_eager", fullgraph=fullgraph)
+            torch.testing.assert_close(run(compiled, *inputs), expected, rtol=1e-5, atol=1e-5)

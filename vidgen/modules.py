@@ -1,0 +1,257 @@
+"""Copy-free temporal layers for diffusers modules (METHODS.md section 2).
+
+Video UNets keep activations in the image layout: frames folded into the batch, ``(B*F, N, C)``
+tokens or ``(B*F, C, h, w)`` maps. Temporal layers in diffusers and Tune-A-Video permute the
+whole activation to ``(B*N, F, C)`` and back around each attention (two full copies, plus the
+copies SDPA's head split makes). Here the attention reads the projections where they are:
+``vidgen.ops.temporal_attention`` takes (B, F, N, H, D) with any strides, so every tensor stays
+in the image layout and only the matmuls and norms touch memory.
+
+* :func:`temporal_self_attention`: a diffusers ``Attention`` as self-attention over frames
+  (Tune-A-Video's ``attn_temp``; AnimateDiff's ``attn1``/``attn2``).
+* :func:`patch_temporal_transformer`: instance-level patch of ``AnimateDiffTransformer3D`` /
+  ``TransformerTemporalModel`` (AnimateDiff motion modules) with :class:`FusedTemporalTransformer`'s
+  forward; :func:`unpatch_temporal_transformer` restores the module's own.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .ops.temporal_attention import temporal_attention
+
+__all__ = ["FusedTemporalTransformer", "patch_motion_modules", "patch_temporal_transformer",
+           "temporal_self_attention", "unpatch_temporal_transformer"]
+
+
+def _split_heads(x: torch.Tensor, batch: int, num_frames: int, heads: int) -> torch.Tensor:
+    """(B*F, N, H*D) -> (B, F, N, H, D) view (no copy for any strides the projections give)."""
+    _, tokens, inner = x.shape
+    return x.unflatten(0, (batch, num_frames)).unflatten(-1, (heads, inner // heads))
+
+
+def temporal_self_attention(attn: nn.Module, hidden_states: torch.Tensor, num_frames: int,
+                            *, positional_embedding: torch.Tensor | None = None) -> torch.Tensor:
+    """Run diffusers ``Attention`` ``attn`` as self-attention over frames, in the image layout.
+
+    Equivalent to ``rearrange(h, "(b f) n c -> (b n) f c")``, ``attn(h)`` and the inverse
+    rearrange, without the two copies: q, k and v come from ``attn.to_q/to_k/to_v`` on the
+    (B*F, N, C) tokens and are read in place by the temporal attention kernel.
+
+    Args:
+        attn: a diffusers ``Attention`` used as self-attention (its ``to_q``, ``to_k``, ``to_v``,
+            ``to_out``, ``heads``, ``scale``, optional ``norm_q``/``norm_k``,
+            ``residual_connection`` and ``rescale_output_factor`` are honoured; spatial/group
+            norms and cross-attention are not part of a temporal layer and are refused).
+        hidden_states: (B*F, N, C), frame index fastest within each video ("(b f)").
+        num_frames: F.
+        positional_embedding: optional (F, C) table added to the attention's input (not to its
+            residual), as diffusers' sinusoidal ``pos_embed`` does for motion modules.
+
+    Returns:
+        (B*F, N, C), the attention output (plus its input when ``attn.residual_connection``).
+
+    The scale is ``attn.scale`` (``D ** -0.5`` unless the module was built otherwise; note that
+    diffusers' ``AttnProcessor2_0`` always uses ``D ** -0.5``).
+    """
+    if not isinstance(hidden_states, torch.Tensor) or hidden_states.dim() != 3:
+        shape = tuple(hidden_states.shape) if isinstance(hidden_states, torch.Tensor) else type(hidden_states).__name__
+        raise ValueError(f"hidden_states: expected a (B*F, N, C) tensor, got {shape}")
+    if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
+        raise ValueError(f"num_frames: expected a positive int, got {num_frames!r}")
+    batch_frames = hidden_states.shape[0]
+    if batch_frames % num_frames:
+        raise ValueError(f"hidden_states: dim 0 ({batch_frames}) is not a multiple of num_frames={num_frames}")
+    if getattr(attn, "is_cross_attention", False) or getattr(attn, "spatial_norm", None) is not None \
+            or getattr(attn, "group_norm", None) is not None:
+        raise ValueError("attn: expected a plain self-attention module (no cross-attention, spatial or group norm)")
+    batch = batch_frames // num_frames
+
+    attn_input = hidden_states
+    if positional_embedding is not None:
+        if positional_embedding.shape[0] < num_frames:
+            raise ValueError(f"positional_embedding: has {positional_embedding.shape[0]} rows, fewer than "
+                             f"num_frames={num_frames}")
+        # (B, F, N, C) + (F, 1, C): the table varies along frames only.
+        table = positional_embedding[:num_frames, None]
+        attn_input = (hidden_states.unflatten(0, (batch, num_frames)) + table).flatten(0, 1)
+    q = _split_heads(attn.to_q(attn_input), batch, num_frames, attn.heads)
+    k = _split_heads(attn.to_k(attn_input), batch, num_frames, attn.heads)
+    v = _split_heads(attn.to_v(attn_input), batch, num_frames, attn.heads)
+    if attn.norm_q is not None:
+        q = attn.norm_q(q)
+    if attn.norm_k is not None:
+        k = attn.norm_k(k)
+
+    out = temporal_attention(q, k, v, scale=attn.scale).flatten(-2).flatten(0, 1)  # (B*F, N, H*D)
+    out = attn.to_out[0](out)
+    out = attn.to_out[1](out)  # dropout
+    if attn.residual_connection:  # diffusers' residual is the attention's own input, embedding included
+        out = out + attn_input
+    return out / attn.rescale_output_factor if attn.rescale_output_factor != 1.0 else out
+
+
+# ----------------------------------------------------------------------------------------------
+# AnimateDiff motion modules
+# ----------------------------------------------------------------------------------------------
+_DEFAULT_PROCESSORS = ("AttnProcessor2_0", "AttnProcessor")  # the ones whose math we reproduce
+
+
+def _motion_module_types() -> tuple[type, ...]:
+    from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
+    from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
+
+    return AnimateDiffTransformer3D, TransformerTemporalModel
+
+
+def _check_fusable(module: nn.Module) -> None:
+    """Raise (naming the part) unless the module's structure is the one the fused forward computes."""
+    from diffusers.models.attention import BasicTransformerBlock
+    from diffusers.models.embeddings import SinusoidalPositionalEmbedding
+
+    name = type(module).__name__
+    if not isinstance(module, _motion_module_types()):
+        raise TypeError(f"module: expected an AnimateDiffTransformer3D or TransformerTemporalModel, got {name}")
+    if not isinstance(module.norm, nn.GroupNorm) or not module.norm.affine:
+        raise ValueError(f"{name}.norm: expected an affine nn.GroupNorm")
+    for proj in ("proj_in", "proj_out"):
+        if type(getattr(module, proj)) is not nn.Linear:  # a LoRA wrapper would be bypassed by .weight
+            raise ValueError(f"{name}.{proj}: expected a plain nn.Linear, got {type(getattr(module, proj)).__name__}")
+    for i, block in enumerate(module.transformer_blocks):
+        where = f"{name}.transformer_blocks[{i}]"
+        if not isinstance(block, BasicTransformerBlock) or block.norm_type != "layer_norm":
+            raise ValueError(f"{where}: expected a BasicTransformerBlock with norm_type='layer_norm'")
+        if block.only_cross_attention or hasattr(block, "fuser"):
+            raise ValueError(f"{where}: cross-attention-only and gated blocks are not temporal self-attention")
+        if block.pos_embed is not None and not isinstance(block.pos_embed, SinusoidalPositionalEmbedding):
+            raise ValueError(f"{where}.pos_embed: expected None or SinusoidalPositionalEmbedding, "
+                             f"got {type(block.pos_embed).__name__}")
+        for attn_name in ("attn1", "attn2"):
+            attn = getattr(block, attn_name)
+            if attn is not None and attn.is_cross_attention:
+                raise ValueError(f"{where}.{attn_name}: expected self-attention, got cross-attention")
+
+
+def _group_norm_channels_first(x: torch.Tensor, norm: nn.GroupNorm, batch: int, num_frames: int) -> torch.Tensor:
+    """GroupNorm of (B*F, C, h, w) with statistics pooled over (F, h, w), as diffusers' motion modules
+    apply it to the (B, C, F, h, w) video; returns (B*F, C, h*w) without moving frames around."""
+    groups = norm.num_groups
+    video = x.unflatten(0, (batch, num_frames)).unflatten(2, (groups, -1)).flatten(-2)  # (B, F, G, C/G, N)
+    x32 = video.float()  # fp32 statistics and affine, rounded once, like torch's GroupNorm kernels
+    var, mean = torch.var_mean(x32, dim=(1, 3, 4), keepdim=True, correction=0)  # (B, 1, G, 1, 1)
+    scale = torch.rsqrt(var + norm.eps) * norm.weight.float().view(groups, -1, 1)  # (B, 1, G, C/G, 1)
+    shift = norm.bias.float().view(groups, -1, 1) - mean * scale
+    return torch.addcmul(shift, x32, scale).to(x.dtype).flatten(2, 3).flatten(0, 1)
+
+
+def _block_forward(block: nn.Module, tokens: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """diffusers' ``BasicTransformerBlock`` (layer norms, two self-attentions over frames, ff) on
+    image-layout tokens (B*F, N, C)."""
+    table = block.pos_embed.pe[0] if block.pos_embed is not None else None  # (max_seq_length, C)
+    tokens = temporal_self_attention(block.attn1, block.norm1(tokens), num_frames, positional_embedding=table) + tokens
+    if block.attn2 is not None:
+        tokens = temporal_self_attention(block.attn2, block.norm2(tokens), num_frames,
+                                         positional_embedding=table) + tokens
+    return block.ff(block.norm3(tokens)) + tokens
+
+
+class FusedTemporalTransformer:
+    """The forward of an AnimateDiff motion module without the (B*h*w, F, C) permuted copies.
+
+    Computes exactly what ``AnimateDiffTransformer3D.forward`` / ``TransformerTemporalModel.forward``
+    compute, with the module's own weights, in one layout decision: the activation stays in the
+    image layout throughout. GroupNorm statistics are pooled over frames in place; ``proj_in``
+    is a batched matmul that reads the channels-first map as its transposed operand and writes
+    (B*F, N, C) tokens; the transformer blocks run on those tokens with
+    :func:`temporal_self_attention` (the sinusoidal table added to the attention input along
+    frames); ``proj_out`` is the matmul the other way round, written channels-first on top of the
+    residual. Calls the fused path cannot reproduce (an ``encoder_hidden_states``,
+    ``cross_attention_kwargs``, a custom attention processor, chunked feed-forward) run the
+    module's original forward.
+
+    Install with :func:`patch_temporal_transformer`; this object becomes the instance's ``forward``.
+    """
+
+    def __init__(self, module: nn.Module):
+        _check_fusable(module)
+        self.module = module
+        self.original_forward = module.__dict__.get("forward")  # an instance-level forward, if any
+        self.returns_output_class = isinstance(module, _motion_module_types()[1])  # TransformerTemporalModel
+
+    def unfused(self, *args, **kwargs):
+        if self.original_forward is not None:
+            return self.original_forward(*args, **kwargs)
+        return type(self.module).forward(self.module, *args, **kwargs)
+
+    def _fusable_call(self, hidden_states, encoder_hidden_states, cross_attention_kwargs) -> bool:
+        if encoder_hidden_states is not None or cross_attention_kwargs or hidden_states.dim() != 4:
+            return False
+        for block in self.module.transformer_blocks:
+            if block._chunk_size is not None:
+                return False
+            for attn in (block.attn1, block.attn2):
+                if attn is not None and type(attn.processor).__name__ not in _DEFAULT_PROCESSORS:
+                    return False
+        return True
+
+    def __call__(self, hidden_states, encoder_hidden_states=None, timestep=None, class_labels=None,
+                 num_frames: int = 1, cross_attention_kwargs=None, return_dict: bool = True):
+        if not self._fusable_call(hidden_states, encoder_hidden_states, cross_attention_kwargs):
+            kwargs = dict(encoder_hidden_states=encoder_hidden_states, timestep=timestep, class_labels=class_labels,
+                          num_frames=num_frames, cross_attention_kwargs=cross_attention_kwargs)
+            if self.returns_output_class:
+                kwargs["return_dict"] = return_dict
+            return self.unfused(hidden_states, **kwargs)
+
+        m = self.module
+        batch_frames, channels, height, width = hidden_states.shape
+        if batch_frames % num_frames:
+            raise ValueError(f"hidden_states: dim 0 ({batch_frames}) is not a multiple of num_frames={num_frames}")
+        normed = _group_norm_channels_first(hidden_states, m.norm, batch_frames // num_frames, num_frames)
+        # proj_in: (B*F, N, C) = normed^T W^T + b; bmm reads the transposed operand in place.
+        weight_in = m.proj_in.weight.t().expand(batch_frames, -1, -1)
+        tokens = torch.baddbmm(m.proj_in.bias, normed.transpose(1, 2), weight_in)
+        for block in m.transformer_blocks:
+            tokens = _block_forward(block, tokens, num_frames)
+        # proj_out: (B*F, C, N) = residual + W tokens^T, then the bias along channels.
+        weight_out = m.proj_out.weight.expand(batch_frames, -1, -1)
+        out = torch.baddbmm(hidden_states.flatten(2), weight_out, tokens.transpose(1, 2))
+        out = (out + m.proj_out.bias.view(channels, 1)).view(batch_frames, channels, height, width)
+        if not self.returns_output_class:
+            return out
+        if not return_dict:
+            return (out,)
+        from diffusers.models.transformers.transformer_temporal import TransformerTemporalModelOutput
+
+        return TransformerTemporalModelOutput(sample=out)
+
+
+def patch_temporal_transformer(module: nn.Module) -> nn.Module:
+    """Give this motion-module instance the copy-free forward (idempotent); returns the module.
+
+    Only the instance changes (its class and every other instance keep diffusers' forward);
+    parameters, buffers and the state dict are untouched. Raises ``TypeError``/``ValueError``
+    naming the part when the module is not a structure the fused forward reproduces.
+    """
+    if isinstance(module.__dict__.get("forward"), FusedTemporalTransformer):
+        return module
+    module.forward = FusedTemporalTransformer(module)
+    return module
+
+
+def unpatch_temporal_transformer(module: nn.Module) -> nn.Module:
+    """Restore the forward the module had before :func:`patch_temporal_transformer` (no-op if unpatched)."""
+    fused = module.__dict__.get("forward")
+    if isinstance(fused, FusedTemporalTransformer):
+        del module.forward
+        if fused.original_forward is not None:
+            module.forward = fused.original_forward
+    return module
+
+
+def patch_motion_modules(model: nn.Module) -> int:
+    """Patch every AnimateDiff motion module inside ``model`` (e.g. a ``UNetMotionModel``); returns how many."""
+    modules = [m for m in model.modules() if isinstance(m, _motion_module_types())]
+    for m in modules:
+        patch_temporal_transformer(m)
+    return len(modules)
