@@ -111,11 +111,11 @@ def frame_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     outs, lses = [], []
     for f, row in enumerate(rows):
         frames = sorted({int(g) for g in row})
-        keys = k[:, frames].flatten(1, 2).to(compute)      # (B, |frames| * M, H, D)
-        values = v[:, frames].flatten(1, 2).to(compute)
-        scores = torch.einsum("bnhd,bmhd->bhnm", q[:, f].to(compute), keys) * scale
-        lse = torch.logsumexp(scores, dim=-1)               # (B, H, N)
-        outs.append(torch.einsum("bhnm,bmhd->bnhd", torch.exp(scores - lse[..., None]), values))
+        keys = k[:, frames].flatten(1, 2).to(compute).permute(0, 2, 3, 1)    # (B, H, D, |frames| * M)
+        values = v[:, frames].flatten(1, 2).to(compute).transpose(1, 2)      # (B, H, |frames| * M, D)
+        scores = (q[:, f].to(compute).transpose(1, 2) @ keys) * scale        # (B, H, N, |frames| * M)
+        lse = torch.logsumexp(scores, dim=-1)                                # (B, H, N)
+        outs.append((torch.exp(scores - lse[..., None]) @ values).transpose(1, 2))  # (B, N, H, D)
         lses.append(lse)
     return torch.stack(outs, dim=1).to(q.dtype), torch.stack(lses, dim=1)
 

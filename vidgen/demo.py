@@ -21,17 +21,27 @@ from . import _backend, ops
 
 
 def _cases(device: torch.device, small: bool) -> list[tuple[str, str, torch.dtype, Callable[[], object]]]:
+    """(op, shape label, dtype, call): an AnimateDiff-sized video on a GPU, a small one on a CPU."""
     B, C, F, h, w = (1, 4, 8, 16, 16) if small else (2, 4, 16, 64, 64)
+    heads, head_dim = 8, 40  # SD1.5's top level: 320 channels
     shape = (B, C, F, h, w)
     dtype = torch.float32 if device.type == "cpu" else torch.float16
     x0 = torch.randn(shape, device=device, dtype=dtype)
+    eps_cond, eps_uncond = torch.randn_like(x0), torch.randn_like(x0)
     alphas_cumprod = torch.linspace(0.9991, 0.0047, 1000, device=device)
     timesteps = torch.full((B,), 500, device=device)
+    tokens = torch.randn(B * F, h * w, 3, heads * head_dim, device=device, dtype=dtype)  # a fused qkv projection
+    q, k, v = (tokens[:, :, i].view(B, F, h * w, heads, head_dim) for i in range(3))
+    video, attn = "x".join(map(str, shape)), f"{B}x{F}x{h * w}x{heads}x{head_dim}"
     return [
-        ("correlated_noise", "x".join(map(str, shape)), dtype,
+        ("correlated_noise", video, dtype,
          lambda: ops.correlated_noise(shape, kind="progressive", alpha=2.0, seed=0, device=device, dtype=dtype)),
-        ("add_noise", "x".join(map(str, shape)), dtype,
+        ("add_noise", video, dtype,
          lambda: ops.add_noise(x0, timesteps, alphas_cumprod, kind="mixed", alpha=1.0, seed=0)),
+        ("guided_step", video, dtype,
+         lambda: ops.guided_step(x0, eps_cond, eps_uncond, guidance_scale=7.5, alpha_prod_t=0.5, alpha_prod_prev=0.6)),
+        ("frame_attention", attn + " sparse-causal", dtype, lambda: ops.sparse_causal_attention(q, k, v)),
+        ("temporal_attention", attn, dtype, lambda: ops.temporal_attention(q, k, v)),
     ]
 
 
@@ -60,9 +70,9 @@ def run_ops(device: torch.device, repeats: int = 5) -> list[dict]:
 
 
 def format_table(rows: list[dict]) -> str:
-    header = f"{'op':<20} {'backend':<8} {'shape':<16} {'dtype':<9} {'median ms':>10}"
+    header = f"{'op':<20} {'backend':<8} {'shape':<30} {'dtype':<9} {'median ms':>10}"
     lines = [header, "-" * len(header)]
-    lines += [f"{r['op']:<20} {r['backend']:<8} {r['shape']:<16} {r['dtype']:<9} {r['ms']:>10.3f}" for r in rows]
+    lines += [f"{r['op']:<20} {r['backend']:<8} {r['shape']:<30} {r['dtype']:<9} {r['ms']:>10.3f}" for r in rows]
     return "\n".join(lines)
 
 

@@ -196,4 +196,7 @@ def main(argv=None) -> int:
         print(next(iter(tables.values())).table())
     else:
         print_comparison(tables)
+        if device.type == "cpu":
+            print("(CPU: both columns run PyTorch; vidgen's ops fall back to their reference implementations, "
+                  "which also keep the log-sum-exp for training. vidgen's kernels run on CUDA tensors.)")
     return 0
