@@ -48,20 +48,11 @@ def _best_of(fn, device, repeats: int) -> tuple[float, int]:
 
 
 def animatediff_rows(model_dir, device, dtype, frames, size, steps, repeats, with_compile=True) -> list[dict]:
-    from diffusers import AnimateDiffPipeline, DDIMScheduler, MotionAdapter, StableDiffusionPipeline
-
     import vidgen
+    from vidgen.default_model import animatediff_pipeline
     from vidgen.patching import is_patched
 
-    sd = StableDiffusionPipeline.from_pretrained(model_dir, torch_dtype=dtype)
-    small = sd.unet.config.block_out_channels[0] < 320
-    adapter = MotionAdapter(block_out_channels=sd.unet.config.block_out_channels,
-                            motion_layers_per_block=sd.unet.config.layers_per_block,
-                            motion_num_attention_heads=2 if small else 8,
-                            motion_norm_num_groups=8 if small else 32).to(dtype)
-    pipe = AnimateDiffPipeline(vae=sd.vae, text_encoder=sd.text_encoder, tokenizer=sd.tokenizer, unet=sd.unet,
-                               motion_adapter=adapter,
-                               scheduler=DDIMScheduler.from_config(sd.scheduler.config, beta_schedule="linear"))
+    pipe = animatediff_pipeline(model_dir, dtype)
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
 

@@ -85,3 +85,29 @@ def test_cli_explains_a_missing_clip_folder(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "vidgen.cli", "eval", "--clip", str(tmp_path / "nope"), video],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "local CLIP model folder" in proc.stderr
+
+
+def test_parity_on_the_tiny_models_is_above_60_db(clip_dir, tmp_path):
+    """Same prompt and seed, default modules vs vidgen (Triton kernels through the interpreter), fp32."""
+    from vidgen import default_model
+    from vidgen.parity import parity_report, psnr_per_frame
+
+    rows = parity_report(default_model.ensure("tiny"), frames=3, steps=2, clip_dir=clip_dir)
+    assert [r["kind"] for r in rows] == ["tune-a-video", "animatediff"]
+    for row in rows:
+        assert len(row["psnr_per_frame"]) == 3 and row["min_psnr"] > 60, row
+        assert row["max_abs_diff"] < 1e-3 and row["vidgen_text_alignment"] is not None
+    video = torch.rand(2, 3, 8, 8)
+    assert psnr_per_frame(video, video) == [float("inf")] * 2
+    assert psnr_per_frame(video, video + 0.1)[0] == pytest.approx(20.0, abs=0.01)
+
+
+def test_parity_cli_writes_its_table(tmp_path):
+    from vidgen.commands import eval as eval_command
+    from vidgen.ops import use_backend
+
+    with use_backend("torch"):
+        assert eval_command.main(["--parity", "--kinds", "tune-a-video", "--frames", "2", "--steps", "1",
+                                  "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "parity.json").read_text())
+    assert rows[0]["kind"] == "tune-a-video" and rows[0]["min_psnr"] > 60
