@@ -4,9 +4,10 @@ For each model kind the decoded videos of both runs are compared frame by frame 
 on [0, 1] pixels, max abs difference) and timed, and, given a local CLIP folder, both get the
 CLIP metrics of :mod:`vidgen.eval`, so a user sees "same video, N x faster" in one table.
 
-Kinds: ``tune-a-video`` (the inflated UNet on its reference formulation vs vidgen's kernels)
-and ``animatediff`` (``AnimateDiffPipeline`` before and after ``vidgen.patch``, with a
-random-weight motion adapter sized to the model).
+Kinds: ``tune-a-video`` (the inflated UNet on its reference formulation vs vidgen's kernels),
+``animatediff`` (``AnimateDiffPipeline`` before and after ``vidgen.patch``, with a
+random-weight motion adapter sized to the model) and ``text2video-zero``
+(``TextToVideoZeroPipeline``'s cross-frame attention before and after ``vidgen.patch``).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import time
 
 import torch
 
-KINDS = ("tune-a-video", "animatediff")
+KINDS = ("tune-a-video", "animatediff", "text2video-zero")
 
 
 def psnr_per_frame(a: torch.Tensor, b: torch.Tensor) -> list[float]:
@@ -61,12 +62,34 @@ def _animatediff_runs(model_dir, prompt, seed, frames, steps, device, dtype):
     return lambda: run(False), lambda: run(True)
 
 
+def _text2video_zero_runs(model_dir, prompt, seed, frames, steps, device, dtype):
+    from diffusers import TextToVideoZeroPipeline
+
+    from . import patch, unpatch
+
+    pipe = TextToVideoZeroPipeline.from_pretrained(model_dir, torch_dtype=dtype, safety_checker=None,
+                                                   feature_extractor=None, requires_safety_checker=False).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+
+    def run(use_vidgen: bool):
+        (patch if use_vidgen else unpatch)(pipe)
+        # t0/t1: the motion-dynamics window of Text2Video-Zero, inside the few steps a parity run takes
+        images = pipe(prompt, video_length=frames, height=size, width=size, num_inference_steps=steps,
+                      t0=0, t1=max(steps - 1, 1), generator=torch.Generator(device).manual_seed(seed),
+                      output_type="pt").images
+        return torch.as_tensor(images).permute(0, 3, 1, 2) if images.shape[-1] == 3 else torch.as_tensor(images)
+
+    return lambda: run(False), lambda: run(True)
+
+
 def parity_report(model_dir: str, *, kinds=KINDS, prompt: str = "a red horse runs in the sky", seed: int = 0,
                   frames: int = 8, steps: int = 10, device="cpu", dtype=torch.float32,
                   clip_dir: str | None = None) -> list[dict]:
     """One row per model kind: per-frame PSNR, max abs difference, both timings and CLIP metrics."""
     device = torch.device(device)
-    builders = {"tune-a-video": _tune_a_video_runs, "animatediff": _animatediff_runs}
+    builders = {"tune-a-video": _tune_a_video_runs, "animatediff": _animatediff_runs,
+                "text2video-zero": _text2video_zero_runs}
     rows = []
     for kind in kinds:
         if kind not in builders:
