@@ -253,7 +253,8 @@ def invert(unet: torch.nn.Module, latents: torch.Tensor, embeds: torch.Tensor, *
 
     def step(x: torch.Tensor, i: int, t: torch.Tensor) -> torch.Tensor:
         eps = _predict(unet, x, t, embeds)
-        return inverse.guided_step(eps.transpose(1, 2), t, x.transpose(1, 2), return_dict=False)[0].transpose(1, 2)
+        return inverse.guided_step(eps.transpose(1, 2), t, x.transpose(1, 2), return_dict=False,
+                                   return_pred_original=False)[0].transpose(1, 2)
 
     return _run_steps(step, _frame_major(latents), inverse.timesteps.to(latents.device), desc="inverting",
                       progress=progress, cuda_graph=cuda_graph)
@@ -317,7 +318,8 @@ def denoise(unet: torch.nn.Module, latents: torch.Tensor, cond: torch.Tensor, un
         x_next = sampler.guided_step(eps_cond, t, x.transpose(1, 2), eps_uncond, eps_prior,
                                      guidance_scale=guidance_scale, guidance_rescale=guidance_rescale,
                                      prior_strength=prior_strength if prior is not None else 0.0, eta=eta,
-                                     variance_noise=step_noise, return_dict=False)[0].transpose(1, 2)
+                                     variance_noise=step_noise, return_dict=False,
+                                     return_pred_original=False)[0].transpose(1, 2)
         if first_frame is not None:
             x_next[:, :, 0] = first_frame
         return x_next

@@ -18,7 +18,7 @@ from diffusers.schedulers.scheduling_ddim_inverse import DDIMSchedulerOutput as 
 from diffusers.utils.torch_utils import randn_tensor
 
 from .ops import guided_step as _guided_step
-from .ops.noise import DEFAULT_ALPHA, _resolve_seed
+from .ops.noise import DEFAULT_ALPHA, resolve_seed
 
 
 class _AlphaLookup:
@@ -82,7 +82,8 @@ class FusedDDIMScheduler(_AlphaLookup, DDIMScheduler):
                     guidance_scale: float = 1.0, prior_strength: float = 0.0, guidance_rescale: float = 0.0,
                     eta: float = 0.0, use_clipped_model_output: bool = False,
                     generator: torch.Generator | None = None, variance_noise: torch.Tensor | None = None,
-                    seed: int | torch.Tensor | None = None, return_dict: bool = True):
+                    seed: int | torch.Tensor | None = None, return_dict: bool = True,
+                    return_pred_original: bool = True):
         """Guidance + DDIM step from the un-combined model outputs.
 
         ``eps = eps_uncond + guidance_scale * (eps_cond + prior_strength * prior_cond - eps_uncond)``,
@@ -90,7 +91,8 @@ class FusedDDIMScheduler(_AlphaLookup, DDIMScheduler):
         ``DDIMScheduler.step(eps, timestep, sample, eta, ...)``. With ``eta > 0`` and no
         ``variance_noise``, the noise is ``randn_tensor(generator=generator)`` as in diffusers, or
         drawn in the kernel after :meth:`use_correlated_noise` (from ``seed``, else a seed drawn
-        from ``generator``).
+        from ``generator``). ``return_pred_original=False`` skips writing the predicted x0 (a
+        sampling loop that never reads it saves one full-size write per step); it is then None.
         """
         step = self._require_steps()
         a_t, a_p = self._levels(timestep, timestep - step, self.final_alpha_cumprod, sample)
@@ -102,7 +104,7 @@ class FusedDDIMScheduler(_AlphaLookup, DDIMScheduler):
             if variance_noise is None and self.noise_kind is not None:
                 noise_kind = self.noise_kind
                 if seed is None:
-                    seed, _ = _resolve_seed(None, generator, sample.shape[0], 2, sample.device)
+                    seed, _ = resolve_seed(None, generator, sample.shape[0], 2, sample.device)
             elif variance_noise is None:
                 variance_noise = randn_tensor(eps_cond.shape, generator=generator, device=eps_cond.device,
                                               dtype=eps_cond.dtype)
@@ -110,13 +112,14 @@ class FusedDDIMScheduler(_AlphaLookup, DDIMScheduler):
             return self._thresholded_step(eps_cond, timestep, sample, eps_uncond, prior_cond, guidance_scale,
                                           prior_strength, guidance_rescale, eta, use_clipped_model_output,
                                           variance_noise, return_dict)
-        prev_sample, pred_original_sample = _guided_step(
+        result = _guided_step(
             sample, eps_cond, eps_uncond, prior_cond, guidance_scale=guidance_scale, prior_strength=prior_strength,
             guidance_rescale=guidance_rescale, alpha_prod_t=a_t, alpha_prod_prev=a_p, eta=eta,
             noise=variance_noise, noise_kind=noise_kind, noise_alpha=self.noise_alpha, seed=seed,
             prediction_type=self.config.prediction_type,
             clip_sample_range=self.config.clip_sample_range if self.config.clip_sample else None,
-            use_clipped_model_output=use_clipped_model_output, return_pred_original=True)
+            use_clipped_model_output=use_clipped_model_output, return_pred_original=return_pred_original)
+        prev_sample, pred_original_sample = result if return_pred_original else (result, None)
         if not return_dict:
             return prev_sample, pred_original_sample
         return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
@@ -143,7 +146,7 @@ class FusedDDIMInverseScheduler(_AlphaLookup, DDIMInverseScheduler):
     def guided_step(self, eps_cond: torch.Tensor, timestep, sample: torch.Tensor,
                     eps_uncond: torch.Tensor | None = None, prior_cond: torch.Tensor | None = None, *,
                     guidance_scale: float = 1.0, prior_strength: float = 0.0, guidance_rescale: float = 0.0,
-                    return_dict: bool = True):
+                    return_dict: bool = True, return_pred_original: bool = True):
         """Guidance (optional, see :meth:`FusedDDIMScheduler.guided_step`) + one DDIM inversion step.
 
         As in diffusers, ``timestep`` is the noisier level reached (named ``alpha_prod_t_prev``)
@@ -154,12 +157,13 @@ class FusedDDIMInverseScheduler(_AlphaLookup, DDIMInverseScheduler):
         current = (current.clamp(max=self.config.num_train_timesteps - 1) if isinstance(current, torch.Tensor)
                    else min(current, self.config.num_train_timesteps - 1))
         a_t, a_p = self._levels(current, timestep, self.initial_alpha_cumprod, sample)
-        next_sample, pred_original_sample = _guided_step(
+        result = _guided_step(
             sample, eps_cond, eps_uncond, prior_cond, guidance_scale=guidance_scale, prior_strength=prior_strength,
             guidance_rescale=guidance_rescale, alpha_prod_t=a_t, alpha_prod_prev=a_p,
             prediction_type=self.config.prediction_type,
             clip_sample_range=self.config.clip_sample_range if self.config.clip_sample else None,
-            inverse=True, return_pred_original=True)
+            inverse=True, return_pred_original=return_pred_original)
+        next_sample, pred_original_sample = result if return_pred_original else (result, None)
         if not return_dict:
             return next_sample, pred_original_sample
         return DDIMInverseSchedulerOutput(prev_sample=next_sample, pred_original_sample=pred_original_sample)

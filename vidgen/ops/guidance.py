@@ -8,7 +8,7 @@ import torch
 from .. import _backend, _checks, _cuda_abi, _cuda_lib
 from ..kernels import guidance as _kernels
 from ..kernels import noise as _noise_kernels
-from .noise import _resolve_seed
+from .noise import resolve_seed
 
 GUIDED_STEP = _backend.declare("guided_step", ("cuda", "triton", "torch"))
 _CUDA_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
@@ -215,7 +215,7 @@ def guided_step(sample: torch.Tensor, eps_cond: torch.Tensor, eps_uncond: torch.
             if sample.dim() < 3:
                 raise ValueError(f"noise_kind: in-kernel noise needs frames on dim 2, got sample of shape "
                                  f"{tuple(sample.shape)}")
-            seed_int, seeds = _resolve_seed(seed, None, batch, 2, sample.device)
+            seed_int, seeds = resolve_seed(seed, None, batch, 2, sample.device)
     else:
         noise, noise_kind = None, None
     if sample.device.type == "cuda" and batch > 65535:

@@ -42,7 +42,7 @@ def _(x0, timesteps, alphas_cumprod, kind, alpha, frame_dim, seed, seeds):
     return torch.empty_like(x0, memory_format=torch.contiguous_format), torch.empty_like(x0, memory_format=torch.contiguous_format)
 
 
-def _resolve_seed(seed, generator, batch: int, frame_dim: int, device) -> tuple[int, torch.Tensor | None]:
+def resolve_seed(seed, generator, batch: int, frame_dim: int, device) -> tuple[int, torch.Tensor | None]:
     """(int seed, per-video seed tensor or None). Only ``seed=None`` draws (from ``generator``)."""
     if seed is None:
         gen_device = generator.device if generator is not None else "cpu"
@@ -99,7 +99,7 @@ def correlated_noise(shape: Sequence[int], *, kind: str = "progressive", alpha: 
     kind, alpha, frame_dim = _check_noise_args(kind, alpha, frame_dim, len(dims))
     device = torch.device(device) if device is not None else torch.get_default_device()
     batch = dims[0] if frame_dim != 0 else 1
-    seed, seeds = _resolve_seed(seed, generator, batch, frame_dim, device)
+    seed, seeds = resolve_seed(seed, generator, batch, frame_dim, device)
     return _correlated_noise_op(list(dims), kind, alpha, frame_dim, seed, seeds, dtype, device)
 
 
@@ -126,5 +126,5 @@ def add_noise(x0: torch.Tensor, timesteps: torch.Tensor, alphas_cumprod: torch.T
     batch = x0.shape[0] if frame_dim != 0 else 1
     if timesteps.numel() != batch:
         raise ValueError(f"timesteps: expected one timestep per video ({batch}), got {timesteps.numel()}")
-    seed, seeds = _resolve_seed(seed, generator, batch, frame_dim, x0.device)
+    seed, seeds = resolve_seed(seed, generator, batch, frame_dim, x0.device)
     return _add_noise_op(x0, timesteps, alphas_cumprod, kind, alpha, frame_dim, seed, seeds)
