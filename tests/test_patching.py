@@ -101,6 +101,46 @@ def test_patch_options_select_roles(motion_unet_dir):
     vidgen.unpatch(unet)
 
 
+def test_lora_loaded_after_patch_is_honoured(motion_unet_dir):
+    # diffusers loads LoRA by wrapping layers in PEFT modules; the patched forward must run the
+    # wrappers (proj_in/proj_out included, which its plain-Linear path reads as raw weights).
+    from peft import LoraConfig
+
+    unet = UNetMotionModel.from_pretrained(motion_unet_dir)
+    inputs = video_inputs(text_per_frame=True)
+    with vidgen.ops.use_backend("torch"):
+        vidgen.patch(unet)
+        without_lora = run(unet, *inputs)
+        torch.manual_seed(5)  # init_lora_weights=False: random, non-zero up-projections
+        unet.add_adapter(LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
+                                    target_modules=["proj_in", "proj_out", "to_q", "to_k", "to_v", "to_out.0"]))
+        motion_module = next(m for m in unet.modules() if isinstance(m, AnimateDiffTransformer3D))
+        assert type(motion_module.proj_in) is not torch.nn.Linear  # the wrapper path is what runs
+        patched = run(unet, *inputs)
+        vidgen.unpatch(unet)
+        # diffusers' own motion module calls ``proj_in(input=...)``, which a PEFT wrapper does not
+        # accept: the reference bakes the LoRA into plain Linear weights first.
+        unet.fuse_lora(lora_scale=1.0)
+        unet.unload_lora()
+        assert type(motion_module.proj_in) is torch.nn.Linear
+        reference = run(unet, *inputs)
+    assert (reference - without_lora).abs().max() > 1e-2  # the LoRA changes the output
+    torch.testing.assert_close(patched, reference, rtol=1e-4, atol=1e-4)
+
+
+def test_forward_chunking_with_patch(motion_unet_dir):
+    unet = UNetMotionModel.from_pretrained(motion_unet_dir)
+    inputs = video_inputs(text_per_frame=True)
+    unet.enable_forward_chunking(chunk_size=1, dim=1)
+    before = run(unet, *inputs)
+    with vidgen.ops.use_backend("torch"):
+        vidgen.patch(unet)
+        torch.testing.assert_close(run(unet, *inputs), before, rtol=1e-4, atol=1e-4)
+        unet.disable_forward_chunking()
+        torch.testing.assert_close(run(unet, *inputs), before, rtol=1e-4, atol=1e-4)  # same function unchunked
+    vidgen.unpatch(unet)
+
+
 @pytest.fixture(scope="module")
 def sd_dir(tmp_path_factory):
     return default_model.build(str(tmp_path_factory.mktemp("sd") / "model"), "tiny")
@@ -125,25 +165,41 @@ def tiny_adapter_for(sd_dir):
     return adapter
 
 
+def sample_latents(pipe) -> torch.Tensor:
+    return pipe("a cat", num_frames=FRAMES, height=64, width=64, num_inference_steps=2, guidance_scale=3.0,
+                generator=torch.Generator().manual_seed(0), output_type="latent").frames
+
+
 def test_animatediff_pipeline_patch_swaps_scheduler_and_matches(sd_dir):
     pipe = _animatediff_pipeline(sd_dir)
     original_scheduler = pipe.scheduler
     assert type(original_scheduler) is DDIMScheduler
 
-    def sample():
-        return pipe("a cat", num_frames=FRAMES, height=64, width=64, num_inference_steps=2, guidance_scale=3.0,
-                    generator=torch.Generator().manual_seed(0), output_type="latent").frames
-
-    before = sample()
+    before = sample_latents(pipe)
     with vidgen.ops.use_backend("torch"):
         vidgen.patch(pipe)
         assert isinstance(pipe.scheduler, FusedDDIMScheduler)
         assert is_patched(pipe.unet) and "temporal_attention" in str(pipe.unet)
-        patched = sample()
+        patched = sample_latents(pipe)
     torch.testing.assert_close(patched, before, rtol=1e-4, atol=1e-4)
     vidgen.unpatch(pipe)
     assert pipe.scheduler is original_scheduler and not is_patched(pipe.unet)
-    assert torch.equal(sample(), before)
+    assert torch.equal(sample_latents(pipe), before)
+
+
+def test_free_init_with_patch_matches(sd_dir):
+    # FreeInit re-runs the denoising loop on frequency-filtered latents: a pipeline-level feature
+    # that must see the same UNet and scheduler results when patched.
+    pipe = _animatediff_pipeline(sd_dir)
+    pipe.enable_free_init(num_iters=2, use_fast_sampling=False)
+
+    before = sample_latents(pipe)
+    with vidgen.ops.use_backend("torch"):
+        vidgen.patch(pipe)
+        torch.testing.assert_close(sample_latents(pipe), before, rtol=1e-4, atol=1e-4)
+    vidgen.unpatch(pipe)
+    pipe.disable_free_init()
+    assert not torch.allclose(sample_latents(pipe), before)  # FreeInit did change the result
 
 
 def test_free_noise_is_refused(sd_dir):

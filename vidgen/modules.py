@@ -114,9 +114,6 @@ def _check_fusable(module: nn.Module) -> None:
         raise TypeError(f"module: expected an AnimateDiffTransformer3D or TransformerTemporalModel, got {name}")
     if not isinstance(module.norm, nn.GroupNorm) or not module.norm.affine:
         raise ValueError(f"{name}.norm: expected an affine nn.GroupNorm")
-    for proj in ("proj_in", "proj_out"):
-        if type(getattr(module, proj)) is not nn.Linear:  # a LoRA wrapper would be bypassed by .weight
-            raise ValueError(f"{name}.{proj}: expected a plain nn.Linear, got {type(getattr(module, proj)).__name__}")
     for i, block in enumerate(module.transformer_blocks):
         where = f"{name}.transformer_blocks[{i}]"
         if not isinstance(block, BasicTransformerBlock) or block.norm_type != "layer_norm":
@@ -155,6 +152,34 @@ def _block_forward(block: nn.Module, tokens: torch.Tensor, num_frames: int) -> t
     return block.ff(block.norm3(tokens)) + tokens
 
 
+def _project_in(proj: nn.Module, normed: torch.Tensor) -> torch.Tensor:
+    """``proj_in`` of the channels-first (B*F, C, N) map, as (B*F, N, C') tokens.
+
+    A plain ``nn.Linear`` is one batched matmul that reads the map as its transposed operand in
+    place. Anything else (a PEFT LoRA wrapper loaded after patching, a fused-LoRA layer) is
+    called as the module on the transposed view, so whatever it adds is computed (its matmul
+    makes the copy the plain path avoids).
+    """
+    if type(proj) is not nn.Linear:
+        return proj(normed.transpose(1, 2))
+    weight = proj.weight.t().expand(normed.shape[0], -1, -1)
+    if proj.bias is None:
+        return torch.bmm(normed.transpose(1, 2), weight)
+    return torch.baddbmm(proj.bias, normed.transpose(1, 2), weight)
+
+
+def _project_out_residual(proj: nn.Module, tokens: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """``residual + proj_out(tokens)`` written channels-first: (B*F, C, N) from (B*F, N, C') tokens.
+
+    A plain ``nn.Linear`` is the matmul the other way round (W tokens^T) accumulated onto the
+    residual; any other module is called as itself (see :func:`_project_in`).
+    """
+    if type(proj) is not nn.Linear:
+        return residual + proj(tokens).transpose(1, 2)
+    out = torch.baddbmm(residual, proj.weight.expand(tokens.shape[0], -1, -1), tokens.transpose(1, 2))
+    return out if proj.bias is None else out + proj.bias.view(-1, 1)
+
+
 class FusedTemporalTransformer:
     """The forward of an AnimateDiff motion module without the (B*h*w, F, C) permuted copies.
 
@@ -165,7 +190,9 @@ class FusedTemporalTransformer:
     (B*F, N, C) tokens; the transformer blocks run on those tokens with
     :func:`temporal_self_attention` (the sinusoidal table added to the attention input along
     frames); ``proj_out`` is the matmul the other way round, written channels-first on top of the
-    residual. Calls the fused path cannot reproduce (an ``encoder_hidden_states``,
+    residual. LoRA layers loaded after patching (PEFT wrappers of ``proj_in``/``proj_out``, the
+    attention projections or the feed-forward) are honoured: every wrapped layer is called as
+    the module it is. Calls the fused path cannot reproduce (an ``encoder_hidden_states``,
     ``cross_attention_kwargs``, a custom attention processor, chunked feed-forward) run the
     module's original forward.
 
@@ -208,15 +235,11 @@ class FusedTemporalTransformer:
         if batch_frames % num_frames:
             raise ValueError(f"hidden_states: dim 0 ({batch_frames}) is not a multiple of num_frames={num_frames}")
         normed = _group_norm_channels_first(hidden_states, m.norm, batch_frames // num_frames, num_frames)
-        # proj_in: (B*F, N, C) = normed^T W^T + b; bmm reads the transposed operand in place.
-        weight_in = m.proj_in.weight.t().expand(batch_frames, -1, -1)
-        tokens = torch.baddbmm(m.proj_in.bias, normed.transpose(1, 2), weight_in)
+        tokens = _project_in(m.proj_in, normed)
         for block in m.transformer_blocks:
             tokens = _block_forward(block, tokens, num_frames)
-        # proj_out: (B*F, C, N) = residual + W tokens^T, then the bias along channels.
-        weight_out = m.proj_out.weight.expand(batch_frames, -1, -1)
-        out = torch.baddbmm(hidden_states.flatten(2), weight_out, tokens.transpose(1, 2))
-        out = (out + m.proj_out.bias.view(channels, 1)).view(batch_frames, channels, height, width)
+        out = _project_out_residual(m.proj_out, tokens, hidden_states.flatten(2))
+        out = out.reshape(batch_frames, channels, height, width)  # a view on the plain-Linear path
         if not self.returns_output_class:
             return out
         if not return_dict:
