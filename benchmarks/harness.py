@@ -107,13 +107,18 @@ def environment() -> dict:
 
 
 def write_results(name: str, rows: list[dict], env: dict, ceilings_: dict | None = None) -> str:
-    """Write ``rows`` to ``benchmarks/results/<name>-<gpu>-<date>.{csv,json}``; returns the stem."""
+    """Write ``rows`` to ``benchmarks/results/<name>-<gpu>-<date>.{csv,json}``; returns the stem.
+
+    The JSON also records ``name`` as ``"benchmark"``, so ``benchmarks/report.py`` tells the
+    benchmarks apart without parsing file names (a GPU name may contain dashes).
+    """
     os.makedirs(RESULTS_DIR, exist_ok=True)
     gpu = (env.get("gpu") or "cpu").replace(" ", "_").replace("/", "_")
     stem = os.path.join(RESULTS_DIR, f"{name}-{gpu}-{env['date'][:10]}")
     tagged = [{**row, **{f"env_{k}": v for k, v in env.items()}} for row in rows]
     with open(stem + ".json", "w") as f:
-        json.dump({"environment": env, "ceilings": ceilings_, "rows": rows}, f, indent=1, default=str)
+        json.dump({"benchmark": name, "environment": env, "ceilings": ceilings_, "rows": rows}, f, indent=1,
+                  default=str)
     if tagged:
         fields = sorted({k for row in tagged for k in row})
         with open(stem + ".csv", "w", newline="") as f:

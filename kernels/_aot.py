@@ -3,7 +3,14 @@
 Each kernel module exposes ``aot_specs() -> list[KernelSpec]`` built from the same config
 tables its launcher picks from. :func:`compile_spec` compiles one for a compute capability
 with ``triton.compile(ASTSource(...), target=GPUTarget("cuda", cc, 32))`` and reports the
-shared memory it needs against the target's limit, and whether sm_90 code uses wgmma.
+shared memory it needs against the target's limit, whether sm_90 code uses wgmma, and the
+registers and stack (spills) ptxas gave it.
+
+What is compiled is the specialisation a launch on ordinary inputs gets (:func:`runtime_attrs`:
+aligned pointers, sizes and strides divisible by 16 marked as such; a module declares
+arguments that are 1 on such launches, like unit strides, as constants): that is the code that
+runs, with the deepest cp.async pipelines and so the most shared memory. Other alignments of
+the same config compile to code with less staging.
 
 Must run with ``TRITON_INTERPRET`` unset (the interpreter replaces ``@triton.jit`` objects).
 ``python -m vidgen.kernels._aot`` compiles everything and prints a table.
@@ -13,7 +20,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
+import re
+import subprocess
 import sys
+import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
@@ -46,22 +57,68 @@ class KernelSpec:
         return f"{self.module.rsplit('.', 1)[-1]}.{self.kernel}[{types}][{consts}] w{self.num_warps} s{self.num_stages}"
 
 
+def runtime_attrs(fn, signature: dict[str, str]) -> dict:
+    """The divisibility attributes a launch with real inputs gives the compiler.
+
+    At a launch Triton marks every pointer whose address is 16-byte aligned, and every integer
+    argument divisible by 16 that the kernel does not exempt with ``do_not_specialize``, as
+    ``tt.divisibility=16``. Those hints decide whether loads vectorise and whether the software
+    pipeliner can stage them with ``cp.async`` (one buffer per stage in shared memory), so a
+    compile without them is not the code that runs: it has fewer, narrower copies, less shared
+    memory and more registers. This is the specialisation of freshly allocated tensors with
+    sizes and strides that are multiples of 16, the common case, and the one with the deepest
+    pipelines: the most shared memory any alignment of the same config asks for.
+    """
+    attrs = {}
+    for name, kind in signature.items():
+        index = fn.arg_names.index(name)
+        param = fn.params[index]
+        if kind.startswith("*") and not param.do_not_specialize_on_alignment:
+            attrs[(index,)] = [["tt.divisibility", 16]]
+        elif kind in ("i32", "i64") and not param.do_not_specialize:
+            attrs[(index,)] = [["tt.divisibility", 16]]
+    return attrs
+
+
+def register_usage(cubin: bytes, kernel: str) -> tuple[int | None, int | None]:
+    """(registers per thread, stack bytes per thread) of ``kernel`` in ``cubin``, as ptxas allotted
+    them, read with the ``cuobjdump`` that ships with Triton; (None, None) where it is missing.
+
+    A kernel at the 255-register ceiling with a stack is spilling to local memory: on a GPU that
+    is traffic the roofline does not show, so the table prints both (information, not a gate).
+    """
+    import triton
+
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    if not os.access(tool, os.X_OK):
+        return None, None
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        report = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True).stdout
+    found = re.search(rf"Function {re.escape(kernel)}:\s*REG:(\d+) STACK:(\d+)", report)
+    return (int(found.group(1)), int(found.group(2))) if found else (None, None)
+
+
 def compile_spec(spec: KernelSpec, cc: int) -> dict:
     """Compile ``spec`` for ``sm_<cc>``; returns a result row (``ok`` False with ``error`` on failure)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    row = {"label": spec.label, "cc": cc, "ok": False, "shared": None, "wgmma": None, "error": None}
+    row = {"label": spec.label, "cc": cc, "ok": False, "shared": None, "wgmma": None, "registers": None,
+           "stack": None, "error": None}
     try:
         fn = getattr(importlib.import_module(spec.module), spec.kernel)
         if not isinstance(fn, triton.runtime.JITFunction):
             raise RuntimeError("kernel is not a JITFunction (is TRITON_INTERPRET set?)")
-        src = ASTSource(fn=fn, signature=spec.signature, constexprs=dict(spec.constexprs))
+        src = ASTSource(fn=fn, signature=spec.signature, constexprs=dict(spec.constexprs),
+                        attrs=runtime_attrs(fn, spec.signature))
         compiled = triton.compile(src, target=GPUTarget("cuda", cc, 32),
                                   options={"num_warps": spec.num_warps, "num_stages": spec.num_stages})
         row["shared"] = int(compiled.metadata.shared)
         row["wgmma"] = "wgmma" in compiled.asm["ptx"]
+        row["registers"], row["stack"] = register_usage(compiled.asm["cubin"], spec.kernel)
         problems = []
         if row["shared"] > SHARED_MEMORY_LIMIT[cc]:
             problems.append(f"needs {row['shared']} B shared memory, sm_{cc} has {SHARED_MEMORY_LIMIT[cc]}")
@@ -109,7 +166,8 @@ def main(argv=None) -> int:
     rows = compile_all(tuple(args.cc), tuple(args.module), args.jobs)
     for r in rows:
         status = "ok " if r["ok"] else "BAD"
-        print(f"{status} sm_{r['cc']} shared={r['shared']!s:>6} wgmma={r['wgmma']!s:5} {r['label']}"
+        print(f"{status} sm_{r['cc']} shared={r['shared']!s:>6} regs={r['registers']!s:>4} stack={r['stack']!s:>5} "
+              f"wgmma={r['wgmma']!s:5} {r['label']}"
               + (f"  <- {r['error']}" if r["error"] else ""))
     if args.json:
         with open(args.json, "w") as f:

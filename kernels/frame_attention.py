@@ -28,19 +28,24 @@ that contract over D (Q K^T, dO V^T) the overlapping columns of one operand -- o
 per program -- are zeroed so they count once; outputs store the overlap from block 0 only.
 Other D run one column-masked power-of-two block. That is 8 blockings in all, each compiled
 ahead of time for every dtype (``aot_specs``); a finer set (e.g. 96 = 64 + 32) is one more
-entry in ``_TAIL_BLOCKS`` and 18 more compiles.
+entry in ``_TAIL_BLOCKS`` and 18 more compiles. Rows of D = 40 are 80 bytes apart: whole 16-byte
+vectors, which Triton cannot infer from a stride of 40 elements, so the launcher passes
+``ALIGN`` (:func:`vector_align`) and the kernels declare their offsets multiples of it; without
+it every load of that blocking is a single element and nothing is staged with cp.async.
 
 fp16/bf16 use tensor cores (wgmma on sm_90) with fp32 accumulation and softmax statistics.
 fp32 inputs use exact fp32 (IEEE) products, never tf32: PyTorch's default matmul precision.
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
+from . import _autotune
 from ._aot import KernelSpec
 
 MIN_HEAD_DIM, MAX_HEAD_DIM = 8, 256
@@ -176,6 +181,30 @@ def head_blocks(head_dim: int) -> tuple[int, int, bool]:
     return 2 * d0, 0, True
 
 
+# Blockings served with row-alignment hints (``ALIGN`` > 1) in fp16/bf16. Triton learns that rows
+# start on 16-byte boundaries only from strides divisible by 16 elements; SD1.5's D = 40 makes the
+# head stride 40, so without the hint its loads are single elements and nothing is staged with
+# cp.async. Head dims that are multiples of 16 (64, 80, 128, 160) get the same code from Triton's
+# own specialisation. Each entry is 8 more ahead-of-time compiles (4 kernels/candidates x 2 dtypes).
+_HINTED_BLOCKINGS = {(32, 16)}
+
+
+def vector_align(d0: int, d1: int, *tensors: torch.Tensor) -> int:
+    """The kernels' ``ALIGN``: elements per 16-byte vector when every row of every tensor starts on
+    a 16-byte boundary (aligned base; strides and D multiples of the vector), for the blockings in
+    ``_HINTED_BLOCKINGS`` and fp16/bf16; otherwise 1 (no hint, still correct)."""
+    dtype = tensors[0].dtype
+    if (d0, d1) not in _HINTED_BLOCKINGS or dtype not in (torch.float16, torch.bfloat16):
+        return 1
+    vector = 16 // tensors[0].element_size()
+    if tensors[0].shape[-1] % vector:
+        return 1
+    for t in tensors:
+        if t.data_ptr() % 16 or any(stride % vector for stride in t.stride()[:4]):
+            return 1
+    return vector
+
+
 @dataclass(frozen=True)
 class LaunchConfig:
     block_m: int    # query rows per program (forward, dq) / query rows per step (dk/dv)
@@ -189,7 +218,7 @@ _DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "f
 
 
 def forward_config(width: int, dtype: str, arch: int) -> LaunchConfig:
-    """Forward tiles for blocked head width ``D0 + D1``, input dtype and compute capability.
+    """Default forward tiles for blocked head width ``D0 + D1``, input dtype and compute capability.
 
     128-row query tiles keep K/V reuse high (sm_90: two wgmma M=64 row groups per warpgroup);
     wide heads and fp32 shrink tiles so the pipelined K/V stages fit shared memory. sm_80 and
@@ -206,8 +235,31 @@ def forward_config(width: int, dtype: str, arch: int) -> LaunchConfig:
     return LaunchConfig(64, 64 if width <= 160 else 32, 4, 2)
 
 
+def forward_candidates(width: int, dtype: str, arch: int) -> tuple[LaunchConfig, ...]:
+    """The forward configs the autotuner (``kernels/_autotune.py``) times; the first is the default.
+
+    Each candidate is one more ahead-of-time compile per dtype and arch, so fp16/bf16 get one
+    alternative per width class and fp32 (CUDA-core products, rarely the production dtype) none.
+    """
+    default = forward_config(width, dtype, arch)
+    if dtype == "fp32":
+        return (default,)
+    if width <= 128:
+        # Small frames: SD1.5's 8x8 level has N = 64 tokens per frame, so a 128-row query tile
+        # leaves half its rows (and MMA work) empty; 64-row tiles also double the program count.
+        return default, LaunchConfig(64, 64, 4, 3)
+    # Wide heads default to 64-row tiles; large N may prefer 128 query rows (twice the K/V reuse
+    # per load) with 8 warps holding the bigger accumulator. It fits shared memory on both archs
+    # (AOT compile: 56 KB at width 160; 96 KB on sm_90, 112 KB on sm_80 at 256).
+    return default, LaunchConfig(128, 64, 8, 2)
+
+
 def backward_config(width: int, dtype: str, arch: int) -> LaunchConfig:
-    """Tiles of both backward kernels (a 64-row query or key tile keeps every product on wgmma)."""
+    """Tiles of both backward kernels (a 64-row query or key tile keeps every product on wgmma).
+
+    One candidate, chosen statically: the backward is not autotuned until a GPU run shows that
+    an alternative pays (each one would add two kernels x dtypes x archs to the CI compile).
+    """
     del arch
     if dtype == "fp32":
         if width <= 64:
@@ -231,15 +283,38 @@ def _dot_precision(dtype: torch.dtype) -> str:
 # overlapping tail column block; ``overlap = D0 + D1 - D`` of its first columns belong to block 0.
 # ----------------------------------------------------------------------------------------------
 @triton.jit
+def _base_offset(b, stride_b, f, stride_f, h, stride_h, ALIGN: tl.constexpr):
+    """Element offset (int64) of one (video, frame, head) slice, declared a multiple of ALIGN elements
+    (the launcher checked it, see ``vector_align``). Triton learns alignment only from arguments
+    divisible by 16; D = 40 makes the head stride 40, and without the hint every row start looks
+    unaligned, so each load is one element and nothing is staged with cp.async. The hint must sit
+    on a value computed here (a hint on a function argument is dropped)."""
+    offset = b * stride_b + f * stride_f + h * stride_h
+    if ALIGN > 1:
+        offset = tl.multiple_of(offset, ALIGN)
+    return offset
+
+
+@triton.jit
+def _row_offsets(rows, stride, ALIGN: tl.constexpr):
+    """``rows * stride``, each a multiple of ALIGN elements (see :func:`_base_offset`)."""
+    offsets = rows * stride
+    if ALIGN > 1:
+        offsets = tl.multiple_of(offsets, ALIGN)
+    return offsets
+
+
+@triton.jit
 def _load_tile(base, offs_rows, stride_rows, num_rows, offs_cols, head_dim,
-               MASK_ROWS: tl.constexpr, MASK_D: tl.constexpr, TRANSPOSE: tl.constexpr):
+               MASK_ROWS: tl.constexpr, MASK_D: tl.constexpr, TRANSPOSE: tl.constexpr, ALIGN: tl.constexpr):
     """A (rows, cols) tile -- (cols, rows) with TRANSPOSE -- zero outside [0, num_rows) x [0, head_dim)."""
+    rows = _row_offsets(offs_rows, stride_rows, ALIGN)
     if TRANSPOSE:
-        ptrs = base + offs_rows[None, :] * stride_rows + offs_cols[:, None]
+        ptrs = base + rows[None, :] + offs_cols[:, None]
         row_ok = offs_rows[None, :] < num_rows
         col_ok = offs_cols[:, None] < head_dim
     else:
-        ptrs = base + offs_rows[:, None] * stride_rows + offs_cols[None, :]
+        ptrs = base + rows[:, None] + offs_cols[None, :]
         row_ok = offs_rows[:, None] < num_rows
         col_ok = offs_cols[None, :] < head_dim
     # Only the masks a call needs: a runtime column bound would stop loads from vectorising.
@@ -256,15 +331,15 @@ def _load_tile(base, offs_rows, stride_rows, num_rows, offs_cols, head_dim,
 def _forward_key_block(acc0, acc1, m_i, l_i, q0, q1, k_base, k1_base, v_base, v1_base, start_n, M,
                        stride_km, stride_vm, qk_scale, head_dim,
                        D0: tl.constexpr, D1: tl.constexpr, MASK_D: tl.constexpr, MASK_N: tl.constexpr,
-                       BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                       BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr, ALIGN: tl.constexpr):
     """One online-softmax step over keys [start_n, start_n + BLOCK_N) of one key frame."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d0 = tl.arange(0, D0)
-    kt0 = _load_tile(k_base, offs_n, stride_km, M, offs_d0, head_dim, MASK_N, MASK_D, True)   # (D0, BLOCK_N)
+    kt0 = _load_tile(k_base, offs_n, stride_km, M, offs_d0, head_dim, MASK_N, MASK_D, True, ALIGN)   # (D0, BLOCK_N)
     s = tl.dot(q0, kt0, input_precision=DOT_PRECISION)                                        # (BLOCK_M, BLOCK_N)
     if D1 > 0:
         offs_d1 = tl.arange(0, D1)
-        kt1 = _load_tile(k1_base, offs_n, stride_km, M, offs_d1, head_dim, MASK_N, False, True)
+        kt1 = _load_tile(k1_base, offs_n, stride_km, M, offs_d1, head_dim, MASK_N, False, True, ALIGN)
         s += tl.dot(q1, kt1, input_precision=DOT_PRECISION)
     s = s * qk_scale  # log2 units
     if MASK_N:
@@ -273,10 +348,10 @@ def _forward_key_block(acc0, acc1, m_i, l_i, q0, q1, k_base, k1_base, v_base, v1
     alpha = tl.math.exp2(m_i - m_new)
     p = tl.math.exp2(s - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
-    v0 = _load_tile(v_base, offs_n, stride_vm, M, offs_d0, head_dim, MASK_N, MASK_D, False)   # (BLOCK_N, D0)
+    v0 = _load_tile(v_base, offs_n, stride_vm, M, offs_d0, head_dim, MASK_N, MASK_D, False, ALIGN)   # (BLOCK_N, D0)
     acc0 = acc0 * alpha[:, None] + tl.dot(p.to(v0.dtype), v0, input_precision=DOT_PRECISION)
     if D1 > 0:
-        v1 = _load_tile(v1_base, offs_n, stride_vm, M, offs_d1, head_dim, MASK_N, False, False)
+        v1 = _load_tile(v1_base, offs_n, stride_vm, M, offs_d1, head_dim, MASK_N, False, False, ALIGN)
         acc1 = acc1 * alpha[:, None] + tl.dot(p.to(v1.dtype), v1, input_precision=DOT_PRECISION)
     return acc0, acc1, m_new, l_i
 
@@ -304,6 +379,7 @@ def _forward_kernel(
     head_dim,              # D
     D0: tl.constexpr, D1: tl.constexpr, MASK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    ALIGN: tl.constexpr,   # every row start and D - D1 are multiples of ALIGN elements (1: not known)
 ):
     # Query blocks of one (video, frame, head) are adjacent in launch order: they read the same keys.
     pid = tl.program_id(0)
@@ -316,15 +392,15 @@ def _forward_kernel(
 
     offs_m = m_block * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d0 = tl.arange(0, D0)
-    q_off = b * stride_qb + f.to(tl.int64) * stride_qf + h * stride_qh
-    q0 = _load_tile(Q + q_off, offs_m, stride_qn, N, offs_d0, head_dim, True, MASK_D, False)  # (BLOCK_M, D0)
+    q_off = _base_offset(b, stride_qb, f.to(tl.int64), stride_qf, h, stride_qh, ALIGN)
+    q0 = _load_tile(Q + q_off, offs_m, stride_qn, N, offs_d0, head_dim, True, MASK_D, False, ALIGN)  # (BLOCK_M, D0)
     acc0 = tl.zeros([BLOCK_M, D0], dtype=tl.float32)
     q1 = q0   # placeholders when there is no tail block
     acc1 = 0.0
     if D1 > 0:
         offs_d1 = tl.arange(0, D1)
         overlap = D0 + D1 - head_dim
-        q1 = _load_tile(Q1 + q_off, offs_m, stride_qn, N, offs_d1, head_dim, True, False, False)
+        q1 = _load_tile(Q1 + q_off, offs_m, stride_qn, N, offs_d1, head_dim, True, False, False, ALIGN)
         q1 = tl.where(offs_d1[None, :] >= overlap, q1, 0.0)  # overlapping columns count in block 0 only
         acc1 = tl.zeros([BLOCK_M, D1], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
@@ -333,28 +409,28 @@ def _forward_kernel(
     full_n = (M // BLOCK_N) * BLOCK_N
     for j in range(0, tl.load(Counts + f)):
         g = tl.load(Table + f * table_width + j).to(tl.int64)
-        k_base = K + b * stride_kb + g * stride_kf + h * stride_kh
-        k1_base = K1 + b * stride_kb + g * stride_kf + h * stride_kh
-        v_base = V + b * stride_vb + g * stride_vf + h * stride_vh
-        v1_base = V1 + b * stride_vb + g * stride_vf + h * stride_vh
+        k_off = _base_offset(b, stride_kb, g, stride_kf, h, stride_kh, ALIGN)
+        v_off = _base_offset(b, stride_vb, g, stride_vf, h, stride_vh, ALIGN)
+        k_base, k1_base, v_base, v1_base = K + k_off, K1 + k_off, V + v_off, V1 + v_off
         for start_n in range(0, full_n, BLOCK_N):
             acc0, acc1, m_i, l_i = _forward_key_block(
                 acc0, acc1, m_i, l_i, q0, q1, k_base, k1_base, v_base, v1_base, start_n, M,
-                stride_km, stride_vm, qk_scale, head_dim, D0, D1, MASK_D, False, BLOCK_N, DOT_PRECISION)
+                stride_km, stride_vm, qk_scale, head_dim, D0, D1, MASK_D, False, BLOCK_N, DOT_PRECISION, ALIGN)
         if full_n < M:
             acc0, acc1, m_i, l_i = _forward_key_block(
                 acc0, acc1, m_i, l_i, q0, q1, k_base, k1_base, v_base, v1_base, full_n, M,
-                stride_km, stride_vm, qk_scale, head_dim, D0, D1, MASK_D, True, BLOCK_N, DOT_PRECISION)
+                stride_km, stride_vm, qk_scale, head_dim, D0, D1, MASK_D, True, BLOCK_N, DOT_PRECISION, ALIGN)
 
     inv_l = 1.0 / l_i
-    o_off = b * stride_ob + f.to(tl.int64) * stride_of + h * stride_oh
+    o_off = _base_offset(b, stride_ob, f.to(tl.int64), stride_of, h, stride_oh, ALIGN)
+    o_rows = _row_offsets(offs_m, stride_on, ALIGN)
     rows = offs_m[:, None] < N
-    out_ptrs = Out + o_off + offs_m[:, None] * stride_on + offs_d0[None, :]
+    out_ptrs = Out + o_off + o_rows[:, None] + offs_d0[None, :]
     if MASK_D:
         rows = rows & (offs_d0[None, :] < head_dim)
     tl.store(out_ptrs, (acc0 * inv_l[:, None]).to(Out.dtype.element_ty), mask=rows)
     if D1 > 0:
-        out1_ptrs = Out1 + o_off + offs_m[:, None] * stride_on + offs_d1[None, :]
+        out1_ptrs = Out1 + o_off + o_rows[:, None] + offs_d1[None, :]
         tl.store(out1_ptrs, (acc1 * inv_l[:, None]).to(Out.dtype.element_ty),
                  mask=(offs_m[:, None] < N) & (offs_d1[None, :] >= overlap))
     lse_off = ((b * num_frames + f) * num_heads + h) * N
@@ -365,18 +441,18 @@ def _forward_kernel(
 def _dq_key_block(dq0, dq1, q0, q1, do0, do1, lse2, delta, k_base, k1_base, v_base, v1_base, start_n, M,
                   stride_km, stride_vm, qk_scale, head_dim,
                   D0: tl.constexpr, D1: tl.constexpr, MASK_D: tl.constexpr, MASK_N: tl.constexpr,
-                  BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                  BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr, ALIGN: tl.constexpr):
     """dq += dS K over keys [start_n, start_n + BLOCK_N) of one key frame (P recomputed from lse)."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d0 = tl.arange(0, D0)
-    kt0 = _load_tile(k_base, offs_n, stride_km, M, offs_d0, head_dim, MASK_N, MASK_D, True)    # (D0, BLOCK_N)
-    vt0 = _load_tile(v_base, offs_n, stride_vm, M, offs_d0, head_dim, MASK_N, MASK_D, True)    # (D0, BLOCK_N)
+    kt0 = _load_tile(k_base, offs_n, stride_km, M, offs_d0, head_dim, MASK_N, MASK_D, True, ALIGN)    # (D0, BLOCK_N)
+    vt0 = _load_tile(v_base, offs_n, stride_vm, M, offs_d0, head_dim, MASK_N, MASK_D, True, ALIGN)    # (D0, BLOCK_N)
     s = tl.dot(q0, kt0, input_precision=DOT_PRECISION)                                         # (BLOCK_M, BLOCK_N)
     dp = tl.dot(do0, vt0, input_precision=DOT_PRECISION)
     if D1 > 0:
         offs_d1 = tl.arange(0, D1)
-        kt1 = _load_tile(k1_base, offs_n, stride_km, M, offs_d1, head_dim, MASK_N, False, True)
-        vt1 = _load_tile(v1_base, offs_n, stride_vm, M, offs_d1, head_dim, MASK_N, False, True)
+        kt1 = _load_tile(k1_base, offs_n, stride_km, M, offs_d1, head_dim, MASK_N, False, True, ALIGN)
+        vt1 = _load_tile(v1_base, offs_n, stride_vm, M, offs_d1, head_dim, MASK_N, False, True, ALIGN)
         s += tl.dot(q1, kt1, input_precision=DOT_PRECISION)   # q1, do1: overlap zeroed
         dp += tl.dot(do1, vt1, input_precision=DOT_PRECISION)
     p = tl.math.exp2(s * qk_scale - lse2[:, None])
@@ -408,6 +484,7 @@ def _backward_dq_kernel(
     scale, qk_scale, head_dim,
     D0: tl.constexpr, D1: tl.constexpr, MASK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    ALIGN: tl.constexpr,   # every row start and D - D1 are multiples of ALIGN elements (1: not known)
 ):
     pid = tl.program_id(0)
     m_block = pid % num_m_blocks
@@ -420,12 +497,12 @@ def _backward_dq_kernel(
 
     offs_m = m_block * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d0 = tl.arange(0, D0)
-    q_off = b * stride_qb + f64 * stride_qf + h * stride_qh
-    o_off = b * stride_ob + f64 * stride_of + h * stride_oh
-    g_off = b * stride_gb + f64 * stride_gf + h * stride_gh
-    q0 = _load_tile(Q + q_off, offs_m, stride_qn, N, offs_d0, head_dim, True, MASK_D, False)     # (BLOCK_M, D0)
-    do0 = _load_tile(DOut + g_off, offs_m, stride_gn, N, offs_d0, head_dim, True, MASK_D, False)
-    o0 = _load_tile(Out + o_off, offs_m, stride_on, N, offs_d0, head_dim, True, MASK_D, False)
+    q_off = _base_offset(b, stride_qb, f64, stride_qf, h, stride_qh, ALIGN)
+    o_off = _base_offset(b, stride_ob, f64, stride_of, h, stride_oh, ALIGN)
+    g_off = _base_offset(b, stride_gb, f64, stride_gf, h, stride_gh, ALIGN)
+    q0 = _load_tile(Q + q_off, offs_m, stride_qn, N, offs_d0, head_dim, True, MASK_D, False, ALIGN)     # (BLOCK_M, D0)
+    do0 = _load_tile(DOut + g_off, offs_m, stride_gn, N, offs_d0, head_dim, True, MASK_D, False, ALIGN)
+    o0 = _load_tile(Out + o_off, offs_m, stride_on, N, offs_d0, head_dim, True, MASK_D, False, ALIGN)
     delta = tl.sum(do0.to(tl.float32) * o0.to(tl.float32), 1)
     dq0 = tl.zeros([BLOCK_M, D0], dtype=tl.float32)
     q1 = q0   # placeholders when there is no tail block
@@ -435,10 +512,10 @@ def _backward_dq_kernel(
         offs_d1 = tl.arange(0, D1)
         overlap = D0 + D1 - head_dim
         tail = offs_d1[None, :] >= overlap
-        q1 = tl.where(tail, _load_tile(Q1 + q_off, offs_m, stride_qn, N, offs_d1, head_dim, True, False, False), 0.0)
-        do1 = _load_tile(DOut1 + g_off, offs_m, stride_gn, N, offs_d1, head_dim, True, False, False)
+        q1 = tl.where(tail, _load_tile(Q1 + q_off, offs_m, stride_qn, N, offs_d1, head_dim, True, False, False, ALIGN), 0.0)
+        do1 = _load_tile(DOut1 + g_off, offs_m, stride_gn, N, offs_d1, head_dim, True, False, False, ALIGN)
         do1 = tl.where(tail, do1, 0.0)
-        o1 = _load_tile(Out1 + o_off, offs_m, stride_on, N, offs_d1, head_dim, True, False, False)
+        o1 = _load_tile(Out1 + o_off, offs_m, stride_on, N, offs_d1, head_dim, True, False, False, ALIGN)
         delta += tl.sum(do1.to(tl.float32) * o1.to(tl.float32), 1)
         dq1 = tl.zeros([BLOCK_M, D1], dtype=tl.float32)
     row_off = ((b * num_frames + f) * num_heads + h) * N
@@ -448,27 +525,26 @@ def _backward_dq_kernel(
     full_n = (M // BLOCK_N) * BLOCK_N
     for j in range(0, tl.load(Counts + f)):
         g = tl.load(Table + f * table_width + j).to(tl.int64)
-        k_base = K + b * stride_kb + g * stride_kf + h * stride_kh
-        k1_base = K1 + b * stride_kb + g * stride_kf + h * stride_kh
-        v_base = V + b * stride_vb + g * stride_vf + h * stride_vh
-        v1_base = V1 + b * stride_vb + g * stride_vf + h * stride_vh
+        k_off = _base_offset(b, stride_kb, g, stride_kf, h, stride_kh, ALIGN)
+        v_off = _base_offset(b, stride_vb, g, stride_vf, h, stride_vh, ALIGN)
+        k_base, k1_base, v_base, v1_base = K + k_off, K1 + k_off, V + v_off, V1 + v_off
         for start_n in range(0, full_n, BLOCK_N):
             dq0, dq1 = _dq_key_block(dq0, dq1, q0, q1, do0, do1, lse2, delta, k_base, k1_base, v_base, v1_base,
                                      start_n, M, stride_km, stride_vm, qk_scale, head_dim,
-                                     D0, D1, MASK_D, False, BLOCK_N, DOT_PRECISION)
+                                     D0, D1, MASK_D, False, BLOCK_N, DOT_PRECISION, ALIGN)
         if full_n < M:
             dq0, dq1 = _dq_key_block(dq0, dq1, q0, q1, do0, do1, lse2, delta, k_base, k1_base, v_base, v1_base,
                                      full_n, M, stride_km, stride_vm, qk_scale, head_dim,
-                                     D0, D1, MASK_D, True, BLOCK_N, DOT_PRECISION)
+                                     D0, D1, MASK_D, True, BLOCK_N, DOT_PRECISION, ALIGN)
 
-    d_off = b * stride_db + f64 * stride_df + h * stride_dh
+    d_off = _base_offset(b, stride_db, f64, stride_df, h, stride_dh, ALIGN)
+    d_rows = _row_offsets(offs_m, stride_dn, ALIGN)
     rows = offs_m[:, None] < N
     if MASK_D:
         rows = rows & (offs_d0[None, :] < head_dim)
-    tl.store(DQ + d_off + offs_m[:, None] * stride_dn + offs_d0[None, :], (dq0 * scale).to(DQ.dtype.element_ty),
-             mask=rows)
+    tl.store(DQ + d_off + d_rows[:, None] + offs_d0[None, :], (dq0 * scale).to(DQ.dtype.element_ty), mask=rows)
     if D1 > 0:
-        tl.store(DQ1 + d_off + offs_m[:, None] * stride_dn + offs_d1[None, :], (dq1 * scale).to(DQ.dtype.element_ty),
+        tl.store(DQ1 + d_off + d_rows[:, None] + offs_d1[None, :], (dq1 * scale).to(DQ.dtype.element_ty),
                  mask=(offs_m[:, None] < N) & (offs_d1[None, :] >= overlap))
 
 
@@ -489,6 +565,7 @@ def _backward_dkdv_kernel(
     scale, qk_scale, head_dim,
     D0: tl.constexpr, D1: tl.constexpr, MASK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    ALIGN: tl.constexpr,   # every row start and D - D1 are multiples of ALIGN elements (1: not known)
 ):
     # Key frame slowest in launch order: frame 0 (read by the most query frames) starts first.
     pid = tl.program_id(0)
@@ -502,10 +579,10 @@ def _backward_dkdv_kernel(
 
     offs_n = n_block * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d0 = tl.arange(0, D0)
-    k_off = b * stride_kb + g64 * stride_kf + h * stride_kh
-    v_off = b * stride_vb + g64 * stride_vf + h * stride_vh
-    k0 = _load_tile(K + k_off, offs_n, stride_km, M, offs_d0, head_dim, True, MASK_D, False)     # (BLOCK_N, D0)
-    v0 = _load_tile(V + v_off, offs_n, stride_vm, M, offs_d0, head_dim, True, MASK_D, False)
+    k_off = _base_offset(b, stride_kb, g64, stride_kf, h, stride_kh, ALIGN)
+    v_off = _base_offset(b, stride_vb, g64, stride_vf, h, stride_vh, ALIGN)
+    k0 = _load_tile(K + k_off, offs_n, stride_km, M, offs_d0, head_dim, True, MASK_D, False, ALIGN)     # (BLOCK_N, D0)
+    v0 = _load_tile(V + v_off, offs_n, stride_vm, M, offs_d0, head_dim, True, MASK_D, False, ALIGN)
     dk0 = tl.zeros([BLOCK_N, D0], dtype=tl.float32)
     dv0 = tl.zeros([BLOCK_N, D0], dtype=tl.float32)
     k1 = k0   # placeholders when there is no tail block
@@ -516,28 +593,28 @@ def _backward_dkdv_kernel(
         offs_d1 = tl.arange(0, D1)
         overlap = D0 + D1 - head_dim
         tail = offs_d1[None, :] >= overlap
-        k1 = tl.where(tail, _load_tile(K1 + k_off, offs_n, stride_km, M, offs_d1, head_dim, True, False, False), 0.0)
-        v1 = tl.where(tail, _load_tile(V1 + v_off, offs_n, stride_vm, M, offs_d1, head_dim, True, False, False), 0.0)
+        k1 = tl.where(tail, _load_tile(K1 + k_off, offs_n, stride_km, M, offs_d1, head_dim, True, False, False, ALIGN), 0.0)
+        v1 = tl.where(tail, _load_tile(V1 + v_off, offs_n, stride_vm, M, offs_d1, head_dim, True, False, False, ALIGN), 0.0)
         dk1 = tl.zeros([BLOCK_N, D1], dtype=tl.float32)
         dv1 = tl.zeros([BLOCK_N, D1], dtype=tl.float32)
 
     for j in range(0, tl.load(ReaderCounts + g)):
         f = tl.load(Readers + g * num_frames + j).to(tl.int64)
-        q_off = b * stride_qb + f * stride_qf + h * stride_qh
-        g_off = b * stride_gb + f * stride_gf + h * stride_gh
+        q_off = _base_offset(b, stride_qb, f, stride_qf, h, stride_qh, ALIGN)
+        g_off = _base_offset(b, stride_gb, f, stride_gf, h, stride_gh, ALIGN)
         row_off = ((b * num_frames + f) * num_heads + h) * N
         for start_m in range(0, N, BLOCK_M):
             offs_m = start_m + tl.arange(0, BLOCK_M)
             # Query rows past N load zeros and lse = +inf, so their P (and dS) is exactly 0.
-            qt0 = _load_tile(Q + q_off, offs_m, stride_qn, N, offs_d0, head_dim, True, MASK_D, True)     # (D0, BLOCK_M)
-            do0 = _load_tile(DOut + g_off, offs_m, stride_gn, N, offs_d0, head_dim, True, MASK_D, False)  # (BM, D0)
+            qt0 = _load_tile(Q + q_off, offs_m, stride_qn, N, offs_d0, head_dim, True, MASK_D, True, ALIGN)     # (D0, BLOCK_M)
+            do0 = _load_tile(DOut + g_off, offs_m, stride_gn, N, offs_d0, head_dim, True, MASK_D, False, ALIGN)  # (BM, D0)
             lse2 = tl.load(Lse + row_off + offs_m, mask=offs_m < N, other=float("inf")) * 1.4426950408889634  # log2 e
             delta = tl.load(Delta + row_off + offs_m, mask=offs_m < N, other=0.0)
             st = tl.dot(k0, qt0, input_precision=DOT_PRECISION)                                  # (BLOCK_N, BLOCK_M)
             dpt = tl.dot(v0, tl.trans(do0), input_precision=DOT_PRECISION)
             if D1 > 0:
-                qt1 = _load_tile(Q1 + q_off, offs_m, stride_qn, N, offs_d1, head_dim, True, False, True)
-                do1 = _load_tile(DOut1 + g_off, offs_m, stride_gn, N, offs_d1, head_dim, True, False, False)
+                qt1 = _load_tile(Q1 + q_off, offs_m, stride_qn, N, offs_d1, head_dim, True, False, True, ALIGN)
+                do1 = _load_tile(DOut1 + g_off, offs_m, stride_gn, N, offs_d1, head_dim, True, False, False, ALIGN)
                 st += tl.dot(k1, qt1, input_precision=DOT_PRECISION)    # k1, v1: overlap zeroed
                 dpt += tl.dot(v1, tl.trans(do1), input_precision=DOT_PRECISION)
             pt = tl.math.exp2(st * qk_scale - lse2[None, :])
@@ -548,15 +625,16 @@ def _backward_dkdv_kernel(
                 dv1 += tl.dot(pt.to(do1.dtype), do1, input_precision=DOT_PRECISION)
                 dk1 += tl.dot(dst, tl.trans(qt1), input_precision=DOT_PRECISION)
 
-    d_off = b * stride_db + g64 * stride_df + h * stride_dh
-    ptrs0 = offs_n[:, None] * stride_dm + offs_d0[None, :]
+    d_off = _base_offset(b, stride_db, g64, stride_df, h, stride_dh, ALIGN)
+    d_rows = _row_offsets(offs_n, stride_dm, ALIGN)
+    ptrs0 = d_rows[:, None] + offs_d0[None, :]
     rows = offs_n[:, None] < M
     if MASK_D:
         rows = rows & (offs_d0[None, :] < head_dim)
     tl.store(DK + d_off + ptrs0, (dk0 * scale).to(DK.dtype.element_ty), mask=rows)
     tl.store(DV + d_off + ptrs0, dv0.to(DV.dtype.element_ty), mask=rows)
     if D1 > 0:
-        ptrs1 = offs_n[:, None] * stride_dm + offs_d1[None, :]
+        ptrs1 = d_rows[:, None] + offs_d1[None, :]
         tail_rows = (offs_n[:, None] < M) & (offs_d1[None, :] >= overlap)
         tl.store(DK1 + d_off + ptrs1, (dk1 * scale).to(DK.dtype.element_ty), mask=tail_rows)
         tl.store(DV1 + d_off + ptrs1, dv1.to(DV.dtype.element_ty), mask=tail_rows)
@@ -596,24 +674,49 @@ def _check_grid(programs: int) -> None:
         raise ValueError(f"frame_attention needs {programs} programs; the limit is 2**31 - 1")
 
 
+def forward_autotune_key(width: int, dtype: str, arch: int, table_shape, N: int, M: int, *, align: int = 1) -> tuple:
+    """The forward's autotuning key: blocked head width, dtype, arch, key-table shape (F, K), and
+    N and M rounded up to a power of two, so every N in (64, 128] -- 77 text tokens, 100 pixels --
+    shares one choice while the 8x8 (N = 64) and 64x64 (N = 4096) levels of a UNet get their own;
+    plus ``align`` (:func:`vector_align`), which changes the code each candidate runs."""
+    num_frames, table_width = table_shape
+    key = (width, dtype, arch, (int(num_frames), int(table_width)), triton.next_power_of_2(N), triton.next_power_of_2(M))
+    return key if align == 1 else (*key, align)
+
+
 def frame_attention_forward_triton(q, k, v, table, counts, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(out (B, F, N, H, D) contiguous, lse (B, F, H, N) fp32)."""
+    """(out (B, F, N, H, D) contiguous, lse (B, F, H, N) fp32).
+
+    The tile config is autotuned among :func:`forward_candidates` (``kernels/_autotune.py``);
+    timing reruns this launch, which is safe because the kernel writes only ``out`` and ``lse``.
+    Sizes are unspecialised kernel arguments (``_SIZE_ARGS``), so a new F, N, M or table width
+    compiles no candidate again; strides are specialised on divisibility by 16, which a new N
+    keeps whenever H x D is a multiple of 16 (every SD/AnimateDiff UNet).
+    """
     q, k, v = _unit_stride(q), _unit_stride(k), _unit_stride(v)
     B, F, N, H, D = q.shape
     M = k.shape[2]
     d0, d1, mask_d = head_blocks(D)
-    cfg = forward_config(d0 + d1, _DTYPE_NAMES[q.dtype], _arch(q.device))
+    dtype, arch = _DTYPE_NAMES[q.dtype], _arch(q.device)
+    candidates = forward_candidates(d0 + d1, dtype, arch)
     out = torch.empty((B, F, N, H, D), dtype=q.dtype, device=q.device)
     lse = torch.empty((B, F, H, N), dtype=torch.float32, device=q.device)
     _check_int32_span(q=q, k=k, v=v)
-    num_m_blocks = triton.cdiv(N, cfg.block_m)
-    _check_grid(num_m_blocks * F * H * B)
-    _forward_kernel[(num_m_blocks * F * H * B,)](
-        q, _tail(q, d1), k, _tail(k, d1), v, _tail(v, d1), out, _tail(out, d1), lse, table, counts,
-        *q.stride()[:4], *k.stride()[:4], *v.stride()[:4], *out.stride()[:4],
-        F, H, N, M, table.shape[1], num_m_blocks, scale * _LOG2E, D,
-        D0=d0, D1=d1, MASK_D=mask_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        DOT_PRECISION=_dot_precision(q.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    _check_grid(triton.cdiv(N, min(cfg.block_m for cfg in candidates)) * F * H * B)
+
+    def launch(cfg: LaunchConfig) -> None:
+        num_m_blocks = triton.cdiv(N, cfg.block_m)
+        _forward_kernel[(num_m_blocks * F * H * B,)](
+            q, _tail(q, d1), k, _tail(k, d1), v, _tail(v, d1), out, _tail(out, d1), lse, table, counts,
+            *q.stride()[:4], *k.stride()[:4], *v.stride()[:4], *out.stride()[:4],
+            F, H, N, M, table.shape[1], num_m_blocks, scale * _LOG2E, D,
+            D0=d0, D1=d1, MASK_D=mask_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+            DOT_PRECISION=_dot_precision(q.dtype), ALIGN=align, num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages)
+
+    align = vector_align(d0, d1, q, k, v, out)
+    key = forward_autotune_key(d0 + d1, dtype, arch, table.shape, N, M, align=align)
+    launch(_autotune.pick("frame_attention_forward", key, candidates, launch, q.device))
     return out, lse
 
 
@@ -634,20 +737,21 @@ def frame_attention_backward_triton(dout, q, k, v, out, lse, table, counts, read
     num_n_blocks = triton.cdiv(M, cfg.block_n)
     _check_grid(max(num_m_blocks, num_n_blocks) * F * H * B)
     precision = _dot_precision(q.dtype)
+    align = vector_align(d0, d1, q, k, v, out, dout, dq, dk, dv)
     _backward_dq_kernel[(num_m_blocks * F * H * B,)](
         q, _tail(q, d1), k, _tail(k, d1), v, _tail(v, d1), out, _tail(out, d1), dout, _tail(dout, d1),
         dq, _tail(dq, d1), lse, delta, table, counts,
         *q.stride()[:4], *k.stride()[:4], *v.stride()[:4], *out.stride()[:4], *dout.stride()[:4],
         *dq.stride()[:4], F, H, N, M, table.shape[1], num_m_blocks, scale, scale * _LOG2E, D,
         D0=d0, D1=d1, MASK_D=mask_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        DOT_PRECISION=precision, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        DOT_PRECISION=precision, ALIGN=align, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     _backward_dkdv_kernel[(num_n_blocks * H * B * F,)](
         q, _tail(q, d1), k, _tail(k, d1), v, _tail(v, d1), dout, _tail(dout, d1),
         dk, _tail(dk, d1), dv, _tail(dv, d1), lse, delta, readers, reader_counts,
         *q.stride()[:4], *k.stride()[:4], *v.stride()[:4], *dout.stride()[:4], *dk.stride()[:4],
         F, H, B, N, M, num_n_blocks, scale, scale * _LOG2E, D,
         D0=d0, D1=d1, MASK_D=mask_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        DOT_PRECISION=precision, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        DOT_PRECISION=precision, ALIGN=align, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return dq, dk, dv
 
 
@@ -684,25 +788,35 @@ def _signature(kernel: str, dtype: str) -> dict[str, str]:
     sig.update({name: "i32" for name in ints})
     sig.update({name: "fp32" for name in floats})
     sig["head_dim"] = "i32"
-    sig.update({name: "constexpr" for name in ("D0", "D1", "MASK_D", "BLOCK_M", "BLOCK_N", "DOT_PRECISION")})
+    sig.update({name: "constexpr" for name in ("D0", "D1", "MASK_D", "BLOCK_M", "BLOCK_N", "DOT_PRECISION", "ALIGN")})
     return sig
 
 
+def _backward_candidates(width: int, dtype: str, arch: int) -> tuple[LaunchConfig, ...]:
+    return (backward_config(width, dtype, arch),)
+
+
 def aot_specs() -> list[KernelSpec]:
-    """fp16/bf16 specs must use wgmma on sm_90; fp32 (exact IEEE products) runs on CUDA cores."""
+    """Every forward candidate and the backward config, unhinted and (``_HINTED_BLOCKINGS``, fp16/bf16)
+    with the 16-byte row hint; fp16/bf16 specs must use wgmma on sm_90, fp32 (exact IEEE products)
+    runs on CUDA cores."""
     blockings = sorted({head_blocks(d) for d in range(MIN_HEAD_DIM, MAX_HEAD_DIM + 1)})
     torch_dtypes = {name: dtype for dtype, name in _DTYPE_NAMES.items()}
     specs = {}
-    for kernel, pick in (("_forward_kernel", forward_config), ("_backward_dq_kernel", backward_config),
-                         ("_backward_dkdv_kernel", backward_config)):
+    for kernel, candidates in (("_forward_kernel", forward_candidates),
+                               ("_backward_dq_kernel", _backward_candidates),
+                               ("_backward_dkdv_kernel", _backward_candidates)):
         for d0, d1, mask_d in blockings:
             for dtype in ("fp16", "bf16", "fp32"):
+                vector = 16 // torch_dtypes[dtype].itemsize
+                aligns = (1, vector) if (d0, d1) in _HINTED_BLOCKINGS and dtype != "fp32" else (1,)
                 for arch in _ARCHS:
-                    cfg = pick(d0 + d1, dtype, arch)
-                    spec = KernelSpec(
-                        module=__name__, kernel=kernel, signature=_signature(kernel, dtype),
-                        constexprs={"D0": d0, "D1": d1, "MASK_D": mask_d, "BLOCK_M": cfg.block_m,
-                                    "BLOCK_N": cfg.block_n, "DOT_PRECISION": _dot_precision(torch_dtypes[dtype])},
-                        num_warps=cfg.num_warps, num_stages=cfg.num_stages, expect_wgmma=dtype != "fp32")
-                    specs[spec.label] = spec
+                    for cfg, align in itertools.product(candidates(d0 + d1, dtype, arch), aligns):
+                        spec = KernelSpec(
+                            module=__name__, kernel=kernel, signature=_signature(kernel, dtype),
+                            constexprs={"D0": d0, "D1": d1, "MASK_D": mask_d, "BLOCK_M": cfg.block_m,
+                                        "BLOCK_N": cfg.block_n, "DOT_PRECISION": _dot_precision(torch_dtypes[dtype]),
+                                        "ALIGN": align},
+                            num_warps=cfg.num_warps, num_stages=cfg.num_stages, expect_wgmma=dtype != "fp32")
+                        specs[spec.label] = spec  # sm_80 and sm_90 share configs: one spec each
     return list(specs.values())

@@ -443,12 +443,21 @@ def _signature(kernel, dtype: str) -> dict[str, str]:
 
 def aot_specs() -> list[KernelSpec]:
     """Every launchable config. ALIGN > 1 (16-byte rows) exists for fp16/bf16 on the single-tile
-    paths only: the forward at F <= 64 and the fused backward."""
+    paths only: the forward at F <= 64 and the fused backward.
+
+    The strides along D (``s_*d``) are compiled as the constant 1 a launch on projection outputs
+    passes (Triton turns an integer argument equal to 1 into a constant, and only then knows the
+    rows are contiguous and can vectorise them): the code that runs, not a variant with a
+    runtime D stride that only transposed heads reach.
+    """
     specs = []
 
     def add(kernel, dtype, consts, num_warps):
-        specs.append(KernelSpec(module=__name__, kernel=kernel.fn.__name__, signature=_signature(kernel, dtype),
-                                constexprs=consts, num_warps=num_warps, num_stages=_NUM_STAGES,
+        signature = _signature(kernel, dtype)
+        unit_strides = {name: 1 for name in signature if name.startswith("s_") and name.endswith("d")}
+        signature.update({name: "constexpr" for name in unit_strides})
+        specs.append(KernelSpec(module=__name__, kernel=kernel.fn.__name__, signature=signature,
+                                constexprs={**consts, **unit_strides}, num_warps=num_warps, num_stages=_NUM_STAGES,
                                 expect_wgmma=dtype != "fp32"))
 
     for dtype in ("fp32", "fp16", "bf16"):

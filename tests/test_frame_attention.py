@@ -174,6 +174,25 @@ def test_head_blocks_are_tight_for_sd_head_dims():
         assert d0 + d1 <= max(16, 1 << (d - 1).bit_length()), d  # never worse than padding
 
 
+def test_row_alignment_hint_only_when_every_row_is_a_whole_vector(device):
+    # SD1.5's D = 40 in fp16/bf16: rows are 80 bytes apart, whole 16-byte vectors, so the kernels are
+    # told (ALIGN = 8); any tensor whose rows are not (an odd offset, a padded head) runs unhinted.
+    def align(*tensors):
+        d0, d1, _ = K.head_blocks(tensors[0].shape[-1])
+        return K.vector_align(d0, d1, *tensors)
+
+    q, k, v = _inputs(1, 3, 5, 5, 2, 40, torch.float16, "projection", device)
+    assert align(q, k, v) == 8
+    assert align(*_inputs(1, 3, 5, 7, 2, 40, torch.bfloat16, "contiguous", device)) == 8
+    assert align(*_inputs(1, 3, 5, 7, 2, 40, torch.float32, "contiguous", device)) == 1  # fp32: not hinted
+    assert align(*_inputs(1, 3, 5, 7, 2, 40, torch.float16, "strided", device)) == 1    # head stride 43
+    assert align(*_inputs(1, 3, 5, 7, 2, 64, torch.float16, "contiguous", device)) == 1  # Triton's own 16
+    shifted = torch.randn(1 + 1 * 3 * 5 * 2 * 40).to(device, torch.float16)[1:].view(1, 3, 5, 2, 40)
+    assert align(shifted, k, v) == 1  # base pointer 2 bytes past a vector boundary
+    odd_rows = torch.randn(1, 3, 5, 2, 44).to(device, torch.float16)[..., :40]
+    assert align(odd_rows, k, v) == 1  # head stride 44: rows 88 bytes apart
+
+
 def test_gradcheck_float64_reference_path(device):
     q, k, v = (t.double().requires_grad_(True) for t in _inputs(1, 3, 2, 3, 1, 8, torch.float32, "contiguous", device))
     rows = [[0, 2], [1, 1], [2, 0]]

@@ -2,6 +2,8 @@
 
 Each benchmark writes CSV + JSON + PNG to ``benchmarks/results/``, tagged with the GPU, clocks,
 driver, versions and commit, with the ceilings (copy bandwidth, bf16 matmul) measured in the run.
+``--report`` then regenerates README's results section and speedup plot from those files
+(``benchmarks/report.py``); ``--report-only`` does that alone, without a GPU.
 """
 from __future__ import annotations
 
@@ -33,7 +35,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="vidgen bench", description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help=f"benchmarks to run (default: all of {', '.join(available())})")
     parser.add_argument("--quick", action="store_true", help="the first shape of each benchmark only")
+    parser.add_argument("--report", action="store_true",
+                        help="afterwards, regenerate README's results section and plot from benchmarks/results/")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run no benchmark; only regenerate the report from the existing result files")
     args = parser.parse_args(argv)
+    if args.report_only:
+        if args.names or args.quick:
+            parser.error("--report-only runs no benchmark: drop the benchmark names and --quick")
+        return _report()
     names = args.names or available()
     unknown = sorted(set(names) - set(available()))
     if unknown:
@@ -51,4 +61,11 @@ def main(argv=None) -> int:
         except Exception as exc:  # keep going: one broken benchmark must not hide the others' results
             failed.append(name)
             print(f"bench_{name} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-    return 1 if failed else 0
+    report_status = _report() if args.report else 0  # also after a failure: the others' results are new
+    return 1 if failed else report_status
+
+
+def _report() -> int:
+    """README's results section and speedup plot from ``benchmarks/results/`` (``benchmarks/report.py``)."""
+    _benchmarks_package()
+    return importlib.import_module("benchmarks.report").main([])

@@ -1,0 +1,231 @@
+"""benchmarks/report.py on synthetic result files written by benchmarks/harness.py's own writer.
+
+Rows follow what the benchmark scripts write (the temporal-attention ones come from the
+script's own row builder); the expected numbers are computed here from the synthetic timings.
+"""
+import math
+import statistics
+
+import pytest
+
+from benchmarks import bench_temporal_attention, harness, report
+
+GPU = "NVIDIA Synthetic-GPU 80GB"   # a dash in the name, as some real GPU names have
+COMMIT = "abc1234"
+COPY_GBS = 3000.0
+NOISE_SHAPES = [(2, 4, 16, 64, 64), (2, 4, 24, 96, 96)]
+README_HEAD = "# project\n\nSome text with unicode: \u00e9\u2192\u00d7.\n\n## Status\n\nwords\n\n"
+README_TAIL = "\n\n## Layout\n\n| a | b |\n| --- | --- |\n\ntrailing text without a final newline"
+
+
+@pytest.fixture(scope="module")
+def base_environment():
+    return harness.environment()  # the writer's real tag schema, on this machine
+
+
+@pytest.fixture
+def results_dir(tmp_path, monkeypatch):
+    path = tmp_path / "results"
+    monkeypatch.setattr(harness, "RESULTS_DIR", str(path))
+    return path
+
+
+def _environment(base, date):
+    return {**base, "gpu": GPU, "commit": COMMIT, "date": f"{date}T12:00:00+00:00", "torch": "2.11.0",
+            "triton": "3.6.0", "cuda": "12.8"}
+
+
+def _write_noise(base, date, timings_per_shape):
+    """bench_noise's rows: one per implementation and shape, speedups and copy fraction as it computes them."""
+    rows = []
+    for shape, timings in zip(NOISE_SHAPES, timings_per_shape):
+        nbytes = math.prod(shape) * 4
+        for impl, ms in timings.items():
+            gbs = nbytes / (ms * 1e-3) / 1e9
+            rows.append({"op": "correlated_noise", "impl": impl, "shape": "x".join(map(str, shape)), "kind": "mixed",
+                         "dtype": "float32", "ms": ms, "ms_p20": ms, "ms_p80": ms, "gbs": gbs,
+                         "copy_fraction": gbs / COPY_GBS, "speedup_vs_eager": timings["eager"] / ms,
+                         "speedup_vs_compile": timings["torch.compile"] / ms})
+    harness.write_results("noise", rows, _environment(base, date), {"copy_gbs": COPY_GBS, "bf16_matmul_tflops": 900.0})
+
+
+NOISE_TIMINGS = [{"vidgen": 0.10, "eager": 0.40, "torch.compile": 0.15, "vidgen (again)": 0.11},
+                 {"vidgen": 0.20, "eager": 0.50, "torch.compile": 0.30, "vidgen (again)": 0.21}]
+E2E_RUNS = {  # (case, frames) -> impl -> (seconds, peak GiB)
+    ("animatediff", 16): {"diffusers": (10.0, 8.0), "diffusers+compile": (8.0, 8.0), "vidgen": (5.0, 6.0),
+                          "vidgen (again)": (5.1, 6.0), "vidgen+compile": (4.0, 6.0)},
+    ("tune-a-video", 8): {"reference": (6.0, 10.0), "vidgen": (2.0, 6.0)},
+    ("tune-a-video", 24): {"reference": (20.0, 30.0), "vidgen": (8.0, 15.0)},
+}
+TEMPORAL_LEVELS = [  # (level, C, ours ms or None when it failed, peer ms)
+    ("64x64", 320, 0.5, {"sdpa_frame_major": 1.0, "flex_attention": 0.75}),
+    ("32x32", 640, 0.2, {"sdpa_frame_major": 0.5, "flex_attention": 0.3}),
+    ("16x16", 1280, None, {"sdpa_frame_major": 0.4, "flex_attention": 0.4}),
+]
+
+
+def _write_e2e(base, date):
+    rows = [{"case": case, "impl": impl, "frames": frames, "size": 512, "steps": 25, "seconds": seconds,
+             "peak_gib": peak, "speedup": impls[next(iter(impls))][0] / seconds}
+            for (case, frames), impls in E2E_RUNS.items() for impl, (seconds, peak) in impls.items()]
+    harness.write_results("e2e", rows, _environment(base, date), {"copy_gbs": COPY_GBS, "bf16_matmul_tflops": 900.0})
+
+
+def _write_temporal(base, date):
+    rows = []
+    for level, channels, ours_ms, peer_ms in TEMPORAL_LEVELS:
+        shape = {"level": level, "C": channels, "D": channels // 8, "F": 16, "problems": 1, "dtype": "float16"}
+        ours = {"ms": ours_ms, "ms_p20": ours_ms, "ms_p80": ours_ms} if ours_ms else {"ms": None, "error": "boom"}
+        peers = {name: {"ms": ms} for name, ms in peer_ms.items()}
+        rows.append(bench_temporal_attention._op_row(shape, "fwd", ours, peers, 4 * 2**20, COPY_GBS))
+    harness.write_results("temporal_attention", rows, _environment(base, date), {"copy_gbs": COPY_GBS})
+
+
+def _write_readme(path, section="\nstale hand-typed numbers\n", newline="\n"):
+    text = README_HEAD + report.BEGIN_MARKER + section + report.END_MARKER + README_TAIL
+    path.write_bytes(text.replace("\n", newline).encode())
+
+
+def _table_line(readme_text, label):
+    lines = [line for line in readme_text.splitlines() if line.startswith(f"| {label} |")]
+    assert len(lines) == 1, f"expected one table line for {label!r} in:\n{readme_text}"
+    return [cell.strip() for cell in lines[0].strip("|").split("|")]
+
+
+def _spread(values, unit="x"):
+    fmt = (lambda v: f"{v:.2f}x") if unit == "x" else (lambda v: f"{100 * v:.0f}%")
+    mean, low, high = fmt(statistics.geometric_mean(values)), fmt(min(values)), fmt(max(values))
+    return mean if low == high else f"{mean} ({low}-{high})"
+
+
+@pytest.fixture
+def synthetic_results(results_dir, base_environment):
+    _write_noise(base_environment, "2026-03-01", [{k: 10 * v if k.startswith("vidgen") else v for k, v in t.items()}
+                                                  for t in NOISE_TIMINGS])  # older run: must be ignored
+    _write_noise(base_environment, "2026-03-02", NOISE_TIMINGS)
+    _write_e2e(base_environment, "2026-03-02")
+    _write_temporal(base_environment, "2026-03-03")
+    return results_dir
+
+
+def test_table_lines_hold_the_numbers_of_the_newest_files(synthetic_results, tmp_path):
+    readme = tmp_path / "README.md"
+    _write_readme(readme)
+    assert report.main(["--results", str(synthetic_results), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+
+    noise = _table_line(text, "correlated_noise")
+    assert noise[1] == "2"
+    eager = [t["eager"] / t["vidgen"] for t in NOISE_TIMINGS]
+    compiled = [t["torch.compile"] / t["vidgen"] for t in NOISE_TIMINGS]
+    assert noise[2] == f"{_spread(eager)} vs eager; {_spread(compiled)} vs compile"
+    copy = [math.prod(s) * 4 / (t["vidgen"] * 1e-3) / 1e9 / COPY_GBS for s, t in zip(NOISE_SHAPES, NOISE_TIMINGS)]
+    assert noise[3] == f"{_spread(copy, '%')} of copy bandwidth"
+    assert noise[4] == "-"
+
+    animatediff = _table_line(text, "AnimateDiff sampling")
+    assert animatediff[2] == "2.00x vs diffusers; 1.60x vs diffusers+compile"
+    assert animatediff[4] == "0.75x of diffusers; 0.75x of diffusers+compile"
+    assert _table_line(text, "AnimateDiff sampling, compiled")[2] == "2.00x vs diffusers+compile"
+    tuneavideo = _table_line(text, "Tune-A-Video sampling")
+    runs = [E2E_RUNS[("tune-a-video", f)] for f in (8, 24)]
+    assert tuneavideo[1] == "2"
+    assert tuneavideo[2] == f"{_spread([r['reference'][0] / r['vidgen'][0] for r in runs])} vs reference"
+    assert tuneavideo[4] == f"{_spread([r['vidgen'][1] / r['reference'][1] for r in runs])} of reference"
+
+    temporal = _table_line(text, "temporal_attention fwd")
+    assert temporal[1] == "3 (1 failed)"
+    ran = [level for level in TEMPORAL_LEVELS if level[2]]
+    assert temporal[2] == "; ".join(f"{_spread([lv[3][peer] / lv[2] for lv in ran])} vs {peer}"
+                                    for peer in ("sdpa_frame_major", "flex_attention"))
+    assert temporal[3] == f"{_spread([4 * 2**20 / (lv[2] * 1e-3) / 1e9 / COPY_GBS for lv in ran], '%')} of copy bandwidth"
+
+    for absent in ("Video Adapter sampling", "guided_step", "frame_attention", "motion module", "add_noise"):
+        assert f"| {absent}" not in text  # no rows for them in these files
+    assert f"Measured on {GPU}, commit `{COMMIT}`, 2026-03-02 to 2026-03-03" in text
+    assert "e2e, noise, temporal_attention." in text
+    assert "stale hand-typed numbers" not in text
+
+
+def test_plot_is_a_png_next_to_the_results_and_linked(synthetic_results, tmp_path):
+    import matplotlib.image
+
+    readme = tmp_path / "README.md"
+    _write_readme(readme)
+    report.main(["--results", str(synthetic_results), "--readme", str(readme)])
+    plot = synthetic_results / report.PLOT_NAME
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    height, width, _ = matplotlib.image.imread(plot).shape
+    assert height > 100 and width > 100
+    assert f"(results/{report.PLOT_NAME})" in readme.read_text()
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_only_the_section_between_the_markers_changes(synthetic_results, tmp_path, newline):
+    readme = tmp_path / "README.md"
+    _write_readme(readme, newline=newline)
+    before = readme.read_bytes()
+    report.main(["--results", str(synthetic_results), "--readme", str(readme)])
+    after = readme.read_bytes()
+    begin, end = report.BEGIN_MARKER.encode(), report.END_MARKER.encode()
+    assert after[:after.index(begin)] == before[:before.index(begin)]
+    assert after[after.index(end):] == before[before.index(end):]
+    section = after[after.index(begin) + len(begin):after.index(end)]
+    assert section.count(b"\n") == section.count(newline.encode())  # the file's own line endings
+
+
+def test_check_reports_a_stale_section_and_writes_nothing(synthetic_results, tmp_path, base_environment, capsys):
+    readme = tmp_path / "README.md"
+    _write_readme(readme)
+    args = ["--results", str(synthetic_results), "--readme", str(readme)]
+    assert report.main(args + ["--check"]) == 1
+    assert report.main(args) == 0
+    assert report.main(args + ["--check"]) == 0
+    generated = readme.read_bytes()
+    _write_noise(base_environment, "2026-03-04", [{k: v / 2 if k == "vidgen" else v for k, v in t.items()}
+                                                  for t in NOISE_TIMINGS])  # a newer run
+    assert report.main(args + ["--check"]) == 1
+    assert "stale" in capsys.readouterr().err
+    assert readme.read_bytes() == generated
+    assert report.main(args) == 0
+    assert report.main(args + ["--check"]) == 0
+    faster = [2 * t["eager"] / t["vidgen"] for t in NOISE_TIMINGS]
+    assert _table_line(readme.read_text(), "correlated_noise")[2].startswith(f"{_spread(faster)} vs eager")
+
+
+def test_no_results_says_so_and_draws_nothing(results_dir, tmp_path):
+    readme = tmp_path / "README.md"
+    _write_readme(readme)
+    results_dir.mkdir()
+    args = ["--results", str(results_dir), "--readme", str(readme)]
+    assert report.main(args) == 0
+    text = readme.read_text()
+    assert "No GPU results yet" in text and "| benchmark |" not in text
+    assert not (results_dir / report.PLOT_NAME).exists()
+    assert report.main(args + ["--check"]) == 0
+
+
+def test_vidgen_bench_report_only_regenerates_the_default_readme(synthetic_results, tmp_path, monkeypatch):
+    from vidgen.commands import bench
+
+    readme = tmp_path / "README.md"
+    _write_readme(readme)
+    monkeypatch.setattr(report, "README_PATH", str(readme))
+    assert bench.main(["--report-only"]) == 0
+    assert _table_line(readme.read_text(), "correlated_noise")[1] == "2"
+    with pytest.raises(SystemExit):
+        bench.main(["--report-only", "noise"])
+
+
+def test_bad_inputs_are_refused_clearly(results_dir, tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text("# no markers here\n")
+    results_dir.mkdir()
+    assert report.main(["--results", str(results_dir), "--readme", str(readme)]) == 2
+    assert report.BEGIN_MARKER in capsys.readouterr().err
+    _write_readme(readme)
+    (results_dir / "notes.json").write_text('{"rows": []}')
+    assert report.main(["--results", str(results_dir), "--readme", str(readme)]) == 2
+    assert "notes.json" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        report.main(["--results", str(tmp_path / "missing"), "--readme", str(readme)])
