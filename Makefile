@@ -25,8 +25,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS)
 
+# Same environment as the tests (TRITON_DEFAULT_FP_FUSION is part of Triton's cache key): warms their cache.
 aot: $(STAMP)
-	env -u TRITON_INTERPRET $(PY) -m vidgen.kernels._aot
+	env -u TRITON_INTERPRET TRITON_DEFAULT_FP_FUSION=1 $(PY) -m vidgen.kernels._aot
 
 clean:
 	rm -rf $(VENV) build *.egg-info vidgen/_lib

@@ -48,13 +48,16 @@ class KernelSpec:
     constexprs: dict[str, object] = field(default_factory=dict)
     num_warps: int = 4
     num_stages: int = 3
+    maxnreg: int | None = None  # the launch's register cap (``.maxnreg``), if it sets one
     expect_wgmma: bool = False  # sm_90 code must use wgmma (tensor-core attention kernels)
 
     @property
     def label(self) -> str:
         consts = ",".join(f"{k}={v}" for k, v in sorted(self.constexprs.items()))
         types = ",".join(t for t in self.signature.values() if t.startswith("*"))
-        return f"{self.module.rsplit('.', 1)[-1]}.{self.kernel}[{types}][{consts}] w{self.num_warps} s{self.num_stages}"
+        cap = f" r{self.maxnreg}" if self.maxnreg else ""
+        return (f"{self.module.rsplit('.', 1)[-1]}.{self.kernel}[{types}][{consts}] "
+                f"w{self.num_warps} s{self.num_stages}{cap}")
 
 
 def runtime_attrs(fn, signature: dict[str, str]) -> dict:
@@ -114,8 +117,10 @@ def compile_spec(spec: KernelSpec, cc: int) -> dict:
             raise RuntimeError("kernel is not a JITFunction (is TRITON_INTERPRET set?)")
         src = ASTSource(fn=fn, signature=spec.signature, constexprs=dict(spec.constexprs),
                         attrs=runtime_attrs(fn, spec.signature))
-        compiled = triton.compile(src, target=GPUTarget("cuda", cc, 32),
-                                  options={"num_warps": spec.num_warps, "num_stages": spec.num_stages})
+        options = {"num_warps": spec.num_warps, "num_stages": spec.num_stages}
+        if spec.maxnreg:
+            options["maxnreg"] = spec.maxnreg
+        compiled = triton.compile(src, target=GPUTarget("cuda", cc, 32), options=options)
         row["shared"] = int(compiled.metadata.shared)
         row["wgmma"] = "wgmma" in compiled.asm["ptx"]
         row["registers"], row["stack"] = register_usage(compiled.asm["cubin"], spec.kernel)

@@ -214,6 +214,12 @@ class LaunchConfig:
 
 
 _ARCHS = (80, 90)
+# Every launch caps registers at the hardware maximum (``.maxnreg 255``). Without the directive
+# ptxas sometimes gives a kernel that cannot fit its tiles in registers only 32 and spills the
+# rest: the sm_80 dk/dv kernel at D = 160 compiled to 32 registers and a 7,600-byte stack, and
+# to 255 registers and 1,632 bytes with the cap (``python -m vidgen.kernels._aot`` prints both
+# columns). At or below 255 the cap changes nothing.
+MAX_REGISTERS = 255
 _DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 
 
@@ -712,7 +718,7 @@ def frame_attention_forward_triton(q, k, v, table, counts, scale: float) -> tupl
             F, H, N, M, table.shape[1], num_m_blocks, scale * _LOG2E, D,
             D0=d0, D1=d1, MASK_D=mask_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
             DOT_PRECISION=_dot_precision(q.dtype), ALIGN=align, num_warps=cfg.num_warps,
-            num_stages=cfg.num_stages)
+            num_stages=cfg.num_stages, maxnreg=MAX_REGISTERS)
 
     align = vector_align(d0, d1, q, k, v, out)
     key = forward_autotune_key(d0 + d1, dtype, arch, table.shape, N, M, align=align)
@@ -744,14 +750,16 @@ def frame_attention_backward_triton(dout, q, k, v, out, lse, table, counts, read
         *q.stride()[:4], *k.stride()[:4], *v.stride()[:4], *out.stride()[:4], *dout.stride()[:4],
         *dq.stride()[:4], F, H, N, M, table.shape[1], num_m_blocks, scale, scale * _LOG2E, D,
         D0=d0, D1=d1, MASK_D=mask_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        DOT_PRECISION=precision, ALIGN=align, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        DOT_PRECISION=precision, ALIGN=align, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        maxnreg=MAX_REGISTERS)
     _backward_dkdv_kernel[(num_n_blocks * H * B * F,)](
         q, _tail(q, d1), k, _tail(k, d1), v, _tail(v, d1), dout, _tail(dout, d1),
         dk, _tail(dk, d1), dv, _tail(dv, d1), lse, delta, readers, reader_counts,
         *q.stride()[:4], *k.stride()[:4], *v.stride()[:4], *dout.stride()[:4], *dk.stride()[:4],
         F, H, B, N, M, num_n_blocks, scale, scale * _LOG2E, D,
         D0=d0, D1=d1, MASK_D=mask_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        DOT_PRECISION=precision, ALIGN=align, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        DOT_PRECISION=precision, ALIGN=align, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        maxnreg=MAX_REGISTERS)
     return dq, dk, dv
 
 
@@ -817,6 +825,7 @@ def aot_specs() -> list[KernelSpec]:
                             constexprs={"D0": d0, "D1": d1, "MASK_D": mask_d, "BLOCK_M": cfg.block_m,
                                         "BLOCK_N": cfg.block_n, "DOT_PRECISION": _dot_precision(torch_dtypes[dtype]),
                                         "ALIGN": align},
-                            num_warps=cfg.num_warps, num_stages=cfg.num_stages, expect_wgmma=dtype != "fp32")
+                            num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=MAX_REGISTERS,
+                            expect_wgmma=dtype != "fp32")
                         specs[spec.label] = spec  # sm_80 and sm_90 share configs: one spec each
     return list(specs.values())

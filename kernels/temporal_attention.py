@@ -341,6 +341,9 @@ def config_for(dtype: torch.dtype, head_dim: int) -> tuple[int, _Config]:
     return BLOCK_D, (_CONFIGS_FP32 if dtype == torch.float32 else _CONFIGS)[BLOCK_D]
 
 
+# Registers capped at the hardware maximum: without ``.maxnreg`` ptxas gave the fp32 kernels 32
+# registers and 7-10 KB stacks (see MAX_REGISTERS in frame_attention.py).
+MAX_REGISTERS = 255
 _NUM_STAGES = 1  # no software pipeline: each program loads its tiles once (F <= 64) or a few times
 _GRID_LIMIT = 2**31 - 1
 
@@ -396,7 +399,7 @@ def temporal_attention_fwd_triton(q, k, v, scale: float) -> tuple[torch.Tensor, 
         q, k, v, out, lse, *_strides(q), *_strides(k), *_strides(v), *_strides(out),
         plan["num_problems"], N, H, F, D, plan["slot"], plan["per_group"], plan["num_tiles"], scale * _LOG2E,
         BLOCK_M=config.block_m, BLOCK_D=BLOCK_D, IEEE=q.dtype == torch.float32, ALIGN=align,
-        num_warps=config.fwd_warps, num_stages=_NUM_STAGES,
+        num_warps=config.fwd_warps, num_stages=_NUM_STAGES, maxnreg=MAX_REGISTERS,
     )
     return out, lse
 
@@ -411,7 +414,7 @@ def temporal_attention_bwd_triton(grad_out, q, k, v, out, lse, scale: float):
     shape_args = (plan["num_problems"], N, H, F, D, plan["slot"], plan["per_group"], plan["num_tiles"],
                   scale, scale * _LOG2E)
     common = dict(BLOCK_M=config.block_m, BLOCK_D=BLOCK_D, IEEE=q.dtype == torch.float32, ALIGN=align,
-                  num_warps=config.bwd_warps, num_stages=_NUM_STAGES)
+                  num_warps=config.bwd_warps, num_stages=_NUM_STAGES, maxnreg=MAX_REGISTERS)
     _temporal_attention_bwd_dkdv_kernel[plan["grid"]](
         q, k, v, out, grad_out, lse, dq, dk, dv,
         *_strides(q), *_strides(k), *_strides(v), *_strides(out), *_strides(grad_out),
@@ -458,6 +461,7 @@ def aot_specs() -> list[KernelSpec]:
         signature.update({name: "constexpr" for name in unit_strides})
         specs.append(KernelSpec(module=__name__, kernel=kernel.fn.__name__, signature=signature,
                                 constexprs={**consts, **unit_strides}, num_warps=num_warps, num_stages=_NUM_STAGES,
+                                maxnreg=MAX_REGISTERS,
                                 expect_wgmma=dtype != "fp32"))
 
     for dtype in ("fp32", "fp16", "bf16"):
