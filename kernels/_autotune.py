@@ -62,6 +62,7 @@ class _ChoiceFile:
     def __init__(self, path: str):
         self.path = path
         self.entries = _read_entries(path, warn=True)
+        self.resolved: dict[tuple, object] = {}  # (kernel name, key) -> candidate: the per-call lookup
 
     def lookup(self, entry_key: str) -> str | None:
         entry = self.entries.get(entry_key)
@@ -145,13 +146,17 @@ def pick(kernel_name: str, key: tuple, candidates: Sequence[Candidate],
     default = candidates[0]
     if len(candidates) == 1 or not _tuning_enabled() or device.type != "cuda":
         return default
+    choices = _choice_file(device)
+    resolved = choices.resolved.get((kernel_name, key))
+    if resolved is not None and resolved in candidates:  # every call after a key's first
+        return resolved
     by_name = {repr(c): c for c in candidates}
     if len(by_name) != len(candidates):
         raise ValueError(f"{kernel_name}: candidate configs must be distinct, got {list(by_name)}")
     entry_key = f"{kernel_name}:{json.dumps(key)}"
-    choices = _choice_file(device)
     cached = by_name.get(choices.lookup(entry_key))
     if cached is not None:  # a choice made for other candidates (an older vidgen) is timed again
+        choices.resolved[(kernel_name, key)] = cached
         return cached
     if torch.cuda.is_current_stream_capturing():
         return default
@@ -164,4 +169,5 @@ def pick(kernel_name: str, key: tuple, candidates: Sequence[Candidate],
         return default
     fastest = min(times, key=times.get)
     choices.record(entry_key, {"choice": fastest, "ms": times})
+    choices.resolved[(kernel_name, key)] = by_name[fastest]
     return by_name[fastest]

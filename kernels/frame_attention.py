@@ -311,6 +311,27 @@ def _row_offsets(rows, stride, ALIGN: tl.constexpr):
 
 
 @triton.jit
+def _query_block_program(num_m_blocks, num_frames, num_heads):
+    """(query block, frame, head, video) of this program; query blocks of one (video, frame, head)
+    are adjacent in launch order, so they read the same keys while those are in cache."""
+    pid = tl.program_id(0)
+    m_block = pid % num_m_blocks
+    rest = pid // num_m_blocks
+    f = rest % num_frames
+    rest = rest // num_frames
+    return m_block, f, (rest % num_heads).to(tl.int64), (rest // num_heads).to(tl.int64)
+
+
+@triton.jit
+def _key_frame_pointers(K, K1, V, V1, b, g, h, stride_kb, stride_kf, stride_kh, stride_vb, stride_vf, stride_vh,
+                        ALIGN: tl.constexpr):
+    """Pointers to key frame ``g``'s K and V rows of (video b, head h), column blocks 0 and 1."""
+    k_off = _base_offset(b, stride_kb, g, stride_kf, h, stride_kh, ALIGN)
+    v_off = _base_offset(b, stride_vb, g, stride_vf, h, stride_vh, ALIGN)
+    return K + k_off, K1 + k_off, V + v_off, V1 + v_off
+
+
+@triton.jit
 def _load_tile(base, offs_rows, stride_rows, num_rows, offs_cols, head_dim,
                MASK_ROWS: tl.constexpr, MASK_D: tl.constexpr, TRANSPOSE: tl.constexpr, ALIGN: tl.constexpr):
     """A (rows, cols) tile -- (cols, rows) with TRANSPOSE -- zero outside [0, num_rows) x [0, head_dim)."""
@@ -387,14 +408,7 @@ def _forward_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
     ALIGN: tl.constexpr,   # every row start and D - D1 are multiples of ALIGN elements (1: not known)
 ):
-    # Query blocks of one (video, frame, head) are adjacent in launch order: they read the same keys.
-    pid = tl.program_id(0)
-    m_block = pid % num_m_blocks
-    rest = pid // num_m_blocks
-    f = rest % num_frames
-    rest = rest // num_frames
-    h = (rest % num_heads).to(tl.int64)
-    b = (rest // num_heads).to(tl.int64)
+    m_block, f, h, b = _query_block_program(num_m_blocks, num_frames, num_heads)
 
     offs_m = m_block * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d0 = tl.arange(0, D0)
@@ -415,9 +429,8 @@ def _forward_kernel(
     full_n = (M // BLOCK_N) * BLOCK_N
     for j in range(0, tl.load(Counts + f)):
         g = tl.load(Table + f * table_width + j).to(tl.int64)
-        k_off = _base_offset(b, stride_kb, g, stride_kf, h, stride_kh, ALIGN)
-        v_off = _base_offset(b, stride_vb, g, stride_vf, h, stride_vh, ALIGN)
-        k_base, k1_base, v_base, v1_base = K + k_off, K1 + k_off, V + v_off, V1 + v_off
+        k_base, k1_base, v_base, v1_base = _key_frame_pointers(
+            K, K1, V, V1, b, g, h, stride_kb, stride_kf, stride_kh, stride_vb, stride_vf, stride_vh, ALIGN)
         for start_n in range(0, full_n, BLOCK_N):
             acc0, acc1, m_i, l_i = _forward_key_block(
                 acc0, acc1, m_i, l_i, q0, q1, k_base, k1_base, v_base, v1_base, start_n, M,
@@ -492,13 +505,7 @@ def _backward_dq_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
     ALIGN: tl.constexpr,   # every row start and D - D1 are multiples of ALIGN elements (1: not known)
 ):
-    pid = tl.program_id(0)
-    m_block = pid % num_m_blocks
-    rest = pid // num_m_blocks
-    f = rest % num_frames
-    rest = rest // num_frames
-    h = (rest % num_heads).to(tl.int64)
-    b = (rest // num_heads).to(tl.int64)
+    m_block, f, h, b = _query_block_program(num_m_blocks, num_frames, num_heads)
     f64 = f.to(tl.int64)
 
     offs_m = m_block * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -531,9 +538,8 @@ def _backward_dq_kernel(
     full_n = (M // BLOCK_N) * BLOCK_N
     for j in range(0, tl.load(Counts + f)):
         g = tl.load(Table + f * table_width + j).to(tl.int64)
-        k_off = _base_offset(b, stride_kb, g, stride_kf, h, stride_kh, ALIGN)
-        v_off = _base_offset(b, stride_vb, g, stride_vf, h, stride_vh, ALIGN)
-        k_base, k1_base, v_base, v1_base = K + k_off, K1 + k_off, V + v_off, V1 + v_off
+        k_base, k1_base, v_base, v1_base = _key_frame_pointers(
+            K, K1, V, V1, b, g, h, stride_kb, stride_kf, stride_kh, stride_vb, stride_vf, stride_vh, ALIGN)
         for start_n in range(0, full_n, BLOCK_N):
             dq0, dq1 = _dq_key_block(dq0, dq1, q0, q1, do0, do1, lse2, delta, k_base, k1_base, v_base, v1_base,
                                      start_n, M, stride_km, stride_vm, qk_scale, head_dim,
@@ -686,8 +692,8 @@ def forward_autotune_key(width: int, dtype: str, arch: int, table_shape, N: int,
     shares one choice while the 8x8 (N = 64) and 64x64 (N = 4096) levels of a UNet get their own;
     plus ``align`` (:func:`vector_align`), which changes the code each candidate runs."""
     num_frames, table_width = table_shape
-    key = (width, dtype, arch, (int(num_frames), int(table_width)), triton.next_power_of_2(N), triton.next_power_of_2(M))
-    return key if align == 1 else (*key, align)
+    return (width, dtype, arch, (int(num_frames), int(table_width)), triton.next_power_of_2(N),
+            triton.next_power_of_2(M), align)
 
 
 def frame_attention_forward_triton(q, k, v, table, counts, scale: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -102,6 +102,30 @@ def _row_offsets(video, frame, token, head, s_b, s_f, s_n, s_h, ALIGN: tl.conste
 
 
 @triton.jit
+def _program_tile(num_tiles, D, BLOCK_D: tl.constexpr, ALIGN: tl.constexpr):
+    """This program's problem group and frame tile, the head-dim offsets and their mask."""
+    pid = tl.program_id(0).to(tl.int64)
+    dims = tl.arange(0, BLOCK_D)
+    dim_ok = (dims // ALIGN) < (D // ALIGN)  # == dims < D (ALIGN divides D), mask constant per vector
+    return pid // num_tiles, pid % num_tiles, dims, dim_ok
+
+
+@triton.jit
+def _load_key_tile(k_ptr, v_ptr, group, tile, dims, dim_ok, num_problems, N, H, F, slot, per_group,
+                   s_kb, s_kf, s_kn, s_kh, s_kd, s_vb, s_vf, s_vn, s_vh, s_vd,
+                   BLOCK_M: tl.constexpr, ALIGN: tl.constexpr):
+    """The k and v rows of frame tile ``tile`` (zero where not real) and where each row lives."""
+    member, frame, problem, valid, video, token, head = _locate_rows(
+        group, tile, num_problems, N, H, F, slot, per_group, BLOCK_M)
+    mask = valid[:, None] & dim_ok[None, :]
+    k_rows = _row_offsets(video, frame, token, head, s_kb, s_kf, s_kn, s_kh, ALIGN)
+    v_rows = _row_offsets(video, frame, token, head, s_vb, s_vf, s_vn, s_vh, ALIGN)
+    k = tl.load(k_ptr + k_rows[:, None] + dims[None, :] * s_kd, mask=mask, other=0.0)
+    v = tl.load(v_ptr + v_rows[:, None] + dims[None, :] * s_vd, mask=mask, other=0.0)
+    return member, frame, valid, video, token, head, k, v
+
+
+@triton.jit
 def _dot(a, b, IEEE: tl.constexpr):
     # fp32 inputs keep full precision (tf32 would cost ~1e-3); fp16/bf16 take the tensor cores.
     if IEEE:
@@ -131,11 +155,7 @@ def _temporal_attention_fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, IEEE: tl.constexpr,
     ALIGN: tl.constexpr,    # elements every row start and D are multiples of (16 B, or 1 if not known)
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    group = pid // num_tiles
-    q_tile = pid % num_tiles
-    dims = tl.arange(0, BLOCK_D)
-    dim_ok = (dims // ALIGN) < (D // ALIGN)  # == dims < D (ALIGN divides D), mask constant per vector
+    group, q_tile, dims, dim_ok = _program_tile(num_tiles, D, BLOCK_D, ALIGN)
 
     q_member, q_frame, q_problem, q_valid, video, token, head = _locate_rows(
         group, q_tile, num_problems, N, H, F, slot, per_group, BLOCK_M)
@@ -148,13 +168,9 @@ def _temporal_attention_fwd_kernel(
     row_sum = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for k_tile in range(0, num_tiles):
-        k_member, k_frame, k_problem, k_valid, video_k, token_k, head_k = _locate_rows(
-            group, k_tile, num_problems, N, H, F, slot, per_group, BLOCK_M)
-        kv_mask = k_valid[:, None] & dim_ok[None, :]
-        k_rows = _row_offsets(video_k, k_frame, token_k, head_k, s_kb, s_kf, s_kn, s_kh, ALIGN)
-        v_rows = _row_offsets(video_k, k_frame, token_k, head_k, s_vb, s_vf, s_vn, s_vh, ALIGN)
-        k = tl.load(k_ptr + k_rows[:, None] + dims[None, :] * s_kd, mask=kv_mask, other=0.0)
-        v = tl.load(v_ptr + v_rows[:, None] + dims[None, :] * s_vd, mask=kv_mask, other=0.0)
+        k_member, _, k_valid, _, _, _, k, v = _load_key_tile(
+            k_ptr, v_ptr, group, k_tile, dims, dim_ok, num_problems, N, H, F, slot, per_group,
+            s_kb, s_kf, s_kn, s_kh, s_kd, s_vb, s_vf, s_vn, s_vh, s_vd, BLOCK_M, ALIGN)
 
         scores = _dot(q, tl.trans(k), IEEE) * scale_log2                       # (BLOCK_M, BLOCK_M)
         same_problem = (q_member[:, None] == k_member[None, :]) & k_valid[None, :]
@@ -225,19 +241,10 @@ def _temporal_attention_bwd_dkdv_kernel(
     ALIGN: tl.constexpr,    # elements every row start and D are multiples of (16 B, or 1 if not known)
     FUSE_DQ: tl.constexpr,  # one frame tile: this program sees every score of its problems
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    group = pid // num_tiles
-    k_tile = pid % num_tiles
-    dims = tl.arange(0, BLOCK_D)
-    dim_ok = (dims // ALIGN) < (D // ALIGN)  # == dims < D (ALIGN divides D), mask constant per vector
-
-    k_member, k_frame, k_problem, k_valid, video_k, token_k, head_k = _locate_rows(
-        group, k_tile, num_problems, N, H, F, slot, per_group, BLOCK_M)
-    kv_mask = k_valid[:, None] & dim_ok[None, :]
-    k_rows = _row_offsets(video_k, k_frame, token_k, head_k, s_kb, s_kf, s_kn, s_kh, ALIGN)
-    v_rows = _row_offsets(video_k, k_frame, token_k, head_k, s_vb, s_vf, s_vn, s_vh, ALIGN)
-    k = tl.load(k_ptr + k_rows[:, None] + dims[None, :] * s_kd, mask=kv_mask, other=0.0)
-    v = tl.load(v_ptr + v_rows[:, None] + dims[None, :] * s_vd, mask=kv_mask, other=0.0)
+    group, k_tile, dims, dim_ok = _program_tile(num_tiles, D, BLOCK_D, ALIGN)
+    k_member, k_frame, k_valid, video_k, token_k, head_k, k, v = _load_key_tile(
+        k_ptr, v_ptr, group, k_tile, dims, dim_ok, num_problems, N, H, F, slot, per_group,
+        s_kb, s_kf, s_kn, s_kh, s_kd, s_vb, s_vf, s_vn, s_vh, s_vd, BLOCK_M, ALIGN)
 
     dk = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
@@ -260,6 +267,7 @@ def _temporal_attention_bwd_dkdv_kernel(
 
     dk_rows = _row_offsets(video_k, k_frame, token_k, head_k, s_dkb, s_dkf, s_dkn, s_dkh, ALIGN)
     dv_rows = _row_offsets(video_k, k_frame, token_k, head_k, s_dvb, s_dvf, s_dvn, s_dvh, ALIGN)
+    kv_mask = k_valid[:, None] & dim_ok[None, :]
     tl.store(dk_ptr + dk_rows[:, None] + dims[None, :] * s_dkd, (dk * scale).to(dk_ptr.dtype.element_ty), mask=kv_mask)
     tl.store(dv_ptr + dv_rows[:, None] + dims[None, :] * s_dvd, dv.to(dv_ptr.dtype.element_ty), mask=kv_mask)
 
@@ -282,11 +290,7 @@ def _temporal_attention_bwd_dq_kernel(
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, IEEE: tl.constexpr,
     ALIGN: tl.constexpr,    # elements every row start and D are multiples of (16 B, or 1 if not known)
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    group = pid // num_tiles
-    q_tile = pid % num_tiles
-    dims = tl.arange(0, BLOCK_D)
-    dim_ok = (dims // ALIGN) < (D // ALIGN)  # == dims < D (ALIGN divides D), mask constant per vector
+    group, q_tile, dims, dim_ok = _program_tile(num_tiles, D, BLOCK_D, ALIGN)
 
     q_member, q_frame, q_problem, q_valid, video, token, head = _locate_rows(
         group, q_tile, num_problems, N, H, F, slot, per_group, BLOCK_M)
@@ -297,13 +301,9 @@ def _temporal_attention_bwd_dq_kernel(
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for k_tile in range(0, num_tiles):
-        k_member, k_frame, k_problem, k_valid, video_k, token_k, head_k = _locate_rows(
-            group, k_tile, num_problems, N, H, F, slot, per_group, BLOCK_M)
-        kv_mask = k_valid[:, None] & dim_ok[None, :]
-        k_rows = _row_offsets(video_k, k_frame, token_k, head_k, s_kb, s_kf, s_kn, s_kh, ALIGN)
-        v_rows = _row_offsets(video_k, k_frame, token_k, head_k, s_vb, s_vf, s_vn, s_vh, ALIGN)
-        k = tl.load(k_ptr + k_rows[:, None] + dims[None, :] * s_kd, mask=kv_mask, other=0.0)
-        v = tl.load(v_ptr + v_rows[:, None] + dims[None, :] * s_vd, mask=kv_mask, other=0.0)
+        k_member, _, k_valid, _, _, _, k, v = _load_key_tile(
+            k_ptr, v_ptr, group, k_tile, dims, dim_ok, num_problems, N, H, F, slot, per_group,
+            s_kb, s_kf, s_kn, s_kh, s_kd, s_vb, s_vf, s_vn, s_vh, s_vd, BLOCK_M, ALIGN)
         probs, dscores = _probs_and_dscores(q, k, v, do, delta, lse_log2, q_member, q_valid,
                                             k_member, k_valid, scale_log2, IEEE)
         dq += _dot(dscores.to(k.dtype), k, IEEE)

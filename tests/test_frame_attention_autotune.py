@@ -88,7 +88,9 @@ def test_keys_bucket_sizes_and_separate_table_shapes():
     for other in (key(N=64), key(N=129), key(M=64), key(M=4096), key(table_shape=(3, 1)),
                   key(table_shape=(4, 2)), key(width=160), key(dtype="bf16")):
         assert other != KEY
-    assert json.loads(json.dumps(KEY)) == [48, "fp16", 90, [3, 2], 128, 128]  # stored as JSON, N and M rounded up
+    assert key() != K.forward_autotune_key(48, "fp16", 90, (3, 2), 77, 77, align=8)  # the hinted code is other code
+    # stored as JSON: N and M rounded up, then ALIGN
+    assert json.loads(json.dumps(KEY)) == [48, "fp16", 90, [3, 2], 128, 128, 1]
 
 
 def test_new_size_times_once_per_bucket_and_table_shape(fake_gpu):

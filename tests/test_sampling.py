@@ -38,17 +38,24 @@ def predict(unet, x, t, text):
         return unet(x, t, text).sample
 
 
+def diffusers_loop(scheduler, steps: int, latents, eps_of, step_kwargs=lambda i: {}):
+    """The loop a diffusers pipeline runs: ``scheduler.step(eps_of(x, t), t, x)`` at every timestep,
+    every prediction on the PyTorch reference path."""
+    scheduler.set_timesteps(steps)
+    x = latents.clone()
+    with vidgen.ops.use_backend("torch"):
+        for i, t in enumerate(scheduler.timesteps):
+            x = scheduler.step(eps_of(x, t), t, x, **step_kwargs(i)).prev_sample
+    return x
+
+
 # ----------------------------------------------------------------------------------------------
 def test_invert_matches_diffusers_inverse_scheduler_loop():
     unet = tiny_video_unet(0)
     latents, cond, _ = inputs(size=4)
     scheduler = DDIMScheduler(**SD15)
-    reference = DDIMInverseScheduler(**SD15)
-    reference.set_timesteps(4)
-    expected = latents.clone()
+    expected = diffusers_loop(DDIMInverseScheduler(**SD15), 4, latents, lambda x, t: predict(unet, x, t, cond))
     with vidgen.ops.use_backend("torch"):
-        for t in reference.timesteps:
-            expected = reference.step(predict(unet, expected, t, cond), t, expected).prev_sample
         got = invert(unet, latents, cond, scheduler=scheduler, num_inference_steps=4, progress=False)
     assert not torch.allclose(expected, latents, atol=0.1)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
@@ -58,16 +65,15 @@ def test_video_adapter_composition_matches_formula():
     small, prior = tiny_video_unet(1), tiny_video_unet(2)
     latents, cond, uncond = inputs(videos=2, size=4)
     w, lam = 2.5, 0.3
+
+    def composed_eps(x, t):
+        eps_s_c, eps_s_u = predict(small, x, t, cond), predict(small, x, t, uncond)
+        eps_text = eps_s_c + lam * predict(prior, x, t, cond)
+        return eps_s_u + w * (eps_text - eps_s_u)
+
     reference = DDIMScheduler(**SD15)
-    reference.set_timesteps(3)
-    expected = latents.clone()
+    expected = diffusers_loop(reference, 3, latents, composed_eps)
     with vidgen.ops.use_backend("torch"):
-        for t in reference.timesteps:
-            eps_s_c, eps_s_u = predict(small, expected, t, cond), predict(small, expected, t, uncond)
-            eps_p_c = predict(prior, expected, t, cond)
-            eps_text = eps_s_c + lam * eps_p_c
-            eps = eps_s_u + w * (eps_text - eps_s_u)
-            expected = reference.step(eps, t, expected).prev_sample
         got = denoise(small, latents, cond, uncond, scheduler=reference, num_inference_steps=3, guidance_scale=w,
                       prior=prior, prior_strength=lam, progress=False)
         plain_cfg = denoise(small, latents, cond, uncond, scheduler=reference, num_inference_steps=3,
@@ -81,16 +87,18 @@ def test_rescaled_guidance_and_correlated_eta_noise_match_diffusers():
 
     unet = tiny_video_unet(10)
     latents, cond, uncond = inputs(size=4)
+
+    def rescaled_cfg(x, t):
+        eps_c, eps_u = predict(unet, x, t, cond), predict(unet, x, t, uncond)
+        return rescale_noise_cfg(eps_u + 5.0 * (eps_c - eps_u), eps_c, guidance_rescale=0.7)
+
+    def correlated_eta_noise(i):
+        noise = vidgen.ops.correlated_noise((1, 3, 4, 4, 4), kind="mixed", alpha=1.0, frame_dim=1, seed=11 + i)
+        return {"eta": 0.5, "variance_noise": noise.transpose(1, 2)}
+
     reference = DDIMScheduler(**SD15)
-    reference.set_timesteps(2)
-    expected = latents.clone()
+    expected = diffusers_loop(reference, 2, latents, rescaled_cfg, correlated_eta_noise)
     with vidgen.ops.use_backend("torch"):
-        for i, t in enumerate(reference.timesteps):
-            eps_c, eps_u = predict(unet, expected, t, cond), predict(unet, expected, t, uncond)
-            eps = rescale_noise_cfg(eps_u + 5.0 * (eps_c - eps_u), eps_c, guidance_rescale=0.7)
-            step_noise = vidgen.ops.correlated_noise((1, 3, 4, 4, 4), kind="mixed", alpha=1.0, frame_dim=1,
-                                                     seed=11 + i).transpose(1, 2)
-            expected = reference.step(eps, t, expected, eta=0.5, variance_noise=step_noise).prev_sample
         got = denoise(unet, latents, cond, uncond, scheduler=reference, num_inference_steps=2, guidance_scale=5.0,
                       guidance_rescale=0.7, eta=0.5, noise="mixed", noise_alpha=1.0, seed=11, progress=False)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
@@ -100,13 +108,13 @@ def test_guided_sampling_triton_path():
     # vidgen's Triton kernels (frame, temporal attention, fused step) through the interpreter.
     unet = tiny_video_unet(3)
     latents, cond, uncond = inputs(size=4)
+
+    def cfg(x, t):
+        eps_c, eps_u = predict(unet, x, t, cond), predict(unet, x, t, uncond)
+        return eps_u + 4.0 * (eps_c - eps_u)
+
     reference = DDIMScheduler(**SD15)
-    reference.set_timesteps(2)
-    expected = latents.clone()
-    with vidgen.ops.use_backend("torch"):
-        for t in reference.timesteps:
-            eps_c, eps_u = predict(unet, expected, t, cond), predict(unet, expected, t, uncond)
-            expected = reference.step(eps_u + 4.0 * (eps_c - eps_u), t, expected).prev_sample
+    expected = diffusers_loop(reference, 2, latents, cfg)
     got = denoise(unet, latents, cond, uncond, scheduler=reference, num_inference_steps=2, guidance_scale=4.0,
                   progress=False)
     torch.testing.assert_close(got, expected, rtol=2e-4, atol=2e-4)
