@@ -6,6 +6,8 @@
 * Every test runs with ``torch.use_deterministic_algorithms(True)``, whose
   ``fill_uninitialized_memory`` fills each ``torch.empty`` with NaN (ints: their max value):
   an output element a kernel forgets to write fails the comparison.
+* One CUDA fault stays one failure (``cuda_faults.py``): a test whose error loses the CUDA
+  context is named, and its pytest-xdist worker ends so that a fresh one runs the rest.
 """
 import os
 
@@ -16,6 +18,7 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # keep Triton's current 
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from cuda_faults import pytest_configure  # noqa: E402,F401  (registers the plugin)
 
 # pytest-xdist runs one worker per core: more intra-op threads only contend for the same cores.
 torch.set_num_threads(1)

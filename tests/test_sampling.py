@@ -1,9 +1,14 @@
 """Samplers: DDIM inversion and guided DDIM against loops written from diffusers' schedulers and
 the Video Adapter formula (METHODS.md sections 4-6), inversion then reconstruction, and the whole
 path on a tiny random-weight SD folder loaded the way the CLI loads a model."""
+import os
+import traceback
+
 import pytest
 import torch
 from diffusers import DDIMInverseScheduler, DDIMScheduler, MotionAdapter, UNet2DConditionModel, UNetMotionModel
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import vidgen
 from vidgen import default_model
@@ -260,3 +265,156 @@ def test_bad_arguments_are_refused(tiny_model, tmp_path):
         denoise(tiny_model.unet, latents, cond, scheduler=tiny_model.scheduler, cuda_graph=True, progress=False)
     with pytest.raises(ValueError, match="height, width: expected multiples of 8"):
         sample_video(tiny_model, "x", height=60, width=64, progress=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# Host reads: an op that needs a tensor's value on the host (.item(), bool(), nonzero, a boolean
+# mask index, a copy between devices) waits for the device on CUDA and cannot be captured in a
+# CUDA graph. On CPU tensors the same aten ops still run, so counting them finds a sync
+# whatever the device.
+# ----------------------------------------------------------------------------------------------
+aten = torch.ops.aten
+VALUE_READS = {aten._local_scalar_dense, aten.item, aten.is_nonzero, aten.equal, aten.nonzero, aten.masked_select,
+               aten._unique2, aten.unique_dim, aten.unique_consecutive, aten.bincount}
+MASK_INDEXING = {aten.index, aten.index_put, aten.index_put_, aten._index_put_impl_}  # a bool mask: nonzero
+SIZED_BY_VALUES = {aten.repeat_interleave}  # a repeats tensor without output_size: its sum is read
+COPIES = {aten._to_copy, aten.copy_}
+HOST_METHODS = {torch.Tensor.tolist, torch.Tensor.numpy, torch.Tensor.cpu}  # no aten op at all on a CPU tensor
+
+
+def _where() -> str:
+    """The innermost caller outside torch and this file: where a host read was asked for."""
+    for frame in reversed(traceback.extract_stack()):
+        if f"{os.sep}torch{os.sep}" not in frame.filename and frame.filename != __file__:
+            return f"{os.path.basename(frame.filename)}:{frame.lineno} {frame.line}"
+    return "?"
+
+
+def _reads_host(func, args, kwargs) -> bool:
+    packet = func.overloadpacket
+    if packet in VALUE_READS:
+        return True
+    named = {**dict(zip((a.name for a in func._schema.arguments), args)), **kwargs}
+    if packet in MASK_INDEXING:
+        return any(i is not None and i.dtype in (torch.bool, torch.uint8) for i in named["indices"])
+    if packet in SIZED_BY_VALUES:
+        return isinstance(named["repeats"], torch.Tensor) and named.get("output_size") is None
+    if packet in COPIES:  # a blocking copy between devices waits for the device (pageable host memory)
+        if packet is aten._to_copy:
+            source, target = named["self"], named.get("device") or named["self"].device
+        else:
+            source, target = named["src"], named["self"].device
+        return torch.device(target).type != source.device.type and not named.get("non_blocking", False)
+    return False
+
+
+class HostReads(TorchDispatchMode):
+    """Records every host read made inside the block, with where it was asked for.
+
+    A custom op (vidgen's) hides its body from a dispatch mode, which is off while the op runs:
+    the body runs under the mode again, from the op's CPU or CUDA kernel, so an aten-level read
+    in a launcher or a reference implementation counts too (HOST_METHODS are seen outside
+    custom ops only: the function mode stays off inside them)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[str] = []
+        self._methods = _HostMethods(self.seen)
+
+    def __enter__(self):
+        self._methods.__enter__()
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        super().__exit__(*exc)
+        return self._methods.__exit__(*exc)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if _reads_host(func, args, kwargs):
+            self.seen.append(f"{func} at {_where()}")
+        device = next((a if isinstance(a, torch.device) else a.device for a in args
+                       if isinstance(a, (torch.Tensor, torch.device))), None)
+        if func.namespace != "aten" and device is not None:
+            kernel = torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, device.type.upper()))
+            with self:
+                return func.redispatch(kernel, *args, **kwargs)
+        return func(*args, **kwargs)
+
+
+class _HostMethods(TorchFunctionMode):
+    def __init__(self, seen: list[str]):
+        super().__init__()
+        self.seen = seen
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in HOST_METHODS:
+            self.seen.append(f"Tensor.{func.__name__} at {_where()}")
+        return func(*args, **(kwargs or {}))
+
+
+@torch.library.custom_op("vidgen_tests::scaled_by_first", mutates_args=())
+def _scaled_by_first(x: torch.Tensor) -> torch.Tensor:
+    return x * float(x[0])  # a host read inside a custom op's body
+
+
+def host_reads_per_step(loop) -> list[list[str]]:
+    """Run ``loop()`` (a denoise/invert call); the host reads of each of its steps (setup excluded)."""
+    per_step = []
+    run_steps = vidgen.sampling._run_steps
+
+    def watched_run_steps(step, *args, **kwargs):
+        def watched_step(x, i, t):
+            assert isinstance(t, torch.Tensor)  # the loops hand each step a tensor timestep
+            with HostReads() as reads:
+                out = step(x, i, t)
+            per_step.append(reads.seen)
+            return out
+        return run_steps(watched_step, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(vidgen.sampling, "_run_steps", watched_run_steps)
+        loop()
+    return per_step
+
+
+def test_host_read_detector_sees_on_this_device_what_syncs_on_cuda(device):
+    table, t = torch.arange(10.0, device=device), torch.tensor(3, device=device)
+    syncs_on_cuda = {
+        "0-d index": lambda: table[t], "bool()": lambda: bool(t > 1), "boolean mask": lambda: table[table > 2],
+        "tolist": lambda: t.tolist(), "repeats tensor": lambda: torch.repeat_interleave(t.reshape(1)),
+        "read in a custom op": lambda: _scaled_by_first(table),
+    }
+    for name, read in syncs_on_cuda.items():
+        with HostReads() as reads:
+            read()
+        assert reads.seen, name
+    with HostReads() as reads:  # their device-side equivalents
+        table.index_select(0, t.reshape(1))
+        torch.where(t > 1, table, 0.0)
+        table.repeat_interleave(2)
+    assert reads.seen == []
+
+
+def test_sampling_and_inversion_steps_never_read_the_host(device):
+    # Each step gets a tensor timestep on the test device, as on CUDA. On a GPU the first call
+    # compiles, autotunes and copies per-device tables (host reads by design), so there each
+    # loop runs once unwatched first; every step of the watched run must read nothing.
+    unet, prior = tiny_video_unet(6).to(device), tiny_video_unet(7).to(device)
+    latents, cond, uncond = (t.to(device) for t in inputs(videos=1, frames=2, size=4))
+    scheduler = DDIMScheduler(**SD15)
+
+    def sampling(steps):  # CFG, the Video Adapter prior, rescale, eta > 0 noise, LAMP's first frame
+        denoise(unet, latents, cond, uncond, scheduler=scheduler, num_inference_steps=steps, prior=prior,
+                guidance_rescale=0.5, eta=0.5, noise="progressive", first_frame=latents[:, :, 0], progress=False)
+
+    def inversion(steps):
+        invert(unet, latents, cond, scheduler=scheduler, num_inference_steps=steps, progress=False)
+
+    for name, loop in (("sampling", sampling), ("inversion", inversion)):
+        if device.type != "cpu":
+            loop(1)
+        per_step = host_reads_per_step(lambda: loop(2))
+        assert len(per_step) == 2, name
+        for i, reads in enumerate(per_step):
+            assert not reads, f"{name} step {i} read the host {len(reads)} times:\n" + "\n".join(reads)

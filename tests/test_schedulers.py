@@ -121,3 +121,17 @@ def test_inverse_scheduler_matches_ddim_inverse(device, set_alpha_to_one):
     t = torch.tensor(int(ours.timesteps[0]), device=device)  # device timestep through initial_alpha_cumprod
     torch.testing.assert_close(fused.step(eps, t, x).prev_sample, ours.step(eps, int(t), x).prev_sample,
                                rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cls,fused_cls", [(DDIMScheduler, FusedDDIMScheduler),
+                                           (DDIMInverseScheduler, FusedDDIMInverseScheduler)])
+def test_tensor_timesteps_step_bit_identically_to_ints(device, cls, fused_cls):
+    """An int timestep is looked up on the host, a tensor one with tensor ops on its device (a CPU
+    0-d tensor with a CUDA sample: on the host, as diffusers pipelines pass it): the same fp32
+    alphas, so the same bits, at every timestep (the first inversion step reads the edge alpha)."""
+    _, fused = pair(SD15, steps=4, cls=cls, fused_cls=fused_cls)
+    x, eps = randn(device, 0), randn(device, 1)
+    for t in fused.timesteps:
+        by_int = fused.step(eps, int(t), x).prev_sample
+        for timestep in (t, t.to(device), t.to(device).reshape(1), t.to(device).expand(SHAPE[0])):
+            assert torch.equal(fused.step(eps, timestep, x).prev_sample, by_int), (int(t), timestep)

@@ -249,14 +249,14 @@ def invert(unet: torch.nn.Module, latents: torch.Tensor, embeds: torch.Tensor, *
     """
     _check_latents(latents, embeds, "embeds")
     inverse = FusedDDIMInverseScheduler.from_config(scheduler.config)
-    inverse.set_timesteps(num_inference_steps)
+    inverse.set_timesteps(num_inference_steps, device=latents.device)  # timesteps and alpha table: setup, not step 0
 
     def step(x: torch.Tensor, i: int, t: torch.Tensor) -> torch.Tensor:
         eps = _predict(unet, x, t, embeds)
         return inverse.guided_step(eps.transpose(1, 2), t, x.transpose(1, 2), return_dict=False,
                                    return_pred_original=False)[0].transpose(1, 2)
 
-    return _run_steps(step, _frame_major(latents), inverse.timesteps.to(latents.device), desc="inverting",
+    return _run_steps(step, _frame_major(latents), inverse.timesteps, desc="inverting",
                       progress=progress, cuda_graph=cuda_graph)
 
 
@@ -295,7 +295,7 @@ def denoise(unet: torch.nn.Module, latents: torch.Tensor, cond: torch.Tensor, un
         prior_cond = cond if prior_cond is None else prior_cond
         _check_latents(latents, prior_cond, "prior_cond")
     sampler = FusedDDIMScheduler.from_config(scheduler.config)
-    sampler.set_timesteps(num_inference_steps)
+    sampler.set_timesteps(num_inference_steps, device=latents.device)  # timesteps and alpha table: setup, not step 0
     videos = latents.shape[0]
     x = _frame_major(latents)
     if first_frame is not None:
@@ -324,7 +324,7 @@ def denoise(unet: torch.nn.Module, latents: torch.Tensor, cond: torch.Tensor, un
             x_next[:, :, 0] = first_frame
         return x_next
 
-    return _run_steps(step, x, sampler.timesteps.to(latents.device), desc="denoising", progress=progress,
+    return _run_steps(step, x, sampler.timesteps, desc="denoising", progress=progress,
                       cuda_graph=cuda_graph)
 
 

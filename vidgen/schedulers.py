@@ -6,8 +6,9 @@ returns the same ``DDIMSchedulerOutput`` (same arithmetic, fp32, one pass), and
 Adapter prior) so a pipeline needs no separate guidance arithmetic. ``FusedDDIMInverseScheduler``
 does the same for ``DDIMInverseScheduler`` (DDIM inversion).
 
-Timesteps may be ints or tensors; a CUDA tensor timestep (one, or one per video) is looked up
-on the device, so a step never waits for the host and a captured CUDA graph can replay it.
+Timesteps may be ints or tensors; a tensor timestep (one, or one per video) is looked up with
+tensor ops on its own device, so a step on CUDA tensors never waits for the host and a captured
+CUDA graph can replay it. ``set_timesteps(n, device=...)`` also copies the alpha table there.
 """
 from __future__ import annotations
 
@@ -24,10 +25,22 @@ from .ops.noise import DEFAULT_ALPHA, resolve_seed
 class _AlphaLookup:
     """alpha_prod_t / alpha_prod_prev of a timestep: floats for host timesteps, device tensors otherwise."""
 
-    def _alpha_table(self, edge: torch.Tensor, device: torch.device) -> torch.Tensor:
-        """alphas_cumprod with ``edge`` (the value for an out-of-range index) appended, fp32, cached per device."""
+    # The attribute holding the cumulative alpha of an index past the schedule's end (diffusers'
+    # final_alpha_cumprod when sampling, initial_alpha_cumprod when inverting).
+    _edge_alpha: str
+
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
+        """diffusers' ``set_timesteps``; with a ``device``, the alpha table is copied there now
+        rather than in the first step (a copy to the device waits for the host)."""
+        super().set_timesteps(num_inference_steps, device)
+        if device is not None:
+            self._alpha_table(self.timesteps.device)
+
+    def _alpha_table(self, device: torch.device) -> torch.Tensor:
+        """alphas_cumprod and the edge alpha (an out-of-range index's) after it, fp32, cached per device."""
         cache = self.__dict__.setdefault("_vidgen_alpha_tables", {})
         if device not in cache:
+            edge = getattr(self, self._edge_alpha)
             table = torch.cat([self.alphas_cumprod.float(), edge.float().reshape(1)])
             cache[device] = table.to(device)
         return cache[device]
@@ -38,18 +51,35 @@ class _AlphaLookup:
                              "the scheduler")
         return self.config.num_train_timesteps // self.num_inference_steps
 
-    def _levels(self, t, other, edge, sample: torch.Tensor):
-        """(alpha at index t, alpha at index ``other`` or ``edge`` when ``other`` < 0)."""
-        if isinstance(t, torch.Tensor) and (t.numel() > 1 or t.device.type != "cpu"):
-            table = self._alpha_table(edge, t.device)
-            edge_index = table.numel() - 1
-            a_t = table[torch.where(t >= 0, t, edge_index).long()]
-            a_o = table[torch.where(other >= 0, other, edge_index).long()]
-            return a_t.to(sample.device), a_o.to(sample.device)
-        t, other = int(t), int(other)
-        a_t = float(self.alphas_cumprod[t]) if t >= 0 else float(edge)
-        a_o = float(self.alphas_cumprod[other]) if other >= 0 else float(edge)
-        return a_t, a_o
+    def _levels(self, t, other, sample: torch.Tensor):
+        """(alpha at index t, alpha at index ``other``, or the edge alpha when ``other`` < 0).
+
+        A tensor timestep is looked up with tensor ops where it lives, whatever the device, so
+        the lookup never reads a value on the host. One exception keeps diffusers pipelines
+        free of copies: a single host timestep (a CPU ``scheduler.timesteps`` entry) stepping
+        a sample on another device is read on the host, and its alphas go to the kernel by
+        value. Both paths give the same fp32 alphas.
+        """
+        host_value = not isinstance(t, torch.Tensor) or (
+            t.numel() == 1 and t.device.type == "cpu" and sample.device.type != "cpu")
+        if host_value:
+            t, other = int(t), int(other)
+            edge = getattr(self, self._edge_alpha)
+            a_t = float(self.alphas_cumprod[t]) if t >= 0 else float(edge)
+            a_o = float(self.alphas_cumprod[other]) if other >= 0 else float(edge)
+            return a_t, a_o
+        table = self._alpha_table(t.device)
+        return self._lookup(table, t).to(sample.device), self._lookup(table, other).to(sample.device)
+
+    @staticmethod
+    def _lookup(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """``table[index]``, the last entry (the edge value) for negative indices, shaped like ``index``.
+
+        ``index_select`` with a 1-D index: indexing with a 0-d integer tensor would make
+        PyTorch read the index on the host (``.item()``), a device sync on CUDA that also
+        breaks CUDA-graph capture."""
+        flat = torch.where(index >= 0, index, table.numel() - 1).long().reshape(-1)
+        return table.index_select(0, flat).reshape(index.shape)
 
 
 class FusedDDIMScheduler(_AlphaLookup, DDIMScheduler):
@@ -61,6 +91,7 @@ class FusedDDIMScheduler(_AlphaLookup, DDIMScheduler):
     guidance arithmetic.
     """
 
+    _edge_alpha = "final_alpha_cumprod"
     noise_kind: str | None = None
     noise_alpha: float = 0.0
 
@@ -95,7 +126,7 @@ class FusedDDIMScheduler(_AlphaLookup, DDIMScheduler):
         sampling loop that never reads it saves one full-size write per step); it is then None.
         """
         step = self._require_steps()
-        a_t, a_p = self._levels(timestep, timestep - step, self.final_alpha_cumprod, sample)
+        a_t, a_p = self._levels(timestep, timestep - step, sample)
         noise_kind = None
         if eta > 0:
             if variance_noise is not None and generator is not None:
@@ -139,6 +170,8 @@ class FusedDDIMScheduler(_AlphaLookup, DDIMScheduler):
 class FusedDDIMInverseScheduler(_AlphaLookup, DDIMInverseScheduler):
     """``DDIMInverseScheduler`` whose step is one fused kernel (e.g. Tune-A-Video's DDIM inversion)."""
 
+    _edge_alpha = "initial_alpha_cumprod"
+
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, return_dict: bool = True):
         """``DDIMInverseScheduler.step``, fused; same arguments and output."""
         return self.guided_step(model_output, timestep, sample, return_dict=return_dict)
@@ -156,7 +189,7 @@ class FusedDDIMInverseScheduler(_AlphaLookup, DDIMInverseScheduler):
         current = timestep - step
         current = (current.clamp(max=self.config.num_train_timesteps - 1) if isinstance(current, torch.Tensor)
                    else min(current, self.config.num_train_timesteps - 1))
-        a_t, a_p = self._levels(current, timestep, self.initial_alpha_cumprod, sample)
+        a_t, a_p = self._levels(current, timestep, sample)
         result = _guided_step(
             sample, eps_cond, eps_uncond, prior_cond, guidance_scale=guidance_scale, prior_strength=prior_strength,
             guidance_rescale=guidance_rescale, alpha_prod_t=a_t, alpha_prod_prev=a_p,
