@@ -1,4 +1,4 @@
-"""The README's results section and speedup plot, generated from the benchmark result files.
+"""The README's status and results sections and speedup plot, generated from the files in benchmarks/results/.
 
     python -m benchmarks.report [--results DIR] [--readme PATH] [--check]
 
@@ -10,8 +10,15 @@ a peer, each as the geometric mean over the line's cases with their range. The d
 versions and commit come from the files' tags. It draws the speedups in one PNG next to the
 results, and rewrites the part of the README between ``<!-- results:begin -->`` and
 ``<!-- results:end -->``, leaving every other byte as it was. With no result files the section
-says that no GPU result exists yet. ``--check`` writes nothing and exits 1 when the section is
-not what the result files give (a CI guard against a stale README).
+says that no GPU result exists yet.
+
+The status section (between ``<!-- status:begin -->`` and ``<!-- status:end -->``) comes from
+the newest validation report of ``make gpu-check`` (``benchmarks/gpu_check.py``,
+``validation-<GPU>-<date>.json`` beside the result files; dry runs are not evidence and are
+skipped): which kernels ran correct on which GPU and toolchain, and when, with their test and
+compute-sanitizer verdicts. Without one it says that no kernel has been validated on a GPU.
+``--check`` writes nothing and exits 1 when either section is not what the files give (a CI
+guard against a stale README).
 
 Which rows make a line, and which of their fields hold the numbers, is declared per benchmark
 in ``LINES``: the scripts name their fields differently and compare against different peers.
@@ -33,6 +40,8 @@ from benchmarks import harness
 
 BEGIN_MARKER = "<!-- results:begin -->"
 END_MARKER = "<!-- results:end -->"
+STATUS_BEGIN_MARKER = "<!-- status:begin -->"
+STATUS_END_MARKER = "<!-- status:end -->"
 README_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 PLOT_NAME = "summary_speedups.png"
 
@@ -203,6 +212,8 @@ def newest_results(results_dir: str) -> list[ResultFile]:
     for path in sorted(glob.glob(os.path.join(results_dir, "*.json"))):
         with open(path) as f:
             data = json.load(f)
+        if _is_validation(data):
+            continue  # make gpu-check's report, read by newest_validation
         if not isinstance(data, dict) or not {"benchmark", "environment", "rows"} <= data.keys():
             raise ValueError(f"{path}: expected a result file of benchmarks/harness.py.write_results, a JSON object "
                              f"with 'benchmark', 'environment' and 'rows'")
@@ -211,6 +222,41 @@ def newest_results(results_dir: str) -> list[ResultFile]:
         if known is None or (result.measured_at, result.path) > (known.measured_at, known.path):
             newest[result.benchmark] = result
     return [newest[name] for name in sorted(newest)]
+
+
+def _is_validation(data) -> bool:
+    return isinstance(data, dict) and "validation" in data
+
+
+@dataclasses.dataclass(frozen=True)
+class Validation:
+    """One report of ``make gpu-check`` (``benchmarks/gpu_check.py: validation_report``)."""
+
+    path: str
+    environment: dict
+    tests: dict | None
+    kernels: dict
+
+    @property
+    def measured_at(self) -> datetime.datetime:
+        return datetime.datetime.fromisoformat(self.environment["date"])
+
+
+def newest_validation(results_dir: str) -> Validation | None:
+    """The newest validation report in ``results_dir`` that is not a dry run, or None."""
+    newest = None
+    for path in sorted(glob.glob(os.path.join(results_dir, "*.json"))):
+        with open(path) as f:
+            data = json.load(f)
+        if not _is_validation(data) or data.get("dry_run"):
+            continue
+        if not {"environment", "kernels"} <= data.keys() or "date" not in data["environment"]:
+            raise ValueError(f"{path}: expected a validation report of benchmarks/gpu_check.py, with "
+                             f"'environment' (and its 'date') and 'kernels'")
+        report = Validation(path, data["environment"], data.get("tests"), data["kernels"])
+        if newest is None or (report.measured_at, report.path) > (newest.measured_at, newest.path):
+            newest = report
+    return newest
 
 
 @dataclasses.dataclass
@@ -325,6 +371,55 @@ def render_section(results: list[ResultFile], summaries: list[Summary], plot_lin
     return "\n\n".join(parts)
 
 
+def _sanitizer_cell(verdicts: dict[str, str]) -> str:
+    """``{entry: status}`` of one tool -> "clean (n)", or the entries that were not clean."""
+    if not verdicts:
+        return "not run"
+    unclean = [f"{name}: {status}" for name, status in verdicts.items() if status != "clean"]
+    return f"clean ({len(verdicts)})" if not unclean else f"{len(verdicts) - len(unclean)}/{len(verdicts)} clean; " \
+        + ", ".join(unclean)
+
+
+def render_status(validation: Validation | None, has_results: bool, results_link: str) -> str:
+    """The Markdown between the status markers (deterministic: the same files give the same text)."""
+    note = (f"_Generated by `python -m benchmarks.report` from the newest validation report of `make gpu-check` "
+            f"in `{results_link}`; edit the generator, not this text._")
+    cpu = ("On a CPU every Triton kernel is tested through the interpreter and compiles ahead of time for sm_80 "
+           "and sm_90 on the oldest supported Triton and the newest, the fp16/bf16 attention kernels without a "
+           "spill stack (`make aot`); the CUDA library compiles for sm_80/sm_90a and loads on a machine without a GPU.")
+    speed = ("" if has_results else
+             " No benchmark result is committed; no speed is claimed until one is.")
+    if validation is None:
+        return (f"{note}\n\nNo kernel has been validated on a GPU yet: there is no validation report of "
+                f"`make gpu-check` in `{results_link}`. (A first, unscripted H200 run, before `make gpu-check` "
+                f"existed, found frame attention at head dim 160 wrong or faulting and CUDA-graph sampling "
+                f"failing on a host sync; both are addressed here and wait for a GPU to confirm them.) {cpu}{speed}")
+    env = validation.environment
+    lines = ["| kernel | status | tests passed / failed | compute-sanitizer memcheck | racecheck |",
+             "| --- | --- | --- | --- | --- |"]
+    for kernel, verdict in validation.kernels.items():
+        tests = verdict.get("tests", {})
+        sanitizer = verdict.get("sanitizer", {})
+        failed = tests.get("failed", 0) + tests.get("errors", 0)
+        lines.append(f"| {kernel} | {verdict['status']} | {tests.get('passed', 0)} / {failed} "
+                     f"| {_sanitizer_cell(sanitizer.get('memcheck', {}))} | {_sanitizer_cell(sanitizer.get('racecheck', {}))} |")
+    report_link = f"{results_link}{os.path.basename(validation.path)}"
+    where = (f"The newest `make gpu-check` run, on {env.get('gpu') or 'an unknown GPU'} "
+             f"(driver {env.get('driver', '?')}; torch {env.get('torch')}, triton {env.get('triton')}, "
+             f"CUDA {env.get('cuda')}), commit `{env.get('commit')}`, {env['date'][:10]} ([report]({report_link})):")
+    parts = [note, where, "\n".join(lines)]
+    if validation.tests is not None:
+        totals = validation.tests["totals"]
+        parts.append(f"The test suite on CUDA tensors in that run: {totals['passed']} passed, {totals['failed']} "
+                     f"failed, {totals['errors']} errors, {totals['skipped']} skipped. \"correct on GPU\": every test "
+                     f"of the kernel passed and every compute-sanitizer run of it was clean; \"not run\": the run "
+                     f"ended before all of its evidence was in.")
+    else:
+        parts.append("The test suite did not report in that run, so no kernel counts as correct on it.")
+    parts.append(cpu + speed)
+    return "\n\n".join(parts)
+
+
 def plot_speedups(summaries: list[Summary], path: str) -> None:
     """Horizontal bars of the geometric-mean speedup per line and peer, whiskers at the range
     (at least one line must have a speedup)."""
@@ -352,16 +447,25 @@ def plot_speedups(summaries: list[Summary], path: str) -> None:
 # ----------------------------------------------------------------------------------------------
 # The README
 # ----------------------------------------------------------------------------------------------
-def _split_readme(text: str, readme: str) -> tuple[str, str, str]:
+def _split_readme(text: str, readme: str, begin: str = BEGIN_MARKER, end: str = END_MARKER) -> tuple[str, str, str]:
     """(text up to and including the begin marker, the section, text from the end marker on)."""
-    if text.count(BEGIN_MARKER) != 1 or text.count(END_MARKER) != 1:
-        raise ValueError(f"{readme}: expected exactly one {BEGIN_MARKER} and one {END_MARKER} line, found "
-                         f"{text.count(BEGIN_MARKER)} and {text.count(END_MARKER)}")
-    start = text.index(BEGIN_MARKER) + len(BEGIN_MARKER)
-    end = text.index(END_MARKER)
-    if end < start:
-        raise ValueError(f"{readme}: {END_MARKER} comes before {BEGIN_MARKER}")
-    return text[:start], text[start:end], text[end:]
+    if text.count(begin) != 1 or text.count(end) != 1:
+        raise ValueError(f"{readme}: expected exactly one {begin} and one {end} line, found "
+                         f"{text.count(begin)} and {text.count(end)}")
+    start = text.index(begin) + len(begin)
+    stop = text.index(end)
+    if stop < start:
+        raise ValueError(f"{readme}: {end} comes before {begin}")
+    return text[:start], text[start:stop], text[stop:]
+
+
+def _replace_section(text: str, readme: str, begin: str, end: str, section: str) -> tuple[str, bool]:
+    """``text`` with the section between ``begin`` and ``end`` set to ``section`` (in the file's own
+    line endings), and whether it already was."""
+    head, current, tail = _split_readme(text, readme, begin, end)
+    newline = "\r\n" if "\r\n" in head else "\n"
+    wanted = newline + section.replace("\n", newline) + newline
+    return head + wanted + tail, current == wanted
 
 
 def _link(path: str, readme: str) -> str:
@@ -369,25 +473,27 @@ def _link(path: str, readme: str) -> str:
 
 
 def generate(results_dir: str, readme: str, *, check: bool = False) -> bool:
-    """Regenerate the plot and the README section (``check``: only compare, write nothing).
-    Returns whether the README section was already up to date."""
+    """Regenerate the plot and the README's status and results sections (``check``: only compare,
+    write nothing). Returns whether both sections were already up to date."""
     with open(readme, encoding="utf-8", newline="") as f:  # newline="": keep the file's line endings
         text = f.read()
-    head, current, tail = _split_readme(text, readme)
+    for begin, end in ((STATUS_BEGIN_MARKER, STATUS_END_MARKER), (BEGIN_MARKER, END_MARKER)):
+        _split_readme(text, readme, begin, end)  # both marker pairs present before anything is computed
     results = newest_results(results_dir)
     summaries = summarise(results)
     plot_path = os.path.join(results_dir, PLOT_NAME)
     has_speedups = any(case.speedup for s in summaries for case in s.cases)
     if not check and has_speedups:
         plot_speedups(summaries, plot_path)
-    section = render_section(results, summaries, _link(plot_path, readme) if has_speedups else None,
-                             _link(results_dir, readme) + "/")
-    newline = "\r\n" if "\r\n" in head else "\n"
-    wanted = newline + section.replace("\n", newline) + newline
-    up_to_date = current == wanted
+    results_link = _link(results_dir, readme) + "/"
+    status = render_status(newest_validation(results_dir), bool(results), results_link)
+    section = render_section(results, summaries, _link(plot_path, readme) if has_speedups else None, results_link)
+    updated, status_up_to_date = _replace_section(text, readme, STATUS_BEGIN_MARKER, STATUS_END_MARKER, status)
+    updated, results_up_to_date = _replace_section(updated, readme, BEGIN_MARKER, END_MARKER, section)
+    up_to_date = status_up_to_date and results_up_to_date
     if not check and not up_to_date:
         with open(readme, "w", encoding="utf-8", newline="") as f:
-            f.write(head + wanted + tail)
+            f.write(updated)
     return up_to_date
 
 
@@ -396,7 +502,7 @@ def main(argv=None) -> int:
     parser.add_argument("--results", help=f"folder of result files (default {harness.RESULTS_DIR})")
     parser.add_argument("--readme", help=f"README to update between its markers (default {README_PATH})")
     parser.add_argument("--check", action="store_true",
-                        help="write nothing; exit 1 when the README section differs from what the results give")
+                        help="write nothing; exit 1 when a README section differs from what the results give")
     args = parser.parse_args(argv)
     if args.results is not None and not os.path.isdir(args.results):
         parser.error(f"--results {args.results}: not a folder")
@@ -408,9 +514,10 @@ def main(argv=None) -> int:
         return 2
     if args.check:
         if not up_to_date:
-            print(f"{readme}: the results section is stale; run `python -m benchmarks.report`", file=sys.stderr)
+            print(f"{readme}: the status or results section is stale; run `python -m benchmarks.report`",
+                  file=sys.stderr)
         return 0 if up_to_date else 1
-    print(f"{readme}: results section {'already up to date' if up_to_date else 'rewritten'}")
+    print(f"{readme}: status and results sections {'already up to date' if up_to_date else 'rewritten'}")
     return 0
 
 

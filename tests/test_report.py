@@ -4,6 +4,7 @@ Rows follow what the benchmark scripts write (the temporal-attention ones come f
 script's own row builder); the expected numbers are computed here from the synthetic timings.
 """
 import math
+import re
 import statistics
 
 import pytest
@@ -14,7 +15,8 @@ GPU = "NVIDIA Synthetic-GPU 80GB"   # a dash in the name, as some real GPU names
 COMMIT = "abc1234"
 COPY_GBS = 3000.0
 NOISE_SHAPES = [(2, 4, 16, 64, 64), (2, 4, 24, 96, 96)]
-README_HEAD = "# project\n\nSome text with unicode: \u00e9\u2192\u00d7.\n\n## Status\n\nwords\n\n"
+README_HEAD = ("# project\n\nSome text with unicode: \u00e9\u2192\u00d7.\n\n## Status\n\n"
+               f"{report.STATUS_BEGIN_MARKER}\nhand-typed status\n{report.STATUS_END_MARKER}\n\n")
 README_TAIL = "\n\n## Layout\n\n| a | b |\n| --- | --- |\n\ntrailing text without a final newline"
 
 
@@ -160,18 +162,30 @@ def test_plot_is_a_png_next_to_the_results_and_linked(synthetic_results, tmp_pat
     assert f"(results/{report.PLOT_NAME})" in readme.read_text()
 
 
+SECTION_MARKERS = ((report.STATUS_BEGIN_MARKER, report.STATUS_END_MARKER), (report.BEGIN_MARKER, report.END_MARKER))
+
+
+def _outside_sections(text: bytes) -> bytes:
+    """``text`` without what lies between each pair of generated-section markers."""
+    for begin, end in SECTION_MARKERS:
+        begin, end = begin.encode(), end.encode()
+        text = text[:text.index(begin) + len(begin)] + text[text.index(end):]
+    return text
+
+
 @pytest.mark.parametrize("newline", ["\n", "\r\n"])
-def test_only_the_section_between_the_markers_changes(synthetic_results, tmp_path, newline):
+def test_only_the_sections_between_the_markers_change(synthetic_results, tmp_path, newline):
     readme = tmp_path / "README.md"
     _write_readme(readme, newline=newline)
     before = readme.read_bytes()
     report.main(["--results", str(synthetic_results), "--readme", str(readme)])
     after = readme.read_bytes()
-    begin, end = report.BEGIN_MARKER.encode(), report.END_MARKER.encode()
-    assert after[:after.index(begin)] == before[:before.index(begin)]
-    assert after[after.index(end):] == before[before.index(end):]
-    section = after[after.index(begin) + len(begin):after.index(end)]
-    assert section.count(b"\n") == section.count(newline.encode())  # the file's own line endings
+    assert _outside_sections(after) == _outside_sections(before)
+    for begin, end in SECTION_MARKERS:
+        begin, end = begin.encode(), end.encode()
+        section = after[after.index(begin) + len(begin):after.index(end)]
+        assert section != before[before.index(begin) + len(begin):before.index(end)]
+        assert section.count(b"\n") == section.count(newline.encode())  # the file's own line endings
 
 
 def test_check_reports_a_stale_section_and_writes_nothing(synthetic_results, tmp_path, base_environment, capsys):
@@ -222,10 +236,163 @@ def test_bad_inputs_are_refused_clearly(results_dir, tmp_path, capsys):
     readme.write_text("# no markers here\n")
     results_dir.mkdir()
     assert report.main(["--results", str(results_dir), "--readme", str(readme)]) == 2
+    assert report.STATUS_BEGIN_MARKER in capsys.readouterr().err
+    readme.write_text(README_HEAD + "no results markers\n")
+    assert report.main(["--results", str(results_dir), "--readme", str(readme)]) == 2
     assert report.BEGIN_MARKER in capsys.readouterr().err
+    assert readme.read_text() == README_HEAD + "no results markers\n"  # nothing written on either error
     _write_readme(readme)
     (results_dir / "notes.json").write_text('{"rows": []}')
     assert report.main(["--results", str(results_dir), "--readme", str(readme)]) == 2
     assert "notes.json" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         report.main(["--results", str(tmp_path / "missing"), "--readme", str(readme)])
+
+
+# ----------------------------------------------------------------------------------------------
+# The status section, from make gpu-check's validation reports (written by its own code)
+# ----------------------------------------------------------------------------------------------
+DRIVER = "999.12"
+TEST_FILES = {  # module -> test names, as pytest's JUnit XML names them
+    "tests.test_noise": ["test_marginals[triton]", "test_add_noise_is_forward_diffusion[fp16]"],
+    "tests.test_cuda_library": ["test_cuda_op_matches_reference[fp16]"],
+    "tests.test_guidance": ["test_cfg_and_ddim_step_match_diffusers[default]"],
+    "tests.test_frame_attention": ["test_forward_and_gradients[a]", "test_forward_and_gradients[b]"],
+    "tests.test_frame_attention_autotune": ["test_each_candidate_matches_the_reference[160]"],
+    "tests.test_temporal_attention": ["test_forward_matches_float64_reference[x]"],
+    "tests.test_real_shapes": ["test_frame_attention_matches_fp32_reference[sd15-16x16-full-F16-float16]",
+                               "test_temporal_attention_matches_fp32_reference[sd15-8x8-F8-bfloat16-image]"],
+}
+
+
+def _junit(path, failing=()):
+    cases = []
+    for module, names in TEST_FILES.items():
+        for name in names:
+            failure = '<failure message="boom">trace</failure>' if name in failing else ""
+            cases.append(f'<testcase classname="{module}" name="{name}" time="0.1">{failure}</testcase>')
+    suite = f'<testsuite name="pytest">{"".join(cases)}</testsuite>'
+    path.write_text(f'<?xml version="1.0"?><testsuites>{suite}</testsuites>')
+    return str(path)
+
+
+def _sanitizer_log(findings=None, stop_before=None):
+    """compute-sanitizer's output around benchmarks/sanitize_kernels.py's markers."""
+    from benchmarks import sanitize_kernels
+
+    lines = ["========= COMPUTE-SANITIZER"]
+    for name in sanitize_kernels.NAMES:
+        if name == stop_before:
+            break
+        lines.append(f"{sanitize_kernels.BEGIN} {name}")
+        if name in (findings or {}):
+            lines += [f"========= {findings[name]}", "=========     at _forward_kernel+0x1a0"]
+        lines.append(f"{sanitize_kernels.END} {name} ok")
+    lines.append(f"========= ERROR SUMMARY: {len(findings or {})} errors")
+    return "\n".join(lines)
+
+
+def _write_validation(results_dir, tmp_path, base, date, *, gpu=GPU, failing=(), findings=None, racecheck=True,
+                      dry_run=False, tests_phase="ok"):
+    """A validation report as benchmarks/gpu_check.py makes one: its JUnit reader, its sanitizer-log
+    reader, its kernel statuses and its writer."""
+    from benchmarks import gpu_check, sanitize_kernels
+
+    runner = gpu_check.Runner(540, str(tmp_path / f"work-{date}-{gpu[-3:]}"), dry_run)
+    runner.record(gpu_check.Phase("tests", tests_phase))
+    runner.close()
+    junit = gpu_check.read_junit(_junit(tmp_path / f"tests-{date}.xml", failing))
+    logs = {"memcheck": _sanitizer_log(findings)} | ({"racecheck": _sanitizer_log()} if racecheck else {})
+    sanitizer = {tool: gpu_check.read_sanitizer_log(text, sanitize_kernels.NAMES) for tool, text in logs.items()}
+    environment = {**base, "gpu": gpu, "driver": DRIVER, "commit": COMMIT, "date": f"{date}T12:00:00+00:00",
+                   "torch": "2.11.0", "triton": "3.6.0", "cuda": "13.0"}
+    return gpu_check.write_report(gpu_check.validation_report(environment, runner, junit, sanitizer), str(results_dir))
+
+
+def _status(readme_text):
+    return readme_text[readme_text.index(report.STATUS_BEGIN_MARKER):readme_text.index(report.STATUS_END_MARKER)]
+
+
+def test_status_without_a_validation_report_says_no_kernel_is_validated(results_dir, synthetic_results, tmp_path):
+    readme = tmp_path / "README.md"
+    _write_readme(readme)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    report.main(["--results", str(empty), "--readme", str(readme)])
+    status = _status(readme.read_text())
+    assert "No kernel has been validated on a GPU yet" in status and "hand-typed status" not in status
+    assert "no speed is claimed" in status  # and no result files either
+    report.main(["--results", str(synthetic_results), "--readme", str(readme)])
+    status = _status(readme.read_text())
+    assert "No kernel has been validated on a GPU yet" in status and "no speed is claimed" not in status
+
+
+def test_status_names_the_kernels_gpu_toolchain_and_date_of_the_newest_report(synthetic_results, tmp_path,
+                                                                             base_environment):
+    _write_validation(synthetic_results, tmp_path, base_environment, "2026-03-04", gpu="NVIDIA Older-GPU",
+                      failing=["test_forward_and_gradients[a]"])
+    newest = _write_validation(synthetic_results, tmp_path, base_environment, "2026-03-05")
+    _write_validation(synthetic_results, tmp_path, base_environment, "2026-03-06", gpu="NVIDIA Dry-GPU", dry_run=True)
+    readme = tmp_path / "README.md"
+    _write_readme(readme)
+    assert report.main(["--results", str(synthetic_results), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    status = _status(text)
+    assert (f"on {GPU} (driver {DRIVER}; torch 2.11.0, triton 3.6.0, CUDA 13.0), commit `{COMMIT}`, 2026-03-05 "
+            f"([report](results/{newest.rsplit('/', 1)[1]}))") in status
+    assert "Older-GPU" not in status and "Dry-GPU" not in status
+    from benchmarks import gpu_check, sanitize_kernels
+
+    for kernel, (_, patterns) in gpu_check.KERNELS.items():
+        entries = [n for n in sanitize_kernels.NAMES if any(re.search(p, n) for p in patterns)]
+        cells = _table_line(status, kernel)
+        assert cells[1] == "correct on GPU" and cells[3] == cells[4] == f"clean ({len(entries)})"
+    assert _table_line(status, "frame_attention (Triton, fwd+bwd)")[2] == "4 / 0"  # 2 + 1 + the real-shape one
+    assert _table_line(status, "correlated_noise (Triton)")[2] == "1 / 0"         # not the add_noise test
+    assert "10 passed, 0 failed, 0 errors, 0 skipped" in status
+    assert _table_line(text, "correlated_noise")[1] == "2"  # the benchmark results still read alongside
+
+
+def test_status_shows_failures_and_missing_evidence(results_dir, tmp_path, base_environment):
+    results_dir.mkdir()
+    _write_validation(results_dir, tmp_path, base_environment, "2026-03-05",
+                      failing=["test_add_noise_is_forward_diffusion[fp16]"],
+                      findings={"frame_attention_full_d160": "Invalid __global__ read of size 16 bytes"},
+                      racecheck=False)
+    readme = tmp_path / "README.md"
+    _write_readme(readme)
+    report.main(["--results", str(results_dir), "--readme", str(readme)])
+    status = _status(readme.read_text())
+    frame = _table_line(status, "frame_attention (Triton, fwd+bwd)")
+    assert frame[1] == "failed" and frame[3] == "8/9 clean; frame_attention_full_d160: errors" and frame[4] == "not run"
+    assert _table_line(status, "add_noise (Triton)")[1:3] == ["failed", "0 / 1"]
+    assert _table_line(status, "correlated_noise (Triton)")[1] == "not run"  # passed, but no racecheck run
+    assert _table_line(status, "temporal_attention (Triton, fwd+bwd)")[1] == "not run"
+
+
+def test_no_kernel_is_correct_after_a_test_phase_stopped_at_its_cap(results_dir, tmp_path, base_environment):
+    """Its tests that ran passed, but the ones the cap cut off may not have."""
+    results_dir.mkdir()
+    _write_validation(results_dir, tmp_path, base_environment, "2026-03-05", tests_phase="timed out")
+    readme = tmp_path / "README.md"
+    _write_readme(readme)
+    report.main(["--results", str(results_dir), "--readme", str(readme)])
+    status = _status(readme.read_text())
+    assert "correct on GPU |" not in status
+    assert _table_line(status, "frame_attention (Triton, fwd+bwd)")[1:3] == ["not run", "4 / 0"]
+
+
+def test_check_reports_a_stale_status_section(results_dir, tmp_path, base_environment, capsys):
+    results_dir.mkdir()
+    readme = tmp_path / "README.md"
+    _write_readme(readme)
+    args = ["--results", str(results_dir), "--readme", str(readme)]
+    assert report.main(args) == 0
+    assert report.main(args + ["--check"]) == 0
+    generated = readme.read_bytes()
+    _write_validation(results_dir, tmp_path, base_environment, "2026-03-05")
+    assert report.main(args + ["--check"]) == 1
+    assert "stale" in capsys.readouterr().err
+    assert readme.read_bytes() == generated
+    assert report.main(args) == 0 and report.main(args + ["--check"]) == 0
+    assert "correct on GPU" in _status(readme.read_text())
