@@ -116,3 +116,38 @@ def test_refusals(device):
         FrameAttnProcessor("causal")
     with pytest.raises(ValueError, match="does not match"):
         FrameAttnProcessor([[0], [0]], num_frames=3)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("head_dim", [1, 4])
+def test_head_dims_below_the_kernels_run_in_pytorch_and_say_so_once(device, head_dim):
+    # D < 8 is outside the frame-attention kernels' range: same attention in eager PyTorch.
+    import vidgen
+    from vidgen._fallback import forget_warnings
+
+    attn = _module(device, heads=3, head_dim=head_dim)
+    hidden = torch.randn(VIDEOS * FRAMES, TOKENS, 3 * head_dim, generator=torch.Generator().manual_seed(1)).to(device)
+    attn.set_processor(CrossFrameAttnProcessor2_0(batch_size=VIDEOS))
+    expected = attn(hidden)
+    attn.set_processor(FrameAttnProcessor("first_frame", num_frames=FRAMES))
+    forget_warnings()
+    with pytest.warns(vidgen.KernelFallbackWarning, match=f"head dim {head_dim} is outside") as caught:
+        first, second = attn(hidden), attn(hidden)
+    assert sum(issubclass(w.category, vidgen.KernelFallbackWarning) for w in caught) == 1
+    torch.testing.assert_close(first, expected, **TOL)
+    assert torch.equal(second, first)
+
+
+def test_temporal_attention_beyond_the_kernels_head_dim_runs_in_pytorch(device):
+    import vidgen
+    from vidgen._fallback import forget_warnings
+    from vidgen.models.attention import ReferenceTemporalAttnProcessor
+    from vidgen.modules import temporal_self_attention
+
+    attn = _module(device, heads=1, head_dim=264)  # the temporal kernels serve D <= 256
+    hidden = torch.randn(VIDEOS * FRAMES, 2, 264, generator=torch.Generator().manual_seed(6)).to(device)
+    forget_warnings()
+    with torch.no_grad(), pytest.warns(vidgen.KernelFallbackWarning, match="head dim 264"):
+        got = temporal_self_attention(attn, hidden, FRAMES)
+        expected = ReferenceTemporalAttnProcessor()(attn, hidden, num_frames=FRAMES)
+    torch.testing.assert_close(got, expected, **TOL)

@@ -189,3 +189,50 @@ def test_temporal_self_attention_rejects_bad_frame_count(device):
     attn = Attention(query_dim=CHANNELS, heads=HEADS, dim_head=HEAD_DIM).to(device)
     with pytest.raises(ValueError, match="num_frames=4"):
         temporal_self_attention(attn, torch.randn(6, 3, CHANNELS, device=device), 4)
+
+
+@pytest.mark.parametrize("processor_name,videos", [("PAGCFGIdentitySelfAttnProcessor2_0", 3),
+                                                   ("PAGIdentitySelfAttnProcessor2_0", 2)])
+def test_pag_identity_processors_are_computed_by_the_fused_forward(device, processor_name, videos):
+    # Perturbed-attention guidance: diffusers' processor attends normally over the first chunks of
+    # the batch and gives the last chunk (the perturbed videos) identity attention.
+    import warnings
+
+    from diffusers.models import attention_processor
+
+    import vidgen
+
+    module = animatediff_module().to(device)
+    module.transformer_blocks[0].attn1.set_processor(getattr(attention_processor, processor_name)())
+    x = video_input(videos, 3, 2, 3, device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", vidgen.KernelFallbackWarning)  # the fused path, not a fallback
+        assert_same_function(module, x, 3)
+
+
+def test_pag_with_a_batch_its_chunks_cut_through_runs_diffusers_forward(device):
+    from diffusers.models.attention_processor import PAGCFGIdentitySelfAttnProcessor2_0
+
+    import vidgen
+    from vidgen._fallback import forget_warnings
+
+    module = animatediff_module().to(device)
+    module.transformer_blocks[0].attn1.set_processor(PAGCFGIdentitySelfAttnProcessor2_0())
+    x = video_input(2, 3, 2, 2, device)  # 2 videos in 3 chunks: diffusers splits by rows, not videos
+    with torch.no_grad():
+        want = module(x, num_frames=3)
+        patch_temporal_transformer(module)
+        forget_warnings()
+        with pytest.warns(vidgen.KernelFallbackWarning, match="unequal parts"):
+            got = module(x, num_frames=3)
+    assert torch.equal(got, want)
+
+
+def test_identity_videos_argument_is_checked(device):
+    attn = animatediff_module().transformer_blocks[0].attn1.to(device)
+    hidden = torch.randn(6, 4, CHANNELS, device=device)
+    with pytest.raises(ValueError, match="identity_videos"):
+        temporal_self_attention(attn, hidden, 3, identity_videos=3)
+    with torch.no_grad():  # every video perturbed: the output is the value projection alone
+        out = temporal_self_attention(attn, hidden, 3, identity_videos=2)
+        torch.testing.assert_close(out, attn.to_out[0](attn.to_v(hidden)))

@@ -93,7 +93,8 @@ def test_motion_unet_triton_path(motion_unet_dir):
 def test_patch_options_select_roles(motion_unet_dir):
     unet = UNetMotionModel.from_pretrained(motion_unet_dir)
     processors = unet.attn_processors
-    vidgen.patch(unet, temporal_attention=False)
+    with pytest.warns(UserWarning, match="nothing was patched"):
+        vidgen.patch(unet, temporal_attention=False)
     assert "vidgen" not in str(unet)  # nothing else in a motion UNet is vidgen's to patch
     vidgen.patch(unet)  # other options: re-patched
     assert unet._vidgen_patch.options["temporal_attention"]
@@ -379,3 +380,190 @@ def test_patched_models_work_under_torch_compile(motion_unet_dir, tmp_path):
             expected = run(vidgen.patch(unet), *inputs)
             compiled = torch.compile(unet, backend="aot_eager", fullgraph=fullgraph)
             torch.testing.assert_close(run(compiled, *inputs), expected, rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# Every pipeline accelerated or left working: fallbacks and the patch report
+# ----------------------------------------------------------------------------------------------
+def unet2d_with_heads(heads_per_block, seed: int = 0) -> UNet2DConditionModel:
+    """A tiny UNet whose self-attention head dim is channels / heads per block (diffusers names the
+    head count ``attention_head_dim``)."""
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+        attention_head_dim=heads_per_block, norm_num_groups=8)
+
+
+def t2v_zero_inputs(size=8):
+    gen = torch.Generator().manual_seed(4)
+    return (torch.randn(2 * FRAMES, 4, size, size, generator=gen), torch.tensor(300),
+            torch.randn(2 * FRAMES, 5, 32, generator=gen))
+
+
+@pytest.mark.parametrize("head_dim", [1, 4])
+def test_text2video_zero_head_dims_the_kernel_does_not_serve_stay_diffusers(head_dim):
+    # Text2Video-Zero pipelines set cross-frame processors on every self-attention, whatever its
+    # head dim; D < 8 is outside the frame-attention kernels' range.
+    unet = unet2d_with_heads((32 // head_dim, 64 // head_dim))
+    unet.set_attn_processor(CrossFrameAttnProcessor2_0(batch_size=2))
+    inputs = t2v_zero_inputs()
+    before = run(unet, *inputs)
+    with pytest.warns(UserWarning, match="nothing was patched"):
+        assert vidgen.patch(unet) is unet
+    assert not is_patched(unet)
+    report = vidgen.patch_report(unet)
+    assert not report.patched
+    kept = [e for e in report.kept if e.what == "Text2Video-Zero cross-frame attention"]
+    self_attention = [p for p, m in unet.named_modules() if p.endswith(".attn1")]
+    assert sorted(e.where for e in kept) == sorted(self_attention) and len(kept) == 7
+    assert all(f"head dim {head_dim} is outside" in e.why for e in kept)
+    assert torch.equal(run(unet, *inputs), before)  # diffusers' own processors ran
+
+
+def test_text2video_zero_mixed_head_dims_patch_what_the_kernel_serves():
+    unet = unet2d_with_heads((2, 16))  # D = 16 in the outer blocks, D = 4 in the inner ones
+    unet.set_attn_processor(CrossFrameAttnProcessor2_0(batch_size=2))
+    inputs = t2v_zero_inputs()
+    before = run(unet, *inputs)
+    with vidgen.ops.use_backend("torch"):
+        vidgen.patch(unet)
+        assert is_patched(unet)
+        torch.testing.assert_close(run(unet, *inputs), before, rtol=1e-4, atol=1e-4)
+    report = vidgen.patch_report(unet)
+    swapped = {e.where for e in report.replaced if e.what.startswith("first-frame attention kernel")}
+    left = {e.where for e in report.kept if e.what == "Text2Video-Zero cross-frame attention"}
+    assert swapped == {"down_blocks.0.attentions.0.transformer_blocks.0.attn1",
+                       "up_blocks.1.attentions.0.transformer_blocks.0.attn1",
+                       "up_blocks.1.attentions.1.transformer_blocks.0.attn1"}
+    assert left == {"down_blocks.1.attentions.0.transformer_blocks.0.attn1",
+                    "mid_block.attentions.0.transformer_blocks.0.attn1",
+                    "up_blocks.0.attentions.0.transformer_blocks.0.attn1",
+                    "up_blocks.0.attentions.1.transformer_blocks.0.attn1"}
+    processors = unet.attn_processors
+    assert all(isinstance(processors[f"{p}.processor"], FirstFrameAttnProcessor) for p in swapped)
+    assert all(type(processors[f"{p}.processor"]) is CrossFrameAttnProcessor2_0 for p in left)
+    text = str(report)
+    assert "replaced:" in text and "head dim 4 is outside" in text and "text cross-attention" in text
+    vidgen.unpatch(unet)
+    assert not vidgen.patch_report(unet).options and "not patched" in str(vidgen.patch_report(unet))
+
+
+def test_first_frame_processor_hands_unserved_calls_to_diffusers_and_says_so_once():
+    from diffusers.models.attention_processor import Attention
+
+    from vidgen._fallback import forget_warnings
+
+    torch.manual_seed(0)
+    attn = Attention(query_dim=8, heads=2, dim_head=4).eval()  # D = 4: no kernel
+    hidden = torch.randn(2 * FRAMES, 5, 8, generator=torch.Generator().manual_seed(1))
+    attn.set_processor(CrossFrameAttnProcessor2_0(batch_size=2))
+    with torch.no_grad():
+        expected = attn(hidden)
+    attn.set_processor(FirstFrameAttnProcessor(CrossFrameAttnProcessor2_0(batch_size=2)))
+    forget_warnings()
+    with pytest.warns(vidgen.KernelFallbackWarning, match="head dim 4") as caught, torch.no_grad():
+        first, second = attn(hidden), attn(hidden)
+    assert len([w for w in caught if issubclass(w.category, vidgen.KernelFallbackWarning)]) == 1
+    assert torch.equal(first, expected) and torch.equal(second, expected)
+
+
+def test_motion_module_with_head_dim_beyond_the_kernel_is_left_and_reported():
+    torch.manual_seed(0)
+    module = AnimateDiffTransformer3D(num_attention_heads=1, attention_head_dim=264, in_channels=264,
+                                      norm_num_groups=8).eval()
+    hidden = torch.randn(FRAMES, 264, 2, 2, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        before = module(hidden, num_frames=FRAMES)
+    with pytest.warns(UserWarning, match="nothing was patched"):
+        vidgen.patch(module)
+    (entry,) = [e for e in vidgen.patch_report(module).kept if e.what == "motion module"]
+    assert entry.where == "" and "head dim 264 is outside the temporal-attention kernels' range [1, 256]" in entry.why
+    assert "forward" not in module.__dict__
+    with torch.no_grad():
+        assert torch.equal(module(hidden, num_frames=FRAMES), before)
+
+
+def test_patched_motion_module_runs_diffusers_forward_for_an_unserved_dtype(motion_unet_dir):
+    from vidgen._fallback import forget_warnings
+
+    unet = UNetMotionModel.from_pretrained(motion_unet_dir).double()
+    inputs = [x.double() if x.is_floating_point() else x for x in video_inputs(size=4, text_per_frame=True)]
+    before = run(unet, *inputs)
+    vidgen.patch(unet)
+    forget_warnings()
+    with pytest.warns(vidgen.KernelFallbackWarning, match="float64"):
+        patched = run(unet, *inputs)
+    assert torch.equal(patched, before)  # every motion module ran its own forward
+
+
+def test_patch_report_of_a_pipeline(sd_dir):
+    pipe = _animatediff_pipeline(sd_dir)
+    assert not vidgen.patch_report(pipe).options  # never patched
+    vidgen.patch(pipe)
+    report = vidgen.patch_report(pipe)
+    assert isinstance(report, vidgen.PatchReport) and report.patched and vidgen.is_patched(pipe)
+    replaced = {e.where: e.what for e in report.replaced}
+    motion_modules = [path for path, m in pipe.unet.named_modules() if isinstance(m, AnimateDiffTransformer3D)]
+    assert {f"unet.{p}" for p in motion_modules} <= set(replaced)
+    assert replaced["scheduler"].startswith("FusedDDIMScheduler")
+    kept = {e.where: e for e in report.kept}
+    assert kept["motion_adapter"].what == "MotionAdapter"
+    assert any(w.startswith("unet.") and e.what == "image self-attention" for w, e in kept.items())
+    assert any(w.startswith("vae.") for w in kept)  # the VAE's attention is listed, not silently skipped
+    vidgen.unpatch(pipe)
+    assert not vidgen.is_patched(pipe) and not vidgen.patch_report(pipe).options
+
+
+def test_pag_pipeline_runs_its_motion_modules_fused_and_matches(sd_dir, monkeypatch):
+    # AnimateDiffPAGPipeline puts PAG's identity processor on the mid block's motion-module attn1
+    # inside each call: the fused forward computes its perturbed branch instead of falling back.
+    import warnings
+
+    from diffusers import AnimateDiffPAGPipeline
+
+    from vidgen import modules
+
+    pipe = AnimateDiffPAGPipeline.from_pretrained(sd_dir, motion_adapter=tiny_adapter_for(sd_dir),
+                                                  pag_applied_layers=["mid_block.*attn1"])
+    pipe.set_progress_bar_config(disable=True)
+    pipe.tokenizer.model_max_length = min(pipe.tokenizer.model_max_length, 77)
+
+    def sample():
+        return pipe("a cat", num_frames=FRAMES, height=64, width=64, num_inference_steps=2, guidance_scale=3.0,
+                    pag_scale=2.0, generator=torch.Generator().manual_seed(0), output_type="latent").frames
+
+    identity_calls = []
+    real = modules.temporal_self_attention
+    monkeypatch.setattr(modules, "temporal_self_attention",
+                        lambda *a, **k: identity_calls.append(k.get("identity_videos", 0)) or real(*a, **k))
+    before = sample()
+    with vidgen.ops.use_backend("torch"), warnings.catch_warnings():
+        warnings.simplefilter("error", vidgen.KernelFallbackWarning)  # no motion module falls back
+        vidgen.patch(pipe)
+        assert not [e for e in vidgen.patch_report(pipe).kept if "motion" in e.what]
+        patched = sample()
+    torch.testing.assert_close(patched, before, rtol=1e-4, atol=1e-4)
+    assert 1 in identity_calls  # [uncond, cond, perturbed] videos: the last one's attention is the identity
+    vidgen.unpatch(pipe)
+
+
+def test_patch_of_an_unrelated_module_says_nothing_was_patched():
+    layer = torch.nn.Linear(2, 2)
+    with pytest.warns(UserWarning, match="nothing was patched in this Linear"):
+        assert vidgen.patch(layer) is layer
+    assert not vidgen.is_patched(layer)
+    report = vidgen.patch_report(layer)
+    assert not report.patched and report.kept and "nothing vidgen accelerates" in report.kept[0].why
+    assert "nothing patched" in str(report)
+    assert "extra_repr" not in layer.__dict__  # untouched
+
+
+def test_public_api_is_listed():
+    names = dir(vidgen)
+    for name in ("patch", "unpatch", "is_patched", "patch_report", "PatchReport", "inflate", "sample_video",
+                 "VideoModel", "invert", "ops", "KernelFallbackWarning"):
+        assert name in names and name in vidgen.__all__
+        assert getattr(vidgen, name) is not None
+    assert vidgen.is_patched is is_patched

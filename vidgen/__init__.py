@@ -3,16 +3,35 @@ __version__ = "0.1.0"
 
 from . import ops  # noqa: E402  (registers the torch custom ops)
 
-__all__ = ["ops", "__version__"]
+# The diffusers-facing layer (inflation, patching, sampling) is imported on first use: diffusers is heavy.
+_LAZY = {
+    "inflate": "models",
+    "VideoUNet": "models",
+    "patch": "patching",
+    "unpatch": "patching",
+    "is_patched": "patching",
+    "patch_report": "patching",
+    "PatchReport": "patching",
+    "PatchEntry": "patching",
+    "KernelFallbackWarning": "_fallback",
+    "VideoModel": "sampling",
+    "sample_video": "sampling",
+    "invert": "sampling",
+}
 
-# The diffusers-facing layer (inflation, patching) is imported on first use: diffusers is heavy.
-_LAZY = {"inflate": "models", "patch": "patching", "unpatch": "patching"}
-__all__ += list(_LAZY)
+__all__ = ["ops", "__version__", *_LAZY]
 
 
 def __getattr__(name: str):
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
     raise AttributeError(f"module 'vidgen' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # The public API (lazy names included, before their first use) and the public submodules.
+    return sorted(set(__all__) | {"models", "patching", "sampling", "schedulers", "train", "modules", "processors"})

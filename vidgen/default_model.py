@@ -100,9 +100,16 @@ def cache_dir() -> str:
 
 def ensure(arch: str = "tiny") -> str:
     """The cached default model folder for ``arch``, built on first use."""
+    from filelock import FileLock  # a dependency of huggingface_hub, hence of diffusers
+
     path = os.path.join(cache_dir(), f"default-{arch}-v{_FORMAT_VERSION}")
-    if not os.path.exists(os.path.join(path, "vidgen_default_model.json")):
-        build(path, arch)
+    marker = os.path.join(path, "vidgen_default_model.json")
+    if not os.path.exists(marker):
+        # Processes started together (accelerate launch) build it once: the others wait, then load it.
+        os.makedirs(cache_dir(), exist_ok=True)
+        with FileLock(path + ".lock"):
+            if not os.path.exists(marker):
+                build(path, arch)
     return path
 
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ._fallback import head_dim_of, temporal_attention_gap, warn_once
+from .kernels import temporal_attention as _temporal_kernels
 from .ops.temporal_attention import temporal_attention
 
 __all__ = ["FusedTemporalTransformer", "patch_motion_modules", "patch_temporal_transformer",
@@ -31,7 +33,8 @@ def _split_heads(x: torch.Tensor, batch: int, num_frames: int, heads: int) -> to
 
 
 def temporal_self_attention(attn: nn.Module, hidden_states: torch.Tensor, num_frames: int,
-                            *, positional_embedding: torch.Tensor | None = None) -> torch.Tensor:
+                            *, positional_embedding: torch.Tensor | None = None,
+                            identity_videos: int = 0) -> torch.Tensor:
     """Run diffusers ``Attention`` ``attn`` as self-attention over frames, in the image layout.
 
     Equivalent to ``rearrange(h, "(b f) n c -> (b n) f c")``, ``attn(h)`` and the inverse
@@ -47,12 +50,18 @@ def temporal_self_attention(attn: nn.Module, hidden_states: torch.Tensor, num_fr
         num_frames: F.
         positional_embedding: optional (F, C) table added to the attention's input (not to its
             residual), as diffusers' sinusoidal ``pos_embed`` does for motion modules.
+        identity_videos: how many of the last videos get identity attention, every frame
+            attending to itself only, so their attention output is their value projection:
+            the perturbed branch of PAG (perturbed-attention guidance), which diffusers' PAG
+            processors compute for the last chunk of the batch (METHODS.md section 7).
 
     Returns:
         (B*F, N, C), the attention output (plus its input when ``attn.residual_connection``).
 
     The scale is ``attn.scale`` (``D ** -0.5`` unless the module was built otherwise; note that
-    diffusers' ``AttnProcessor2_0`` always uses ``D ** -0.5``).
+    diffusers' ``AttnProcessor2_0`` always uses ``D ** -0.5``). Heads the kernel does not serve
+    (see :func:`vidgen._fallback.temporal_attention_gap`) run the op's eager PyTorch reference
+    on the same views, with a warning once.
     """
     if not isinstance(hidden_states, torch.Tensor) or hidden_states.dim() != 3:
         shape = tuple(hidden_states.shape) if isinstance(hidden_states, torch.Tensor) else type(hidden_states).__name__
@@ -75,15 +84,31 @@ def temporal_self_attention(attn: nn.Module, hidden_states: torch.Tensor, num_fr
         # (B, F, N, C) + (F, 1, C): the table varies along frames only.
         table = positional_embedding[:num_frames, None]
         attn_input = (hidden_states.unflatten(0, (batch, num_frames)) + table).flatten(0, 1)
-    q = _split_heads(attn.to_q(attn_input), batch, num_frames, attn.heads)
-    k = _split_heads(attn.to_k(attn_input), batch, num_frames, attn.heads)
+    if isinstance(identity_videos, bool) or not isinstance(identity_videos, int) \
+            or not 0 <= identity_videos <= batch:
+        raise ValueError(f"identity_videos: expected an int in [0, {batch}], got {identity_videos!r}")
+    attended = batch - identity_videos  # videos whose frames attend to each other
+    queries = attn_input if not identity_videos else attn_input[:attended * num_frames]
     v = _split_heads(attn.to_v(attn_input), batch, num_frames, attn.heads)
-    if attn.norm_q is not None:
-        q = attn.norm_q(q)
-    if attn.norm_k is not None:
-        k = attn.norm_k(k)
-
-    out = temporal_attention(q, k, v, scale=attn.scale).flatten(-2).flatten(0, 1)  # (B*F, N, H*D)
+    if attended:
+        q = _split_heads(attn.to_q(queries), attended, num_frames, attn.heads)
+        k = _split_heads(attn.to_k(queries), attended, num_frames, attn.heads)
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+        values = v if not identity_videos else v[:attended]
+        gap = temporal_attention_gap(q.shape[-1], q.dtype)
+        if gap is None:
+            out = temporal_attention(q, k, values, scale=attn.scale)
+        else:
+            warn_once("temporal attention", gap, "in eager PyTorch")
+            out = _temporal_kernels.temporal_attention_reference(q, k, values, attn.scale)[0]
+        if identity_videos:
+            out = torch.cat([out, v[attended:]])
+    else:
+        out = v
+    out = out.flatten(-2).flatten(0, 1)  # (B*F, N, H*D)
     out = attn.to_out[0](out)
     out = attn.to_out[1](out)  # dropout
     if attn.residual_connection:  # diffusers' residual is the attention's own input, embedding included
@@ -95,6 +120,10 @@ def temporal_self_attention(attn: nn.Module, hidden_states: torch.Tensor, num_fr
 # AnimateDiff motion modules
 # ----------------------------------------------------------------------------------------------
 _DEFAULT_PROCESSORS = ("AttnProcessor2_0", "AttnProcessor")  # the ones whose math we reproduce
+# PAG's identity processors (diffusers' perturbed-attention guidance): the batch is split in equal
+# chunks, [cond, perturbed] or with CFG [uncond, cond, perturbed]; the last chunk's attention is
+# the identity and the others' is the default processor's.
+_PAG_PROCESSORS = {"PAGIdentitySelfAttnProcessor2_0": 2, "PAGCFGIdentitySelfAttnProcessor2_0": 3}
 
 
 def _motion_module_types() -> tuple[type, ...]:
@@ -141,14 +170,27 @@ def _group_norm_channels_first(x: torch.Tensor, norm: nn.GroupNorm, batch: int, 
     return torch.addcmul(shift, x32, scale).to(x.dtype).flatten(2, 3).flatten(0, 1)
 
 
+def _pag_parts(processor) -> int:
+    """How many equal chunks of the batch a PAG identity processor splits (the last is the
+    perturbed one), or 0 for any other processor."""
+    return _PAG_PROCESSORS.get(type(processor).__name__, 0)
+
+
+def _identity_videos(attn: nn.Module, videos: int) -> int:
+    parts = _pag_parts(attn.processor)
+    return videos // parts if parts else 0
+
+
 def _block_forward(block: nn.Module, tokens: torch.Tensor, num_frames: int) -> torch.Tensor:
     """diffusers' ``BasicTransformerBlock`` (layer norms, two self-attentions over frames, ff) on
     image-layout tokens (B*F, N, C)."""
     table = block.pos_embed.pe[0] if block.pos_embed is not None else None  # (max_seq_length, C)
-    tokens = temporal_self_attention(block.attn1, block.norm1(tokens), num_frames, positional_embedding=table) + tokens
+    videos = tokens.shape[0] // num_frames
+    tokens = temporal_self_attention(block.attn1, block.norm1(tokens), num_frames, positional_embedding=table,
+                                     identity_videos=_identity_videos(block.attn1, videos)) + tokens
     if block.attn2 is not None:
-        tokens = temporal_self_attention(block.attn2, block.norm2(tokens), num_frames,
-                                         positional_embedding=table) + tokens
+        tokens = temporal_self_attention(block.attn2, block.norm2(tokens), num_frames, positional_embedding=table,
+                                         identity_videos=_identity_videos(block.attn2, videos)) + tokens
     return block.ff(block.norm3(tokens)) + tokens
 
 
@@ -193,8 +235,10 @@ class FusedTemporalTransformer:
     residual. LoRA layers loaded after patching (PEFT wrappers of ``proj_in``/``proj_out``, the
     attention projections or the feed-forward) are honoured: every wrapped layer is called as
     the module it is. Calls the fused path cannot reproduce (an ``encoder_hidden_states``,
-    ``cross_attention_kwargs``, a custom attention processor, chunked feed-forward) run the
-    module's original forward.
+    ``cross_attention_kwargs``, a custom attention processor other than PAG's identity
+    processors, which the blocks compute, chunked feed-forward) run the
+    module's original forward, and so do calls the temporal kernel does not serve (a dtype or
+    head dim outside its range), with a warning once.
 
     Install with :func:`patch_temporal_transformer`; this object becomes the instance's ``forward``.
     """
@@ -210,20 +254,37 @@ class FusedTemporalTransformer:
             return self.original_forward(*args, **kwargs)
         return type(self.module).forward(self.module, *args, **kwargs)
 
-    def _fusable_call(self, hidden_states, encoder_hidden_states, cross_attention_kwargs) -> bool:
+    def _fusable_call(self, hidden_states, encoder_hidden_states, cross_attention_kwargs, num_frames) -> bool:
         if encoder_hidden_states is not None or cross_attention_kwargs or hidden_states.dim() != 4:
             return False
+        videos = hidden_states.shape[0] // num_frames if num_frames else 0
         for block in self.module.transformer_blocks:
             if block._chunk_size is not None:
                 return False
             for attn in (block.attn1, block.attn2):
-                if attn is not None and type(attn.processor).__name__ not in _DEFAULT_PROCESSORS:
+                if attn is None:
+                    continue
+                name = type(attn.processor).__name__
+                parts = _pag_parts(attn.processor)
+                if parts and videos % parts:
+                    # diffusers' chunks would then cut through a video: only its own forward does that
+                    warn_once(type(self.module).__name__, f"{name} splits a batch of {videos} videos into "
+                              f"{parts} unequal parts", "diffusers' forward")
+                    return False
+                if not parts and name not in _DEFAULT_PROCESSORS:
+                    # e.g. xformers, fused QKV projections, a user's processor: their math is theirs
+                    warn_once(type(self.module).__name__, f"its attention processor is {name}, "
+                              "which the fused forward does not reproduce", "diffusers' forward")
+                    return False
+                gap = temporal_attention_gap(head_dim_of(attn), hidden_states.dtype)
+                if gap is not None:
+                    warn_once(f"{type(self.module).__name__}", gap, "diffusers' forward")
                     return False
         return True
 
     def __call__(self, hidden_states, encoder_hidden_states=None, timestep=None, class_labels=None,
                  num_frames: int = 1, cross_attention_kwargs=None, return_dict: bool = True):
-        if not self._fusable_call(hidden_states, encoder_hidden_states, cross_attention_kwargs):
+        if not self._fusable_call(hidden_states, encoder_hidden_states, cross_attention_kwargs, num_frames):
             kwargs = dict(encoder_hidden_states=encoder_hidden_states, timestep=timestep, class_labels=class_labels,
                           num_frames=num_frames, cross_attention_kwargs=cross_attention_kwargs)
             if self.returns_output_class:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ._fallback import frame_attention_gap, warn_once
 from .kernels import frame_attention as _tables
 from .ops.frame_attention import frame_attention
 
@@ -118,7 +119,13 @@ class FrameAttnProcessor:
         if attn.norm_k is not None:
             k = attn.norm_k(k)
 
-        out = frame_attention(q, k, v, self._key_frames(num_frames), scale=attn.scale)
+        key_frames = self._key_frames(num_frames)
+        gap = frame_attention_gap(head_dim, q.dtype)
+        if gap is None:
+            out = frame_attention(q, k, v, key_frames, scale=attn.scale)
+        else:
+            warn_once("frame attention", gap, "in eager PyTorch")
+            out = _tables.frame_attention_reference(q, k, v, key_frames, attn.scale)[0]
         hidden_states = out.view(batch_frames, tokens, heads * head_dim)
         hidden_states = attn.to_out[0](hidden_states)
         hidden_states = attn.to_out[1](hidden_states)

@@ -10,6 +10,10 @@ def inflate(unet2d, *, attention: str = "sparse_causal") -> VideoUNet:
     ``unet2d``; every ``_temp.`` layer is new (zero-initialised output weight). The result runs
     vidgen's kernels for frame and temporal attention (see :meth:`VideoUNet.use_vidgen_ops`).
     """
+    from .attention import FRAME_MODES
+
+    if attention not in FRAME_MODES:
+        raise ValueError(f"attention: expected one of {', '.join(map(repr, FRAME_MODES))}, got {attention!r}")
     return VideoUNet.from_unet2d(unet2d, frame_attention=attention)
 
 

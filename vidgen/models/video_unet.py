@@ -300,6 +300,7 @@ class VideoUNet(UNet2DConditionModel):
             raise TypeError(f"unet2d: expected a diffusers UNet2DConditionModel, got {type(unet2d).__name__}")
         config = {k: v for k, v in unet2d.config.items() if not k.startswith("_")}
         _check_inflatable(config)
+        _check_head_dims(unet2d)
         state = unet2d.state_dict()
         uninitialised = [name for name, t in state.items() if t.is_meta]
         if uninitialised:
@@ -402,6 +403,23 @@ def _check_inflatable(config: dict) -> None:
             raise ValueError(f"inflate: Tune-A-Video inflates SD 1.x/2.x UNets; config {key}={config[key]!r} is not supported")
     if config.get("attention_type", "default") != "default":
         raise ValueError(f"inflate: attention_type={config['attention_type']!r} is not supported")
+
+
+def _check_head_dims(unet2d: UNet2DConditionModel) -> None:
+    """Every inflated block's frame (``attn1``) and temporal (``attn_temp``, same heads) attention runs
+    on vidgen's kernels: refuse a head dim they cannot run now, not at the first forward."""
+    from ..kernels import frame_attention as frame_kernels
+    from ..kernels import temporal_attention as temporal_kernels
+
+    low, high = frame_kernels.MIN_HEAD_DIM, min(frame_kernels.MAX_HEAD_DIM, temporal_kernels.MAX_HEAD_DIM)
+    for name, module in unet2d.named_modules():
+        if isinstance(module, BasicTransformerBlock):
+            head_dim = module.attn1.inner_dim // module.attn1.heads
+            if not low <= head_dim <= high:
+                raise ValueError(
+                    f"unet2d: attention head dim {head_dim} ({module.attn1.heads} heads of width "
+                    f"{module.attn1.inner_dim}, in {name}) is outside what vidgen's frame and temporal attention "
+                    f"kernels run ({low} to {high}); a UNet with fewer heads per width inflates")
 
 
 def _explain_unexpected(key: str) -> str:
