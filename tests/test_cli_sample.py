@@ -24,12 +24,13 @@ def test_sample_with_the_builtin_model_writes_a_video(tmp_path, capsys, out_name
     out = tmp_path / out_name
     with use_backend(backend):
         status = sample.main(["--frames", "3", "--steps", "2", "--out", str(out), "--quiet", "--device", "cpu",
-                              "--noise", "progressive"])
+                              "--noise", "progressive", "--rounds", "1"])
     assert status == 0
     frames = read_video(str(out))
     assert frames.shape == (3, 128, 128, 3)
     table = capsys.readouterr().out
     assert "denoising" in table and "reference" in table  # built-in model: compared against the reference
+    assert "median of 1 alternating round after a warm-up of both" in table
 
 
 @use_backend("torch")  # the CLI plumbing; kernels are covered above and in the sampling tests
@@ -44,6 +45,21 @@ def test_sample_from_an_inverted_source_video_and_invert_command(tmp_path):
                         "--device", "cpu"]) == 0
     x_t = load_file(str(latents))["latents"]
     assert x_t.shape == (1, 4, 3, 16, 16) and torch.isfinite(x_t).all()
+
+
+@use_backend("torch")
+def test_invert_to_a_pt_file_at_a_chosen_size_then_sample_from_it(tmp_path, capsys):
+    src = source_video(tmp_path / "src.gif", frames=3)
+    latents = tmp_path / "x_T.pt"
+    assert invert.main(["--video", src, "--frames", "2", "--steps", "2", "--height", "32", "--width", "48",
+                        "--out", str(latents), "--quiet", "--device", "cpu"]) == 0
+    x_t = torch.load(latents, weights_only=True)["latents"]  # torch.save, as the extension asks
+    assert x_t.shape == (1, 4, 2, 4, 6)
+    out = tmp_path / "from_inversion.gif"
+    assert sample.main(["--latents", str(latents), "--steps", "2", "--out", str(out), "--quiet", "--no-compare",
+                        "--device", "cpu"]) == 0
+    assert read_video(str(out)).shape == (2, 32, 48, 3)  # frames and size come from the latents
+    assert "denoising" in capsys.readouterr().out
 
 
 def test_clear_errors_for_a_wrong_model_folder_and_a_short_video(tmp_path, capsys):

@@ -1,6 +1,8 @@
 """Argument checks shared by the ops: each raises before any kernel launch and names the argument."""
 from __future__ import annotations
 
+import math
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -52,8 +54,11 @@ def same_shape(reference_name: str, reference: torch.Tensor, **tensors: torch.Te
 
 
 def shape(name: str, value: Sequence[int]) -> tuple[int, ...]:
+    # operator.index, not int(): 4.9 must be refused, not truncated to 4 (and True is not 1).
     try:
-        dims = tuple(int(d) for d in value)
+        if isinstance(value, (str, bytes)) or any(isinstance(d, bool) for d in value):
+            raise TypeError
+        dims = tuple(operator.index(d) for d in value)
     except TypeError:
         raise TypeError(f"{name}: expected a sequence of ints, got {value!r}") from None
     if not dims:
@@ -75,6 +80,15 @@ def choice(name: str, value: str, options: Sequence[str]) -> str:
     if value not in options:
         raise ValueError(f"{name}: expected one of {', '.join(map(repr, options))}, got {value!r}")
     return value
+
+
+def scale(name: str, value) -> float:
+    """An attention score scale: a finite number > 0 (0 would make attention uniform, < 0 invert it)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}: expected a float or None, got {type(value).__name__}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name}: expected a finite value > 0, got {value}")
+    return float(value)
 
 
 def non_negative(name: str, value: float) -> float:

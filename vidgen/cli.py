@@ -17,16 +17,29 @@ COMMANDS = {
 }
 
 
+def usage() -> str:
+    lines = ["usage: vidgen <command> [options]   (vidgen <command> --help for each)", "", "commands:"]
+    lines += [f"  {name:<14} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "options:", f"  {'-h, --help':<14} show this help and exit",
+              f"  {'--version':<14} print vidgen's version and exit"]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print(__doc__.splitlines()[0] + "\n\ncommands:")
-        for name, (_, help_) in COMMANDS.items():
-            print(f"  {name:<14} {help_}")
-        if argv and argv[0] not in ("-h", "--help"):
-            print(f"\nvidgen: unknown command {argv[0]!r}", file=sys.stderr)
-            return 2
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
         return 0
+    if argv[0] == "--version":
+        from . import __version__
+
+        print(f"vidgen {__version__}")
+        return 0
+    if argv[0] not in COMMANDS:
+        print(usage(), file=sys.stderr)
+        what = "option" if argv[0].startswith("-") else "command"
+        print(f"\nvidgen: unknown {what} {argv[0]!r}", file=sys.stderr)
+        return 2
     module, _ = COMMANDS[argv[0]]
     return importlib.import_module(module).main(argv[1:])
 

@@ -10,7 +10,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from collections.abc import Callable
@@ -76,19 +75,39 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="vidgen demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--arch", default="tiny", help="built-in model architecture: tiny or sd15")
-    parser.add_argument("--out", default="demo_out/sample.mp4")
+def build_parser():
+    from . import default_model
+    from .commands import _args
+
+    parser = _args.parser("vidgen demo", __doc__)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--repeats", type=_args.positive_int, default=5, help="timed calls per op (after a warm-up)")
+    parser.add_argument("--arch", default="tiny", choices=default_model.ARCHS, help="built-in model architecture")
+    parser.add_argument("--out", default="demo_out/sample.mp4",
+                        help="the sampled video: .mp4 or .gif file, or a folder (no extension) of PNG frames")
+    parser.add_argument("--rounds", type=_args.positive_int, default=3,
+                        help="timed sampling rounds per side (vidgen, reference), alternating, after a warm-up of each")
     parser.add_argument("--ops-only", action="store_true", help="skip the sampling run")
+    return parser
+
+
+def main(argv=None) -> int:
+    from .commands import _args
+
+    parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        _args.check_backend()
+        _args.check_device(args.device)
+        _args.check_video_out("--out", args.out)
+    except _args.UsageError as exc:
+        return _args.fail(parser, exc)
     device = torch.device(args.device)
     if not args.ops_only:
         from .commands import sample
 
-        status = sample.main(["--arch", args.arch, "--device", args.device, "--out", args.out, "--quiet"])
+        status = sample.main(["--arch", args.arch, "--device", args.device, "--out", args.out,
+                              "--rounds", str(args.rounds), "--quiet"])
         if status:
             return status
         print()

@@ -59,7 +59,21 @@ def report() -> str:
     return "\n".join(lines)
 
 
+def build_parser():
+    from .commands import _args
+
+    return _args.parser("vidgen info", __doc__)
+
+
 def main(argv=None) -> int:
+    from .commands import _args
+
+    parser = build_parser()
+    parser.parse_args(argv)  # no options: a misspelt one is refused, not ignored
+    try:
+        _args.check_backend()
+    except _args.UsageError as exc:
+        return _args.fail(parser, exc)
     print(report())
     return 0
 

@@ -11,9 +11,11 @@ random-weight motion adapter sized to the model) and ``text2video-zero``
 """
 from __future__ import annotations
 
-import time
+import statistics
 
 import torch
+
+from . import _timing
 
 KINDS = ("tune-a-video", "animatediff", "text2video-zero")
 
@@ -22,16 +24,6 @@ def psnr_per_frame(a: torch.Tensor, b: torch.Tensor) -> list[float]:
     """PSNR (dB) of each frame of two (F, 3, H, W) videos in [0, 1]; identical frames give inf."""
     mse = (a.double() - b.double()).square().flatten(1).mean(1)
     return [float("inf") if m == 0 else float(10 * torch.log10(1 / m)) for m in mse]
-
-
-def _timed(fn, device: torch.device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    video = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return video, time.perf_counter() - start
 
 
 def _tune_a_video_runs(model_dir, prompt, seed, frames, steps, device, dtype):
@@ -85,8 +77,12 @@ def _text2video_zero_runs(model_dir, prompt, seed, frames, steps, device, dtype)
 
 def parity_report(model_dir: str, *, kinds=KINDS, prompt: str = "a red horse runs in the sky", seed: int = 0,
                   frames: int = 8, steps: int = 10, device="cpu", dtype=torch.float32,
-                  clip_dir: str | None = None) -> list[dict]:
-    """One row per model kind: per-frame PSNR, max abs difference, both timings and CLIP metrics."""
+                  clip_dir: str | None = None, rounds: int = 3) -> list[dict]:
+    """One row per model kind: per-frame PSNR, max abs difference, both timings and CLIP metrics.
+
+    Timings: one untimed warm-up run of each side, then ``rounds`` rounds in alternating order
+    (:func:`vidgen._timing.compare`); the row holds each side's median seconds and the median
+    and range of the per-round speedups."""
     device = torch.device(device)
     builders = {"tune-a-video": _tune_a_video_runs, "animatediff": _animatediff_runs,
                 "text2video-zero": _text2video_zero_runs}
@@ -95,13 +91,16 @@ def parity_report(model_dir: str, *, kinds=KINDS, prompt: str = "a red horse run
         if kind not in builders:
             raise ValueError(f"kinds: expected names from {', '.join(KINDS)}, got {kind!r}")
         default_run, vidgen_run = builders[kind](model_dir, prompt, seed, frames, steps, device, dtype)
-        default_video, default_s = _timed(default_run, device)
-        vidgen_video, vidgen_s = _timed(vidgen_run, device)
+        timing = _timing.compare(default_run, vidgen_run, rounds=rounds,
+                                 seconds=_timing.wall_clock(synchronize=_timing.device_synchronizer(device)))
+        default_video, vidgen_video = timing.reference_result, timing.candidate_result
         psnr = psnr_per_frame(default_video, vidgen_video)
         row = {"kind": kind, "frames": frames, "steps": steps, "dtype": str(dtype).replace("torch.", ""),
                "device": str(device), "psnr_per_frame": psnr, "min_psnr": min(psnr),
                "max_abs_diff": float((default_video.double() - vidgen_video.double()).abs().max()),
-               "default_seconds": default_s, "vidgen_seconds": vidgen_s, "speedup": default_s / vidgen_s}
+               "default_seconds": statistics.median(timing.reference_seconds),
+               "vidgen_seconds": statistics.median(timing.candidate_seconds), "rounds": rounds,
+               "speedup": timing.speedup, "speedup_range": list(timing.spread)}
         if clip_dir:
             from .eval import clip_scores
 
@@ -117,12 +116,15 @@ def parity_report(model_dir: str, *, kinds=KINDS, prompt: str = "a red horse run
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = [f"{'model':<14}{'min PSNR dB':>12}{'max |diff|':>12}{'default s':>11}{'vidgen s':>10}{'speedup':>9}"]
+    """Seconds are medians over the timed rounds; the speedup is the median per-round ratio and its range."""
+    lines = [f"{'model':<16}{'min PSNR dB':>12}{'max |diff|':>12}{'default s':>11}{'vidgen s':>10}{'speedup':>9}"
+             f"{'range':>14}"]
     for r in rows:
-        lines.append(f"{r['kind']:<14}{r['min_psnr']:>12.1f}{r['max_abs_diff']:>12.2e}{r['default_seconds']:>11.2f}"
-                     f"{r['vidgen_seconds']:>10.2f}{r['speedup']:>8.2f}x")
+        low, high = r["speedup_range"]
+        lines.append(f"{r['kind']:<16}{r['min_psnr']:>12.1f}{r['max_abs_diff']:>12.2e}{r['default_seconds']:>11.2f}"
+                     f"{r['vidgen_seconds']:>10.2f}{r['speedup']:>8.2f}x{f'{low:.2f}-{high:.2f}x':>14}")
         if "vidgen_text_alignment" in r:
-            lines.append(f"{'':<14}CLIP alignment {r['default_text_alignment']:.2f} -> {r['vidgen_text_alignment']:.2f}, "
+            lines.append(f"{'':<16}CLIP alignment {r['default_text_alignment']:.2f} -> {r['vidgen_text_alignment']:.2f}, "
                          f"consistency {r['default_frame_consistency']:.2f} -> {r['vidgen_frame_consistency']:.2f}")
     return "\n".join(lines)
 

@@ -7,7 +7,6 @@ driver, versions and commit, with the ceilings (copy bandwidth, bf16 matmul) mea
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 import os
 import pkgutil
@@ -31,14 +30,22 @@ def available() -> list[str]:
     return sorted(m.name[len("bench_"):] for m in pkgutil.iter_modules(package.__path__) if m.name.startswith("bench_"))
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="vidgen bench", description=__doc__.splitlines()[0])
-    parser.add_argument("names", nargs="*", help=f"benchmarks to run (default: all of {', '.join(available())})")
+def build_parser():
+    from . import _args
+
+    parser = _args.parser("vidgen bench", __doc__)
+    parser.add_argument("names", nargs="*", metavar="NAME",
+                        help=f"benchmarks to run (default: all of {', '.join(available())})")
     parser.add_argument("--quick", action="store_true", help="the first shape of each benchmark only")
     parser.add_argument("--report", action="store_true",
                         help="afterwards, regenerate README's results section and plot from benchmarks/results/")
     parser.add_argument("--report-only", action="store_true",
                         help="run no benchmark; only regenerate the report from the existing result files")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.report_only:
         if args.names or args.quick:

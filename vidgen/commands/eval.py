@@ -8,14 +8,16 @@
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
-import sys
 
 from .. import eval as metrics
 from ..video_io import read_video
+from . import _args
+from ._args import UsageError
+
+PROCESSOR_CONFIGS = ("preprocessor_config.json", "processor_config.json")
 
 
 def _write_report(report: dict, out_dir: str) -> list[str]:
@@ -40,15 +42,18 @@ def _fmt(value) -> str:
 def _parity(args) -> int:
     import torch
 
-    from .. import default_model
+    from .. import _timing, default_model
     from ..parity import format_table, parity_report
 
     model_dir = args.model or default_model.ensure(args.arch)
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+    device = torch.device(args.device or "cpu")
     rows = parity_report(model_dir, kinds=args.kinds, prompt=args.prompt or "a red horse runs in the sky",
-                         seed=args.seed, frames=args.frames, steps=args.steps, device=args.device or "cpu",
-                         dtype=dtype, clip_dir=args.clip)
+                         seed=args.seed, frames=args.frames, steps=args.steps, device=device,
+                         dtype=dtype, clip_dir=args.clip, rounds=args.rounds)
     print(format_table(rows))
+    if device.type == "cpu":
+        print(_timing.CPU_CAVEAT)
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "parity.json")
     with open(path, "w") as f:
@@ -57,35 +62,92 @@ def _parity(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
+def build_parser():
+    from .. import default_model
     from ..parity import KINDS
 
-    parser = argparse.ArgumentParser(prog="vidgen eval", description=__doc__.splitlines()[0])
-    parser.add_argument("videos", nargs="*", help=".mp4/.gif files or folders of frames")
-    parser.add_argument("--clip", help="local CLIP model folder (CLIPModel + CLIPProcessor)")
+    parser = _args.parser("vidgen eval", __doc__)
+    parser.add_argument("videos", nargs="*", metavar="VIDEO",
+                        help=".mp4/.gif files or folders of frames to score (default: none; --parity samples its own)")
+    parser.add_argument("--clip", help="local CLIP model folder (CLIPModel + CLIPProcessor); "
+                                       "--parity: also score both videos (default: no CLIP metrics)")
     parser.add_argument("--parity", action="store_true", help="compare diffusers' default modules with vidgen")
     parser.add_argument("--model", help="--parity: a local SD-layout diffusers folder (default: the built-in model)")
-    parser.add_argument("--arch", default="tiny", help="--parity: the built-in model's architecture (tiny, sd15)")
-    parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
-    parser.add_argument("--frames", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32")
-    parser.add_argument("--prompt", help="the prompt the videos were sampled for (enables text alignment)")
-    parser.add_argument("--out", default="eval_out", help="folder for clip_scores.{json,csv} and the plot")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--arch", default="tiny", choices=default_model.ARCHS,
+                        help="--parity: the built-in model's architecture")
+    parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS,
+                        help="--parity: the model kinds (default: all)")
+    parser.add_argument("--frames", type=_args.positive_int, default=8, help="--parity: video length")
+    parser.add_argument("--steps", type=_args.positive_int, default=10, help="--parity: DDIM steps")
+    parser.add_argument("--seed", type=_args.seed, default=0, help="--parity: sampling seed")
+    parser.add_argument("--rounds", type=_args.positive_int, default=3,
+                        help="--parity: timed rounds per side, in alternating order, after one warm-up run of each")
+    parser.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32", help="--parity: model dtype")
+    parser.add_argument("--prompt", help="the prompt the videos were sampled for (enables text alignment; "
+                                         "default: none, or a fixed prompt with --parity)")
+    parser.add_argument("--out", default="eval_out", help="folder for clip_scores.{json,csv} and the plot "
+                                                          "(--parity: parity.json)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available; "
+                                                       "--parity: cpu)")
+    parser.add_argument("--batch-size", type=_args.positive_int, default=32, help="frames per CLIP forward")
+    return parser
+
+
+def check_clip_folder(path: str) -> None:
+    what = "a local CLIP model folder (CLIPModel.save_pretrained plus its CLIPProcessor; vidgen downloads nothing)"
+    config = _args.check_config_folder("--clip", path, what)
+    if config.get("model_type") != "clip":
+        raise UsageError(f"--clip: {path} holds a {config.get('model_type') or 'non-transformers'} model, "
+                         f"not a CLIP model; expected {what}")
+    # transformers writes the processor's settings to one of these names, depending on its version
+    if not any(os.path.isfile(os.path.join(path, name)) for name in PROCESSOR_CONFIGS):
+        raise UsageError(f"--clip: {path} has no CLIP processor ({' or '.join(PROCESSOR_CONFIGS)}); "
+                         f"expected {what}")
+
+
+def check_arguments(args) -> None:
+    if args.device is not None:
+        _args.check_device(args.device)
+    if os.path.isfile(args.out):
+        raise UsageError(f"--out: {args.out} is a file; expected an output folder")
+    if args.clip is not None:
+        check_clip_folder(args.clip)
+    if args.parity:
+        _args.check_backend()
+        if args.videos:
+            raise UsageError(f"VIDEO: --parity samples its own videos; got {', '.join(args.videos)}")
+        if args.model is not None:
+            _args.check_model_folder("--model", args.model)
+        return
+    if not args.videos or not args.clip:
+        raise UsageError("give --clip DIR and at least one VIDEO (or --parity)")
+    for path in args.videos:
+        _args.check_exists("VIDEO", path)
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        check_arguments(args)
+    except UsageError as exc:
+        return _args.fail(parser, exc)
     if args.parity:
         return _parity(args)
-    if not args.videos or not args.clip:
-        parser.error("give --clip DIR and at least one video (or --parity)")
     try:
-        videos = {path: read_video(path) for path in args.videos}
-        report = metrics.clip_scores(videos, args.clip, args.prompt, device=args.device, batch_size=args.batch_size)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"vidgen eval: {exc}", file=sys.stderr)
-        return 2
+        videos = {}
+        for path in args.videos:
+            try:
+                videos[path] = read_video(path)
+            except (FileNotFoundError, ValueError) as exc:
+                raise UsageError(f"VIDEO: {str(exc).removeprefix('video: ')}") from None
+        try:
+            report = metrics.clip_scores(videos, args.clip, args.prompt, device=args.device,
+                                         batch_size=args.batch_size)
+        except OSError as exc:  # transformers' loaders: a file of the folder is missing or unreadable
+            raise UsageError(f"--clip: cannot load a CLIP model from {args.clip}: {exc}") from None
+    except (UsageError, FileNotFoundError, ValueError) as exc:
+        return _args.fail(parser, exc)
     print(f"{'video':<40} {'alignment':>10} {'consistency':>12}")
     for v in report["videos"]:
         print(f"{v['path'][-40:]:<40} {_fmt(v['text_alignment']):>10} {_fmt(v['frame_consistency']):>12}")

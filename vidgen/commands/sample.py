@@ -1,41 +1,71 @@
 """``vidgen sample``: text-to-video with a Tune-A-Video/LAMP model, AnimateDiff, or Video Adapter.
 
 With no ``--model``, the built-in random-weight default model (``--arch tiny``, or ``sd15`` for
-the full SD1.5 architecture) runs the whole path, and ``--compare`` (on by default then) runs
-it a second time with the reference PyTorch formulation of the same model, so the per-stage
-timing table shows vidgen against the default modules on identical weights and inputs.
+the full SD1.5 architecture) runs the whole path, and ``--compare`` (on by default then) also
+runs it with the reference PyTorch formulation of the same model: both are warmed up, then
+timed in rounds of alternating order, so the per-stage table shows vidgen against the default
+modules on identical weights and inputs, with the speedup's median and range over the rounds.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import sys
+import statistics
 import time
 
 import torch
 
-from .. import default_model
-from ..video_io import frames_to_tensor, read_video, write_video
+from .. import _timing, default_model
+from ..video_io import frames_to_tensor, write_video
+from . import _args, _prompts
+from ._args import UsageError
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DEFAULT_FRAMES = 8
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="a local diffusers Stable Diffusion folder (SD 1.x/2.x), or a saved "
-                                        "vidgen VideoUNet model folder; default: the built-in random-weight model")
+                                        "vidgen VideoUNet model folder (default: the built-in random-weight model)")
     parser.add_argument("--arch", choices=default_model.ARCHS, default="tiny",
                         help="architecture of the built-in model when --model is not given")
     parser.add_argument("--attention", choices=("sparse_causal", "first_frame"), default="sparse_causal",
                         help="frame attention of the inflated UNet (Tune-A-Video / LAMP)")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default=None, help="default: fp16 on CUDA, fp32 on CPU")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu, cuda or cuda:N")
+    parser.add_argument("--height", type=_args.pixels, default=None,
+                        help="pixels, a multiple of 8 (default: the model's sample size)")
+    parser.add_argument("--width", type=_args.pixels, default=None,
+                        help="pixels, a multiple of 8 (default: the model's sample size)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bars, and no loading bars or info logs from diffusers/transformers")
+
+
+def check_model_arguments(args) -> None:
+    """What every command built on :func:`add_model_arguments` checks before loading anything."""
+    _args.check_backend()
+    _args.check_device(args.device)
+    if args.model is not None:
+        _args.check_model_folder("--model", args.model)
+
+
+def check_steps(args) -> None:
+    """DDIM cannot take more steps than the model has training timesteps (diffusers would refuse,
+    after the model loaded): read the count from the scheduler's configuration file instead."""
+    limit = default_model.SD15_SCHEDULER["num_train_timesteps"]  # the built-in models'
+    if args.model is not None:
+        config = _args.check_config_folder("--model", os.path.join(args.model, "scheduler"),
+                                           "a diffusers scheduler folder", "scheduler_config.json")
+        limit = config.get("num_train_timesteps", limit)
+    if args.steps > limit:
+        raise UsageError(f"--steps: {args.steps} is more than the model's {limit} training timesteps")
 
 
 def resolve_model_dir(args) -> str:
     if args.model is None:
         return default_model.ensure(args.arch)
-    if not os.path.isdir(args.model):
-        raise FileNotFoundError(f"--model: {args.model} is not a folder (expected a local diffusers model folder)")
+    _args.check_model_folder("--model", args.model)
     return args.model
 
 
@@ -47,12 +77,55 @@ def resolve_dtype(args) -> torch.dtype:
 
 def load_source_video(path: str, frames: int, height: int, width: int) -> torch.Tensor:
     """(1, F, 3, H, W) in [-1, 1] from a video file or frame folder, resized and centre-cropped."""
-    video = read_video(path, max_frames=frames)
-    if len(video) < frames:
-        raise ValueError(f"--video: {path} has {len(video)} frames, --frames asks for {frames}")
-    return frames_to_tensor(video, size=(height, width))[None]
+    return frames_to_tensor(_args.read_video_for("--video", path, frames), size=(height, width))[None]
 
 
+def model_pixel_size(model) -> tuple[int, int]:
+    """(height, width) in pixels the model's UNet was trained at."""
+    side = model.unet.config.sample_size * 2 ** (len(model.vae.config.block_out_channels) - 1)
+    return side, side
+
+
+# ----------------------------------------------------------------------------------------------
+# Inverted latents: what ``vidgen invert --out`` writes and ``vidgen sample --latents`` reads
+# ----------------------------------------------------------------------------------------------
+def save_latents(path: str, latents: torch.Tensor) -> str:
+    """x_T under the key ``latents``: safetensors for .safetensors, ``torch.save`` of a dict for .pt/.pth."""
+    _args.check_latents_path("--out", path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tensors = {"latents": latents.contiguous().cpu()}
+    if path.lower().endswith(".safetensors"):
+        from safetensors.torch import save_file
+
+        save_file(tensors, path)
+    else:
+        torch.save(tensors, path)
+    return path
+
+
+def load_latents(flag: str, path: str) -> torch.Tensor:
+    """The (B, C, F, h, w) latents of a file written by ``vidgen invert`` (B = 1 there)."""
+    _args.check_exists(flag, path)
+    _args.check_latents_path(flag, path)
+    try:
+        if path.lower().endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            tensors = load_file(path)
+        else:
+            tensors = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file: whatever the loader raises, it is the file
+        raise UsageError(f"{flag}: cannot read {path}: {exc}") from None
+    latents = tensors.get("latents") if isinstance(tensors, dict) else None
+    if not isinstance(latents, torch.Tensor) or latents.dim() != 5 or not latents.is_floating_point():
+        raise UsageError(f"{flag}: {path} holds no (B, C, F, h, w) float tensor under the key 'latents' "
+                         "(as vidgen invert writes)")
+    return latents
+
+
+# ----------------------------------------------------------------------------------------------
+# Sampling
+# ----------------------------------------------------------------------------------------------
 def _save(result_video: torch.Tensor, out: str, fps: int) -> list[str]:
     """Write (B, F, 3, H, W) [0, 1] videos; several videos get _0, _1... suffixes."""
     frames = (result_video.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 1, 3, 4, 2).cpu().numpy()
@@ -60,6 +133,42 @@ def _save(result_video: torch.Tensor, out: str, fps: int) -> list[str]:
         return [write_video(out, frames[0], fps=fps)]
     stem, ext = os.path.splitext(out)
     return [write_video(f"{stem}_{i}{ext}", video, fps=fps) for i, video in enumerate(frames)]
+
+
+class _SecondsTable:
+    """Per-stage seconds of one run (the StageTimes interface, for paths timed here)."""
+
+    def __init__(self, seconds: dict[str, float]):
+        self.seconds = seconds
+
+    def table(self) -> str:
+        rows = [f"{'stage':<16}{'seconds':>10}"] + [f"{s:<16}{v:>10.3f}" for s, v in self.seconds.items()]
+        return "\n".join(rows + [f"{'total':<16}{sum(self.seconds.values()):>10.3f}"])
+
+
+def _from_latents(model, args, latents: torch.Tensor, prior) -> tuple[torch.Tensor, _SecondsTable]:
+    """Denoise the given x_T (an inversion) with the prompt and decode it, timed per stage."""
+    from ..sampling import decode_latents, denoise, encode_prompt
+
+    sync = _timing.device_synchronizer(latents.device) or (lambda: None)
+    seconds = {}
+
+    def stage(name, fn):
+        sync()
+        start = time.perf_counter()
+        value = fn()
+        sync()
+        seconds[name] = time.perf_counter() - start
+        return value
+
+    videos = latents.shape[0]
+    embeds = stage("text encoding", lambda: encode_prompt(model, [args.prompt, ""]))
+    cond, uncond = (e.expand(videos, -1, -1) for e in embeds.split(1))
+    x0 = stage("denoising", lambda: denoise(
+        model.unet, latents, cond, uncond, scheduler=model.scheduler, num_inference_steps=args.steps,
+        guidance_scale=args.guidance, prior=prior, prior_strength=args.prior_strength, progress=not args.quiet))
+    video = stage("decoding", lambda: decode_latents(model, x0))
+    return video, _SecondsTable(seconds)
 
 
 def _sample_video_model(args, model_dir: str, device: torch.device, dtype: torch.dtype):
@@ -71,24 +180,39 @@ def _sample_video_model(args, model_dir: str, device: torch.device, dtype: torch
     if args.prior:
         prior = VideoModel.from_pretrained(args.prior, frame_attention=args.attention, torch_dtype=dtype,
                                            device=device).unet
-    vae_factor = 2 ** (len(model.vae.config.block_out_channels) - 1)
-    height = args.height or model.unet.config.sample_size * vae_factor
-    width = args.width or model.unet.config.sample_size * vae_factor
-    source = load_source_video(args.video, args.frames, height, width).to(device) if args.video else None
+    default_height, default_width = model_pixel_size(model)
+    height, width = args.height or default_height, args.width or default_width
+    source = frames_to_tensor(args.source_frames, size=(height, width))[None].to(device) \
+        if args.video else None
+    latents = None
+    if args.latents:
+        latents = args.latents_tensor.to(device=device, dtype=dtype)
+        if latents.shape[1] != model.unet.config.in_channels:
+            raise UsageError(f"--latents: {args.latents} has {latents.shape[1]} latent channels; the model's UNet "
+                             f"takes {model.unet.config.in_channels}")
 
     def run():
-        return sample_video(model, args.prompt, num_frames=args.frames, height=height, width=width,
-                            num_inference_steps=args.steps, guidance_scale=args.guidance, noise=args.noise,
-                            noise_alpha=args.noise_alpha, seed=args.seed, source_video=source, prior=prior,
-                            prior_strength=args.prior_strength, progress=not args.quiet)
+        if latents is not None:
+            return _from_latents(model, args, latents, prior)
+        result = sample_video(model, args.prompt, num_frames=args.frames, height=height, width=width,
+                              num_inference_steps=args.steps, guidance_scale=args.guidance, noise=args.noise,
+                              noise_alpha=args.noise_alpha, seed=args.seed, source_video=source, prior=prior,
+                              prior_strength=args.prior_strength, progress=not args.quiet)
+        return result.video, result.times
 
-    result = run()
-    tables = {"vidgen": result.times}
-    if args.compare and isinstance(model.unet, VideoUNet):
-        for unet in [model.unet] + ([prior] if isinstance(prior, VideoUNet) else []):
-            unet.use_vidgen_ops(frame_attention=False, temporal_attention=False)
-        tables["reference"] = run().times
-    return result.video, tables
+    if not (args.compare and isinstance(model.unet, VideoUNet)):
+        video, times = run()
+        return video, {"vidgen": [times]}, None
+    unets = [model.unet] + ([prior] if isinstance(prior, VideoUNet) else [])
+
+    def with_ops(use_vidgen: bool):
+        def side():
+            for unet in unets:
+                unet.use_vidgen_ops(frame_attention=use_vidgen, temporal_attention=use_vidgen)
+            return run()
+        return side
+
+    return _timed_pair(with_ops(True), with_ops(False), "reference", args.rounds)
 
 
 def _sample_animatediff(args, model_dir: str, device: torch.device, dtype: torch.dtype):
@@ -108,95 +232,179 @@ def _sample_animatediff(args, model_dir: str, device: torch.device, dtype: torch
     latents = initial_noise((1, pipe.unet.config.in_channels, args.frames, height // pipe.vae_scale_factor,
                              width // pipe.vae_scale_factor), kind=args.noise, alpha=args.noise_alpha,
                             seed=args.seed, device=device, dtype=dtype)
+    sync = _timing.device_synchronizer(device) or (lambda: None)
 
-    def run():
-        start = time.perf_counter()
-        out = pipe(args.prompt, num_frames=args.frames, height=height, width=width,
-                   num_inference_steps=args.steps, guidance_scale=args.guidance, latents=latents.clone(),
-                   output_type="pt")
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return out.frames, time.perf_counter() - start
+    def run(use_vidgen: bool):
+        def side():
+            (vidgen.patch if use_vidgen else vidgen.unpatch)(pipe)
+            sync()
+            start = time.perf_counter()
+            out = pipe(args.prompt, num_frames=args.frames, height=height, width=width,
+                       num_inference_steps=args.steps, guidance_scale=args.guidance, latents=latents.clone(),
+                       output_type="pt")
+            sync()
+            return out.frames, _SecondsTable({"pipeline": time.perf_counter() - start})
+        return side
 
-    tables = {}
-    if args.compare:
-        _, tables["diffusers"] = run()
-    vidgen.patch(pipe)
-    video, tables["vidgen"] = run()
-    return video, {name: _SecondsTable(seconds) for name, seconds in tables.items()}
-
-
-class _SecondsTable:
-    """A one-stage timing table for pipelines that time as a whole."""
-
-    def __init__(self, seconds: float):
-        self.seconds = {"pipeline": seconds}
-
-    def table(self) -> str:
-        return f"{'stage':<16}{'seconds':>10}\n{'pipeline':<16}{self.seconds['pipeline']:>10.3f}"
+    if not args.compare:
+        video, times = run(True)()
+        return video, {"vidgen": [times]}, None
+    return _timed_pair(run(True), run(False), "diffusers", args.rounds)
 
 
-def print_comparison(tables: dict) -> None:
+def _timed_pair(vidgen_run, reference_run, reference_name: str, rounds: int):
+    """Both sides warmed up, then ``rounds`` alternating timed rounds (see :mod:`vidgen._timing`).
+
+    Each side returns ``(video, per-stage times)``; returns vidgen's video, every round's times
+    per side, and the comparison of total seconds."""
+    def total(side):
+        video, times = side()
+        return (video, times), sum(times.seconds.values())
+
+    tables = {"vidgen": [], reference_name: []}
+
+    def recording(name, side):
+        def run():
+            video, times = side()
+            tables[name].append(times)
+            return video, times
+        return run
+
+    comparison = _timing.compare(recording(reference_name, reference_run), recording("vidgen", vidgen_run),
+                                 rounds=rounds, seconds=total)
+    warm = {name: runs[-rounds:] for name, runs in tables.items()}  # drop the warm-up runs
+    return comparison.candidate_result[0], warm, comparison
+
+
+def print_comparison(tables: dict, comparison: _timing.Comparison | None = None, device_type: str = "cpu") -> None:
+    """Median seconds per stage over the timed rounds of each side, and vidgen's speedup."""
     names = list(tables)
-    stages = list(dict.fromkeys(s for t in tables.values() for s in t.seconds))
-    print(f"\n{'stage':<16}" + "".join(f"{n:>12}" for n in names) + ("   speedup" if len(names) == 2 else ""))
+    medians = {name: {} for name in names}
+    for name, runs in tables.items():
+        for stage in dict.fromkeys(s for t in runs for s in t.seconds):
+            medians[name][stage] = statistics.median(t.seconds.get(stage, 0.0) for t in runs)
+    stages = list(dict.fromkeys(s for m in medians.values() for s in m))
+    reference = names[1] if len(names) == 2 else None
+    print(f"\n{'stage':<16}" + "".join(f"{n:>12}" for n in names) + ("   speedup" if reference else ""))
     for stage in stages + ["total"]:
-        values = [sum(t.seconds.values()) if stage == "total" else t.seconds.get(stage) for t in tables.values()]
+        values = [sum(medians[n].values()) if stage == "total" else medians[n].get(stage) for n in names]
         cells = "".join(f"{v:>12.3f}" if v is not None else f"{'-':>12}" for v in values)
-        ratio = ""
-        if len(values) == 2 and all(values) and names[0] == "vidgen":
-            ratio = f"{values[1] / values[0]:>9.2f}x"
-        elif len(values) == 2 and all(values):
-            ratio = f"{values[0] / values[1]:>9.2f}x"
+        ratio = f"{values[1] / values[0]:>9.2f}x" if reference and all(values) else ""
+        if stage == "total" and comparison is not None:
+            ratio = f"{comparison.speedup:>9.2f}x"  # the median of the rounds' ratios, as summarised below
         print(f"{stage:<16}{cells}{ratio}")
+    if comparison is not None:
+        print(f"seconds: medians of {len(comparison.ratios)} timed rounds per side; "
+              f"vidgen speedup {comparison.summary()}")
+        if device_type == "cpu":
+            print(_timing.CPU_CAVEAT)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="vidgen sample", description=__doc__.splitlines()[0])
+# ----------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = _args.parser("vidgen sample", __doc__)
     add_model_arguments(parser)
     parser.add_argument("--motion-adapter", help="a local diffusers MotionAdapter folder: sample with AnimateDiff")
     parser.add_argument("--prior", help="Video Adapter: a local folder of the large prior model (same VAE/text encoder)")
-    parser.add_argument("--prior-strength", type=float, default=0.1)
-    parser.add_argument("--prompt", default="a red horse runs in the sky")
-    parser.add_argument("--frames", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default 50; 10 for the tiny model)")
-    parser.add_argument("--guidance", type=float, default=12.5)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--noise", choices=("iid", "mixed", "progressive"), default="iid")
-    parser.add_argument("--noise-alpha", type=float, default=None, help="PYoCo alpha (default: 1 mixed, 2 progressive)")
-    parser.add_argument("--video", help="source video (.mp4/.gif/folder): DDIM-inverted to the starting latent")
-    parser.add_argument("--height", type=int, default=None)
-    parser.add_argument("--width", type=int, default=None)
-    parser.add_argument("--out", default="vidgen_sample.mp4", help=".mp4, .gif or a folder of PNGs")
-    parser.add_argument("--fps", type=int, default=8)
+    parser.add_argument("--prior-strength", type=_args.non_negative_float, default=0.1,
+                        help="Video Adapter: the prior's weight lambda")
+    parser.add_argument("--prompt", default="a red horse runs in the sky", help="what the video shows")
+    parser.add_argument("--prompts", metavar="FILE",
+                        help="one video per line of FILE ('SEED | prompt', or a prompt seeded --seed + its index), "
+                             "written as --out with _0000, _0001... before the extension; split across the "
+                             "processes of accelerate launch; a rerun skips finished videos (replaces --prompt; "
+                             "--compare does not apply)")
+    parser.add_argument("--frames", type=_args.positive_int, default=None,
+                        help=f"video length (default: {DEFAULT_FRAMES}; with --latents, the file's)")
+    parser.add_argument("--steps", type=_args.positive_int, default=None,
+                        help="DDIM steps (default: 50; 10 for the tiny built-in model)")
+    parser.add_argument("--guidance", type=_args.non_negative_float, default=12.5,
+                        help="classifier-free guidance scale w (1: no guidance)")
+    parser.add_argument("--seed", type=_args.seed, default=0, help="seed of the starting noise")
+    parser.add_argument("--noise", choices=("iid", "mixed", "progressive"), default="iid",
+                        help="starting noise (PYoCo: mixed, progressive)")
+    parser.add_argument("--noise-alpha", type=_args.non_negative_float, default=None,
+                        help="PYoCo alpha (default: 1 mixed, 2 progressive)")
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument("--video", help="source video (.mp4/.gif/folder): DDIM-inverted to the starting latent")
+    start.add_argument("--latents", help="start from these latents x_T, as written by vidgen invert "
+                                         "(.safetensors/.pt; sets --frames, --height and --width)")
+    parser.add_argument("--out", default="vidgen_sample.mp4",
+                        help=".mp4 or .gif file, or a folder (no extension) of one PNG per frame")
+    parser.add_argument("--fps", type=_args.positive_int, default=8, help="frames per second of the video file")
     parser.add_argument("--compare", action=argparse.BooleanOptionalAction, default=None,
-                        help="also time the same model with the default (reference) modules; "
-                             "on by default for the built-in model")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+                        help="also time the same model with the default (reference) modules "
+                             "(default: on for the built-in model)")
+    parser.add_argument("--rounds", type=_args.positive_int, default=3,
+                        help="--compare: timed rounds per side, in alternating order, after one warm-up run of each")
+    return parser
+
+
+def check_arguments(args) -> None:
+    """Everything knowable before a model loads; raises :class:`UsageError` naming the flag."""
+    check_model_arguments(args)
+    check_steps(args)
+    _args.check_video_out("--out", args.out)
+    if args.motion_adapter:
+        _args.check_config_folder("--motion-adapter", args.motion_adapter, "a local diffusers MotionAdapter folder")
+        ignored = [flag for flag, value in (("--video", args.video), ("--latents", args.latents),
+                                            ("--prior", args.prior)) if value]
+        if ignored:
+            raise UsageError(f"{', '.join(ignored)}: not used by AnimateDiff sampling (--motion-adapter)")
+    if args.prior:
+        _args.check_model_folder("--prior", args.prior)
+    args.frames_given = args.frames is not None
+    args.frames = args.frames or DEFAULT_FRAMES
+    args.source_frames = _args.read_video_for("--video", args.video, args.frames) if args.video else None
+    args.latents_tensor = None
+    if args.latents:
+        latents = load_latents("--latents", args.latents)
+        _, _, frames, h, w = latents.shape
+        given = {"--frames": (args.frames if args.frames_given else None, frames),
+                 "--height": (args.height, h * _args.LATENT_FACTOR), "--width": (args.width, w * _args.LATENT_FACTOR)}
+        for flag, (asked, found) in given.items():
+            if asked is not None and asked != found:
+                raise UsageError(f"{flag}: {asked} asked for, but --latents {args.latents} holds {found}")
+        args.frames, args.height, args.width = frames, h * _args.LATENT_FACTOR, w * _args.LATENT_FACTOR
+        args.latents_tensor = latents
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
-    if args.frames < 1:
-        parser.error(f"--frames: expected >= 1, got {args.frames}")
     if args.steps is None:
         args.steps = 10 if args.model is None and args.arch == "tiny" else 50
     if args.compare is None:
         args.compare = args.model is None
+    try:
+        check_arguments(args)
+        jobs = _prompts.check(args) if args.prompts else None
+    except UsageError as exc:
+        return _args.fail(parser, exc)
+    if jobs is not None:
+        try:
+            with _args.quiet_libraries(args.quiet):
+                return _prompts.run(args, jobs, resolve_model_dir, resolve_dtype)
+        except (UsageError, OSError, ValueError) as exc:  # OSError: a model file missing or unreadable
+            return _args.fail(parser, exc)
     device, dtype = torch.device(args.device), resolve_dtype(args)
     try:
-        model_dir = resolve_model_dir(args)
-        if args.motion_adapter:
-            video, tables = _sample_animatediff(args, model_dir, device, dtype)
-        else:
-            video, tables = _sample_video_model(args, model_dir, device, dtype)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"vidgen sample: {exc}", file=sys.stderr)
-        return 2
+        with _args.quiet_libraries(args.quiet):
+            model_dir = resolve_model_dir(args)
+            run = _sample_animatediff if args.motion_adapter else _sample_video_model
+            video, tables, comparison = run(args, model_dir, device, dtype)
+    except (UsageError, OSError, ValueError) as exc:  # OSError: a model file missing or unreadable
+        return _args.fail(parser, exc)
     for path in _save(video, args.out, args.fps):
         print(f"wrote {path}")
-    if len(tables) == 1:
-        print(next(iter(tables.values())).table())
+    if comparison is None:
+        print(tables["vidgen"][0].table())
     else:
-        print_comparison(tables)
-        if device.type == "cpu":
-            print("(CPU: both columns run PyTorch; vidgen's ops fall back to their reference implementations, "
-                  "which also keep the log-sum-exp for training. vidgen's kernels run on CUDA tensors.)")
+        print_comparison(tables, comparison, device.type)
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -8,7 +8,6 @@ same op. Differentiable in q, k and v.
 from __future__ import annotations
 
 import functools
-import math
 
 import torch
 
@@ -171,11 +170,7 @@ def _check_inputs(q, k, v, scale) -> float:
                          f"{_kernels.MIN_HEAD_DIM} <= D <= {_kernels.MAX_HEAD_DIM}")
     if min(B, F, N, H, M) == 0:
         raise ValueError(f"q, k: expected non-empty tensors, got q {tuple(q.shape)}, k {tuple(k.shape)}")
-    if scale is None:
-        return D ** -0.5
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-        raise TypeError(f"scale: expected a finite float or None, got {scale!r}")
-    return float(scale)
+    return D ** -0.5 if scale is None else _checks.scale("scale", scale)
 
 
 def frame_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_frames, *,

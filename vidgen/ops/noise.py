@@ -1,6 +1,8 @@
 """Public noise ops: :func:`correlated_noise` and :func:`add_noise` (PYoCo, METHODS.md section 3)."""
 from __future__ import annotations
 
+import collections
+import threading
 from collections.abc import Sequence
 
 import torch
@@ -28,10 +30,77 @@ def _(shape, kind, alpha, frame_dim, seed, seeds, dtype, device):
     return torch.empty(shape, dtype=dtype, device=device)
 
 
+# ----------------------------------------------------------------------------------------------
+# Timesteps index alphas_cumprod: out-of-range values are refused by name, and no backend ever
+# reads past the table. Where the values are on the host (CPU tensors) they are checked before
+# the call. A CUDA tensor is not read: that would synchronise every training step. It is clamped
+# into range on the device (so the kernel cannot read out of bounds) and a flag saying whether
+# anything was clamped is copied to pinned host memory behind the call; the next add_noise call
+# whose predecessor's flag has arrived raises (it never waits for one). Inside CUDA-graph
+# capture nothing can report to the host: timesteps are clamped only.
+# ----------------------------------------------------------------------------------------------
+def _defers_range_check(device: torch.device) -> bool:
+    """True where reading the timesteps on the host would synchronise with a device."""
+    return device.type == "cuda"
+
+
+def _recorded_event(device: torch.device):
+    event = torch.cuda.Event()
+    event.record(torch.cuda.current_stream(device))
+    return event
+
+
+class _PendingRangeFlags:
+    """Out-of-range flags of earlier CUDA calls, on their way to the host (oldest first)."""
+
+    def __init__(self):
+        self._pending: collections.deque = collections.deque()
+        self._lock = threading.Lock()
+
+    def record(self, out_of_range: torch.Tensor, count: int) -> None:
+        host = torch.empty((), dtype=torch.bool, pin_memory=out_of_range.is_cuda)
+        host.copy_(out_of_range, non_blocking=True)
+        with self._lock:
+            self._pending.append((host, _recorded_event(out_of_range.device), count))
+
+    def raise_arrived(self) -> None:
+        """Raise if a flag that has reached the host is set; flags still in flight are left alone."""
+        with self._lock:
+            while self._pending and self._pending[0][1].query():
+                host, _, count = self._pending.popleft()
+                if bool(host):
+                    self._pending.clear()
+                    raise ValueError(
+                        f"timesteps: an earlier add_noise call got timesteps outside [0, {count}) (indices into "
+                        "alphas_cumprod); they were clamped into range, so that call's x_t and eps used the "
+                        "nearest valid timestep. Checked without a device synchronisation, it is reported at "
+                        "this later call.")
+
+
+_RANGE_FLAGS = _PendingRangeFlags()
+
+
+def _timesteps_in_range(timesteps: torch.Tensor, count: int) -> torch.Tensor:
+    """``timesteps`` as valid indices into a table of ``count`` entries (see the section comment)."""
+    capturing = timesteps.is_cuda and torch.cuda.is_current_stream_capturing()
+    if not _defers_range_check(timesteps.device):
+        bad = timesteps[(timesteps < 0) | (timesteps >= count)]
+        if bad.numel():
+            raise ValueError(f"timesteps: expected values in [0, {count}) (indices into alphas_cumprod), "
+                             f"got {bad.tolist()[:8]}")
+        return timesteps
+    if not capturing:
+        _RANGE_FLAGS.raise_arrived()
+        _RANGE_FLAGS.record(((timesteps < 0) | (timesteps >= count)).any(), count)
+    return timesteps.clamp(0, count - 1)
+
+
 @torch.library.custom_op("vidgen::add_noise", mutates_args=())
 def _add_noise_op(x0: torch.Tensor, timesteps: torch.Tensor, alphas_cumprod: torch.Tensor, kind: str,
                   alpha: float, frame_dim: int, seed: int,
                   seeds: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    # Inside the op, where the tensors hold values (not the fake ones torch.compile traces with).
+    timesteps = _timesteps_in_range(timesteps, alphas_cumprod.shape[0])
     if _backend.select(ADD_NOISE, x0.device) == "triton":
         return _kernels.add_noise_triton(x0, timesteps, alphas_cumprod, kind, alpha, frame_dim, seed, seeds)
     return _kernels.add_noise_reference(x0, timesteps, alphas_cumprod, kind, alpha, frame_dim, seed, seeds)
@@ -113,6 +182,11 @@ def add_noise(x0: torch.Tensor, timesteps: torch.Tensor, alphas_cumprod: torch.T
     for video b (one timestep per video, shared by its frames) and ``eps`` exactly what
     :func:`correlated_noise` gives for the same ``kind``/``alpha``/``seed``/``x0.dtype``.
 
+    ``timesteps`` must lie in ``[0, len(alphas_cumprod))``. CPU values are checked before the
+    call (ValueError). CUDA values are not read on the host, which would synchronise every
+    step: they are clamped into range on the device and the ValueError comes from the next
+    add_noise call after the device has reported them (inside CUDA-graph capture: clamped only).
+
     Returns:
         ``(x_t, eps)``, both contiguous, of ``x0``'s shape and dtype; ``eps`` is the epsilon target.
     """
@@ -122,6 +196,8 @@ def add_noise(x0: torch.Tensor, timesteps: torch.Tensor, alphas_cumprod: torch.T
     kind, alpha, frame_dim = _check_noise_args(kind, alpha, frame_dim, x0.dim())
     _checks.tensor("timesteps", timesteps, ndim=1, dtypes=(torch.int32, torch.int64))
     _checks.tensor("alphas_cumprod", alphas_cumprod, ndim=1, dtypes=(torch.float32, torch.float64))
+    if alphas_cumprod.numel() == 0:
+        raise ValueError("alphas_cumprod: expected one entry per training timestep, got an empty tensor")
     _checks.same_device(x0=x0, timesteps=timesteps, alphas_cumprod=alphas_cumprod)
     batch = x0.shape[0] if frame_dim != 0 else 1
     if timesteps.numel() != batch:
