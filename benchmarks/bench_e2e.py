@@ -1,125 +1,330 @@
 """End-to-end sampling latency and peak memory: vidgen against what a user runs without it.
 
-Random-weight full-size architectures (no downloads), built by ``vidgen.default_model``:
+    python -m benchmarks.bench_e2e [--quick] [--cases ...] [--compile | --no-compile]
+                                   [--compile-budget-s S] [--steps N] [--repeats N] [--smoke]
 
-* AnimateDiff (SD1.5 + a MotionAdapter), 16 frames, 512x512, CFG 7.5, 25 DDIM steps, fp16:
-  diffusers' default modules vs ``vidgen.patch``, eager and under ``torch.compile``.
-  Goal (H100): >= 1.4x diffusers' default, >= 1.15x its torch.compile build.
-* Tune-A-Video, 8 and 24 frames, 512x512, 50 steps: the reference formulation (gathered K/V on
-  SDPA, permute copies; ``VideoUNet.use_vidgen_ops(False, False)``) vs vidgen.
-  Goal (H100): >= 2x with <= 0.7x the peak memory.
-* Video Adapter: an SD1.5-size prior + a small video UNet, vidgen's batched composition and
-  fused step vs the same in plain diffusers code (separate forwards, CFG arithmetic,
-  ``DDIMScheduler.step``).
+Random-weight full-size architectures (no downloads), built by ``vidgen.default_model``, fp16,
+512x512, DDIM, each case eager and under ``torch.compile`` on both sides:
 
-``--smoke`` runs every case on the tiny model with 2 steps, on any device, to check the script;
-its timings mean nothing and no result file is written.
+* ``animatediff``: AnimateDiff (SD1.5 + a MotionAdapter), 16 frames, CFG 7.5, 25 steps:
+  diffusers' default modules (``diffusers``) vs ``vidgen.patch`` (``vidgen``).
+  Goal (issue 16): >= 1.4x diffusers eager, >= 1.15x its torch.compile build.
+* ``tune-a-video``: 8 and 24 frames, CFG 12.5, 50 steps: the reference formulation (gathered K/V
+  on SDPA, permute copies; ``VideoUNet.use_vidgen_ops(False, False)``, ``reference``) vs vidgen.
+  Goal: >= 2x with <= 0.7x the peak memory at 24 frames.
+* ``video-adapter``: an SD1.5-size prior + a small video UNet, 8 frames, 50 steps: vidgen's
+  batched composition and fused step vs the same in plain diffusers code (separate forwards,
+  CFG arithmetic, ``DDIMScheduler.step``; ``plain diffusers``).
+
+Every implementation runs once to warm up (Triton and Inductor compilation, cuDNN's choices),
+``--repeats`` times timed (the best is kept: ``seconds``), and once more for memory. Compiled
+variants report their compilation separately: ``compile_seconds`` is the warm-up run's time
+minus a timed run's. ``--compile-budget-s`` bounds the compilation spent in a run: once it is
+used up, the remaining compiled variants are skipped and say so. A variant that fails (a
+compiler error, an out-of-memory) is a row with ``error`` and no time, and the run goes on.
+
+Outputs are compared: ``rel_l2`` is the relative L2 distance of the variant's final latents to
+the default side's eager latents of the same case and frame count (same seed, same initial
+noise), ``||x - x_default|| / ||x_default||`` in fp32.
+
+Peak memory. The first H200 run (``../shared/gpu/runs/2026-11-30-h200/FINDINGS.md``) saw the
+same peak on both sides (2.04 GiB AnimateDiff, 0.98 GiB Tune-A-Video) although vidgen does not
+make the gathered K/V and permute copies. It read one number: the most memory allocated at any
+moment of the whole call. That moment is set by whichever layer holds the most at once; in a
+UNet under ``no_grad`` that is likely a ResNet block of the 64x64 up path (skip connections
+still held, the channel concatenation, GroupNorm and SiLU outputs, cuDNN's convolution
+workspace, which the caching allocator counts), not the attention layers whose copies vidgen
+removes, and a saving at a moment below the maximum cannot move the maximum. (A likely cause,
+not yet confirmed on a GPU: the per-role columns below are what confirm or refute it.) So the
+memory run (:class:`benchmarks.step_roles.LoopMemory`) now:
+
+1. measures the denoising loop only: CUDA's peak statistic is reset at the first UNet call, so
+   text encoding and setup are out, and what is resident then (weights, embeddings, latents)
+   is reported as ``resident_gib`` and not counted in ``peak_gib`` (the loop's peak above it);
+2. runs on its own, untimed, since its hooks cost host time;
+3. reports, for eager variants, each role's transient peak (``role_peak_gib_<role>``, e.g.
+   ``role_peak_gib_temporal_attention``): the most memory one call of that role's modules
+   allocated above what was allocated when it began, which sees the K/V and permute copies
+   even when they do not set the loop's maximum. If vidgen's saving shows there and not in
+   ``peak_gib``, the loop's peak is elsewhere and the memory goal needs work outside attention.
+
+``--quick`` (about 2-3 minutes on an H200, the first run's timings suggest; under 5 with model
+loading): every case and frame count, 10 steps instead of 25/50, one timed repeat, eager only
+unless ``--compile`` is given (a UNet's torch.compile takes 1-2 minutes per variant, four
+variants would not fit). ``--smoke`` runs every case on the tiny model with 2 steps on any
+device, eager only, to check the script; its timings mean nothing and no result file is written.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 import time
+from typing import Callable
 
 import torch
 
 from benchmarks import harness
+from benchmarks.step_roles import ROLES, LoopMemory
+
+CASES = ("animatediff", "tune-a-video", "video-adapter")
+DEFAULT_LABEL = {"animatediff": "diffusers", "tune-a-video": "reference", "video-adapter": "plain diffusers"}
+# Variants timed twice: the second row shows the run-to-run spread of the same code.
+AGAIN_CASES = ("animatediff", "tune-a-video")
 
 
-def _timed(fn, device: torch.device) -> tuple[float, int, object]:
-    """(seconds, peak bytes above the start, result) of one call."""
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What a run measures (from the command line, :func:`plan_from_args`)."""
+
+    cases: tuple[str, ...]
+    arch: str
+    device: str
+    dtype: torch.dtype
+    size: int
+    animatediff_frames: int
+    tuneavideo_frames: tuple[int, ...]
+    adapter_frames: int
+    animatediff_steps: int
+    tuneavideo_steps: int
+    repeats: int
+    compile: bool
+    compile_budget_s: float
+    write: bool
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_e2e", description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny model, 2 steps, any device, eager; writes nothing")
+    parser.add_argument("--quick", action="store_true",
+                        help="10 steps, 1 repeat, eager only unless --compile (all cases and frame counts)")
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="also time torch.compile on both sides (default: on, off with --quick/--smoke)")
+    parser.add_argument("--compile-budget-s", type=float, default=600.0,
+                        help="compilation time a run may spend; later compiled variants are skipped (default 600)")
+    parser.add_argument("--steps", type=int, help="denoising steps of every case (default 25 AnimateDiff, 50 "
+                                                  "Tune-A-Video and Video Adapter; 10 with --quick, 2 with --smoke)")
+    parser.add_argument("--repeats", type=int, help="timed runs per variant, the best kept (default 2; 1 with "
+                                                    "--quick/--smoke)")
+    args = parser.parse_args(argv)
+    if args.steps is not None and args.steps < 1:
+        parser.error("--steps: expected >= 1")
+    if args.repeats is not None and args.repeats < 1:
+        parser.error("--repeats: expected >= 1")
+    if args.compile_budget_s < 0:
+        parser.error("--compile-budget-s: expected >= 0")
+    return args
+
+
+def plan_from_args(args: argparse.Namespace) -> Plan:
+    if args.smoke:
+        return Plan(cases=tuple(args.cases), arch="tiny", device="cuda" if torch.cuda.is_available() else "cpu",
+                    dtype=torch.float32, size=64, animatediff_frames=4, tuneavideo_frames=(4,), adapter_frames=4,
+                    animatediff_steps=args.steps or 2, tuneavideo_steps=args.steps or 2, repeats=args.repeats or 1,
+                    compile=bool(args.compile), compile_budget_s=args.compile_budget_s, write=False)
+    ad_steps, tav_steps = (10, 10) if args.quick else (25, 50)
+    return Plan(cases=tuple(args.cases), arch="sd15", device="cuda", dtype=torch.float16, size=512,
+                animatediff_frames=16, tuneavideo_frames=(8, 24), adapter_frames=8,
+                animatediff_steps=args.steps or ad_steps, tuneavideo_steps=args.steps or tav_steps,
+                repeats=args.repeats or (1 if args.quick else 2),
+                compile=not args.quick if args.compile is None else args.compile,
+                compile_budget_s=args.compile_budget_s, write=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Measuring one variant
+# ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Variant:
+    """One implementation of a case: ``enter``/``leave`` put the models into and out of it (patch,
+    compile); ``run`` samples and returns the final latents; ``step_modules`` are the UNets as
+    the loop calls them (a compiled wrapper included); ``role_models`` are the eager UNets whose
+    modules get role memory hooks (none when compiled: hooks would break the compiled graph)."""
+
+    impl: str
+    compiled: bool
+    enter: Callable[[], None]
+    leave: Callable[[], None]
+    run: Callable[[], torch.Tensor]
+    step_modules: Callable[[], list[torch.nn.Module]]
+    role_models: Callable[[], list[torch.nn.Module]]
+
+
+def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable[[], torch.Tensor], device: torch.device) -> tuple[float, torch.Tensor]:
+    _synchronize(device)
     start = time.perf_counter()
     result = fn()
+    _synchronize(device)
+    return time.perf_counter() - start, result
+
+
+def role_field(role: str) -> str:
+    return "role_peak_gib_" + role.replace(" ", "_").replace("-", "_").replace("(", "").replace(")", "")
+
+
+def relative_l2(latents: torch.Tensor, reference: torch.Tensor) -> float:
+    """``||latents - reference|| / ||reference||`` in fp32 (shapes must agree)."""
+    if latents.shape != reference.shape:
+        raise ValueError(f"latents: shape {tuple(latents.shape)} differs from the reference's {tuple(reference.shape)}")
+    a, b = latents.detach().float(), reference.detach().float().to(latents.device)
+    return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b))
+
+
+def measure(variant: Variant, device: torch.device, repeats: int) -> tuple[dict, torch.Tensor]:
+    """Warm-up, ``repeats`` timed runs, one memory run (CUDA): the row's numbers and the latents."""
+    first_seconds, latents = _timed(variant.run, device)
+    seconds = min(_timed(variant.run, device)[0] for _ in range(repeats))
+    row = {"seconds": seconds, "first_run_seconds": first_seconds}
+    if variant.compiled:
+        row["compile_seconds"] = max(first_seconds - seconds, 0.0)
     if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated() - base if device.type == "cuda" else 0
-    return seconds, peak, result
+        torch.cuda.empty_cache()  # the allocator's cache is not what is measured; keeps runs independent
+        with LoopMemory(variant.step_modules(), variant.role_models()) as memory:
+            latents = variant.run()
+        _synchronize(device)
+        row["resident_gib"] = (memory.resident_bytes or 0) / 2**30
+        row["peak_gib"] = None if memory.loop_peak_bytes is None else memory.loop_peak_bytes / 2**30
+        row.update({role_field(role): peak / 2**30 for role, peak in memory.role_peak_bytes.items()})
+    return row, latents
 
 
-def _best_of(fn, device, repeats: int) -> tuple[float, int]:
-    _timed(fn, device)  # warm-up: Triton/Inductor compilation, cuDNN autotuning
-    runs = [_timed(fn, device) for _ in range(repeats)]
-    return min(r[0] for r in runs), max(r[1] for r in runs)
+def run_variants(case: str, frames: int, size: int, steps: int, variants: list[Variant], device: torch.device,
+                 plan: Plan, budget: dict) -> list[dict]:
+    """Rows of every variant of one case at one frame count; compiled variants spend ``budget``."""
+    rows, reference = [], None
+    for variant in variants:
+        row = {"case": case, "impl": variant.impl, "frames": frames, "size": size, "steps": steps,
+               "compiled": variant.compiled, "seconds": None, "peak_gib": None}
+        if variant.compiled and budget["spent_s"] >= plan.compile_budget_s:
+            row["skipped"] = f"compile budget of {plan.compile_budget_s:.0f} s spent"
+            rows.append(row)
+            continue
+        try:
+            variant.enter()
+            measured, latents = measure(variant, device, plan.repeats)
+            row.update(measured)
+            if reference is None and variant.impl == DEFAULT_LABEL[case]:
+                reference = latents
+            row["rel_l2"] = relative_l2(latents, reference) if reference is not None else None
+        except Exception as exc:  # a variant that fails is a result to report, not the end of the run
+            row["error"] = f"{type(exc).__name__}: {exc}"[:300]
+        finally:
+            if variant.compiled:
+                budget["spent_s"] += row.get("compile_seconds") or 0.0
+            variant.leave()
+            if variant.compiled:
+                torch._dynamo.reset()  # the next compiled variant starts from a clean cache
+        rows.append(row)
+    return rows
 
 
-def animatediff_rows(model_dir, device, dtype, frames, size, steps, repeats, with_compile=True) -> list[dict]:
+def _sides(case: str, compile_: bool) -> list[tuple[str, bool, bool]]:
+    """(impl label, vidgen side, compiled) in the order they run: the default side's eager first,
+    as every other variant's latents are compared with it."""
+    base = DEFAULT_LABEL[case]
+    order = [(base, False, False), (f"{base}+compile", False, True), ("vidgen", True, False)]
+    if case in AGAIN_CASES:
+        order.append(("vidgen (again)", True, False))
+    order.append(("vidgen+compile", True, True))
+    return [side for side in order if compile_ or not side[2]]
+
+
+# ----------------------------------------------------------------------------------------------
+# Cases
+# ----------------------------------------------------------------------------------------------
+def animatediff_rows(model_dir: str, device: torch.device, plan: Plan, budget: dict) -> list[dict]:
     import vidgen
     from vidgen.default_model import animatediff_pipeline
-    from vidgen.patching import is_patched
 
-    pipe = animatediff_pipeline(model_dir, dtype)
-    pipe.to(device)
+    pipe = animatediff_pipeline(model_dir, plan.dtype).to(device)
     pipe.set_progress_bar_config(disable=True)
+    eager_unet = pipe.unet
+    frames, steps = plan.animatediff_frames, plan.animatediff_steps
 
-    def run():
-        return pipe("a red horse runs in the sky", num_frames=frames, height=size, width=size,
+    def run() -> torch.Tensor:
+        return pipe("a red horse runs in the sky", num_frames=frames, height=plan.size, width=plan.size,
                     num_inference_steps=steps, guidance_scale=7.5, output_type="latent",
                     generator=torch.Generator(device).manual_seed(0)).frames
 
-    rows = []
-    for label, patched, compiled in (("diffusers", False, False), ("diffusers+compile", False, True),
-                                     ("vidgen", True, False), ("vidgen (again)", True, False),
-                                     ("vidgen+compile", True, True)):
-        if compiled and not with_compile:
-            continue
-        if patched and not is_patched(pipe):
-            vidgen.patch(pipe)
-        unet = pipe.unet
-        if compiled:
-            pipe.unet = torch.compile(unet)
-        seconds, peak = _best_of(run, device, repeats)
-        pipe.unet = unet
-        rows.append({"case": "animatediff", "impl": label, "frames": frames, "size": size, "steps": steps,
-                     "seconds": seconds, "peak_gib": peak / 2**30})
-    vidgen.unpatch(pipe)
-    return rows
+    def variant(impl: str, patched: bool, compiled: bool) -> Variant:
+        def enter():
+            if patched:
+                vidgen.patch(pipe)
+            if compiled:
+                pipe.unet = torch.compile(eager_unet)
+
+        def leave():
+            pipe.unet = eager_unet
+            vidgen.unpatch(pipe)
+
+        return Variant(impl, compiled, enter, leave, run, lambda: [pipe.unet],
+                       lambda: [] if compiled else [eager_unet])
+
+    variants = [variant(*side) for side in _sides("animatediff", plan.compile)]
+    return run_variants("animatediff", frames, plan.size, steps, variants, device, plan, budget)
 
 
-def tuneavideo_rows(model_dir, device, dtype, frame_counts, size, steps, repeats) -> list[dict]:
+def tuneavideo_rows(model_dir: str, device: torch.device, plan: Plan, budget: dict) -> list[dict]:
     from vidgen.sampling import VideoModel, sample_video
 
-    model = VideoModel.from_pretrained(model_dir, torch_dtype=dtype, device=device)
+    model = VideoModel.from_pretrained(model_dir, torch_dtype=plan.dtype, device=device)
+    eager_unet = model.unet
     rows = []
-    for frames in frame_counts:
-        def run():
-            return sample_video(model, "a red horse runs in the sky", num_frames=frames, height=size, width=size,
-                                num_inference_steps=steps, guidance_scale=12.5, decode=False, progress=False)
+    for frames in plan.tuneavideo_frames:
+        def run(frames=frames) -> torch.Tensor:
+            return sample_video(model, "a red horse runs in the sky", num_frames=frames, height=plan.size,
+                                width=plan.size, num_inference_steps=plan.tuneavideo_steps, guidance_scale=12.5,
+                                decode=False, progress=False).latents
 
-        for label, use_vidgen in (("reference", False), ("vidgen", True), ("vidgen (again)", True)):
-            model.unet.use_vidgen_ops(use_vidgen, use_vidgen)
-            seconds, peak = _best_of(run, device, repeats)
-            rows.append({"case": "tune-a-video", "impl": label, "frames": frames, "size": size, "steps": steps,
-                         "seconds": seconds, "peak_gib": peak / 2**30})
+        def variant(impl: str, use_vidgen: bool, compiled: bool) -> Variant:
+            def enter():
+                eager_unet.use_vidgen_ops(use_vidgen, use_vidgen)
+                if compiled:
+                    model.unet = torch.compile(eager_unet)
+
+            def leave():
+                model.unet = eager_unet
+
+            return Variant(impl, compiled, enter, leave, run, lambda: [model.unet],
+                           lambda: [] if compiled else [eager_unet])
+
+        variants = [variant(*side) for side in _sides("tune-a-video", plan.compile)]
+        rows += run_variants("tune-a-video", frames, plan.size, plan.tuneavideo_steps, variants, device, plan, budget)
+    eager_unet.use_vidgen_ops(True, True)
     return rows
 
 
-def video_adapter_rows(prior_dir, small_dir, device, dtype, frames, size, steps, repeats) -> list[dict]:
+def video_adapter_rows(prior_dir: str, small_dir: str, device: torch.device, plan: Plan, budget: dict) -> list[dict]:
     from diffusers import DDIMScheduler
 
     from vidgen.sampling import VideoModel, encode_prompt, initial_noise, sample_video
 
-    prior = VideoModel.from_pretrained(prior_dir, torch_dtype=dtype, device=device)
-    small = VideoModel.from_pretrained(small_dir, torch_dtype=dtype, device=device)
+    prior = VideoModel.from_pretrained(prior_dir, torch_dtype=plan.dtype, device=device)
+    small = VideoModel.from_pretrained(small_dir, torch_dtype=plan.dtype, device=device)
     small.text_encoder, small.tokenizer, small.vae = prior.text_encoder, prior.tokenizer, prior.vae
+    eager = {"prior": prior.unet, "small": small.unet}
+    frames, steps, size = plan.adapter_frames, plan.tuneavideo_steps, plan.size
 
-    def vidgen_run():
+    def vidgen_run() -> torch.Tensor:
         return sample_video(small, "a robot arm picks a cube", num_frames=frames, height=size, width=size,
                             num_inference_steps=steps, guidance_scale=2.5, prior=prior.unet, prior_strength=0.1,
-                            decode=False, progress=False)
+                            decode=False, progress=False).latents
 
     @torch.no_grad()
-    def plain_run():
-        """The composition as plain diffusers code: three forwards, eager arithmetic, scheduler.step."""
+    def plain_run() -> torch.Tensor:
+        """The composition as plain diffusers code: three forwards, eager arithmetic, scheduler.step
+        (the same text, initial noise and timesteps as ``sample_video``)."""
         scheduler = DDIMScheduler.from_config(prior.scheduler.config)
         scheduler.set_timesteps(steps)
         cond, uncond = encode_prompt(small, ["a robot arm picks a cube", ""]).chunk(2)
         factor = 2 ** (len(prior.vae.config.block_out_channels) - 1)
-        x = initial_noise((1, 4, frames, size // factor, size // factor), seed=0, device=device, dtype=dtype)
+        x = initial_noise((1, 4, frames, size // factor, size // factor), seed=0, device=device, dtype=plan.dtype)
         for t in scheduler.timesteps:
             eps_u = small.unet(x, t, uncond).sample
             eps_c = small.unet(x, t, cond).sample
@@ -128,14 +333,21 @@ def video_adapter_rows(prior_dir, small_dir, device, dtype, frames, size, steps,
             x = scheduler.step(eps, t, x).prev_sample
         return x
 
-    rows = []
-    for label, fn, use_vidgen in (("plain diffusers", plain_run, False), ("vidgen", vidgen_run, True)):
-        for unet in (prior.unet, small.unet):
-            unet.use_vidgen_ops(use_vidgen, use_vidgen)
-        seconds, peak = _best_of(fn, device, repeats)
-        rows.append({"case": "video-adapter", "impl": label, "frames": frames, "size": size, "steps": steps,
-                     "seconds": seconds, "peak_gib": peak / 2**30})
-    return rows
+    def variant(impl: str, use_vidgen: bool, compiled: bool) -> Variant:
+        def enter():
+            for unet in eager.values():
+                unet.use_vidgen_ops(use_vidgen, use_vidgen)
+            if compiled:
+                prior.unet, small.unet = torch.compile(eager["prior"]), torch.compile(eager["small"])
+
+        def leave():
+            prior.unet, small.unet = eager["prior"], eager["small"]
+
+        return Variant(impl, compiled, enter, leave, vidgen_run if use_vidgen else plain_run,
+                       lambda: [prior.unet, small.unet], lambda: [] if compiled else list(eager.values()))
+
+    variants = [variant(*side) for side in _sides("video-adapter", plan.compile)]
+    return run_variants("video-adapter", frames, size, steps, variants, device, plan, budget)
 
 
 def _small_adapter_model(sd_dir: str, out_dir: str) -> str:
@@ -153,49 +365,70 @@ def _small_adapter_model(sd_dir: str, out_dir: str) -> str:
     return out_dir
 
 
-def main(argv=None) -> int:
+def add_speedups(rows: list[dict]) -> None:
+    """``speedup``: the default side's eager time over the row's, per case and frame count."""
+    baselines = {(r["case"], r["frames"]): r["seconds"] for r in rows
+                 if r["impl"] == DEFAULT_LABEL[r["case"]] and r.get("seconds")}
+    for row in rows:
+        baseline = baselines.get((row["case"], row["frames"]))
+        row["speedup"] = baseline / row["seconds"] if baseline and row.get("seconds") else None
+
+
+def run_benchmark(plan: Plan) -> list[dict]:
     from vidgen import default_model
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny model, 2 steps, any device; writes nothing")
-    parser.add_argument("--quick", action="store_true", help="fewer steps (AnimateDiff 10, Tune-A-Video 10)")
-    parser.add_argument("--cases", nargs="+", default=["animatediff", "tune-a-video", "video-adapter"])
-    parser.add_argument("--repeats", type=int, default=2)
-    args = parser.parse_args(argv)
-    if args.smoke:
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        dtype, arch, size, repeats = torch.float32, "tiny", 64, 1
-        ad_steps = tav_steps = 2
-        ad_frames, tav_frames = 4, (4,)
-    else:
-        harness.require_cuda()
-        device, dtype, arch, size, repeats = torch.device("cuda"), torch.float16, "sd15", 512, args.repeats
-        ad_steps, tav_steps = (10, 10) if args.quick else (25, 50)
-        ad_frames, tav_frames = 16, (8, 24)
-    model_dir = default_model.ensure(arch)
-    rows = []
+    device = torch.device(plan.device)
+    model_dir = default_model.ensure(plan.arch)
+    budget = {"spent_s": 0.0}
+    rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
-        if "animatediff" in args.cases:
-            rows += animatediff_rows(model_dir, device, dtype, ad_frames, size, ad_steps, repeats,
-                                    with_compile=not args.smoke)
-        if "tune-a-video" in args.cases:
-            rows += tuneavideo_rows(model_dir, device, dtype, tav_frames, size, tav_steps, repeats)
-        if "video-adapter" in args.cases:
+        if "animatediff" in plan.cases:
+            rows += animatediff_rows(model_dir, device, plan, budget)
+        if "tune-a-video" in plan.cases:
+            rows += tuneavideo_rows(model_dir, device, plan, budget)
+        if "video-adapter" in plan.cases:
             small_dir = _small_adapter_model(model_dir, f"{tmp}/small")
-            rows += video_adapter_rows(model_dir, small_dir, device, dtype, tav_frames[0], size, tav_steps, repeats)
-    baselines = {("animatediff", r["frames"]): r["seconds"] for r in rows if r["impl"] == "diffusers"}
-    baselines.update({(r["case"], r["frames"]): r["seconds"] for r in rows
-                      if r["impl"] in ("reference", "plain diffusers")})
+            rows += video_adapter_rows(model_dir, small_dir, device, plan, budget)
+    add_speedups(rows)
+    return rows
+
+
+def _fmt(value, spec: str, width: int) -> str:
+    return f"{value:{width}{spec}}" if isinstance(value, (int, float)) else f"{'-':>{width}}"
+
+
+def print_rows(rows: list[dict]) -> None:
+    print(f"{'case':<14} {'impl':<24} {'F':>3} {'seconds':>8} {'speedup':>7} {'peak GiB':>8} {'resident':>8} "
+          f"{'rel_l2':>9} {'compile s':>9}")
     for r in rows:
-        r["speedup"] = baselines[(r["case"], r["frames"])] / r["seconds"]
-        print(f"{r['case']:<14} {r['impl']:<18} F={r['frames']:<3} {r['seconds']:8.3f} s  "
-              f"{r['peak_gib']:6.2f} GiB  {r['speedup']:5.2f}x")
-    if args.smoke:
+        note = r.get("error") or r.get("skipped") or ""
+        print(f"{r['case']:<14} {r['impl']:<24} {r['frames']:>3} {_fmt(r.get('seconds'), '.3f', 8)} "
+              f"{_fmt(r.get('speedup'), '.2f', 7)} {_fmt(r.get('peak_gib'), '.3f', 8)} "
+              f"{_fmt(r.get('resident_gib'), '.3f', 8)} {_fmt(r.get('rel_l2'), '.2e', 9)} "
+              f"{_fmt(r.get('compile_seconds'), '.1f', 9)} {note}")
+        roles = [f"{role} {r[role_field(role)]:.3f}" for role in ROLES if r.get(role_field(role)) is not None]
+        if roles:
+            print(f"{'':<14} transient GiB by role: {', '.join(roles)}")
+
+
+def main(argv=None) -> int:
+    plan = plan_from_args(parse_args(argv))
+    if plan.device == "cuda":
+        harness.require_cuda()
+    with torch.no_grad():
+        rows = run_benchmark(plan)
+    print_rows(rows)
+    if not plan.write:
         print("smoke run: timings are not results; nothing written")
         return 0
     env = harness.environment()
     stem = harness.write_results("e2e", rows, env, harness.ceilings())
-    harness.plot_speedups(stem, rows, label_key="impl", speedup_key="speedup", title=f"end to end ({env.get('gpu')})")
+    plotted = [r for r in rows if r.get("speedup")]
+    if plotted:
+        for r in plotted:
+            r["label"] = f"{r['case']} F={r['frames']} {r['impl']}"
+        harness.plot_speedups(stem, plotted, label_key="label", speedup_key="speedup",
+                              title=f"end to end ({env.get('gpu')})")
     print(f"results: {stem}.csv/.json/.png")
     return 0
 

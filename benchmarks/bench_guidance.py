@@ -9,6 +9,9 @@ fp16, bf16, fp32. Every row reports the median time, the effective bandwidth
 (the minimal bytes: read x, cond, uncond, write x_prev) and its fraction of the device copy
 bandwidth measured in the same run, and the speedups over both peers. Extra rows time our
 op with guidance rescale (a second read for the statistics) and with in-kernel PYoCo noise.
+At these sizes (2-4 MB at 512x512) every implementation is launch-bound, so each row also
+reports ``host_us``: the host time per call issued back to back (``harness.host_us_per_call``),
+what the step adds to every denoising step when the GPU is not the bottleneck.
 
 Usage: ``python benchmarks/bench_guidance.py [--quick]``; results go to benchmarks/results/.
 Goals on H100 (issue 3): >= 85% of copy bandwidth, >= 5x diffusers eager, >= 1.3x torch.compile.
@@ -95,6 +98,7 @@ def main(argv=None) -> int:
                     if "rescale" not in name and "eta" not in name:
                         row["max_abs_err_vs_fp32_eager"] = (out.float() - reference).abs().max().item()
                     row.update(harness.time_ms(fn))
+                    row["host_us"] = harness.host_us_per_call(fn)
                 except Exception as exc:  # a peer that fails is a result to report, not a crash
                     row["error"] = f"{type(exc).__name__}: {exc}"[:300]
                     rows.append(row)
@@ -111,7 +115,8 @@ def main(argv=None) -> int:
                         if peer in timings:
                             row[f"speedup_vs_{peer}"] = timings[peer] / row["ms"]
                     print(f"{row['label']:>58}: {row['ms'] * 1e3:8.1f} us {row['gbs']:7.0f} GB/s "
-                          f"{row['fraction_of_copy']:5.0%} of copy, x{row.get('speedup_vs_diffusers_eager', 0):.1f} "
+                          f"{row['fraction_of_copy']:5.0%} of copy, {row['host_us']:6.1f} us host, "
+                          f"x{row.get('speedup_vs_diffusers_eager', 0):.1f} "
                           f"vs eager, x{row.get('speedup_vs_torch_compile', 0):.2f} vs compile")
     stem = harness.write_results("guidance", rows, env, ceilings)
     plotted = [r for r in rows if r["impl"].startswith("vidgen") and "speedup_vs_diffusers_eager" in r]

@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import subprocess
+import time
 
 import torch
 
@@ -30,6 +31,24 @@ def time_ms(fn, *, warmup_ms: int = 25, rep_ms: int = 200) -> dict:
 
     median, p20, p80 = triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, quantiles=[0.5, 0.2, 0.8])
     return {"ms": median, "ms_p20": p20, "ms_p80": p80}
+
+
+def host_us_per_call(fn, calls: int = 200) -> float:
+    """Host time per call of ``fn`` in microseconds, issued back to back without waiting for the
+    device: what the call adds to every step of a sampling loop when its kernels are short
+    enough that launching them is the bottleneck (the 2-4 MB latents of a real sampler). When
+    the kernels take longer than their launches, the launch queue fills and this approaches the
+    device time instead."""
+    synchronize = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    for _ in range(10):  # first calls build caches (launch plans, compiled graphs): not per-step cost
+        fn()
+    synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    elapsed = time.perf_counter() - start
+    synchronize()
+    return elapsed / calls * 1e6
 
 
 def peak_memory_bytes(fn) -> int:
@@ -106,15 +125,18 @@ def environment() -> dict:
     return env
 
 
-def write_results(name: str, rows: list[dict], env: dict, ceilings_: dict | None = None) -> str:
-    """Write ``rows`` to ``benchmarks/results/<name>-<gpu>-<date>.{csv,json}``; returns the stem.
+def write_results(name: str, rows: list[dict], env: dict, ceilings_: dict | None = None,
+                  results_dir: str | None = None) -> str:
+    """Write ``rows`` to ``<results_dir>/<name>-<gpu>-<date>.{csv,json}`` (default folder
+    ``benchmarks/results/``); returns the stem.
 
     The JSON also records ``name`` as ``"benchmark"``, so ``benchmarks/report.py`` tells the
     benchmarks apart without parsing file names (a GPU name may contain dashes).
     """
-    os.makedirs(RESULTS_DIR, exist_ok=True)
+    results_dir = results_dir or RESULTS_DIR
+    os.makedirs(results_dir, exist_ok=True)
     gpu = (env.get("gpu") or "cpu").replace(" ", "_").replace("/", "_")
-    stem = os.path.join(RESULTS_DIR, f"{name}-{gpu}-{env['date'][:10]}")
+    stem = os.path.join(results_dir, f"{name}-{gpu}-{env['date'][:10]}")
     tagged = [{**row, **{f"env_{k}": v for k, v in env.items()}} for row in rows]
     with open(stem + ".json", "w") as f:
         json.dump({"benchmark": name, "environment": env, "ceilings": ceilings_, "rows": rows}, f, indent=1,

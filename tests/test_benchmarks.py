@@ -5,19 +5,30 @@ import pytest
 import torch
 
 GPU_BENCHMARKS = ["bench_noise", "bench_guidance", "bench_frame_attention", "bench_temporal_attention", "bench_e2e",
-                  "bench_tune"]
+                  "bench_tune", "profile_step"]
 
 
-def test_end_to_end_benchmark_smoke_run(capsys):
-    """The script's plumbing, on the reference backend (the kernels have their own tests)."""
+def test_end_to_end_benchmark_smoke_run(capsys, monkeypatch):
+    """The script's plumbing, on the reference backend (the kernels have their own tests); the
+    latents of every vidgen variant are compared with the default side's, and in fp32 on the
+    reference backend they agree to rounding."""
     from benchmarks import bench_e2e
     from vidgen.ops import use_backend
 
+    measured = []
+    run_benchmark = bench_e2e.run_benchmark
+    monkeypatch.setattr(bench_e2e, "run_benchmark", lambda plan: measured.extend(run_benchmark(plan)) or measured)
     with use_backend("torch"):
         assert bench_e2e.main(["--smoke"]) == 0
     out = capsys.readouterr().out
     for case in ("animatediff", "tune-a-video", "video-adapter"):
         assert case in out
+        rows = [row for row in measured if row["case"] == case]
+        assert rows[0]["impl"] == bench_e2e.DEFAULT_LABEL[case] and rows[0]["rel_l2"] == 0.0
+        vidgen_rows = [row for row in rows if row["impl"].startswith("vidgen")]
+        # exactly 0 would mean the vidgen variants ran the default side's code
+        assert vidgen_rows and all(0 < row["rel_l2"] < 1e-4 and row["seconds"] > 0 for row in vidgen_rows)
+        assert not any(row.get("error") for row in rows)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
