@@ -4,11 +4,14 @@
 PYTHON      ?= python3
 VENV        ?= .venv
 TORCH_SPEC  ?= torch==2.13.0
+# The oldest Triton vidgen supports (kernels/_aot.py: OLDEST_TRITON), beside the environment: the
+# ahead-of-time test also compiles every kernel with it and its own ptxas.
+OLDEST_TRITON ?= 3.6.0
 PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.vidgen-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test install aot clean
+.PHONY: demo test install aot clean gpu-check
 
 install: $(STAMP)
 
@@ -17,6 +20,7 @@ $(STAMP): pyproject.toml setup.py CMakeLists.txt $(wildcard csrc/*)
 	$(PY) -m pip install -q --upgrade pip "setuptools>=64" wheel
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q --no-build-isolation -e ".[test]"
+	$(PY) -m pip install -q --no-deps --target $(VENV)/triton-$(OLDEST_TRITON) "triton==$(OLDEST_TRITON)"
 	touch $@
 
 demo: $(STAMP)
@@ -28,6 +32,14 @@ test: $(STAMP)
 # Same environment as the tests (TRITON_DEFAULT_FP_FUSION is part of Triton's cache key): warms their cache.
 aot: $(STAMP)
 	env -u TRITON_INTERPRET TRITON_DEFAULT_FP_FUSION=1 $(PY) -m vidgen.kernels._aot
+
+# On a lent GPU machine (docs/DEVELOPING.md, "On a GPU machine"): install without network, the suite on
+# CUDA tensors, compute-sanitizer over every kernel, the benchmarks, each phase capped to end inside
+# DEADLINE seconds (default 540). No .venv there: the image's python3 holds torch and triton, so this
+# target builds nothing first. Try the plumbing anywhere: make gpu-check PYTHON=.venv/bin/python GPU_CHECK_ARGS=--dry-run
+GPU_CHECK_ARGS ?=
+gpu-check:
+	$(PYTHON) -m benchmarks.gpu_check $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info vidgen/_lib

@@ -30,7 +30,8 @@ Phases, in order (``--phases``/``--skip`` take these names or the groups setup, 
 Outputs: logs and the JUnit XML in the work folder (``$OUT`` or ``./gpu-out``; a folder of
 its own under /tmp when ``$OUT`` is set, which then receives ``run.log``, ``summary.txt``,
 ``tests.xml``, the validation report, ``logs.tgz`` and ``results.tgz``: the new files of
-``benchmarks/results/``, to unpack in the repository root). The validation report
+``benchmarks/results/`` and the sweep's ``kernels/frame_attention_tuned.json`` if it rewrote it,
+to unpack in the repository root). The validation report
 (``benchmarks/results/validation-<GPU>-<date>.json``: device, driver, versions, commit, date,
 each phase, pass/fail counts per test file, the sanitizer's verdict per entry and a status per
 kernel: "correct on GPU", "failed" or "not run") feeds the README's status section
@@ -532,7 +533,7 @@ def summary(report: dict, report_path: str, shipped: list[str]) -> str:
 
 def ship(runner: Runner, out_dir: str, report_path: str, junit_path: str) -> list[str]:
     """At most 8 files into ``out_dir`` (the device tool's limit): tests.xml, the report, logs.tgz
-    and results.tgz (new files of benchmarks/results/, paths from the repo root) now; run.log and
+    and results.tgz (new files of benchmarks/results/ and ``TUNED_TABLES``, paths from the repo root) now; run.log and
     summary.txt, which main writes last, are in the returned list too."""
     os.makedirs(out_dir, exist_ok=True)
     shipped = ["run.log", "summary.txt"]

@@ -4,7 +4,16 @@ Each kernel module exposes ``aot_specs() -> list[KernelSpec]`` built from the sa
 tables its launcher picks from. :func:`compile_spec` compiles one for a compute capability
 with ``triton.compile(ASTSource(...), target=GPUTarget("cuda", cc, 32))`` and reports the
 shared memory it needs against the target's limit, whether sm_90 code uses wgmma, and the
-registers and stack (spills) ptxas gave it.
+registers and stack (spills) ptxas gave it. A spec whose stack exceeds its ``max_stack`` fails:
+tensor-core attention kernels may not spill at all (on Hopper, triton 3.6 / ptxas 12.8, the one
+family that spilled was also the one that computed wrong values and faulted), CUDA-core fp32
+and the Philox noise kernels carry a small named allowance.
+
+Every spec is checked on two toolchains: the Triton that is installed (the newest, in CI) and the
+oldest vidgen supports (:data:`OLDEST_TRITON`, the GPU image's, with its own ptxas), installed
+beside the environment by ``make install`` (:func:`oldest_triton_path`). A toolchain is chosen by
+the ``PYTHONPATH`` of the compiling process; ``--expect-triton`` makes the table refuse to run
+on any other version.
 
 What is compiled is the specialisation a launch on ordinary inputs gets (:func:`runtime_attrs`:
 aligned pointers, sizes and strides divisible by 16 marked as such; a module declares
@@ -30,6 +39,15 @@ from dataclasses import dataclass, field
 
 # Max dynamic shared memory per block (opt-in), bytes: A100 (sm_80) and H100 (sm_90).
 SHARED_MEMORY_LIMIT = {80: 166912, 90: 232448}
+# The oldest Triton vidgen supports (pyproject: triton>=3.6): the GPU image's, whose bundled ptxas
+# (12.8) allocates registers differently from the newest one's. ``make install`` puts it in
+# ``<venv>/triton-<version>`` (pip --target), where the ahead-of-time test compiles with it.
+OLDEST_TRITON = "3.6.0"
+# ``tl.randn`` (Box-Muller) calls libdevice's sin/cos, whose Payne-Hanek argument reduction for huge
+# arguments keeps a small local array: a stack frame that exists, not register spills, on a path
+# Box-Muller angles (|x| < 2 pi) never take. Kernels that draw normals in-kernel are allowed it.
+PHILOX_NORMALS_STACK = 96
+PHILOX_NORMALS_NOTE = "libdevice sin/cos slow-path array inside tl.randn (never taken by Box-Muller angles)"
 KERNEL_MODULES = (
     "vidgen.kernels.noise",
     "vidgen.kernels.guidance",
@@ -50,6 +68,9 @@ class KernelSpec:
     num_stages: int = 3
     maxnreg: int | None = None  # the launch's register cap (``.maxnreg``), if it sets one
     expect_wgmma: bool = False  # sm_90 code must use wgmma (tensor-core attention kernels)
+    max_stack: int = 0          # stack bytes per thread allowed (spills, local arrays); see ``stack_note``
+    archs: tuple[int, ...] | None = None  # compute capabilities whose launches pick it (None: all)
+    stack_note: str = ""        # why this spec may keep a stack (printed beside it in the table)
 
     @property
     def label(self) -> str:
@@ -83,12 +104,19 @@ def runtime_attrs(fn, signature: dict[str, str]) -> dict:
     return attrs
 
 
+def oldest_triton_path(prefix: str | None = None) -> str:
+    """Where ``make install`` put :data:`OLDEST_TRITON` (a ``pip install --target`` folder to put first
+    on ``PYTHONPATH``): ``<venv>/triton-<version>``."""
+    return os.path.join(prefix or sys.prefix, f"triton-{OLDEST_TRITON}")
+
+
 def register_usage(cubin: bytes, kernel: str) -> tuple[int | None, int | None]:
     """(registers per thread, stack bytes per thread) of ``kernel`` in ``cubin``, as ptxas allotted
     them, read with the ``cuobjdump`` that ships with Triton; (None, None) where it is missing.
 
-    A kernel at the 255-register ceiling with a stack is spilling to local memory: on a GPU that
-    is traffic the roofline does not show, so the table prints both (information, not a gate).
+    A kernel at the 255-register ceiling with a stack is spilling to local memory: traffic the
+    roofline does not show, and on Hopper with triton 3.6 the family of kernels that spilled was
+    the one that computed wrong values; :func:`compile_spec` holds it against ``max_stack``.
     """
     import triton
 
@@ -103,14 +131,31 @@ def register_usage(cubin: bytes, kernel: str) -> tuple[int | None, int | None]:
     return (int(found.group(1)), int(found.group(2))) if found else (None, None)
 
 
+def compile_problems(spec: KernelSpec, row: dict) -> list[str]:
+    """What is wrong with the compiled ``row`` of ``spec`` (empty: it passes)."""
+    cc = row["cc"]
+    problems = []
+    if row["shared"] > SHARED_MEMORY_LIMIT[cc]:
+        problems.append(f"needs {row['shared']} B shared memory, sm_{cc} has {SHARED_MEMORY_LIMIT[cc]}")
+    if cc >= 90 and spec.expect_wgmma and not row["wgmma"]:
+        problems.append("sm_90 code does not use wgmma")
+    if row["stack"] is None:
+        problems.append("no register report (cuobjdump missing from triton's backend)")
+    elif row["stack"] > spec.max_stack:
+        problems.append(f"{row['stack']} B stack per thread at {row['registers']} registers (spills); "
+                        f"allowed {spec.max_stack}")
+    return problems
+
+
 def compile_spec(spec: KernelSpec, cc: int) -> dict:
     """Compile ``spec`` for ``sm_<cc>``; returns a result row (``ok`` False with ``error`` on failure)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    row = {"label": spec.label, "cc": cc, "ok": False, "shared": None, "wgmma": None, "registers": None,
-           "stack": None, "error": None}
+    row = {"label": spec.label, "cc": cc, "triton": triton.__version__, "ok": False, "shared": None,
+           "wgmma": None, "registers": None, "stack": None, "max_stack": spec.max_stack,
+           "stack_note": spec.stack_note, "error": None}
     try:
         fn = getattr(importlib.import_module(spec.module), spec.kernel)
         if not isinstance(fn, triton.runtime.JITFunction):
@@ -124,11 +169,7 @@ def compile_spec(spec: KernelSpec, cc: int) -> dict:
         row["shared"] = int(compiled.metadata.shared)
         row["wgmma"] = "wgmma" in compiled.asm["ptx"]
         row["registers"], row["stack"] = register_usage(compiled.asm["cubin"], spec.kernel)
-        problems = []
-        if row["shared"] > SHARED_MEMORY_LIMIT[cc]:
-            problems.append(f"needs {row['shared']} B shared memory, sm_{cc} has {SHARED_MEMORY_LIMIT[cc]}")
-        if cc >= 90 and spec.expect_wgmma and not row["wgmma"]:
-            problems.append("sm_90 code does not use wgmma")
+        problems = compile_problems(spec, row)
         row["ok"] = not problems
         row["error"] = "; ".join(problems) or None
     except Exception as exc:  # a compile failure is a result to report, not a crash
@@ -153,8 +194,16 @@ def _compile_job(job):
     return compile_spec(*job)
 
 
-def compile_all(ccs=(80, 90), modules=KERNEL_MODULES, jobs: int = 2) -> list[dict]:
-    work = [(spec, cc) for spec in all_specs(modules) for cc in ccs]
+def spec_dtypes(spec: KernelSpec) -> set[str]:
+    """The element types of a spec's tensor arguments ("fp16", "fp32", ...; index tables included)."""
+    return {kind[1:] for kind in spec.signature.values() if kind.startswith("*")}
+
+
+def compile_all(ccs=(80, 90), modules=KERNEL_MODULES, jobs: int = 2, dtypes=None) -> list[dict]:
+    """Compile every spec of ``modules`` for each of ``ccs`` its archs include; with ``dtypes``, only
+    the specs whose tensors include one of them (e.g. the fp16/bf16 variants)."""
+    specs = [spec for spec in all_specs(modules) if dtypes is None or spec_dtypes(spec) & set(dtypes)]
+    work = [(spec, cc) for spec in specs for cc in ccs if spec.archs is None or cc in spec.archs]
     if jobs <= 1:
         return [compile_spec(*w) for w in work]
     with ProcessPoolExecutor(jobs) as pool:
@@ -167,13 +216,25 @@ def main(argv=None) -> int:
     parser.add_argument("--module", nargs="+", default=list(KERNEL_MODULES))
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--json", help="write the result rows to this file")
+    parser.add_argument("--dtypes", nargs="+", metavar="DTYPE",
+                        help="only the specs with a tensor of one of these element types (e.g. fp16 bf16)")
+    parser.add_argument("--expect-triton", metavar="VERSION",
+                        help="refuse to run unless this Triton version is the one imported (a PYTHONPATH check)")
     args = parser.parse_args(argv)
-    rows = compile_all(tuple(args.cc), tuple(args.module), args.jobs)
+    import triton
+
+    if args.expect_triton and triton.__version__ != args.expect_triton:
+        print(f"--expect-triton: expected triton {args.expect_triton}, imported {triton.__version__} "
+              f"from {os.path.dirname(triton.__file__)}", file=sys.stderr)
+        return 2
+    print(f"triton {triton.__version__} ({os.path.dirname(triton.__file__)})")
+    rows = compile_all(tuple(args.cc), tuple(args.module), args.jobs, args.dtypes)
     for r in rows:
         status = "ok " if r["ok"] else "BAD"
+        note = f"  [stack allowed: {r['stack_note']}]" if r["stack"] and r["ok"] else ""
         print(f"{status} sm_{r['cc']} shared={r['shared']!s:>6} regs={r['registers']!s:>4} stack={r['stack']!s:>5} "
               f"wgmma={r['wgmma']!s:5} {r['label']}"
-              + (f"  <- {r['error']}" if r["error"] else ""))
+              + (f"  <- {r['error']}" if r["error"] else "") + note)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

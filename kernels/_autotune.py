@@ -123,7 +123,8 @@ def _write_atomically(path: str, entries: dict) -> None:
         raise
 
 
-def _tuning_enabled() -> bool:
+def tuning_enabled() -> bool:
+    """False under ``VIDGEN_AUTOTUNE=0``: the defaults only, nothing timed or looked up."""
     return os.environ.get(DISABLE_ENV, "1").strip() != "0"
 
 
@@ -144,7 +145,7 @@ def pick(kernel_name: str, key: tuple, candidates: Sequence[Candidate],
     if not candidates:
         raise ValueError(f"{kernel_name}: expected at least one candidate config, got none")
     default = candidates[0]
-    if len(candidates) == 1 or not _tuning_enabled() or device.type != "cuda":
+    if len(candidates) == 1 or not tuning_enabled() or device.type != "cuda":
         return default
     choices = _choice_file(device)
     resolved = choices.resolved.get((kernel_name, key))

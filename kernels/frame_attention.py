@@ -38,6 +38,7 @@ fp32 inputs use exact fp32 (IEEE) products, never tf32: PyTorch's default matmul
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass
 
@@ -212,6 +213,13 @@ class LaunchConfig:
     num_warps: int
     num_stages: int
 
+    @classmethod
+    def parse(cls, text: str) -> "LaunchConfig":
+        """``"128x64 w8 s3"``: block_m x block_n, warps, pipeline stages (the tables' notation)."""
+        tiles, warps, stages = text.split()
+        block_m, block_n = tiles.split("x")
+        return cls(int(block_m), int(block_n), int(warps[1:]), int(stages[1:]))
+
 
 _ARCHS = (80, 90)
 # Every launch caps registers at the hardware maximum (``.maxnreg 255``). Without the directive
@@ -221,59 +229,122 @@ _ARCHS = (80, 90)
 # columns). At or below 255 the cap changes nothing.
 MAX_REGISTERS = 255
 _DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+PASSES = ("forward", "backward_dq", "backward_dkdv")
+
+# Tile configs per (pass, arch, operand kind) and blocked head width D0 + D1: the default first,
+# then the alternatives the forward autotuner may time. fp16 and bf16 share the "tensor" rows
+# (tensor cores, fp32 accumulation); "fp32" rows run exact fp32 products on CUDA cores.
+#
+# Each entry was chosen from the ahead-of-time compile table (``python -m vidgen.kernels._aot``)
+# on the oldest (3.6, ptxas 12.8) and newest Triton: every "tensor" entry compiles without a
+# spill stack on both, at 255 registers. That is not a detail: on an H200 with triton 3.6 the
+# D = 160 forward, the one config that spilled at the cap (288 B) and ran register-operand wgmma
+# on 64x128 fp32 accumulators, returned wrong values and faulted; nothing that spills is allowed
+# to ship (``tests/test_aot_compile.py``). What the table showed, and why the entries look as
+# they do:
+#
+# * Per-thread state (accumulators, the register-resident Q or K/V operands, scores) grows with
+#   rows x D / threads, so wide heads take 8 (or 16) warps or fewer rows: 128 rows at 4 warps
+#   spilled from D = 48 up; 64x64 at 4 warps spilled at D >= 128.
+# * sm_80 (mma.sync) needs more registers than sm_90 (wgmma) for the same tile, and ptxas 12.8
+#   more than 12.9+, so several widths have a per-arch entry where one tile spilled by 8-64 B.
+# * D = 160: the 64x64 tiles that spilled are gone; sm_90 runs 128x32 with 8 warps (two wgmma row
+#   groups, narrow key steps), sm_80 128x32 with 16 warps.
+# * Where no tile was found that is spill-free at every width, the entry is marked below and its
+#   spec carries a named stack allowance (``_STACK_ALLOWANCES``), printed in the compile table.
+_TILES = {
+    ("forward", 90, "tensor"): {
+        16: ("128x64 w4 s3", "64x64 w4 s3"), 32: ("128x64 w4 s3", "64x64 w4 s3"),
+        48: ("128x64 w8 s3", "64x64 w4 s3"), 64: ("128x64 w8 s3", "64x64 w8 s2"),
+        80: ("128x64 w8 s2", "64x64 w8 s2"), 128: ("128x64 w8 s3", "64x64 w8 s2"),
+        160: ("128x32 w8 s3", "64x32 w8 s2"), 256: ("64x16 w8 s2",),
+    },
+    ("forward", 80, "tensor"): {
+        16: ("128x64 w4 s3", "64x64 w4 s3"), 32: ("128x64 w4 s3", "64x64 w4 s3"),
+        48: ("128x64 w8 s3", "64x64 w4 s3"), 64: ("64x64 w8 s2", "64x32 w4 s3"),
+        80: ("128x64 w8 s2", "64x64 w8 s2"), 128: ("64x64 w8 s2", "64x32 w8 s2"),
+        160: ("128x32 w16 s2", "64x16 w4 s2"), 256: ("32x64 w8 s2",),
+    },
+    ("backward_dq", 90, "tensor"): {
+        16: ("64x32 w4 s2",), 32: ("64x32 w4 s2",), 48: ("64x32 w4 s2",), 64: ("64x32 w4 s2",),
+        80: ("64x32 w8 s2",), 128: ("64x32 w8 s2",), 160: ("128x32 w8 s2",), 256: ("128x16 w8 s2",),
+    },
+    ("backward_dq", 80, "tensor"): {
+        16: ("64x32 w4 s2",), 32: ("64x32 w4 s2",), 48: ("64x32 w4 s2",), 64: ("64x32 w4 s2",),
+        80: ("64x32 w8 s2",), 128: ("64x32 w8 s2",), 160: ("64x16 w4 s2",), 256: ("32x16 w4 s2",),
+    },
+    ("backward_dkdv", 90, "tensor"): {
+        16: ("32x64 w4 s2",), 32: ("32x64 w4 s2",), 48: ("32x64 w4 s2",), 64: ("32x64 w8 s1",),
+        80: ("32x64 w8 s2",), 128: ("32x64 w8 s2",), 160: ("32x64 w8 s2",), 256: ("32x64 w16 s2",),
+    },
+    ("backward_dkdv", 80, "tensor"): {
+        16: ("32x64 w4 s2",), 32: ("32x64 w4 s2",), 48: ("32x64 w4 s2",), 64: ("32x64 w8 s1",),
+        80: ("16x64 w4 s2",), 128: ("32x64 w8 s2",), 160: ("16x32 w8 s2",), 256: ("32x64 w8 s2",),
+    },
+}
+_FP32_TILES = {  # CUDA-core products: an FMA dot keeps its operand rows in registers for the whole D
+    "forward": {**{w: ("32x32 w8 s2",) for w in (16, 32, 48, 64, 80)},
+                **{w: ("32x32 w16 s2",) for w in (128, 160, 256)}},
+    "backward_dq": {**{w: ("32x32 w8 s1",) for w in (16, 32, 48, 64, 80)},
+                    **{w: ("32x32 w16 s1",) for w in (128, 160, 256)}},
+    "backward_dkdv": {**{w: ("32x32 w8 s1",) for w in (16, 32, 48, 64, 80, 128)},
+                      **{w: ("32x32 w16 s1",) for w in (160, 256)}},
+}
+_TILES.update({(kernel_pass, arch, "fp32"): rows for kernel_pass, rows in _FP32_TILES.items() for arch in _ARCHS})
+# Stack bytes per thread allowed, by (pass, arch, width), where no spill-free tensor-core tile was
+# found on both toolchains (largest stack seen, triton 3.6 and 3.9): D = 225..256 (no Stable
+# Diffusion UNet has it) on both archs, and the dk/dv kernel at D = 129..160 on sm_80, where every
+# tile tried from 16 rows x 4 warps to 64 rows x 16 warps kept 216-2100 B. Each is printed with its
+# reason in the compile table; the sm_90 D = 160 kernels that failed on the H200 are not among them.
+_WIDE_D = "D = 225..256: no spill-free tile found (16-128 rows, 4-16 warps tried)"
+_STACK_ALLOWANCES: dict[tuple[str, int, int], tuple[int, str]] = {
+    ("forward", 80, 256): (88, _WIDE_D),
+    ("backward_dq", 80, 256): (64, _WIDE_D),
+    ("backward_dq", 90, 256): (8, _WIDE_D + "; 0 B on triton 3.9, 8 B on 3.6"),
+    ("backward_dkdv", 80, 160): (224, "sm_80 dk/dv at D = 129..160: no spill-free tile found (16-64 rows, 4-16 warps)"),
+}
+# fp32 runs exact fp32 products on CUDA cores: an FMA dot holds its operand rows in registers across
+# the whole contraction over D, so wide heads keep a stack at any tile (16x16 at 4 warps included).
+# fp32 is the reference dtype, not the fast one; a D-chunked contraction would remove this.
+_FP32_STACK: dict[tuple[str, int], int] = {
+    ("forward", 128): 224, ("forward", 160): 272, ("forward", 256): 1384,
+    ("backward_dq", 128): 152, ("backward_dq", 160): 224, ("backward_dq", 256): 1360,
+}
+_FP32_NOTE = "fp32 CUDA-core (FMA) products at a wide head"
 
 
-def forward_config(width: int, dtype: str, arch: int) -> LaunchConfig:
-    """Default forward tiles for blocked head width ``D0 + D1``, input dtype and compute capability.
-
-    128-row query tiles keep K/V reuse high (sm_90: two wgmma M=64 row groups per warpgroup);
-    wide heads and fp32 shrink tiles so the pipelined K/V stages fit shared memory. sm_80 and
-    sm_90 currently share every entry: the ahead-of-time test compiles each entry for both, so
-    a per-arch entry doubles CI compile time and is added only where a GPU run shows it pays.
-    """
-    del arch  # one table for sm_80 and sm_90 (see above)
+def _stack_allowance(kernel_pass: str, arch: int, dtype: str, width: int) -> tuple[int, str]:
+    """(stack bytes per thread the config may keep, why): 0 for every tensor-core config but the
+    sm_80 entries of ``_STACK_ALLOWANCES``."""
     if dtype == "fp32":
-        return LaunchConfig(64, 64, 4, 2) if width <= 64 else LaunchConfig(64, 32, 4, 2)
-    if width <= 64:
-        return LaunchConfig(128, 64, 4, 3)
-    if width <= 128:
-        return LaunchConfig(128, 64, 8, 3)
-    return LaunchConfig(64, 64 if width <= 160 else 32, 4, 2)
+        allowed = _FP32_STACK.get((kernel_pass, width), 0)
+        return allowed, _FP32_NOTE if allowed else ""
+    return _STACK_ALLOWANCES.get((kernel_pass, arch, width), (0, ""))
+
+
+def tile_candidates(kernel_pass: str, width: int, dtype: str, arch: int) -> tuple[LaunchConfig, ...]:
+    """The tile configs of ``kernel_pass`` ("forward", "backward_dq", "backward_dkdv") for blocked
+    head width ``D0 + D1``, input dtype ("fp16", "bf16", "fp32") and compute capability (80 or 90,
+    the table newer archs use); the first is the default. Every one is compiled ahead of time."""
+    kind = "fp32" if dtype == "fp32" else "tensor"
+    return tuple(LaunchConfig.parse(text) for text in _TILES[(kernel_pass, 90 if arch >= 90 else 80, kind)][width])
 
 
 def forward_candidates(width: int, dtype: str, arch: int) -> tuple[LaunchConfig, ...]:
-    """The forward configs the autotuner (``kernels/_autotune.py``) times; the first is the default.
-
-    Each candidate is one more ahead-of-time compile per dtype and arch, so fp16/bf16 get one
-    alternative per width class and fp32 (CUDA-core products, rarely the production dtype) none.
-    """
-    default = forward_config(width, dtype, arch)
-    if dtype == "fp32":
-        return (default,)
-    if width <= 128:
-        # Small frames: SD1.5's 8x8 level has N = 64 tokens per frame, so a 128-row query tile
-        # leaves half its rows (and MMA work) empty; 64-row tiles also double the program count.
-        return default, LaunchConfig(64, 64, 4, 3)
-    # Wide heads default to 64-row tiles; large N may prefer 128 query rows (twice the K/V reuse
-    # per load) with 8 warps holding the bigger accumulator. It fits shared memory on both archs
-    # (AOT compile: 56 KB at width 160; 96 KB on sm_90, 112 KB on sm_80 at 256).
-    return default, LaunchConfig(128, 64, 8, 2)
+    """The forward configs the autotuner (``kernels/_autotune.py``) times; the first is the default."""
+    return tile_candidates("forward", width, dtype, arch)
 
 
-def backward_config(width: int, dtype: str, arch: int) -> LaunchConfig:
-    """Tiles of both backward kernels (a 64-row query or key tile keeps every product on wgmma).
+def forward_config(width: int, dtype: str, arch: int) -> LaunchConfig:
+    """The forward's default tiles (see ``_TILES``)."""
+    return forward_candidates(width, dtype, arch)[0]
 
-    One candidate, chosen statically: the backward is not autotuned until a GPU run shows that
-    an alternative pays (each one would add two kernels x dtypes x archs to the CI compile).
-    """
-    del arch
-    if dtype == "fp32":
-        if width <= 64:
-            return LaunchConfig(64, 64, 4, 1)
-        return LaunchConfig(32, 64, 8, 1) if width <= 160 else LaunchConfig(32, 32, 4, 1)
-    if width <= 64:
-        return LaunchConfig(64, 64, 4, 2)
-    return LaunchConfig(64, 64, 8, 2 if width <= 128 else 1)
+
+def backward_configs(width: int, dtype: str, arch: int) -> tuple[LaunchConfig, LaunchConfig]:
+    """(dq tiles, dk/dv tiles): one static config each; the backward is not autotuned until a GPU
+    run shows an alternative pays (each would add kernels x dtypes x archs to the CI compile)."""
+    return (tile_candidates("backward_dq", width, dtype, arch)[0],
+            tile_candidates("backward_dkdv", width, dtype, arch)[0])
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -681,6 +752,34 @@ def _check_int32_span(**tensors: torch.Tensor) -> None:
                              f"the kernels address at most 2**31 - 1 within a frame")
 
 
+def _measured_config(kernel_pass: str, device: torch.device, width: int, dtype: str, N: int, *,
+                     any_size: bool = False) -> LaunchConfig | None:
+    """The sweep's measured choice (``kernels/frame_attention_tuned.json``, read by
+    ``frame_attention_tuning``) for this GPU's compute capability and N's size bucket -- with
+    ``any_size``, else its choice over all sizes -- or None: off CUDA, under ``VIDGEN_AUTOTUNE=0``
+    (the reproducible default baseline) and for keys the table lacks, where the launcher's own
+    choice runs (the forward's runtime autotuning, the backward's default). Only declared
+    candidates ever come back, so a stale table cannot launch an uncompiled config."""
+    if device.type != "cuda" or not _autotune.tuning_enabled():
+        return None
+    from . import frame_attention_tuning  # it imports this module
+
+    major, minor = torch.cuda.get_device_capability(device)
+    bucket = triton.next_power_of_2(N)
+    found = frame_attention_tuning.tuned_config(kernel_pass, 10 * major + minor, width, dtype, bucket)
+    if found is None and any_size:
+        found = frame_attention_tuning.tuned_config(kernel_pass, 10 * major + minor, width, dtype, None)
+    return found
+
+
+def _declared(config: LaunchConfig, candidates: tuple[LaunchConfig, ...], kernel_pass: str) -> LaunchConfig:
+    """``config`` if it is one of the pass's declared (ahead-of-time compiled) candidates."""
+    if config not in candidates:
+        raise ValueError(f"config: {config} is not a declared {kernel_pass} candidate for this head width "
+                         f"and dtype ({', '.join(map(str, candidates))})")
+    return config
+
+
 def _check_grid(programs: int) -> None:
     if programs >= _INT32_LIMIT:
         raise ValueError(f"frame_attention needs {programs} programs; the limit is 2**31 - 1")
@@ -696,11 +795,13 @@ def forward_autotune_key(width: int, dtype: str, arch: int, table_shape, N: int,
             triton.next_power_of_2(M), align)
 
 
-def frame_attention_forward_triton(q, k, v, table, counts, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def frame_attention_forward_triton(q, k, v, table, counts, scale: float, *,
+                                   config: LaunchConfig | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(out (B, F, N, H, D) contiguous, lse (B, F, H, N) fp32).
 
     The tile config is autotuned among :func:`forward_candidates` (``kernels/_autotune.py``);
     timing reruns this launch, which is safe because the kernel writes only ``out`` and ``lse``.
+    ``config`` runs one of those candidates instead (a sweep; anything else is refused).
     Sizes are unspecialised kernel arguments (``_SIZE_ARGS``), so a new F, N, M or table width
     compiles no candidate again; strides are specialised on divisibility by 16, which a new N
     keeps whenever H x D is a multiple of 16 (every SD/AnimateDiff UNet).
@@ -711,6 +812,10 @@ def frame_attention_forward_triton(q, k, v, table, counts, scale: float) -> tupl
     d0, d1, mask_d = head_blocks(D)
     dtype, arch = _DTYPE_NAMES[q.dtype], _arch(q.device)
     candidates = forward_candidates(d0 + d1, dtype, arch)
+    if config is not None:
+        candidates = (_declared(config, candidates, "forward"),)
+    elif (measured := _measured_config("forward", q.device, d0 + d1, dtype, N)) is not None:
+        candidates = (measured,)  # the sweep's choice for this size: nothing to time
     out = torch.empty((B, F, N, H, D), dtype=q.dtype, device=q.device)
     lse = torch.empty((B, F, H, N), dtype=torch.float32, device=q.device)
     _check_int32_span(q=q, k=k, v=v)
@@ -733,20 +838,31 @@ def frame_attention_forward_triton(q, k, v, table, counts, scale: float) -> tupl
 
 
 def frame_attention_backward_triton(dout, q, k, v, out, lse, table, counts, readers, reader_counts,
-                                    scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dq, dk, dv), contiguous. Two launches: dq (which also stores delta), then dk/dv."""
+                                    scale: float, *, dq_config: LaunchConfig | None = None,
+                                    dkdv_config: LaunchConfig | None = None
+                                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv), contiguous. Two launches: dq (which also stores delta), then dk/dv.
+
+    ``dq_config`` / ``dkdv_config`` run a declared candidate instead of the default (a sweep)."""
     q, k, v, out, dout = (_unit_stride(t) for t in (q, k, v, out, dout))
     B, F, N, H, D = q.shape
     M = k.shape[2]
     d0, d1, mask_d = head_blocks(D)
-    cfg = backward_config(d0 + d1, _DTYPE_NAMES[q.dtype], _arch(q.device))
+    dtype, arch = _DTYPE_NAMES[q.dtype], _arch(q.device)
+    dq_cfg, kv_cfg = backward_configs(d0 + d1, dtype, arch)
+    dq_cfg = _measured_config("backward_dq", q.device, d0 + d1, dtype, N, any_size=True) or dq_cfg
+    kv_cfg = _measured_config("backward_dkdv", q.device, d0 + d1, dtype, N, any_size=True) or kv_cfg
+    if dq_config is not None:
+        dq_cfg = _declared(dq_config, tile_candidates("backward_dq", d0 + d1, dtype, arch), "backward_dq")
+    if dkdv_config is not None:
+        kv_cfg = _declared(dkdv_config, tile_candidates("backward_dkdv", d0 + d1, dtype, arch), "backward_dkdv")
     dq = torch.empty((B, F, N, H, D), dtype=q.dtype, device=q.device)
     dk = torch.empty((B, F, M, H, D), dtype=k.dtype, device=k.device)
     dv = torch.empty((B, F, M, H, D), dtype=v.dtype, device=v.device)
     delta = torch.empty((B, F, H, N), dtype=torch.float32, device=q.device)
     _check_int32_span(q=q, k=k, v=v, out=out, dout=dout)
-    num_m_blocks = triton.cdiv(N, cfg.block_m)
-    num_n_blocks = triton.cdiv(M, cfg.block_n)
+    num_m_blocks = triton.cdiv(N, dq_cfg.block_m)
+    num_n_blocks = triton.cdiv(M, kv_cfg.block_n)
     _check_grid(max(num_m_blocks, num_n_blocks) * F * H * B)
     precision = _dot_precision(q.dtype)
     align = vector_align(d0, d1, q, k, v, out, dout, dq, dk, dv)
@@ -755,16 +871,16 @@ def frame_attention_backward_triton(dout, q, k, v, out, lse, table, counts, read
         dq, _tail(dq, d1), lse, delta, table, counts,
         *q.stride()[:4], *k.stride()[:4], *v.stride()[:4], *out.stride()[:4], *dout.stride()[:4],
         *dq.stride()[:4], F, H, N, M, table.shape[1], num_m_blocks, scale, scale * _LOG2E, D,
-        D0=d0, D1=d1, MASK_D=mask_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        DOT_PRECISION=precision, ALIGN=align, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        D0=d0, D1=d1, MASK_D=mask_d, BLOCK_M=dq_cfg.block_m, BLOCK_N=dq_cfg.block_n,
+        DOT_PRECISION=precision, ALIGN=align, num_warps=dq_cfg.num_warps, num_stages=dq_cfg.num_stages,
         maxnreg=MAX_REGISTERS)
     _backward_dkdv_kernel[(num_n_blocks * H * B * F,)](
         q, _tail(q, d1), k, _tail(k, d1), v, _tail(v, d1), dout, _tail(dout, d1),
         dk, _tail(dk, d1), dv, _tail(dv, d1), lse, delta, readers, reader_counts,
         *q.stride()[:4], *k.stride()[:4], *v.stride()[:4], *dout.stride()[:4], *dk.stride()[:4],
         F, H, B, N, M, num_n_blocks, scale, scale * _LOG2E, D,
-        D0=d0, D1=d1, MASK_D=mask_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        DOT_PRECISION=precision, ALIGN=align, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        D0=d0, D1=d1, MASK_D=mask_d, BLOCK_M=kv_cfg.block_m, BLOCK_N=kv_cfg.block_n,
+        DOT_PRECISION=precision, ALIGN=align, num_warps=kv_cfg.num_warps, num_stages=kv_cfg.num_stages,
         maxnreg=MAX_REGISTERS)
     return dq, dk, dv
 
@@ -806,32 +922,28 @@ def _signature(kernel: str, dtype: str) -> dict[str, str]:
     return sig
 
 
-def _backward_candidates(width: int, dtype: str, arch: int) -> tuple[LaunchConfig, ...]:
-    return (backward_config(width, dtype, arch),)
-
-
 def aot_specs() -> list[KernelSpec]:
-    """Every forward candidate and the backward config, unhinted and (``_HINTED_BLOCKINGS``, fp16/bf16)
-    with the 16-byte row hint; fp16/bf16 specs must use wgmma on sm_90, fp32 (exact IEEE products)
-    runs on CUDA cores."""
+    """Every tile candidate of every pass, unhinted and (``_HINTED_BLOCKINGS``, fp16/bf16) with the
+    16-byte row hint, for the archs whose table lists it; fp16/bf16 specs must use wgmma on sm_90,
+    fp32 (exact IEEE products) runs on CUDA cores."""
     blockings = sorted({head_blocks(d) for d in range(MIN_HEAD_DIM, MAX_HEAD_DIM + 1)})
     torch_dtypes = {name: dtype for dtype, name in _DTYPE_NAMES.items()}
-    specs = {}
-    for kernel, candidates in (("_forward_kernel", forward_candidates),
-                               ("_backward_dq_kernel", _backward_candidates),
-                               ("_backward_dkdv_kernel", _backward_candidates)):
-        for d0, d1, mask_d in blockings:
-            for dtype in ("fp16", "bf16", "fp32"):
-                vector = 16 // torch_dtypes[dtype].itemsize
-                aligns = (1, vector) if (d0, d1) in _HINTED_BLOCKINGS and dtype != "fp32" else (1,)
-                for arch in _ARCHS:
-                    for cfg, align in itertools.product(candidates(d0 + d1, dtype, arch), aligns):
-                        spec = KernelSpec(
-                            module=__name__, kernel=kernel, signature=_signature(kernel, dtype),
-                            constexprs={"D0": d0, "D1": d1, "MASK_D": mask_d, "BLOCK_M": cfg.block_m,
-                                        "BLOCK_N": cfg.block_n, "DOT_PRECISION": _dot_precision(torch_dtypes[dtype]),
-                                        "ALIGN": align},
-                            num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=MAX_REGISTERS,
-                            expect_wgmma=dtype != "fp32")
-                        specs[spec.label] = spec  # sm_80 and sm_90 share configs: one spec each
-    return list(specs.values())
+    specs: dict[tuple, tuple[KernelSpec, list[int]]] = {}
+    for kernel, kernel_pass in (("_forward_kernel", "forward"), ("_backward_dq_kernel", "backward_dq"),
+                                ("_backward_dkdv_kernel", "backward_dkdv")):
+        signatures = {dtype: _signature(kernel, dtype) for dtype in ("fp16", "bf16", "fp32")}
+        for (d0, d1, mask_d), dtype, arch in itertools.product(blockings, signatures, _ARCHS):
+            vector = 16 // torch_dtypes[dtype].itemsize
+            aligns = (1, vector) if (d0, d1) in _HINTED_BLOCKINGS and dtype != "fp32" else (1,)
+            max_stack, stack_note = _stack_allowance(kernel_pass, arch, dtype, d0 + d1)
+            for cfg, align in itertools.product(tile_candidates(kernel_pass, d0 + d1, dtype, arch), aligns):
+                spec = KernelSpec(
+                    module=__name__, kernel=kernel, signature=signatures[dtype],
+                    constexprs={"D0": d0, "D1": d1, "MASK_D": mask_d, "BLOCK_M": cfg.block_m,
+                                "BLOCK_N": cfg.block_n, "DOT_PRECISION": _dot_precision(torch_dtypes[dtype]),
+                                "ALIGN": align},
+                    num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=MAX_REGISTERS,
+                    expect_wgmma=dtype != "fp32", max_stack=max_stack, stack_note=stack_note)
+                # A config both archs list is one spec compiled for each (same label, same allowance).
+                specs.setdefault((spec.label, max_stack), (spec, []))[1].append(arch)
+    return [dataclasses.replace(spec, archs=tuple(archs)) for spec, archs in specs.values()]

@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._aot import KernelSpec
+from ._aot import PHILOX_NORMALS_NOTE, PHILOX_NORMALS_STACK, KernelSpec
 from .noise import KINDS, correlated_noise_reference, mixing_coefficients, split_seed, video_layout
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -429,6 +429,9 @@ def aot_specs() -> list[KernelSpec]:
                         constexprs = {"HAS_UNCOND": has_uncond, "HAS_PRIOR": has_prior, "NOISE": noise,
                                       "INT64": int64, "NUM_PARTIALS": NUM_PARTIALS, "BLOCK": _BLOCK}
                         signature.update({name: "constexpr" for name in constexprs})
+                        draws = noise == NOISE_GENERATED  # in-kernel normals: libdevice's sin/cos array
                         specs.append(KernelSpec(module=__name__, kernel="_guided_step_kernel", signature=signature,
-                                                constexprs=constexprs, num_warps=_NUM_WARPS, num_stages=1))
+                                                constexprs=constexprs, num_warps=_NUM_WARPS, num_stages=1,
+                                                max_stack=PHILOX_NORMALS_STACK if draws else 0,
+                                                stack_note=PHILOX_NORMALS_NOTE if draws else ""))
     return specs

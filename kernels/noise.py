@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._aot import KernelSpec
+from ._aot import PHILOX_NORMALS_NOTE, PHILOX_NORMALS_STACK, KernelSpec
 
 KINDS = ("iid", "mixed", "progressive")
 _BLOCK, _NUM_WARPS = 1024, 4
@@ -268,5 +268,6 @@ def aot_specs() -> list[KernelSpec]:
                             "FUSE_ADD_NOISE": "constexpr", "INT64": "constexpr", "BLOCK": "constexpr"},
                         constexprs={"PER_VIDEO_SEED": per_video, "FUSE_ADD_NOISE": fuse, "INT64": int64,
                                     "BLOCK": _BLOCK},
-                        num_warps=_NUM_WARPS, num_stages=1))
+                        num_warps=_NUM_WARPS, num_stages=1, max_stack=PHILOX_NORMALS_STACK,
+                        stack_note=PHILOX_NORMALS_NOTE))
     return specs

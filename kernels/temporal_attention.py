@@ -24,7 +24,9 @@ registers only (masked lanes move no bytes); when every row of every tensor star
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import itertools
 import math
 from typing import NamedTuple
 
@@ -316,29 +318,55 @@ def _temporal_attention_bwd_dq_kernel(
 # ----------------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------------
-BLOCK_M = 64  # rows per program: the wgmma M of one warpgroup; F <= 64 runs as one frame tile
+BLOCK_M = 64  # default rows per program: the wgmma M of one warpgroup; F <= BLOCK_M runs as one frame tile
 
 
 class _Config(NamedTuple):
-    block_m: int
-    fwd_warps: int  # wide heads spread their fp32 accumulators over more warps
+    fwd_block_m: int
+    fwd_warps: int   # wide heads spread their fp32 accumulators over more warps
+    bwd_block_m: int
     bwd_warps: int
-    fuse_dq: bool   # single-tile backward may write dq too (at BLOCK_D=256 that needs 172 KB of
-                    # shared memory, over sm_80's 163 KB: dq then gets its own kernel)
+    fuse_dq: bool    # the single-tile backward writes dq too (else dq gets its own kernel)
+
+    @property
+    def bwd_wgmma(self) -> bool:
+        return self.bwd_block_m >= 64  # a warpgroup MMA needs 64 rows
 
 
-_CONFIGS = {  # fp16/bf16, by BLOCK_D
-    16: _Config(BLOCK_M, 4, 4, True), 32: _Config(BLOCK_M, 4, 4, True), 64: _Config(BLOCK_M, 4, 4, True),
-    128: _Config(BLOCK_M, 4, 8, True), 256: _Config(BLOCK_M, 8, 8, False),
+# Tiles by (arch, BLOCK_D), fp16/bf16. Every entry compiles without a spill stack at the 255-register
+# cap on the oldest (3.6) and newest Triton (``python -m vidgen.kernels._aot``; a spill on Hopper with
+# triton 3.6 went with wrong values in frame attention). Where 64 rows spilled at every warp count --
+# BLOCK_D = 256 on sm_90 (AnimateDiff's 1280-channel levels: D = 160 padded; the 16-byte-row forward
+# kept 8 B even at 16 warps), the fused backward at 64 on sm_80 -- they take 32 rows on mma.sync: these
+# kernels move bytes, not flops (see the module docstring), so the narrower MMA costs little and a
+# spill to local memory costs far more.
+_CONFIGS = {
+    90: {16: _Config(64, 4, 64, 4, True), 32: _Config(64, 4, 64, 4, True), 64: _Config(64, 4, 64, 8, True),
+         128: _Config(64, 8, 64, 16, False), 256: _Config(32, 8, 32, 8, False)},
+    80: {16: _Config(64, 4, 64, 4, True), 32: _Config(64, 4, 64, 4, True), 64: _Config(64, 4, 32, 8, True),
+         128: _Config(64, 8, 64, 16, True), 256: _Config(64, 16, 64, 16, False)},
 }
-# fp32 tiles take twice the shared memory: at BLOCK_D=256, 64 rows need 192-288 KB, so 32 rows.
-_CONFIGS_FP32 = {**_CONFIGS, 256: _Config(32, 8, 8, False)}
+# fp32 (CUDA-core products, twice the bytes per element): narrower tiles; a small stack remains at
+# wide heads, allowed per entry (``_FP32_STACK``).
+_FP32_CONFIGS = {16: _Config(64, 4, 32, 8, True), 32: _Config(32, 8, 32, 8, True), 64: _Config(32, 8, 32, 8, False),
+                 128: _Config(32, 8, 32, 8, False), 256: _Config(32, 8, 16, 8, False)}
+_CONFIGS_FP32 = {90: _FP32_CONFIGS, 80: _FP32_CONFIGS}
+# BLOCK_D -> stack bytes per thread allowed (largest seen on triton 3.6 and 3.9, any kernel of the width):
+# the fp32 dot keeps its operand rows in registers across D, as in frame attention.
+_FP32_STACK: dict[int, int] = {128: 296, 256: 232}
 
 
-def config_for(dtype: torch.dtype, head_dim: int) -> tuple[int, _Config]:
-    """(BLOCK_D, config) the launchers use for this dtype and head dim."""
+def config_for(dtype: torch.dtype, head_dim: int, arch: int = 90) -> tuple[int, _Config]:
+    """(BLOCK_D, config) the launchers use for this dtype, head dim and compute capability."""
     BLOCK_D = block_d(head_dim)
-    return BLOCK_D, (_CONFIGS_FP32 if dtype == torch.float32 else _CONFIGS)[BLOCK_D]
+    table = _CONFIGS_FP32 if dtype == torch.float32 else _CONFIGS
+    return BLOCK_D, table[90 if arch >= 90 else 80][BLOCK_D]
+
+
+def _arch(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 90  # the interpreter: any table entry runs
+    return 90 if torch.cuda.get_device_capability(device)[0] >= 9 else 80
 
 
 # Registers capped at the hardware maximum: without ``.maxnreg`` ptxas gave the fp32 kernels 32
@@ -390,15 +418,15 @@ def vector_width(head_dim: int, *tensors: torch.Tensor) -> int:
 
 def temporal_attention_fwd_triton(q, k, v, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     B, F, N, H, D = q.shape
-    BLOCK_D, config = config_for(q.dtype, D)
-    plan = launch_plan(B, F, N, H, config.block_m)
+    BLOCK_D, config = config_for(q.dtype, D, _arch(q.device))
+    plan = launch_plan(B, F, N, H, config.fwd_block_m)
     out = torch.empty_like(q)  # q's layout when q is dense (free view back to the caller's layout)
     lse = torch.empty((B, N, H, F), dtype=torch.float32, device=q.device)
     align = vector_width(D, q, k, v, out) if plan["num_tiles"] == 1 else 1
     _temporal_attention_fwd_kernel[plan["grid"]](
         q, k, v, out, lse, *_strides(q), *_strides(k), *_strides(v), *_strides(out),
         plan["num_problems"], N, H, F, D, plan["slot"], plan["per_group"], plan["num_tiles"], scale * _LOG2E,
-        BLOCK_M=config.block_m, BLOCK_D=BLOCK_D, IEEE=q.dtype == torch.float32, ALIGN=align,
+        BLOCK_M=config.fwd_block_m, BLOCK_D=BLOCK_D, IEEE=q.dtype == torch.float32, ALIGN=align,
         num_warps=config.fwd_warps, num_stages=_NUM_STAGES, maxnreg=MAX_REGISTERS,
     )
     return out, lse
@@ -406,14 +434,14 @@ def temporal_attention_fwd_triton(q, k, v, scale: float) -> tuple[torch.Tensor, 
 
 def temporal_attention_bwd_triton(grad_out, q, k, v, out, lse, scale: float):
     B, F, N, H, D = q.shape
-    BLOCK_D, config = config_for(q.dtype, D)
-    plan = launch_plan(B, F, N, H, config.block_m)
+    BLOCK_D, config = config_for(q.dtype, D, _arch(q.device))
+    plan = launch_plan(B, F, N, H, config.bwd_block_m)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     fuse_dq = plan["num_tiles"] == 1 and config.fuse_dq
     align = vector_width(D, q, k, v, out, grad_out, dq, dk, dv) if fuse_dq else 1
     shape_args = (plan["num_problems"], N, H, F, D, plan["slot"], plan["per_group"], plan["num_tiles"],
                   scale, scale * _LOG2E)
-    common = dict(BLOCK_M=config.block_m, BLOCK_D=BLOCK_D, IEEE=q.dtype == torch.float32, ALIGN=align,
+    common = dict(BLOCK_M=config.bwd_block_m, BLOCK_D=BLOCK_D, IEEE=q.dtype == torch.float32, ALIGN=align,
                   num_warps=config.bwd_warps, num_stages=_NUM_STAGES, maxnreg=MAX_REGISTERS)
     _temporal_attention_bwd_dkdv_kernel[plan["grid"]](
         q, k, v, out, grad_out, lse, dq, dk, dv,
@@ -445,35 +473,41 @@ def _signature(kernel, dtype: str) -> dict[str, str]:
 
 
 def aot_specs() -> list[KernelSpec]:
-    """Every launchable config. ALIGN > 1 (16-byte rows) exists for fp16/bf16 on the single-tile
-    paths only: the forward at F <= 64 and the fused backward.
+    """Every launchable config, for the archs whose table lists it. ALIGN > 1 (16-byte rows) exists
+    for fp16/bf16 on the single-tile paths only: the forward at F <= its rows and the fused backward.
 
     The strides along D (``s_*d``) are compiled as the constant 1 a launch on projection outputs
     passes (Triton turns an integer argument equal to 1 into a constant, and only then knows the
     rows are contiguous and can vectorise them): the code that runs, not a variant with a
     runtime D stride that only transposed heads reach.
     """
-    specs = []
+    specs: dict[tuple, tuple[KernelSpec, list[int]]] = {}
 
-    def add(kernel, dtype, consts, num_warps):
+    def add(kernel, dtype, consts, num_warps, arch, wgmma):
         signature = _signature(kernel, dtype)
         unit_strides = {name: 1 for name in signature if name.startswith("s_") and name.endswith("d")}
         signature.update({name: "constexpr" for name in unit_strides})
-        specs.append(KernelSpec(module=__name__, kernel=kernel.fn.__name__, signature=signature,
-                                constexprs={**consts, **unit_strides}, num_warps=num_warps, num_stages=_NUM_STAGES,
-                                maxnreg=MAX_REGISTERS,
-                                expect_wgmma=dtype != "fp32"))
+        max_stack = _FP32_STACK.get(consts["BLOCK_D"], 0) if dtype == "fp32" else 0
+        spec = KernelSpec(module=__name__, kernel=kernel.fn.__name__, signature=signature,
+                          constexprs={**consts, **unit_strides}, num_warps=num_warps, num_stages=_NUM_STAGES,
+                          maxnreg=MAX_REGISTERS, expect_wgmma=dtype != "fp32" and wgmma, max_stack=max_stack,
+                          stack_note="fp32 CUDA-core products at a wide head" if max_stack else "")
+        specs.setdefault((spec.label, spec.expect_wgmma, max_stack), (spec, []))[1].append(arch)
 
-    for dtype in ("fp32", "fp16", "bf16"):
+    for dtype, arch in itertools.product(("fp32", "fp16", "bf16"), (90, 80)):
         aligned = (1,) if dtype == "fp32" else (1, 8)
-        table = _CONFIGS_FP32 if dtype == "fp32" else _CONFIGS
-        for BLOCK_D, (block_m, fwd_warps, bwd_warps, can_fuse_dq) in table.items():
-            consts = {"BLOCK_M": block_m, "BLOCK_D": BLOCK_D, "IEEE": dtype == "fp32"}
+        table = (_CONFIGS_FP32 if dtype == "fp32" else _CONFIGS)[arch]
+        for BLOCK_D, config in table.items():
+            fwd = {"BLOCK_M": config.fwd_block_m, "BLOCK_D": BLOCK_D, "IEEE": dtype == "fp32"}
+            bwd = {**fwd, "BLOCK_M": config.bwd_block_m}
             for align in aligned:
-                add(_temporal_attention_fwd_kernel, dtype, {**consts, "ALIGN": align}, fwd_warps)
-                if can_fuse_dq:
-                    add(_temporal_attention_bwd_dkdv_kernel, dtype, {**consts, "ALIGN": align, "FUSE_DQ": True},
-                        bwd_warps)
-            add(_temporal_attention_bwd_dkdv_kernel, dtype, {**consts, "ALIGN": 1, "FUSE_DQ": False}, bwd_warps)
-            add(_temporal_attention_bwd_dq_kernel, dtype, {**consts, "ALIGN": 1}, bwd_warps)
-    return specs
+                add(_temporal_attention_fwd_kernel, dtype, {**fwd, "ALIGN": align}, config.fwd_warps, arch,
+                    config.fwd_block_m >= 64)
+                if config.fuse_dq:
+                    add(_temporal_attention_bwd_dkdv_kernel, dtype, {**bwd, "ALIGN": align, "FUSE_DQ": True},
+                        config.bwd_warps, arch, config.bwd_wgmma)
+            add(_temporal_attention_bwd_dkdv_kernel, dtype, {**bwd, "ALIGN": 1, "FUSE_DQ": False}, config.bwd_warps,
+                arch, config.bwd_wgmma)
+            add(_temporal_attention_bwd_dq_kernel, dtype, {**bwd, "ALIGN": 1}, config.bwd_warps, arch,
+                config.bwd_wgmma)
+    return [dataclasses.replace(spec, archs=tuple(sorted(archs))) for spec, archs in specs.values()]

@@ -220,23 +220,39 @@ def test_candidate_tables():
             assert K.forward_candidates(d0 + d1, "fp32", arch) == (K.forward_config(d0 + d1, "fp32", arch),)
             for dtype in ("fp16", "bf16"):
                 candidates = K.forward_candidates(d0 + d1, dtype, arch)
-                assert len(candidates) == len(set(candidates)) == 2
+                assert 1 <= len(candidates) == len(set(candidates)) <= 2
                 assert candidates[0] == K.forward_config(d0 + d1, dtype, arch)
+            for kernel_pass in K.PASSES:
+                assert K.tile_candidates(kernel_pass, d0 + d1, "fp16", arch) == \
+                    K.tile_candidates(kernel_pass, d0 + d1, "bf16", arch)
+    assert K.LaunchConfig.parse("128x32 w16 s2") == K.LaunchConfig(128, 32, 16, 2)
 
 
-def test_every_candidate_is_compiled_ahead_of_time():
+def test_every_candidate_is_compiled_ahead_of_time_for_the_archs_that_launch_it():
     declared = {(s.kernel, s.signature["Q"], s.constexprs["D0"], s.constexprs["D1"], s.constexprs["BLOCK_M"],
-                 s.constexprs["BLOCK_N"], s.num_warps, s.num_stages) for s in K.aot_specs()}
+                 s.constexprs["BLOCK_N"], s.num_warps, s.num_stages, arch)
+                for s in K.aot_specs() for arch in s.archs}
     blockings = {K.head_blocks(d) for d in range(K.MIN_HEAD_DIM, K.MAX_HEAD_DIM + 1)}
+    kernels = {"forward": "_forward_kernel", "backward_dq": "_backward_dq_kernel",
+               "backward_dkdv": "_backward_dkdv_kernel"}
     expected = set()
     for d0, d1, _ in blockings:
         for dtype in ("fp16", "bf16", "fp32"):
             for arch in (80, 90):
-                for cfg in K.forward_candidates(d0 + d1, dtype, arch):
-                    expected.add(("_forward_kernel", f"*{dtype}", d0, d1, *vars(cfg).values()))
-                for kernel in ("_backward_dq_kernel", "_backward_dkdv_kernel"):
-                    expected.add((kernel, f"*{dtype}", d0, d1, *vars(K.backward_config(d0 + d1, dtype, arch)).values()))
+                for kernel_pass, kernel in kernels.items():
+                    for cfg in K.tile_candidates(kernel_pass, d0 + d1, dtype, arch):
+                        expected.add((kernel, f"*{dtype}", d0, d1, *vars(cfg).values(), arch))
     assert declared == expected
+    dq, dkdv = K.backward_configs(160, "fp16", 90)
+    assert (dq, dkdv) == (K.tile_candidates("backward_dq", 160, "fp16", 90)[0],
+                          K.tile_candidates("backward_dkdv", 160, "fp16", 90)[0])
+
+
+def test_a_sweep_may_only_launch_declared_configs(device):
+    q = torch.randn(1, 2, 5, 1, 16, device=device)
+    table, counts = K.prepare_key_table(torch.tensor(K.first_frame_key_frames(2), device=device))
+    with pytest.raises(ValueError, match="config: .* is not a declared forward candidate"):
+        K.frame_attention_forward_triton(q, q, q, table, counts, 0.25, config=K.LaunchConfig(16, 16, 1, 1))
 
 
 def test_sizes_never_specialise_the_forward_kernel():
@@ -331,3 +347,61 @@ def test_out_of_memory_while_timing_runs_the_default(fake_gpu, monkeypatch):
     monkeypatch.setattr(_autotune, "measure_ms", timer)
     assert _pick(key=K.forward_autotune_key(48, "fp16", 90, (8, 2), 77, 77)) == FAST
     assert len(json.loads(path.read_text())) == 1  # the untuned default is never written
+
+
+@pytest.mark.parametrize("arch", [80, 90])
+@pytest.mark.parametrize("D", [40, 80, 160, 256])
+def test_every_tile_config_of_both_arch_tables_matches_the_reference(D, arch, monkeypatch, device):
+    """Each arch's tiles (forward candidates, dq and dk/dv configs), forced on small odd shapes: the
+    interpreter runs any of them, so the sm_80 table is checked here too, not only on an A100."""
+    if device.type == "cuda" and K._arch(device) != arch:
+        pytest.skip(f"the sm_{arch} table launches on sm_{arch} only")
+    monkeypatch.setattr(K, "_arch", lambda device_: arch)
+    dtype, width = torch.float16, sum(K.head_blocks(D)[:2])
+    B, F, N, H = 1, 3, 37, 1
+    gen = torch.Generator().manual_seed(D + arch)
+    q, k, v, dout = (torch.randn(B, F, N, H, D, generator=gen).to(device, dtype) for _ in range(4))
+    rows = K.sparse_causal_key_frames(F)
+    table, counts = (t.to(device) for t in K.prepare_key_table(torch.tensor(rows)))
+    readers, reader_counts = K.reverse_key_table(table, counts)
+    ref_out, _ = K.frame_attention_reference(q.double(), k.double(), v.double(), rows, D ** -0.5)
+    ref_grads = K.frame_attention_reference_backward(dout.double(), q.double(), k.double(), v.double(), rows,
+                                                     D ** -0.5)
+    dq_cfg, = K.tile_candidates("backward_dq", width, "fp16", arch)
+    dkdv_cfg, = K.tile_candidates("backward_dkdv", width, "fp16", arch)
+    for cfg in K.tile_candidates("forward", width, "fp16", arch):
+        out, lse = K.frame_attention_forward_triton(q, k, v, table, counts, D ** -0.5, config=cfg)
+        grads = K.frame_attention_backward_triton(dout, q, k, v, out, lse, table, counts, readers, reader_counts,
+                                                  D ** -0.5, dq_config=dq_cfg, dkdv_config=dkdv_cfg)
+        for name, actual, expected in (("out", out, ref_out), *zip(("dq", "dk", "dv"), grads, ref_grads)):
+            assert torch.isfinite(actual).all(), f"{cfg} {name}: non-finite values (an unwritten element?)"
+            err = (actual.double().cpu() - expected.cpu()).abs().max().item()
+            assert err <= TOLERANCE[dtype] * (expected.abs().max().item() + 1e-6), f"{cfg} {name}: max error {err:.3g}"
+
+
+def test_launchers_take_the_sweeps_measured_choice_on_cuda_only(monkeypatch, tmp_path):
+    from vidgen.kernels import frame_attention_tuning as tuning
+
+    fwd_default, fwd_other = K.tile_candidates("forward", 48, "fp16", 90)
+    dq_default, = K.tile_candidates("backward_dq", 48, "fp16", 90)
+    table = tmp_path / "tuned.json"
+    tuning.write_table(str(table), {
+        tuning.entry_path("forward", 90, 48, "fp16", 4096): {"config": tuning.config_text(fwd_other)},
+        tuning.entry_path("backward_dq", 90, 48, "fp16", None): {"config": tuning.config_text(dq_default)},
+    })
+    monkeypatch.setattr(tuning, "TABLE_PATH", str(table))
+    tuning._table.cache_clear()  # read once per process: read this table, and forget it afterwards
+    tuning._lookup.cache_clear()
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.delenv("VIDGEN_AUTOTUNE", raising=False)
+    cuda = torch.device("cuda")
+    try:
+        assert K._measured_config("forward", cuda, 48, "fp16", 3000) == fwd_other   # N bucket 4096
+        assert K._measured_config("forward", cuda, 48, "fp16", 100) is None        # not measured: autotune
+        assert K._measured_config("backward_dq", cuda, 48, "fp16", 100, any_size=True) == dq_default
+        assert K._measured_config("forward", torch.device("cpu"), 48, "fp16", 3000) is None
+        monkeypatch.setenv("VIDGEN_AUTOTUNE", "0")
+        assert K._measured_config("forward", cuda, 48, "fp16", 3000) is None        # the default baseline
+    finally:
+        tuning._table.cache_clear()
+        tuning._lookup.cache_clear()

@@ -227,3 +227,29 @@ def test_traces_into_one_graph_under_torch_compile(device):
     want = (reference64(q, k, v)[0] * 2.0).flatten(-2).sum(-1)
     torch.testing.assert_close(out.double(), want, atol=5e-5, rtol=5e-5)
     assert q.grad is not None and torch.isfinite(q.grad).all()
+
+
+@pytest.mark.parametrize("arch", [80, 90])
+@pytest.mark.parametrize("D,dtype", [(40, torch.float16), (80, torch.bfloat16), (160, torch.float16),
+                                     (40, torch.float32), (160, torch.float32)])
+def test_both_arch_tables_match_the_float64_reference(D, dtype, arch, monkeypatch, device):
+    """Each arch's row counts, warps and dq fusion (the sm_80 table runs here through the interpreter;
+    on a GPU only the table of its own arch launches). F = 24 packs one problem per 32-row program and
+    leaves rows empty; F = 40 takes two frame tiles at 32 rows, one at 64."""
+    if device.type == "cuda" and kernels._arch(device) != arch:
+        pytest.skip(f"the sm_{arch} table launches on sm_{arch} only")
+    monkeypatch.setattr(kernels, "_arch", lambda device_: arch)
+    for F in (24, 40):
+        g = torch.Generator().manual_seed(F + D + arch)
+        q, k, v = make_qkv(1, F, 3, 1, D, "frame_major", dtype, device, g)
+        grad = torch.randn(q.shape, generator=g).to(device, dtype)
+        out, lse = kernels.temporal_attention_fwd_triton(q, k, v, D ** -0.5)
+        ref_out, ref_lse = reference64(q, k, v)
+        torch.testing.assert_close(out.double(), ref_out.double(), atol=TOL[dtype], rtol=TOL[dtype])
+        grads = kernels.temporal_attention_bwd_triton(grad, q, k, v, out, lse, D ** -0.5)
+        ref_grads = kernels.temporal_attention_backward_reference(grad.double(), q.double(), k.double(), v.double(),
+                                                                  ref_lse, D ** -0.5)
+        for name, actual, expected in zip(("dq", "dk", "dv"), grads, ref_grads):
+            scale = expected.abs().max().item() + 1e-6
+            err = (actual.double() - expected).abs().max().item()
+            assert err <= 4 * TOL[dtype] * scale, f"F={F} {name}: max error {err:.3g}"
