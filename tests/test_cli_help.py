@@ -89,6 +89,24 @@ def test_sample_quiet_loads_the_model_with_the_libraries_silenced(monkeypatch, t
     assert seen == [False, bars]
 
 
+def test_eval_quiet_silences_the_libraries_while_it_loads(monkeypatch, tmp_path):
+    from diffusers.utils import logging as diffusers_logging
+
+    from vidgen.commands import eval as eval_command
+
+    seen = []
+
+    def fake_parity(args):  # where the models would load
+        seen.append(diffusers_logging.is_progress_bar_enabled())
+        return 0
+
+    monkeypatch.setattr(eval_command, "_parity", fake_parity)
+    bars = diffusers_logging.is_progress_bar_enabled()
+    assert eval_command.main(["--parity", "--quiet", "--out", str(tmp_path)]) == 0
+    assert eval_command.main(["--parity", "--out", str(tmp_path)]) == 0
+    assert seen == [False, bars]
+
+
 # ----------------------------------------------------------------------------------------------
 # Speedup measurement
 # ----------------------------------------------------------------------------------------------

@@ -90,6 +90,8 @@ def build_parser():
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available; "
                                                        "--parity: cpu)")
     parser.add_argument("--batch-size", type=_args.positive_int, default=32, help="frames per CLIP forward")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bars or loading messages from vidgen, diffusers or transformers")
     return parser
 
 
@@ -132,6 +134,11 @@ def main(argv=None) -> int:
         check_arguments(args)
     except UsageError as exc:
         return _args.fail(parser, exc)
+    with _args.quiet_libraries(args.quiet):
+        return _run(parser, args)
+
+
+def _run(parser, args) -> int:
     if args.parity:
         return _parity(args)
     try:
