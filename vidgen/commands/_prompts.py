@@ -163,17 +163,11 @@ def _device_for(requested: str, local_rank: int, world: int) -> torch.device:
 
 def _video_model_sampler(args, model_dir: str, device: torch.device, dtype: torch.dtype):
     """Tune-A-Video / LAMP / Video Adapter: the model loads once, then one call per prompt."""
-    from ..sampling import VideoModel, sample_video
+    from ..sampling import sample_video
     from ..video_io import frames_to_tensor
-    from .sample import model_pixel_size
+    from .sample import load_video_models
 
-    model = VideoModel.from_pretrained(model_dir, frame_attention=args.attention, torch_dtype=dtype, device=device)
-    prior = None
-    if args.prior:
-        prior = VideoModel.from_pretrained(args.prior, frame_attention=args.attention, torch_dtype=dtype,
-                                           device=device).unet
-    default_height, default_width = model_pixel_size(model)
-    height, width = args.height or default_height, args.width or default_width
+    model, prior, height, width = load_video_models(args, model_dir, device, dtype)
     source = None
     if args.video:  # read once before any model loaded (sample's argument checks), else here
         frames = getattr(args, "source_frames", None)

@@ -171,9 +171,10 @@ def _from_latents(model, args, latents: torch.Tensor, prior) -> tuple[torch.Tens
     return video, _SecondsTable(seconds)
 
 
-def _sample_video_model(args, model_dir: str, device: torch.device, dtype: torch.dtype):
-    from ..models import VideoUNet
-    from ..sampling import VideoModel, sample_video
+def load_video_models(args, model_dir: str, device: torch.device, dtype: torch.dtype):
+    """(model, --prior's UNet or None, height, width) of a Tune-A-Video / LAMP / Video Adapter run;
+    the pixel size is --height/--width, else the model's own."""
+    from ..sampling import VideoModel
 
     model = VideoModel.from_pretrained(model_dir, frame_attention=args.attention, torch_dtype=dtype, device=device)
     prior = None
@@ -181,7 +182,14 @@ def _sample_video_model(args, model_dir: str, device: torch.device, dtype: torch
         prior = VideoModel.from_pretrained(args.prior, frame_attention=args.attention, torch_dtype=dtype,
                                            device=device).unet
     default_height, default_width = model_pixel_size(model)
-    height, width = args.height or default_height, args.width or default_width
+    return model, prior, args.height or default_height, args.width or default_width
+
+
+def _sample_video_model(args, model_dir: str, device: torch.device, dtype: torch.dtype):
+    from ..models import VideoUNet
+    from ..sampling import sample_video
+
+    model, prior, height, width = load_video_models(args, model_dir, device, dtype)
     source = frames_to_tensor(args.source_frames, size=(height, width))[None].to(device) \
         if args.video else None
     latents = None
