@@ -43,6 +43,11 @@ SHARED_MEMORY_LIMIT = {80: 166912, 90: 232448}
 # (12.8) allocates registers differently from the newest one's. ``make install`` puts it in
 # ``<venv>/triton-<version>`` (pip --target), where the ahead-of-time test compiles with it.
 OLDEST_TRITON = "3.6.0"
+# The attention launches cap registers at the hardware maximum (``.maxnreg 255``). Without the
+# directive ptxas sometimes gave a kernel that cannot fit its tiles in registers only 32 and spilled
+# the rest: the sm_80 frame-attention dk/dv kernel at D = 160 compiled to 32 registers and a
+# 7,600-byte stack, the fp32 temporal kernels to 7-10 KB. At or below 255 the cap changes nothing.
+MAX_REGISTERS = 255
 # ``tl.randn`` (Box-Muller) calls libdevice's sin/cos, whose Payne-Hanek argument reduction for huge
 # arguments keeps a small local array: a stack frame that exists, not register spills, on a path
 # Box-Muller angles (|x| < 2 pi) never take. Kernels that draw normals in-kernel are allowed it.

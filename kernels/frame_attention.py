@@ -39,6 +39,7 @@ fp32 inputs use exact fp32 (IEEE) products, never tf32: PyTorch's default matmul
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import itertools
 from dataclasses import dataclass
 
@@ -47,7 +48,7 @@ import triton
 import triton.language as tl
 
 from . import _autotune
-from ._aot import KernelSpec
+from ._aot import MAX_REGISTERS, KernelSpec
 
 MIN_HEAD_DIM, MAX_HEAD_DIM = 8, 256
 _INT32_LIMIT = 2**31
@@ -222,12 +223,6 @@ class LaunchConfig:
 
 
 _ARCHS = (80, 90)
-# Every launch caps registers at the hardware maximum (``.maxnreg 255``). Without the directive
-# ptxas sometimes gives a kernel that cannot fit its tiles in registers only 32 and spills the
-# rest: the sm_80 dk/dv kernel at D = 160 compiled to 32 registers and a 7,600-byte stack, and
-# to 255 registers and 1,632 bytes with the cap (``python -m vidgen.kernels._aot`` prints both
-# columns). At or below 255 the cap changes nothing.
-MAX_REGISTERS = 255
 _DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 PASSES = ("forward", "backward_dq", "backward_dkdv")
 
@@ -888,38 +883,28 @@ def frame_attention_backward_triton(dout, q, k, v, out, lse, table, counts, read
 # ----------------------------------------------------------------------------------------------
 # Ahead-of-time specs: every (kernel, head blocking, dtype, tile config) the launchers can pick.
 # ----------------------------------------------------------------------------------------------
-_COMMON_ARGS = ("stride_qb", "stride_qf", "stride_qn", "stride_qh", "stride_kb", "stride_kf", "stride_km",
-                "stride_kh", "stride_vb", "stride_vf", "stride_vm", "stride_vh")
-_KERNEL_ARGS = {
-    "_forward_kernel": (
-        ("Q", "Q1", "K", "K1", "V", "V1", "Out", "Out1"), ("Lse",), ("Table", "Counts"),
-        _COMMON_ARGS + ("stride_ob", "stride_of", "stride_on", "stride_oh", "num_frames", "num_heads", "N", "M",
-                        "table_width", "num_m_blocks"), ("qk_scale",)),
-    "_backward_dq_kernel": (
-        ("Q", "Q1", "K", "K1", "V", "V1", "Out", "Out1", "DOut", "DOut1", "DQ", "DQ1"), ("Lse", "Delta"),
-        ("Table", "Counts"),
-        _COMMON_ARGS + ("stride_ob", "stride_of", "stride_on", "stride_oh", "stride_gb", "stride_gf", "stride_gn",
-                        "stride_gh", "stride_db", "stride_df", "stride_dn", "stride_dh", "num_frames", "num_heads",
-                        "N", "M", "table_width", "num_m_blocks"), ("scale", "qk_scale")),
-    "_backward_dkdv_kernel": (
-        ("Q", "Q1", "K", "K1", "V", "V1", "DOut", "DOut1", "DK", "DK1", "DV", "DV1"), ("Lse", "Delta"),
-        ("Readers", "ReaderCounts"),
-        _COMMON_ARGS + ("stride_gb", "stride_gf", "stride_gn", "stride_gh", "stride_db", "stride_df", "stride_dm",
-                        "stride_dh", "num_frames", "num_heads", "num_videos", "N", "M", "num_n_blocks"),
-        ("scale", "qk_scale")),
-}
+# Argument kinds, read from each kernel's own parameter list (a hand-written copy would drift): the
+# pointers come first, up to the first stride -- q/k/v/out and their gradients in the input dtype,
+# the softmax statistics fp32, the key-frame tables int32 --; after them the two scales are fp32,
+# constexprs are annotated, and every other argument (strides, sizes, head_dim) is int32.
+_STATISTICS = {"Lse", "Delta"}
+_TABLES = {"Table", "Counts", "Readers", "ReaderCounts"}
+_SCALES = {"scale", "qk_scale"}
 
 
 def _signature(kernel: str, dtype: str) -> dict[str, str]:
-    tensors, stats, tables, ints, floats = _KERNEL_ARGS[kernel]
-    sig = {name: f"*{dtype}" for name in tensors}
-    sig.update({name: "*fp32" for name in stats})
-    sig.update({name: "*i32" for name in tables})
-    sig.update({name: "i32" for name in ints})
-    sig.update({name: "fp32" for name in floats})
-    sig["head_dim"] = "i32"
-    sig.update({name: "constexpr" for name in ("D0", "D1", "MASK_D", "BLOCK_M", "BLOCK_N", "DOT_PRECISION", "ALIGN")})
-    return sig
+    """Triton types of ``kernel``'s arguments for inputs of ``dtype`` (the ahead-of-time specs)."""
+    params = list(inspect.signature(globals()[kernel].fn).parameters.values())
+    first_stride = next(i for i, p in enumerate(params) if p.name.startswith("stride_"))
+
+    def kind(index: int, param: inspect.Parameter) -> str:
+        if param.annotation is not inspect.Parameter.empty:
+            return "constexpr"
+        if index < first_stride:
+            return "*fp32" if param.name in _STATISTICS else "*i32" if param.name in _TABLES else f"*{dtype}"
+        return "fp32" if param.name in _SCALES else "i32"
+
+    return {param.name: kind(i, param) for i, param in enumerate(params)}
 
 
 def aot_specs() -> list[KernelSpec]:

@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._aot import KernelSpec
+from ._aot import MAX_REGISTERS, KernelSpec
 
 MAX_HEAD_DIM = 256
 _LOG2E = math.log2(math.e)
@@ -369,9 +369,6 @@ def _arch(device: torch.device) -> int:
     return 90 if torch.cuda.get_device_capability(device)[0] >= 9 else 80
 
 
-# Registers capped at the hardware maximum: without ``.maxnreg`` ptxas gave the fp32 kernels 32
-# registers and 7-10 KB stacks (see MAX_REGISTERS in frame_attention.py).
-MAX_REGISTERS = 255
 _NUM_STAGES = 1  # no software pipeline: each program loads its tiles once (F <= 64) or a few times
 _GRID_LIMIT = 2**31 - 1
 
