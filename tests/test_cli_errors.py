@@ -61,6 +61,8 @@ CASES = {
         (INVERT[1:] + ["--steps", "20", "--model", "short_schedule"], "--steps: 20 is more than the model's 10"),
         (INVERT[1:] + ["--frames", "0"], "--frames: expected a positive integer, got 0"),
         (INVERT[1:] + ["--height", "65536"], "--height: expected a multiple of 8"),
+        (INVERT[1:] + ["--width", "12"], "--width: expected a multiple of 8"),
+        (INVERT[1:] + ["--width", "-64"], "--width: expected a multiple of 8"),
         (INVERT[1:] + ["--out", "x.npy"], "--out: expected a .safetensors, .pt, .pth file, got 'x.npy'"),
         (INVERT[1:] + ["--reconstruct", "back.avi"], "--reconstruct: cannot write .avi videos"),
         (INVERT[1:] + ["--guidance", "-1"], "--guidance: expected a number >= 0"),

@@ -188,19 +188,12 @@ def _video_model_sampler(args, model_dir: str, device: torch.device, dtype: torc
 
 def _animatediff_sampler(args, model_dir: str, device: torch.device, dtype: torch.dtype):
     """AnimateDiff: the pipeline loads and is patched once, then one call per prompt."""
-    from diffusers import AnimateDiffPipeline, DDIMScheduler, MotionAdapter
-
     from ..patching import patch
     from ..sampling import initial_noise
+    from .sample import load_animatediff
 
-    adapter = MotionAdapter.from_pretrained(args.motion_adapter, torch_dtype=dtype)
-    pipe = AnimateDiffPipeline.from_pretrained(model_dir, motion_adapter=adapter, torch_dtype=dtype)
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    pipe.to(device)
-    pipe.set_progress_bar_config(disable=args.quiet)
+    pipe, height, width = load_animatediff(args, model_dir, device, dtype)
     patch(pipe)
-    height = args.height or pipe.unet.config.sample_size * pipe.vae_scale_factor
-    width = args.width or pipe.unet.config.sample_size * pipe.vae_scale_factor
     shape = (1, pipe.unet.config.in_channels, args.frames, height // pipe.vae_scale_factor,
              width // pipe.vae_scale_factor)
 

@@ -223,20 +223,26 @@ def _sample_video_model(args, model_dir: str, device: torch.device, dtype: torch
     return _timed_pair(with_ops(True), with_ops(False), "reference", args.rounds)
 
 
-def _sample_animatediff(args, model_dir: str, device: torch.device, dtype: torch.dtype):
+def load_animatediff(args, model_dir: str, device: torch.device, dtype: torch.dtype):
+    """(AnimateDiff pipeline with --motion-adapter and a DDIM scheduler, unpatched, height, width);
+    the pixel size is --height/--width, else the UNet's own."""
     from diffusers import AnimateDiffPipeline, DDIMScheduler, MotionAdapter
-
-    import vidgen
-
-    from ..sampling import initial_noise
 
     adapter = MotionAdapter.from_pretrained(args.motion_adapter, torch_dtype=dtype)
     pipe = AnimateDiffPipeline.from_pretrained(model_dir, motion_adapter=adapter, torch_dtype=dtype)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.to(device)
     pipe.set_progress_bar_config(disable=args.quiet)
-    height = args.height or pipe.unet.config.sample_size * pipe.vae_scale_factor
-    width = args.width or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    default_size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    return pipe, args.height or default_size, args.width or default_size
+
+
+def _sample_animatediff(args, model_dir: str, device: torch.device, dtype: torch.dtype):
+    import vidgen
+
+    from ..sampling import initial_noise
+
+    pipe, height, width = load_animatediff(args, model_dir, device, dtype)
     latents = initial_noise((1, pipe.unet.config.in_channels, args.frames, height // pipe.vae_scale_factor,
                              width // pipe.vae_scale_factor), kind=args.noise, alpha=args.noise_alpha,
                             seed=args.seed, device=device, dtype=dtype)
