@@ -16,6 +16,10 @@ Random-weight full-size architectures (no downloads), built by ``vidgen.default_
   batched composition and fused step vs the same in plain diffusers code (separate forwards,
   CFG arithmetic, ``DDIMScheduler.step``; ``plain diffusers``).
 
+On CUDA, AnimateDiff and Tune-A-Video also run ``vidgen+cuda_graph``: vidgen with the UNet's
+forward (AnimateDiff: ``vidgen.patch(pipe, cuda_graph=True)``) or the whole step (Tune-A-Video:
+``sample_video(cuda_graph=True)``) replayed from CUDA graphs, for the launch-bound share.
+
 Every implementation runs once to warm up (Triton and Inductor compilation, cuDNN's choices),
 ``--repeats`` times timed (the best is kept: ``seconds``), and once more for memory. Compiled
 variants report their compilation separately: ``compile_seconds`` is the warm-up run's time
@@ -71,6 +75,9 @@ CASES = ("animatediff", "tune-a-video", "video-adapter")
 DEFAULT_LABEL = {"animatediff": "diffusers", "tune-a-video": "reference", "video-adapter": "plain diffusers"}
 # Variants timed twice: the second row shows the run-to-run spread of the same code.
 AGAIN_CASES = ("animatediff", "tune-a-video")
+# vidgen with the denoising step replayed from CUDA graphs (vidgen.patch(pipe, cuda_graph=True) for
+# AnimateDiff, sample_video(cuda_graph=True) for Tune-A-Video): run last, on CUDA only.
+GRAPH_SIDE = ("vidgen+cuda_graph", True, False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,10 +259,10 @@ def animatediff_rows(model_dir: str, device: torch.device, plan: Plan, budget: d
                     num_inference_steps=steps, guidance_scale=7.5, output_type="latent",
                     generator=torch.Generator(device).manual_seed(0)).frames
 
-    def variant(impl: str, patched: bool, compiled: bool) -> Variant:
+    def variant(impl: str, patched: bool, compiled: bool, graphed: bool = False) -> Variant:
         def enter():
             if patched:
-                vidgen.patch(pipe)
+                vidgen.patch(pipe, cuda_graph=graphed)
             if compiled:
                 pipe.unet = torch.compile(eager_unet)
 
@@ -267,6 +274,8 @@ def animatediff_rows(model_dir: str, device: torch.device, plan: Plan, budget: d
                        lambda: [] if compiled else [eager_unet])
 
     variants = [variant(*side) for side in _sides("animatediff", plan.compile)]
+    if device.type == "cuda":
+        variants.append(variant(*GRAPH_SIDE, graphed=True))
     return run_variants("animatediff", frames, plan.size, steps, variants, device, plan, budget)
 
 
@@ -277,12 +286,12 @@ def tuneavideo_rows(model_dir: str, device: torch.device, plan: Plan, budget: di
     eager_unet = model.unet
     rows = []
     for frames in plan.tuneavideo_frames:
-        def run(frames=frames) -> torch.Tensor:
+        def run(frames=frames, graphed=False) -> torch.Tensor:
             return sample_video(model, "a red horse runs in the sky", num_frames=frames, height=plan.size,
                                 width=plan.size, num_inference_steps=plan.tuneavideo_steps, guidance_scale=12.5,
-                                decode=False, progress=False).latents
+                                decode=False, progress=False, cuda_graph=graphed).latents
 
-        def variant(impl: str, use_vidgen: bool, compiled: bool) -> Variant:
+        def variant(impl: str, use_vidgen: bool, compiled: bool, graphed: bool = False) -> Variant:
             def enter():
                 eager_unet.use_vidgen_ops(use_vidgen, use_vidgen)
                 if compiled:
@@ -291,10 +300,12 @@ def tuneavideo_rows(model_dir: str, device: torch.device, plan: Plan, budget: di
             def leave():
                 model.unet = eager_unet
 
-            return Variant(impl, compiled, enter, leave, run, lambda: [model.unet],
+            return Variant(impl, compiled, enter, leave, lambda: run(graphed=graphed), lambda: [model.unet],
                            lambda: [] if compiled else [eager_unet])
 
         variants = [variant(*side) for side in _sides("tune-a-video", plan.compile)]
+        if device.type == "cuda":
+            variants.append(variant(*GRAPH_SIDE, graphed=True))
         rows += run_variants("tune-a-video", frames, plan.size, plan.tuneavideo_steps, variants, device, plan, budget)
     eager_unet.use_vidgen_ops(True, True)
     return rows

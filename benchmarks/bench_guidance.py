@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     from vidgen.ops import guided_step, use_backend
 
     env = harness.environment()
-    env["cuda_library"] = vidgen._cuda_lib.path() or f"unavailable: {vidgen._cuda_lib.load_error()}"
+    env["cuda_library"] = vidgen.ops._cuda_lib.path() or f"unavailable: {vidgen.ops._cuda_lib.load_error()}"
     ceilings = harness.ceilings()
     print(f"copy bandwidth {ceilings['copy_gbs']:.0f} GB/s on {env.get('gpu')}")
     scheduler = make_scheduler()

@@ -185,7 +185,7 @@ def _motion_module(channels, dtype):
 
 
 def bench_module(dtype, frames_list, quick) -> list[dict]:
-    from vidgen.modules import patch_temporal_transformer
+    from vidgen.integration.motion import patch_temporal_transformer
 
     rows = []
     for side, channels in LEVELS[:2] if quick else LEVELS:

@@ -167,7 +167,7 @@ def main(argv=None) -> int:
     torch.utils.deterministic.fill_uninitialized_memory = True
     torch.manual_seed(0)
 
-    from vidgen import _backend
+    from vidgen.ops import _backend
     from vidgen import ops  # noqa: F401  (declares every op)
 
     failed = 0

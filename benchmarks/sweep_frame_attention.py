@@ -190,7 +190,7 @@ class CaseRunner:
         # the kernels' arithmetic alone.
         q32, k32, v32 = self.q.float(), self.k.float(), self.v.float()
         self.ref_out, self.ref_lse = fa.frame_attention_reference(q32, k32, v32, self.rows, self.scale)
-        self.ref_grads = fa.frame_attention_reference_backward(self.dout.float(), q32, k32, v32, self.rows, self.scale)
+        self.ref_grads = fa.frame_attention_backward_reference(self.dout.float(), q32, k32, v32, self.rows, self.scale)
         # The backward runs on the reference's forward, so a broken forward fails only itself.
         self.out, self.lse = self.ref_out.to(dtype), self.ref_lse
 

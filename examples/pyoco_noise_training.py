@@ -13,7 +13,7 @@ import torch
 from diffusers import DDIMScheduler
 
 import vidgen
-from vidgen.models import VideoUNet
+from vidgen import VideoUNet
 
 
 def main(argv=None) -> None:

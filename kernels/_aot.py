@@ -136,6 +136,20 @@ def register_usage(cubin: bytes, kernel: str) -> tuple[int | None, int | None]:
     return (int(found.group(1)), int(found.group(2))) if found else (None, None)
 
 
+def ptx_digest(ptx: str, kernel: str) -> str:
+    """A hash of the code in ``ptx`` that a rename cannot change: the kernel's own name is replaced,
+    and the debug information (``.file``/``.loc`` source positions, ``.debug_*`` sections) and
+    comments are dropped, since moving a line in the source moves them. Two compiles of the same
+    maths under other argument names, constexpr names or source lines have the same digest; any
+    difference in an instruction, a register count or a shared-memory layout changes it."""
+    import hashlib
+
+    code = ptx.split("\t.section\t.debug", 1)[0]
+    lines = [line for line in code.replace(kernel, "KERNEL").splitlines()
+             if line.strip() and not line.lstrip().startswith(("//", ".loc", ".file"))]
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+
+
 def compile_problems(spec: KernelSpec, row: dict) -> list[str]:
     """What is wrong with the compiled ``row`` of ``spec`` (empty: it passes)."""
     cc = row["cc"]
@@ -160,7 +174,7 @@ def compile_spec(spec: KernelSpec, cc: int) -> dict:
 
     row = {"label": spec.label, "cc": cc, "triton": triton.__version__, "ok": False, "shared": None,
            "wgmma": None, "registers": None, "stack": None, "max_stack": spec.max_stack,
-           "stack_note": spec.stack_note, "error": None}
+           "stack_note": spec.stack_note, "ptx_digest": None, "error": None}
     try:
         fn = getattr(importlib.import_module(spec.module), spec.kernel)
         if not isinstance(fn, triton.runtime.JITFunction):
@@ -173,6 +187,7 @@ def compile_spec(spec: KernelSpec, cc: int) -> dict:
         compiled = triton.compile(src, target=GPUTarget("cuda", cc, 32), options=options)
         row["shared"] = int(compiled.metadata.shared)
         row["wgmma"] = "wgmma" in compiled.asm["ptx"]
+        row["ptx_digest"] = ptx_digest(compiled.asm["ptx"], spec.kernel)
         row["registers"], row["stack"] = register_usage(compiled.asm["cubin"], spec.kernel)
         problems = compile_problems(spec, row)
         row["ok"] = not problems

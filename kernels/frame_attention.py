@@ -38,21 +38,20 @@ fp32 inputs use exact fp32 (IEEE) products, never tf32: PyTorch's default matmul
 """
 from __future__ import annotations
 
-import dataclasses
-import inspect
 import itertools
-from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
 from . import _autotune
-from ._aot import MAX_REGISTERS, KernelSpec
+from ._aot import KernelSpec
+from ._launch import (ARCHS, DTYPE_NAMES, LOG2E, TORCH_DTYPES, LaunchConfig, attention_spec, check_grid,
+                      deprecated_aliases, device_arch, dot_precision, kernel_signature, merge_archs,
+                      stack_allowance, table_key)
 
 MIN_HEAD_DIM, MAX_HEAD_DIM = 8, 256
-_INT32_LIMIT = 2**31
-_LOG2E = 1.4426950408889634  # scores run in log2 units (exp2); lse is stored in natural-log units
+_INT32_LIMIT = 2**31  # tile offsets within one (video, frame) are int32
 
 
 # ----------------------------------------------------------------------------------------------
@@ -71,6 +70,19 @@ def first_frame_key_frames(num_frames: int) -> list[list[int]]:
 def full_key_frames(num_frames: int) -> list[list[int]]:
     """Full spatio-temporal attention: every frame attends to all frames."""
     return [list(range(num_frames)) for _ in range(num_frames)]
+
+
+# The named modes, each the key-frame table of one of the functions above.
+FRAME_MODES = ("sparse_causal", "first_frame", "full")
+_MODE_TABLES = {"sparse_causal": sparse_causal_key_frames, "first_frame": first_frame_key_frames,
+                "full": full_key_frames}
+
+
+def key_frames_for(mode: str, num_frames: int) -> list[list[int]]:
+    """The key-frame table of ``mode`` (one of :data:`FRAME_MODES`) for ``num_frames`` frames."""
+    if mode not in FRAME_MODES:
+        raise ValueError(f"mode: expected one of {', '.join(map(repr, FRAME_MODES))}, got {mode!r}")
+    return _MODE_TABLES[mode](num_frames)
 
 
 def prepare_key_table(key_frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,7 +139,7 @@ def frame_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return torch.stack(outs, dim=1).to(q.dtype), torch.stack(lses, dim=1)
 
 
-def frame_attention_reference_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+def frame_attention_backward_reference(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                        key_frames, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv) of :func:`frame_attention_reference`, written out (the kernels' spec).
 
@@ -207,28 +219,11 @@ def vector_align(d0: int, d1: int, *tensors: torch.Tensor) -> int:
     return vector
 
 
-@dataclass(frozen=True)
-class LaunchConfig:
-    block_m: int    # query rows per program (forward, dq) / query rows per step (dk/dv)
-    block_n: int    # key rows per step (forward, dq) / key rows per program (dk/dv)
-    num_warps: int
-    num_stages: int
-
-    @classmethod
-    def parse(cls, text: str) -> "LaunchConfig":
-        """``"128x64 w8 s3"``: block_m x block_n, warps, pipeline stages (the tables' notation)."""
-        tiles, warps, stages = text.split()
-        block_m, block_n = tiles.split("x")
-        return cls(int(block_m), int(block_n), int(warps[1:]), int(stages[1:]))
-
-
-_ARCHS = (80, 90)
-_DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 PASSES = ("forward", "backward_dq", "backward_dkdv")
 
-# Tile configs per (pass, arch, operand kind) and blocked head width D0 + D1: the default first,
-# then the alternatives the forward autotuner may time. fp16 and bf16 share the "tensor" rows
-# (tensor cores, fp32 accumulation); "fp32" rows run exact fp32 products on CUDA cores.
+# Tile configs per (pass, arch, operand kind) (``_launch.table_key``) and blocked head width D0 + D1:
+# the default first, then the alternatives the forward autotuner may time. fp16 and bf16 share the
+# "tensor" rows (tensor cores, fp32 accumulation); "fp32" rows run exact fp32 products on CUDA cores.
 #
 # Each entry was chosen from the ahead-of-time compile table (``python -m vidgen.kernels._aot``)
 # on the oldest (3.6, ptxas 12.8) and newest Triton: every "tensor" entry compiles without a
@@ -285,7 +280,7 @@ _FP32_TILES = {  # CUDA-core products: an FMA dot keeps its operand rows in regi
     "backward_dkdv": {**{w: ("32x32 w8 s1",) for w in (16, 32, 48, 64, 80, 128)},
                       **{w: ("32x32 w16 s1",) for w in (160, 256)}},
 }
-_TILES.update({(kernel_pass, arch, "fp32"): rows for kernel_pass, rows in _FP32_TILES.items() for arch in _ARCHS})
+_TILES.update({(kernel_pass, arch, "fp32"): rows for kernel_pass, rows in _FP32_TILES.items() for arch in ARCHS})
 # Stack bytes per thread allowed, by (pass, arch, width), where no spill-free tensor-core tile was
 # found on both toolchains (largest stack seen, triton 3.6 and 3.9): D = 225..256 (no Stable
 # Diffusion UNet has it) on both archs, and the dk/dv kernel at D = 129..160 on sm_80, where every
@@ -298,31 +293,19 @@ _STACK_ALLOWANCES: dict[tuple[str, int, int], tuple[int, str]] = {
     ("backward_dq", 90, 256): (8, _WIDE_D + "; 0 B on triton 3.9, 8 B on 3.6"),
     ("backward_dkdv", 80, 160): (224, "sm_80 dk/dv at D = 129..160: no spill-free tile found (16-64 rows, 4-16 warps)"),
 }
-# fp32 runs exact fp32 products on CUDA cores: an FMA dot holds its operand rows in registers across
-# the whole contraction over D, so wide heads keep a stack at any tile (16x16 at 4 warps included).
-# fp32 is the reference dtype, not the fast one; a D-chunked contraction would remove this.
+# fp32 by (pass, width) (``_launch.FP32_STACK_NOTE``): wide heads keep a stack at any tile (16x16 at
+# 4 warps included); a D-chunked contraction would remove it.
 _FP32_STACK: dict[tuple[str, int], int] = {
     ("forward", 128): 224, ("forward", 160): 272, ("forward", 256): 1384,
     ("backward_dq", 128): 152, ("backward_dq", 160): 224, ("backward_dq", 256): 1360,
 }
-_FP32_NOTE = "fp32 CUDA-core (FMA) products at a wide head"
-
-
-def _stack_allowance(kernel_pass: str, arch: int, dtype: str, width: int) -> tuple[int, str]:
-    """(stack bytes per thread the config may keep, why): 0 for every tensor-core config but the
-    sm_80 entries of ``_STACK_ALLOWANCES``."""
-    if dtype == "fp32":
-        allowed = _FP32_STACK.get((kernel_pass, width), 0)
-        return allowed, _FP32_NOTE if allowed else ""
-    return _STACK_ALLOWANCES.get((kernel_pass, arch, width), (0, ""))
 
 
 def tile_candidates(kernel_pass: str, width: int, dtype: str, arch: int) -> tuple[LaunchConfig, ...]:
     """The tile configs of ``kernel_pass`` ("forward", "backward_dq", "backward_dkdv") for blocked
     head width ``D0 + D1``, input dtype ("fp16", "bf16", "fp32") and compute capability (80 or 90,
     the table newer archs use); the first is the default. Every one is compiled ahead of time."""
-    kind = "fp32" if dtype == "fp32" else "tensor"
-    return tuple(LaunchConfig.parse(text) for text in _TILES[(kernel_pass, 90 if arch >= 90 else 80, kind)][width])
+    return tuple(LaunchConfig.parse(text) for text in _TILES[table_key(kernel_pass, arch, dtype)][width])
 
 
 def forward_candidates(width: int, dtype: str, arch: int) -> tuple[LaunchConfig, ...]:
@@ -340,12 +323,6 @@ def backward_configs(width: int, dtype: str, arch: int) -> tuple[LaunchConfig, L
     run shows an alternative pays (each would add kernels x dtypes x archs to the CI compile)."""
     return (tile_candidates("backward_dq", width, dtype, arch)[0],
             tile_candidates("backward_dkdv", width, dtype, arch)[0])
-
-
-def _dot_precision(dtype: torch.dtype) -> str:
-    """fp32 inputs take exact fp32 products (no tf32: the result matches PyTorch's default matmul
-    precision); fp16/bf16 ignore it (tensor cores, fp32 accumulation)."""
-    return "ieee" if dtype == torch.float32 else "tf32"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -455,7 +432,7 @@ _SIZE_ARGS = ["num_frames", "num_heads", "N", "M", "table_width", "num_m_blocks"
 
 
 @triton.jit(do_not_specialize=_SIZE_ARGS)
-def _forward_kernel(
+def _frame_attention_forward_kernel(
     Q, Q1,                 # (B, F, N, H, D) any strides, unit stride on D; Q1 = Q + D - D1
     K, K1,                 # (B, F, M, H, D) any strides, unit stride on D
     V, V1,                 # (B, F, M, H, D) any strides, unit stride on D
@@ -551,14 +528,14 @@ def _dq_key_block(dq0, dq1, q0, q1, do0, do1, lse2, delta, k_base, k1_base, v_ba
 
 
 @triton.jit(do_not_specialize=_SIZE_ARGS)
-def _backward_dq_kernel(
-    Q, Q1, K, K1, V, V1,   # as in _forward_kernel
+def _frame_attention_backward_dq_kernel(
+    Q, Q1, K, K1, V, V1,   # as in _frame_attention_forward_kernel
     Out, Out1,             # (B, F, N, H, D) forward output, any strides
     DOut, DOut1,           # (B, F, N, H, D) incoming gradient, any strides, unit stride on D
     DQ, DQ1,               # (B, F, N, H, D) output, strided like Out
     Lse,                   # (B, F, H, N) fp32 from the forward
     Delta,                 # (B, F, H, N) fp32 output: rowsum(dout * out), read by the dk/dv kernel
-    Table, Counts,         # as in _forward_kernel
+    Table, Counts,         # as in _frame_attention_forward_kernel
     stride_qb, stride_qf, stride_qn, stride_qh,
     stride_kb, stride_kf, stride_km, stride_kh,
     stride_vb, stride_vf, stride_vm, stride_vh,
@@ -627,8 +604,8 @@ def _backward_dq_kernel(
 
 
 @triton.jit(do_not_specialize=["num_frames", "num_heads", "num_videos", "N", "M", "num_n_blocks"])
-def _backward_dkdv_kernel(
-    Q, Q1, K, K1, V, V1,   # as in _forward_kernel
+def _frame_attention_backward_dkdv_kernel(
+    Q, Q1, K, K1, V, V1,   # as in _frame_attention_forward_kernel
     DOut, DOut1,           # (B, F, N, H, D) incoming gradient, any strides, unit stride on D
     DK, DK1, DV, DV1,      # (B, F, M, H, D) outputs, contiguous
     Lse, Delta,            # (B, F, H, N) fp32
@@ -721,13 +698,6 @@ def _backward_dkdv_kernel(
 # ----------------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------------
-def _arch(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 90  # the interpreter: any table entry runs
-    major, minor = torch.cuda.get_device_capability(device)
-    return 90 if major >= 9 else 80
-
-
 def _unit_stride(x: torch.Tensor) -> torch.Tensor:
     """Kernels need unit stride on D only; anything else is a copy, and rare (a transposed head)."""
     return x if x.stride(-1) == 1 or x.shape[-1] == 1 else x.contiguous()
@@ -775,11 +745,6 @@ def _declared(config: LaunchConfig, candidates: tuple[LaunchConfig, ...], kernel
     return config
 
 
-def _check_grid(programs: int) -> None:
-    if programs >= _INT32_LIMIT:
-        raise ValueError(f"frame_attention needs {programs} programs; the limit is 2**31 - 1")
-
-
 def forward_autotune_key(width: int, dtype: str, arch: int, table_shape, N: int, M: int, *, align: int = 1) -> tuple:
     """The forward's autotuning key: blocked head width, dtype, arch, key-table shape (F, K), and
     N and M rounded up to a power of two, so every N in (64, 128] -- 77 text tokens, 100 pixels --
@@ -805,7 +770,7 @@ def frame_attention_forward_triton(q, k, v, table, counts, scale: float, *,
     B, F, N, H, D = q.shape
     M = k.shape[2]
     d0, d1, mask_d = head_blocks(D)
-    dtype, arch = _DTYPE_NAMES[q.dtype], _arch(q.device)
+    dtype, arch = DTYPE_NAMES[q.dtype], device_arch(q.device)
     candidates = forward_candidates(d0 + d1, dtype, arch)
     if config is not None:
         candidates = (_declared(config, candidates, "forward"),)
@@ -814,17 +779,16 @@ def frame_attention_forward_triton(q, k, v, table, counts, scale: float, *,
     out = torch.empty((B, F, N, H, D), dtype=q.dtype, device=q.device)
     lse = torch.empty((B, F, H, N), dtype=torch.float32, device=q.device)
     _check_int32_span(q=q, k=k, v=v)
-    _check_grid(triton.cdiv(N, min(cfg.block_m for cfg in candidates)) * F * H * B)
+    check_grid(triton.cdiv(N, min(cfg.block_m for cfg in candidates)) * F * H * B, "frame_attention")
 
     def launch(cfg: LaunchConfig) -> None:
         num_m_blocks = triton.cdiv(N, cfg.block_m)
-        _forward_kernel[(num_m_blocks * F * H * B,)](
+        _frame_attention_forward_kernel[(num_m_blocks * F * H * B,)](
             q, _tail(q, d1), k, _tail(k, d1), v, _tail(v, d1), out, _tail(out, d1), lse, table, counts,
             *q.stride()[:4], *k.stride()[:4], *v.stride()[:4], *out.stride()[:4],
-            F, H, N, M, table.shape[1], num_m_blocks, scale * _LOG2E, D,
+            F, H, N, M, table.shape[1], num_m_blocks, scale * LOG2E, D,
             D0=d0, D1=d1, MASK_D=mask_d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-            DOT_PRECISION=_dot_precision(q.dtype), ALIGN=align, num_warps=cfg.num_warps,
-            num_stages=cfg.num_stages, maxnreg=MAX_REGISTERS)
+            DOT_PRECISION=dot_precision(dtype), ALIGN=align, **cfg.launch_options)
 
     align = vector_align(d0, d1, q, k, v, out)
     key = forward_autotune_key(d0 + d1, dtype, arch, table.shape, N, M, align=align)
@@ -843,7 +807,7 @@ def frame_attention_backward_triton(dout, q, k, v, out, lse, table, counts, read
     B, F, N, H, D = q.shape
     M = k.shape[2]
     d0, d1, mask_d = head_blocks(D)
-    dtype, arch = _DTYPE_NAMES[q.dtype], _arch(q.device)
+    dtype, arch = DTYPE_NAMES[q.dtype], device_arch(q.device)
     dq_cfg, kv_cfg = backward_configs(d0 + d1, dtype, arch)
     dq_cfg = _measured_config("backward_dq", q.device, d0 + d1, dtype, N, any_size=True) or dq_cfg
     kv_cfg = _measured_config("backward_dkdv", q.device, d0 + d1, dtype, N, any_size=True) or kv_cfg
@@ -858,53 +822,36 @@ def frame_attention_backward_triton(dout, q, k, v, out, lse, table, counts, read
     _check_int32_span(q=q, k=k, v=v, out=out, dout=dout)
     num_m_blocks = triton.cdiv(N, dq_cfg.block_m)
     num_n_blocks = triton.cdiv(M, kv_cfg.block_n)
-    _check_grid(max(num_m_blocks, num_n_blocks) * F * H * B)
-    precision = _dot_precision(q.dtype)
+    check_grid(max(num_m_blocks, num_n_blocks) * F * H * B, "frame_attention")
+    precision = dot_precision(dtype)
     align = vector_align(d0, d1, q, k, v, out, dout, dq, dk, dv)
-    _backward_dq_kernel[(num_m_blocks * F * H * B,)](
+    _frame_attention_backward_dq_kernel[(num_m_blocks * F * H * B,)](
         q, _tail(q, d1), k, _tail(k, d1), v, _tail(v, d1), out, _tail(out, d1), dout, _tail(dout, d1),
         dq, _tail(dq, d1), lse, delta, table, counts,
         *q.stride()[:4], *k.stride()[:4], *v.stride()[:4], *out.stride()[:4], *dout.stride()[:4],
-        *dq.stride()[:4], F, H, N, M, table.shape[1], num_m_blocks, scale, scale * _LOG2E, D,
+        *dq.stride()[:4], F, H, N, M, table.shape[1], num_m_blocks, scale, scale * LOG2E, D,
         D0=d0, D1=d1, MASK_D=mask_d, BLOCK_M=dq_cfg.block_m, BLOCK_N=dq_cfg.block_n,
-        DOT_PRECISION=precision, ALIGN=align, num_warps=dq_cfg.num_warps, num_stages=dq_cfg.num_stages,
-        maxnreg=MAX_REGISTERS)
-    _backward_dkdv_kernel[(num_n_blocks * H * B * F,)](
+        DOT_PRECISION=precision, ALIGN=align, **dq_cfg.launch_options)
+    _frame_attention_backward_dkdv_kernel[(num_n_blocks * H * B * F,)](
         q, _tail(q, d1), k, _tail(k, d1), v, _tail(v, d1), dout, _tail(dout, d1),
         dk, _tail(dk, d1), dv, _tail(dv, d1), lse, delta, readers, reader_counts,
         *q.stride()[:4], *k.stride()[:4], *v.stride()[:4], *dout.stride()[:4], *dk.stride()[:4],
-        F, H, B, N, M, num_n_blocks, scale, scale * _LOG2E, D,
+        F, H, B, N, M, num_n_blocks, scale, scale * LOG2E, D,
         D0=d0, D1=d1, MASK_D=mask_d, BLOCK_M=kv_cfg.block_m, BLOCK_N=kv_cfg.block_n,
-        DOT_PRECISION=precision, ALIGN=align, num_warps=kv_cfg.num_warps, num_stages=kv_cfg.num_stages,
-        maxnreg=MAX_REGISTERS)
+        DOT_PRECISION=precision, ALIGN=align, **kv_cfg.launch_options)
     return dq, dk, dv
 
 
 # ----------------------------------------------------------------------------------------------
 # Ahead-of-time specs: every (kernel, head blocking, dtype, tile config) the launchers can pick.
 # ----------------------------------------------------------------------------------------------
-# Argument kinds, read from each kernel's own parameter list (a hand-written copy would drift): the
-# pointers come first, up to the first stride -- q/k/v/out and their gradients in the input dtype,
-# the softmax statistics fp32, the key-frame tables int32 --; after them the two scales are fp32,
-# constexprs are annotated, and every other argument (strides, sizes, head_dim) is int32.
+# Argument kinds (``_launch.kernel_signature`` reads each kernel's own parameter list): the pointers
+# come first -- q/k/v/out and their gradients in the input dtype, the softmax statistics fp32, the
+# key-frame tables int32 --; after them the two scales are fp32, every other argument (strides,
+# sizes, head_dim) int32.
 _STATISTICS = {"Lse", "Delta"}
 _TABLES = {"Table", "Counts", "Readers", "ReaderCounts"}
 _SCALES = {"scale", "qk_scale"}
-
-
-def _signature(kernel: str, dtype: str) -> dict[str, str]:
-    """Triton types of ``kernel``'s arguments for inputs of ``dtype`` (the ahead-of-time specs)."""
-    params = list(inspect.signature(globals()[kernel].fn).parameters.values())
-    first_stride = next(i for i, p in enumerate(params) if p.name.startswith("stride_"))
-
-    def kind(index: int, param: inspect.Parameter) -> str:
-        if param.annotation is not inspect.Parameter.empty:
-            return "constexpr"
-        if index < first_stride:
-            return "*fp32" if param.name in _STATISTICS else "*i32" if param.name in _TABLES else f"*{dtype}"
-        return "fp32" if param.name in _SCALES else "i32"
-
-    return {param.name: kind(i, param) for i, param in enumerate(params)}
 
 
 def aot_specs() -> list[KernelSpec]:
@@ -912,23 +859,27 @@ def aot_specs() -> list[KernelSpec]:
     16-byte row hint, for the archs whose table lists it; fp16/bf16 specs must use wgmma on sm_90,
     fp32 (exact IEEE products) runs on CUDA cores."""
     blockings = sorted({head_blocks(d) for d in range(MIN_HEAD_DIM, MAX_HEAD_DIM + 1)})
-    torch_dtypes = {name: dtype for dtype, name in _DTYPE_NAMES.items()}
-    specs: dict[tuple, tuple[KernelSpec, list[int]]] = {}
-    for kernel, kernel_pass in (("_forward_kernel", "forward"), ("_backward_dq_kernel", "backward_dq"),
-                                ("_backward_dkdv_kernel", "backward_dkdv")):
-        signatures = {dtype: _signature(kernel, dtype) for dtype in ("fp16", "bf16", "fp32")}
-        for (d0, d1, mask_d), dtype, arch in itertools.product(blockings, signatures, _ARCHS):
-            vector = 16 // torch_dtypes[dtype].itemsize
+    specs = []
+    kernels = {"forward": _frame_attention_forward_kernel, "backward_dq": _frame_attention_backward_dq_kernel,
+               "backward_dkdv": _frame_attention_backward_dkdv_kernel}
+    for kernel_pass, kernel in kernels.items():
+        signatures = {dtype: kernel_signature(kernel, dtype, fp32_pointers=_STATISTICS,
+                                              int32_pointers=_TABLES, fp32_scalars=_SCALES)
+                      for dtype in ("fp16", "bf16", "fp32")}
+        for (d0, d1, mask_d), dtype, arch in itertools.product(blockings, signatures, ARCHS):
+            vector = 16 // TORCH_DTYPES[dtype].itemsize
             aligns = (1, vector) if (d0, d1) in _HINTED_BLOCKINGS and dtype != "fp32" else (1,)
-            max_stack, stack_note = _stack_allowance(kernel_pass, arch, dtype, d0 + d1)
+            stack = stack_allowance(kernel_pass, arch, dtype, d0 + d1, fp32_stack=_FP32_STACK,
+                                    tensor_stack=_STACK_ALLOWANCES)
             for cfg, align in itertools.product(tile_candidates(kernel_pass, d0 + d1, dtype, arch), aligns):
-                spec = KernelSpec(
-                    module=__name__, kernel=kernel, signature=signatures[dtype],
-                    constexprs={"D0": d0, "D1": d1, "MASK_D": mask_d, "BLOCK_M": cfg.block_m,
-                                "BLOCK_N": cfg.block_n, "DOT_PRECISION": _dot_precision(torch_dtypes[dtype]),
-                                "ALIGN": align},
-                    num_warps=cfg.num_warps, num_stages=cfg.num_stages, maxnreg=MAX_REGISTERS,
-                    expect_wgmma=dtype != "fp32", max_stack=max_stack, stack_note=stack_note)
-                # A config both archs list is one spec compiled for each (same label, same allowance).
-                specs.setdefault((spec.label, max_stack), (spec, []))[1].append(arch)
-    return [dataclasses.replace(spec, archs=tuple(archs)) for spec, archs in specs.values()]
+                constexprs = {"D0": d0, "D1": d1, "MASK_D": mask_d, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n,
+                              "DOT_PRECISION": dot_precision(dtype), "ALIGN": align}
+                specs.append((attention_spec(__name__, kernel, signatures[dtype], constexprs, cfg,
+                                             expect_wgmma=dtype != "fp32", stack=stack), arch))
+    return merge_archs(specs)
+
+
+# Renamed in this release; the old names go in the next one.
+__getattr__ = deprecated_aliases(__name__, globals(), {
+    "frame_attention_reference_backward": "frame_attention_backward_reference",
+})

@@ -97,7 +97,8 @@ def test_sd15_head_dim_40_frame_attention_loads_whole_vectors():
     proc = subprocess.run([sys.executable, "-c", _D40_PTX_PROBE], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads(proc.stdout.splitlines()[-1])
-    assert set(rows) == {"_forward_kernel", "_backward_dq_kernel", "_backward_dkdv_kernel"}
+    assert set(rows) == {"_frame_attention_forward_kernel", "_frame_attention_backward_dq_kernel",
+                         "_frame_attention_backward_dkdv_kernel"}
     for kernel, row in rows.items():
         assert row["scalar_loads"] == 0 and row["cp_async"] > 0, f"{kernel}: {row}"
 

@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 
-from vidgen import _backend
+from vidgen.ops import _backend
 from vidgen.ops import BackendUnavailable, use_backend
 
 CUDA_OP = _backend.OpInfo("test_op_cuda", ("cuda", "triton", "torch"))
@@ -25,7 +25,7 @@ def test_auto_runs_cpu_tensors_through_the_interpreter_when_enabled(monkeypatch)
 
 
 def test_auto_prefers_the_cuda_library_for_cuda_tensors_when_it_loaded(monkeypatch):
-    from vidgen import _cuda_lib
+    from vidgen.ops import _cuda_lib
 
     monkeypatch.setattr(_cuda_lib, "load_error", lambda: None)
     assert _backend.select(CUDA_OP, torch.device("cuda")) == "cuda"

@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 import vidgen
-from vidgen import _cuda_abi, _cuda_lib
+from vidgen.ops import _cuda_lib
 from vidgen.kernels.guidance import guided_step_reference
 from vidgen.ops import guided_step, use_backend
 
@@ -36,17 +36,17 @@ def lib():
 
 
 def test_library_loads_with_matching_abi(lib):
-    assert lib.vidgen_abi_version() == _cuda_abi.ABI_VERSION
-    assert lib.vidgen_guided_step_args_size() == ctypes.sizeof(_cuda_abi.GuidedStepArgs)
+    assert lib.vidgen_abi_version() == _cuda_lib.ABI_VERSION
+    assert lib.vidgen_guided_step_args_size() == ctypes.sizeof(_cuda_lib.GuidedStepArgs)
 
 
-def valid_args(**overrides) -> _cuda_abi.GuidedStepArgs:
+def valid_args(**overrides) -> _cuda_lib.GuidedStepArgs:
     """Arguments that pass the library's checks; the pointers are never dereferenced by these tests."""
     fake = 1 << 20
     args = dict(out=fake, sample=fake, eps_cond=fake, batch=2, pre=4, frames=16, post=64, alpha_t=0.5, alpha_p=0.6,
                 alpha_t_stride=-1, alpha_p_stride=-1, guidance_scale=7.5, clip_range=float("inf"), coef_new=1.0)
     args.update(overrides)
-    return _cuda_abi.GuidedStepArgs(**args)
+    return _cuda_lib.GuidedStepArgs(**args)
 
 
 def call(lib, args):

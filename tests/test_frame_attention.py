@@ -124,7 +124,7 @@ def test_forward_saves_the_log_sum_exp(device):
     table, counts = K.prepare_key_table(torch.tensor(K.sparse_causal_key_frames(3)))
     readers, reader_counts = K.reverse_key_table(table, counts)
     args = [t.to(device) for t in (table, counts, readers, reader_counts)]
-    out, lse = fa_module._forward_op(q, k, v, *args, 0.3)
+    out, lse = fa_module._frame_attention_forward(q, k, v, *args, 0.3)
     ref_out, ref_lse = K.frame_attention_reference(q.double(), k.double(), v.double(), table, 0.3)
     assert lse.shape == (1, 3, 2, 77) and lse.dtype == torch.float32
     _assert_close("lse", lse, ref_lse, torch.float32)
@@ -216,7 +216,7 @@ def test_custom_op_registration_passes_opcheck(device):
     table, counts = K.prepare_key_table(torch.tensor([[0, 1], [0, 0]]))
     readers, reader_counts = K.reverse_key_table(table, counts)
     args = (q.requires_grad_(True), k, v, *(t.to(device) for t in (table, counts, readers, reader_counts)), 0.25)
-    torch.library.opcheck(fa_module._forward_op, args,
+    torch.library.opcheck(fa_module._frame_attention_forward, args,
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
 
 
@@ -266,7 +266,7 @@ def test_works_under_torch_compile_fullgraph(device):
 
 
 def test_these_tests_exercise_the_triton_kernels(device):
-    from vidgen import _backend
+    from vidgen.ops import _backend
 
     assert _backend.select(fa_module.FRAME_ATTENTION, device) == "triton"
 

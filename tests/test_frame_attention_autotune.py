@@ -116,7 +116,7 @@ def test_launcher_tunes_on_its_key_and_candidates(monkeypatch, device):
     q, k, v = (torch.randn(B, F, n, H, D).to(device, torch.float16) for n in (N, M, M))
     table, counts = (t.to(device) for t in K.prepare_key_table(torch.tensor(K.sparse_causal_key_frames(F))))
     K.frame_attention_forward_triton(q, k, v, table, counts, D ** -0.5)
-    arch = K._arch(q.device)
+    arch = K.device_arch(q.device)
     # D = 40 fp16, contiguous: rows start on 16-byte boundaries, so the launch is hinted (ALIGN = 8).
     assert asked == [("frame_attention_forward", K.forward_autotune_key(48, "fp16", arch, (F, 2), N, M, align=8),
                       K.forward_candidates(48, "fp16", arch), q.device)]
@@ -233,8 +233,8 @@ def test_every_candidate_is_compiled_ahead_of_time_for_the_archs_that_launch_it(
                  s.constexprs["BLOCK_N"], s.num_warps, s.num_stages, arch)
                 for s in K.aot_specs() for arch in s.archs}
     blockings = {K.head_blocks(d) for d in range(K.MIN_HEAD_DIM, K.MAX_HEAD_DIM + 1)}
-    kernels = {"forward": "_forward_kernel", "backward_dq": "_backward_dq_kernel",
-               "backward_dkdv": "_backward_dkdv_kernel"}
+    kernels = {"forward": "_frame_attention_forward_kernel", "backward_dq": "_frame_attention_backward_dq_kernel",
+               "backward_dkdv": "_frame_attention_backward_dkdv_kernel"}
     expected = set()
     for d0, d1, _ in blockings:
         for dtype in ("fp16", "bf16", "fp32"):
@@ -257,7 +257,7 @@ def test_a_sweep_may_only_launch_declared_configs(device):
 
 def test_sizes_never_specialise_the_forward_kernel():
     """Choices are configs of compiled kernels: a new F, N, M or table width must not compile one."""
-    kernel = K._forward_kernel
+    kernel = K._frame_attention_forward_kernel
     if hasattr(kernel, "params"):  # compiled (GPU run)
         unspecialised = {p.name for p in kernel.params if p.do_not_specialize}
     else:  # the interpreter keeps the decorator's arguments
@@ -267,7 +267,7 @@ def test_sizes_never_specialise_the_forward_kernel():
 
 def _record_launches(monkeypatch):
     """Record the LaunchConfig of every forward launch, then launch it."""
-    launched, kernel = [], K._forward_kernel
+    launched, kernel = [], K._frame_attention_forward_kernel
 
     class Recorder:
         def __getitem__(self, grid):
@@ -277,7 +277,7 @@ def _record_launches(monkeypatch):
                                     num_stages=num_stages, **kwargs)
             return run
 
-    monkeypatch.setattr(K, "_forward_kernel", Recorder())
+    monkeypatch.setattr(K, "_frame_attention_forward_kernel", Recorder())
     return launched
 
 
@@ -299,7 +299,7 @@ def test_each_candidate_matches_the_reference(D, dtype, choice, monkeypatch, dev
     table, counts = (t.to(device) for t in K.prepare_key_table(torch.tensor(rows)))
     out, lse = K.frame_attention_forward_triton(q, k, v, table, counts, D ** -0.5)
 
-    candidates = K.forward_candidates(sum(K.head_blocks(D)[:2]), K._DTYPE_NAMES[dtype], K._arch(q.device))
+    candidates = K.forward_candidates(sum(K.head_blocks(D)[:2]), K.DTYPE_NAMES[dtype], K.device_arch(q.device))
     assert launched == [*candidates, candidates[choice]]
     ref_out, ref_lse = K.frame_attention_reference(q.double(), k.double(), v.double(), rows, D ** -0.5)
     for name, actual, expected, tol in (("out", out, ref_out, TOLERANCE[dtype]), ("lse", lse, ref_lse, 1e-4)):
@@ -322,7 +322,7 @@ def test_real_timing_on_cuda_persists_a_choice(device, monkeypatch, tmp_path):
     [cache_file] = (tmp_path / "autotune").iterdir()
     assert _autotune.device_tag(device) in cache_file.name
     [entry] = json.loads(cache_file.read_text()).values()
-    candidates = K.forward_candidates(48, "fp16", K._arch(device))
+    candidates = K.forward_candidates(48, "fp16", K.device_arch(device))
     assert entry["choice"] in {repr(c) for c in candidates} and len(entry["ms"]) == len(candidates)
     monkeypatch.setattr(_autotune, "measure_ms", _never_timed)
     again, _ = K.frame_attention_forward_triton(q, k, v, table, counts, D ** -0.5)
@@ -354,9 +354,9 @@ def test_out_of_memory_while_timing_runs_the_default(fake_gpu, monkeypatch):
 def test_every_tile_config_of_both_arch_tables_matches_the_reference(D, arch, monkeypatch, device):
     """Each arch's tiles (forward candidates, dq and dk/dv configs), forced on small odd shapes: the
     interpreter runs any of them, so the sm_80 table is checked here too, not only on an A100."""
-    if device.type == "cuda" and K._arch(device) != arch:
+    if device.type == "cuda" and K.device_arch(device) != arch:
         pytest.skip(f"the sm_{arch} table launches on sm_{arch} only")
-    monkeypatch.setattr(K, "_arch", lambda device_: arch)
+    monkeypatch.setattr(K, "device_arch", lambda device_: arch)
     dtype, width = torch.float16, sum(K.head_blocks(D)[:2])
     B, F, N, H = 1, 3, 37, 1
     gen = torch.Generator().manual_seed(D + arch)
@@ -365,7 +365,7 @@ def test_every_tile_config_of_both_arch_tables_matches_the_reference(D, arch, mo
     table, counts = (t.to(device) for t in K.prepare_key_table(torch.tensor(rows)))
     readers, reader_counts = K.reverse_key_table(table, counts)
     ref_out, _ = K.frame_attention_reference(q.double(), k.double(), v.double(), rows, D ** -0.5)
-    ref_grads = K.frame_attention_reference_backward(dout.double(), q.double(), k.double(), v.double(), rows,
+    ref_grads = K.frame_attention_backward_reference(dout.double(), q.double(), k.double(), v.double(), rows,
                                                      D ** -0.5)
     dq_cfg, = K.tile_candidates("backward_dq", width, "fp16", arch)
     dkdv_cfg, = K.tile_candidates("backward_dkdv", width, "fp16", arch)

@@ -11,7 +11,7 @@ from diffusers.pipelines.deprecated.text_to_video_synthesis.pipeline_text_to_vid
     CrossFrameAttnProcessor2_0,
 )
 
-from vidgen.processors import FrameAttnProcessor
+from vidgen.integration.processors import FrameAttnProcessor
 
 VIDEOS, FRAMES, TOKENS, HEADS, HEAD_DIM = 2, 3, 13, 2, 40
 CHANNELS = HEADS * HEAD_DIM
@@ -123,7 +123,7 @@ def test_refusals(device):
 def test_head_dims_below_the_kernels_run_in_pytorch_and_say_so_once(device, head_dim):
     # D < 8 is outside the frame-attention kernels' range: same attention in eager PyTorch.
     import vidgen
-    from vidgen._fallback import forget_warnings
+    from vidgen.integration.processors import forget_warnings
 
     attn = _module(device, heads=3, head_dim=head_dim)
     hidden = torch.randn(VIDEOS * FRAMES, TOKENS, 3 * head_dim, generator=torch.Generator().manual_seed(1)).to(device)
@@ -140,9 +140,9 @@ def test_head_dims_below_the_kernels_run_in_pytorch_and_say_so_once(device, head
 
 def test_temporal_attention_beyond_the_kernels_head_dim_runs_in_pytorch(device):
     import vidgen
-    from vidgen._fallback import forget_warnings
-    from vidgen.models.attention import ReferenceTemporalAttnProcessor
-    from vidgen.modules import temporal_self_attention
+    from vidgen.integration.processors import forget_warnings
+    from vidgen.integration.processors import ReferenceTemporalAttnProcessor
+    from vidgen.integration.processors import temporal_self_attention
 
     attn = _module(device, heads=1, head_dim=264)  # the temporal kernels serve D <= 256
     hidden = torch.randn(VIDEOS * FRAMES, 2, 264, generator=torch.Generator().manual_seed(6)).to(device)

@@ -14,10 +14,9 @@ from diffusers.pipelines.deprecated.text_to_video_synthesis.pipeline_text_to_vid
     CrossFrameAttnProcessor, CrossFrameAttnProcessor2_0, TextToVideoZeroPipeline)
 
 import vidgen
-from vidgen import default_model
-from vidgen.models import VideoUNet
-from vidgen.patching import FirstFrameAttnProcessor, is_patched
-from vidgen.schedulers import FusedDDIMScheduler
+from vidgen import VideoUNet, default_model, is_patched
+from vidgen.integration.processors import FirstFrameAttnProcessor
+from vidgen.integration.schedulers import FusedDDIMScheduler
 
 FRAMES = 3
 
@@ -453,7 +452,7 @@ def test_text2video_zero_mixed_head_dims_patch_what_the_kernel_serves():
 def test_first_frame_processor_hands_unserved_calls_to_diffusers_and_says_so_once():
     from diffusers.models.attention_processor import Attention
 
-    from vidgen._fallback import forget_warnings
+    from vidgen.integration.processors import forget_warnings
 
     torch.manual_seed(0)
     attn = Attention(query_dim=8, heads=2, dim_head=4).eval()  # D = 4: no kernel
@@ -486,7 +485,7 @@ def test_motion_module_with_head_dim_beyond_the_kernel_is_left_and_reported():
 
 
 def test_patched_motion_module_runs_diffusers_forward_for_an_unserved_dtype(motion_unet_dir):
-    from vidgen._fallback import forget_warnings
+    from vidgen.integration.processors import forget_warnings
 
     unet = UNetMotionModel.from_pretrained(motion_unet_dir).double()
     inputs = [x.double() if x.is_floating_point() else x for x in video_inputs(size=4, text_per_frame=True)]
@@ -523,7 +522,7 @@ def test_pag_pipeline_runs_its_motion_modules_fused_and_matches(sd_dir, monkeypa
 
     from diffusers import AnimateDiffPAGPipeline
 
-    from vidgen import modules
+    from vidgen.integration import motion as modules
 
     pipe = AnimateDiffPAGPipeline.from_pretrained(sd_dir, motion_adapter=tiny_adapter_for(sd_dir),
                                                   pag_applied_layers=["mid_block.*attn1"])
@@ -535,9 +534,9 @@ def test_pag_pipeline_runs_its_motion_modules_fused_and_matches(sd_dir, monkeypa
                     pag_scale=2.0, generator=torch.Generator().manual_seed(0), output_type="latent").frames
 
     identity_calls = []
-    real = modules.temporal_self_attention
-    monkeypatch.setattr(modules, "temporal_self_attention",
-                        lambda *a, **k: identity_calls.append(k.get("identity_videos", 0)) or real(*a, **k))
+    real = modules.attend_over_frames  # (attn, hidden_states, num_frames, positional_embedding, identity_videos)
+    monkeypatch.setattr(modules, "attend_over_frames",
+                        lambda *a: identity_calls.append(a[4]) or real(*a))
     before = sample()
     with vidgen.ops.use_backend("torch"), warnings.catch_warnings():
         warnings.simplefilter("error", vidgen.KernelFallbackWarning)  # no motion module falls back

@@ -125,7 +125,7 @@ def frame_attention_fp32_reference(q, k, v, dout, rows, scale, chunk_bytes: int 
         rows_of_chunk = slice(start, start + chunk)
         q_chunk, dout_chunk = q[:, :, rows_of_chunk], dout[:, :, rows_of_chunk]
         out[:, :, rows_of_chunk] = frame_kernels.frame_attention_reference(q_chunk, k, v, rows, scale)[0]
-        dq_chunk, dk_part, dv_part = frame_kernels.frame_attention_reference_backward(
+        dq_chunk, dk_part, dv_part = frame_kernels.frame_attention_backward_reference(
             dout_chunk, q_chunk, k, v, rows, scale)
         dq[:, :, rows_of_chunk] = dq_chunk
         dk += dk_part

@@ -12,7 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import vidgen
 from vidgen import default_model
-from vidgen.models import VideoUNet
+from vidgen import VideoUNet
 from vidgen.sampling import VideoModel, decode_latents, denoise, initial_noise, invert, sample_video
 
 SD15 = default_model.SD15_SCHEDULER

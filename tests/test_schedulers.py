@@ -5,7 +5,7 @@ from diffusers import DDIMInverseScheduler, DDIMScheduler
 from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 
 import vidgen
-from vidgen.schedulers import FusedDDIMInverseScheduler, FusedDDIMScheduler
+from vidgen.integration.schedulers import FusedDDIMInverseScheduler, FusedDDIMScheduler
 
 SHAPE = (2, 4, 3, 5, 7)
 SD15 = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,

@@ -4,7 +4,7 @@ import torch
 
 from vidgen.kernels import temporal_attention as kernels
 from vidgen.ops import temporal_attention, use_backend
-from vidgen.ops.temporal_attention import _fwd_op
+from vidgen.ops.temporal_attention import _temporal_attention_forward
 
 # Tolerances against the float64 reference: fp32 math is exact up to rounding; fp16/bf16 are
 # dominated by the rounding of the inputs to the probabilities before the P @ V product.
@@ -49,7 +49,7 @@ def test_forward_matches_float64_reference(B, F, N, H, D, layout, dtype, device)
     q, k, v = make_qkv(B, F, N, H, D, layout, dtype, device, g)
     q = q * 2.0  # sharper softmax than unit scores
 
-    out, lse = _fwd_op(q, k, v, D ** -0.5)
+    out, lse = _temporal_attention_forward(q, k, v, D ** -0.5)
     ref_out, ref_lse = reference64(q, k, v)
 
     assert out.shape == (B, F, N, H, D) and out.dtype == dtype
@@ -139,8 +139,8 @@ def test_more_than_65535_problems_in_one_launch(device):
 def test_launch_plan_covers_every_problem_and_frame(B, F, N, H):
     """Pure shape logic (no device): 1-D grid, every (problem, frame) owned by exactly one row."""
     plan = kernels.launch_plan(B, F, N, H)
-    P, slot, per_group, tiles = plan["num_problems"], plan["slot"], plan["per_group"], plan["num_tiles"]
-    (programs,) = plan["grid"]
+    P, slot, per_group, tiles = plan.num_problems, plan.slot, plan.per_group, plan.num_tiles
+    (programs,) = plan.grid
     assert P == B * N * H and programs <= 2**31 - 1
     assert slot * per_group <= kernels.BLOCK_M and slot * tiles >= F and slot * (tiles - 1) < F
     groups = programs // tiles
@@ -183,22 +183,22 @@ def test_custom_op_registration_passes_opcheck(device):
     """Fake impl, schema and autograd registration agree with the real op (torch.compile-ready)."""
     g = torch.Generator().manual_seed(5)
     q, k, v = (t.detach().requires_grad_() for t in make_qkv(1, 3, 3, 1, 8, "frame_major", torch.float32, device, g))
-    torch.library.opcheck(_fwd_op, (q, k, v, 0.35))
+    torch.library.opcheck(_temporal_attention_forward, (q, k, v, 0.35))
 
 
-def test_vector_width_only_when_every_row_starts_on_16_bytes():
+def test_vector_align_only_when_every_row_starts_on_16_bytes():
     B, F, N, H = 1, 4, 3, 2
     image = torch.empty(B * F, N, H * 40, dtype=torch.float16).view(B, F, N, H, 40)
-    assert kernels.vector_width(40, image, image) == 8
+    assert kernels.vector_align(40, image, image) == 8
     frame_major = torch.empty(B * N, F, H * 40, dtype=torch.bfloat16).view(B, N, F, H, 40).transpose(1, 2)
-    assert kernels.vector_width(40, frame_major, image) == 8
+    assert kernels.vector_align(40, frame_major, image) == 8
     odd_dim = torch.empty(B * F, N, H * 36, dtype=torch.float16).view(B, F, N, H, 36)
-    assert kernels.vector_width(36, odd_dim) == 1
+    assert kernels.vector_align(36, odd_dim) == 1
     shifted = torch.empty(B * F * N * H * 40 + 1, dtype=torch.float16)[1:].view(B, F, N, H, 40)
-    assert kernels.vector_width(40, image, shifted) == 1
+    assert kernels.vector_align(40, image, shifted) == 1
     strided = torch.empty(B, F, N, H, 80, dtype=torch.float16)[..., ::2]
-    assert kernels.vector_width(40, strided) == 1
-    assert kernels.vector_width(40, image.float()) == 1  # fp32 keeps scalar access
+    assert kernels.vector_align(40, strided) == 1
+    assert kernels.vector_align(40, image.float()) == 1  # fp32 keeps scalar access
 
 
 def test_aligned_and_unaligned_launches_agree(device):
@@ -206,10 +206,10 @@ def test_aligned_and_unaligned_launches_agree(device):
     g = torch.Generator().manual_seed(11)
     B, F, N, H, D = 1, 12, 5, 2, 40
     q, k, v = make_qkv(B, F, N, H, D, "image", torch.float16, device, g)
-    assert kernels.vector_width(D, q, k, v) == 8
+    assert kernels.vector_align(D, q, k, v) == 8
     buffer = torch.empty(q.numel() + 1, dtype=q.dtype, device=device)
     shifted = buffer[1:].view_as(q).copy_(q)
-    assert kernels.vector_width(D, shifted) == 1
+    assert kernels.vector_align(D, shifted) == 1
     torch.testing.assert_close(temporal_attention(shifted, k, v), temporal_attention(q, k, v), atol=0, rtol=0)
 
 
@@ -236,17 +236,17 @@ def test_both_arch_tables_match_the_float64_reference(D, dtype, arch, monkeypatc
     """Each arch's row counts, warps and dq fusion (the sm_80 table runs here through the interpreter;
     on a GPU only the table of its own arch launches). F = 24 packs one problem per 32-row program and
     leaves rows empty; F = 40 takes two frame tiles at 32 rows, one at 64."""
-    if device.type == "cuda" and kernels._arch(device) != arch:
+    if device.type == "cuda" and kernels.device_arch(device) != arch:
         pytest.skip(f"the sm_{arch} table launches on sm_{arch} only")
-    monkeypatch.setattr(kernels, "_arch", lambda device_: arch)
+    monkeypatch.setattr(kernels, "device_arch", lambda device_: arch)
     for F in (24, 40):
         g = torch.Generator().manual_seed(F + D + arch)
         q, k, v = make_qkv(1, F, 3, 1, D, "frame_major", dtype, device, g)
         grad = torch.randn(q.shape, generator=g).to(device, dtype)
-        out, lse = kernels.temporal_attention_fwd_triton(q, k, v, D ** -0.5)
+        out, lse = kernels.temporal_attention_forward_triton(q, k, v, D ** -0.5)
         ref_out, ref_lse = reference64(q, k, v)
         torch.testing.assert_close(out.double(), ref_out.double(), atol=TOL[dtype], rtol=TOL[dtype])
-        grads = kernels.temporal_attention_bwd_triton(grad, q, k, v, out, lse, D ** -0.5)
+        grads = kernels.temporal_attention_backward_triton(grad, q, k, v, out, lse, D ** -0.5)
         ref_grads = kernels.temporal_attention_backward_reference(grad.double(), q.double(), k.double(), v.double(),
                                                                   ref_lse, D ** -0.5)
         for name, actual, expected in zip(("dq", "dk", "dv"), grads, ref_grads):

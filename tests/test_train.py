@@ -15,7 +15,7 @@ import torch
 
 import vidgen
 from vidgen import default_model
-from vidgen.models import VideoUNet
+from vidgen import VideoUNet
 from vidgen.sampling import VideoModel, encode_prompt
 from vidgen.train import AdapterConfig, TrainSettings, train_adapter, trainable_parameter_names, tune
 from vidgen.train.checkpoint import (CHECKPOINT_NAME, atomic_save, load_checkpoint, restore, save_checkpoint,
@@ -116,7 +116,7 @@ def test_gradients_through_vidgen_kernels_match_the_reference_path(model_dir, mo
 
     launches: dict[str, int] = {}
     _count_calls(monkeypatch, launches, frame_kernels, ["frame_attention_forward_triton", "frame_attention_backward_triton"])
-    _count_calls(monkeypatch, launches, temporal_kernels, ["temporal_attention_fwd_triton", "temporal_attention_bwd_triton"])
+    _count_calls(monkeypatch, launches, temporal_kernels, ["temporal_attention_forward_triton", "temporal_attention_backward_triton"])
     torch.manual_seed(1)
     unet = VideoUNet.from_pretrained_2d(model_dir)
     with torch.no_grad():  # a fresh temporal output projection is zero: no gradient would reach attn_temp's q/k/v

@@ -15,7 +15,7 @@ from einops import rearrange, repeat
 from safetensors.torch import load_file
 
 import vidgen
-from vidgen.models import VideoUNet
+from vidgen import VideoUNet
 
 
 def tiny_unet2d(seed: int = 0, linear_projection: bool = False) -> UNet2DConditionModel:
@@ -183,7 +183,7 @@ def test_inflated_unet_triton_path_fp32(tmp_path):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_frame_pooled_group_norm_is_5d_group_norm(dtype):
-    from vidgen.models.video_unet import FrameCount, FramePooledGroupNorm
+    from vidgen.integration.video_unet import FrameCount, FramePooledGroupNorm
 
     gen = torch.Generator().manual_seed(9)
     norm = torch.nn.GroupNorm(4, 24, eps=1e-6).to(dtype)

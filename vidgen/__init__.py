@@ -5,15 +5,15 @@ from . import ops  # noqa: E402  (registers the torch custom ops)
 
 # The diffusers-facing layer (inflation, patching, sampling) is imported on first use: diffusers is heavy.
 _LAZY = {
-    "inflate": "models",
-    "VideoUNet": "models",
-    "patch": "patching",
-    "unpatch": "patching",
-    "is_patched": "patching",
-    "patch_report": "patching",
-    "PatchReport": "patching",
-    "PatchEntry": "patching",
-    "KernelFallbackWarning": "_fallback",
+    "inflate": "integration.video_unet",
+    "VideoUNet": "integration.video_unet",
+    "patch": "integration.patch",
+    "unpatch": "integration.patch",
+    "is_patched": "integration.patch",
+    "patch_report": "integration.patch",
+    "PatchReport": "integration.patch",
+    "PatchEntry": "integration.patch",
+    "KernelFallbackWarning": "integration.processors",
     "VideoModel": "sampling",
     "sample_video": "sampling",
     "invert": "sampling",
@@ -34,4 +34,4 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     # The public API (lazy names included, before their first use) and the public submodules.
-    return sorted(set(__all__) | {"models", "patching", "sampling", "schedulers", "train", "modules", "processors"})
+    return sorted(set(__all__) | {"integration", "sampling", "train"})

@@ -16,7 +16,8 @@ from collections.abc import Callable
 
 import torch
 
-from . import _backend, ops
+from . import ops
+from .ops import _backend
 
 
 def _cases(device: torch.device, small: bool) -> list[tuple[str, str, torch.dtype, Callable[[], object]]]:

@@ -5,7 +5,8 @@ import platform
 
 import torch
 
-from . import __version__, _backend, _cuda_lib
+from . import __version__
+from .ops import _backend, _cuda_lib
 from . import ops as _ops  # noqa: F401  (declares every op)
 
 

@@ -3,7 +3,7 @@
 * :func:`invert`: DDIM inversion of clean video latents (Tune-A-Video: the empty prompt's
   conditional prediction, no guidance), ending at the sampling start x_T.
 * :func:`denoise`: guided DDIM sampling, each step one fused kernel
-  (:meth:`vidgen.schedulers.FusedDDIMScheduler.guided_step`): classifier-free guidance, and the
+  (:meth:`vidgen.integration.schedulers.FusedDDIMScheduler.guided_step`): classifier-free guidance, and the
   Video Adapter composition when a prior UNet is given (section 4)::
 
       eps_text = eps_s(x, t | c) + lam * eps_p(x, t | c)
@@ -14,7 +14,7 @@
   per-stage timing (text encoding, inversion, denoising, decoding).
 
 Any video UNet that takes ``(sample (B, C, F, h, w), timestep, encoder_hidden_states (B, L, C))``
-and returns ``.sample`` of the sample's shape works: :class:`~vidgen.models.VideoUNet`, diffusers'
+and returns ``.sample`` of the sample's shape works: :class:`~vidgen.VideoUNet`, diffusers'
 ``UNet3DConditionModel``, and ``UNetMotionModel`` (its text is repeated per frame, as its pipelines do).
 
 Latents live frame-major in memory, ``(B, F, C, h, w)``, shown to the UNets as the
@@ -32,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .ops import correlated_noise
-from .schedulers import FusedDDIMInverseScheduler, FusedDDIMScheduler
+from .integration.schedulers import FusedDDIMInverseScheduler, FusedDDIMScheduler
 
 
 # ----------------------------------------------------------------------------------------------
@@ -54,14 +54,14 @@ class VideoModel:
                         unet: torch.nn.Module | None = None, torch_dtype: torch.dtype = torch.float32,
                         device: torch.device | str = "cpu") -> "VideoModel":
         """Load a local Stable-Diffusion-layout folder. The ``unet`` subfolder may hold a 2-D UNet
-        (inflated with ``frame_attention``) or a saved :class:`~vidgen.models.VideoUNet`; pass
+        (inflated with ``frame_attention``) or a saved :class:`~vidgen.VideoUNet`; pass
         ``unet`` to use another video UNet (e.g. a ``UNetMotionModel``)."""
         import json
 
         from diffusers import AutoencoderKL, DDIMScheduler
         from transformers import CLIPTextModel, CLIPTokenizer
 
-        from .models import VideoUNet
+        from .integration.video_unet import VideoUNet
 
         path = os.fspath(path)
         missing = [sub for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler")

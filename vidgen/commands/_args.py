@@ -144,7 +144,7 @@ def check_device(text: str) -> None:
 
 def check_backend() -> None:
     """``VIDGEN_BACKEND`` names a backend: refused here rather than at the first op, mid-run."""
-    from .. import _backend
+    from ..ops import _backend
 
     try:
         _backend.requested()
@@ -200,18 +200,18 @@ def check_latents_path(flag: str, path: str) -> None:
         raise UsageError(f"{flag}: expected a {', '.join(LATENT_EXTENSIONS)} file, got {path!r}")
 
 
-def read_video_for(flag: str, path: str, frames: int, needed_by: str | None = None):
-    """The first ``frames`` frames of the video at ``path``, read before any model loads;
+def read_video_for(flag: str, path: str, num_frames: int, needed_by: str | None = None):
+    """The first ``num_frames`` frames of the video at ``path``, read before any model loads;
     ``needed_by`` says which options ask for that many (default: ``--frames``)."""
     from ..video_io import read_video
 
     check_exists(flag, path)
     try:
-        video = read_video(path, max_frames=frames)
+        video = read_video(path, max_frames=num_frames)
     except (FileNotFoundError, ValueError) as exc:
         raise UsageError(f"{flag}: {str(exc).removeprefix('video: ')}") from None
-    if len(video) < frames:
-        raise UsageError(f"{flag}: {path} has {len(video)} frames, {needed_by or f'--frames asks for {frames}'}")
+    if len(video) < num_frames:
+        raise UsageError(f"{flag}: {path} has {len(video)} frames, {needed_by or f'--frames asks for {num_frames}'}")
     return video
 
 

@@ -8,26 +8,33 @@ driver, versions and commit, with the ceilings (copy bandwidth, bf16 matmul) mea
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
-import pkgutil
+import subprocess
 import sys
 
 import torch
 
 
-def _benchmarks_package():
+def _checkout() -> str:
+    """The source checkout this vidgen is installed from (editable install), which holds ``benchmarks/``."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    if not os.path.isdir(os.path.join(root, "benchmarks")):
+    if not os.path.isfile(os.path.join(root, "benchmarks", "__init__.py")):
         raise SystemExit("vidgen bench: the benchmarks/ folder of a vidgen source checkout is needed "
                          "(pip install -e . from the repository)")
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    return importlib.import_module("benchmarks")
+    return root
 
 
 def available() -> list[str]:
-    package = _benchmarks_package()
-    return sorted(m.name[len("bench_"):] for m in pkgutil.iter_modules(package.__path__) if m.name.startswith("bench_"))
+    folder = os.path.join(_checkout(), "benchmarks")
+    return sorted(name[len("bench_"):-len(".py")] for name in os.listdir(folder)
+                  if name.startswith("bench_") and name.endswith(".py"))
+
+
+def _run_module(module: str, args: list[str]) -> int:
+    """``python -m benchmarks.<module>`` in the checkout, in its own process: this process's import path
+    stays the installed package's, and a benchmark that loses its CUDA context ends alone."""
+    return subprocess.call([sys.executable, "-m", f"benchmarks.{module}", *args], cwd=_checkout())
 
 
 def build_parser():
@@ -61,18 +68,31 @@ def main(argv=None) -> int:
         return 2
     failed = []
     for name in names:
-        print(f"== {name}")
-        module = importlib.import_module(f"benchmarks.bench_{name}")
-        try:
-            module.main(["--quick"] if args.quick else [])
-        except Exception as exc:  # keep going: one broken benchmark must not hide the others' results
+        print(f"== {name}", flush=True)
+        # keep going: one broken benchmark must not hide the others' results
+        if _run_module(f"bench_{name}", ["--quick"] if args.quick else []) != 0:
             failed.append(name)
-            print(f"bench_{name} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            print(f"bench_{name} failed (its output above says why)", file=sys.stderr)
     report_status = _report() if args.report else 0  # also after a failure: the others' results are new
     return 1 if failed else report_status
 
 
+def _benchmarks_package():
+    """The checkout's ``benchmarks`` package, loaded from its folder (sys.path is left as it is)."""
+    folder = os.path.join(_checkout(), "benchmarks")
+    loaded = sys.modules.get("benchmarks")
+    if loaded is not None and os.path.dirname(os.path.abspath(loaded.__file__)) == folder:
+        return loaded
+    spec = importlib.util.spec_from_file_location("benchmarks", os.path.join(folder, "__init__.py"),
+                                                  submodule_search_locations=[folder])
+    package = importlib.util.module_from_spec(spec)
+    sys.modules["benchmarks"] = package
+    spec.loader.exec_module(package)
+    return package
+
+
 def _report() -> int:
-    """README's results section and speedup plot from ``benchmarks/results/`` (``benchmarks/report.py``)."""
+    """README's results section and speedup plot from ``benchmarks/results/`` (``benchmarks/report.py``):
+    pure Python, no GPU, so it runs in this process."""
     _benchmarks_package()
     return importlib.import_module("benchmarks.report").main([])

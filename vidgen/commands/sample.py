@@ -75,9 +75,9 @@ def resolve_dtype(args) -> torch.dtype:
     return torch.float16 if torch.device(args.device).type == "cuda" else torch.float32
 
 
-def load_source_video(path: str, frames: int, height: int, width: int) -> torch.Tensor:
+def load_source_video(path: str, num_frames: int, height: int, width: int) -> torch.Tensor:
     """(1, F, 3, H, W) in [-1, 1] from a video file or frame folder, resized and centre-cropped."""
-    return frames_to_tensor(_args.read_video_for("--video", path, frames), size=(height, width))[None]
+    return frames_to_tensor(_args.read_video_for("--video", path, num_frames), size=(height, width))[None]
 
 
 def model_pixel_size(model) -> tuple[int, int]:
@@ -186,7 +186,7 @@ def load_video_models(args, model_dir: str, device: torch.device, dtype: torch.d
 
 
 def _sample_video_model(args, model_dir: str, device: torch.device, dtype: torch.dtype):
-    from ..models import VideoUNet
+    from ..integration.video_unet import VideoUNet
     from ..sampling import sample_video
 
     model, prior, height, width = load_video_models(args, model_dir, device, dtype)

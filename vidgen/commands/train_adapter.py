@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_arguments(args) -> None:
-    from ..kernels.frame_attention import MAX_HEAD_DIM, MIN_HEAD_DIM
+    from ..ops.frame_attention import MAX_HEAD_DIM, MIN_HEAD_DIM
 
     check_training_arguments(args)
     _args.check_folder("--data", args.data, "a folder of videos with captions")

@@ -1,5 +1,5 @@
-"""vidgen's ops: each dispatches to the CUDA library, Triton or its PyTorch reference (see ``vidgen._backend``)."""
-from .._backend import BackendUnavailable, use_backend
+"""vidgen's ops: each dispatches to the CUDA library, Triton or its PyTorch reference (see ``vidgen.ops._backend``)."""
+from ._backend import BackendUnavailable, use_backend
 from .frame_attention import (first_frame_attention, frame_attention, full_frame_attention,
                               sparse_causal_attention)
 from .guidance import guided_step

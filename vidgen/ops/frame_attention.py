@@ -3,7 +3,12 @@
 Query frame f of every video attends to the union of the keys of the frames listed in row f
 of a key-frame table: Tune-A-Video's sparse-causal attention (frames 0 and f-1), first-frame
 attention (Text2Video-Zero, LAMP) and full spatio-temporal attention are three tables for the
-same op. Differentiable in q, k and v.
+same op (the named modes, :data:`FRAME_MODES` and :func:`key_frames_for`). Differentiable in q, k and v.
+
+Layout: the custom ops ``vidgen::frame_attention_fwd`` / ``_bwd`` (the Triton kernels or the
+PyTorch reference), the key tables they take, the public functions, and what a caller needs to
+decide whether the op serves a call (:func:`frame_attention_gap`, the head-dim range, the reference
+to compute it otherwise), so the diffusers integration never imports ``vidgen.kernels``.
 """
 from __future__ import annotations
 
@@ -11,8 +16,14 @@ import functools
 
 import torch
 
-from .. import _backend, _checks
+from . import _backend, _checks
 from ..kernels import frame_attention as _kernels
+from ..kernels.frame_attention import (FRAME_MODES, MAX_HEAD_DIM, MIN_HEAD_DIM, frame_attention_reference,
+                                       key_frames_for)
+
+__all__ = ["FRAME_MODES", "MAX_HEAD_DIM", "MIN_HEAD_DIM", "first_frame_attention", "frame_attention",
+           "frame_attention_gap", "frame_attention_reference", "full_frame_attention", "key_frames_for",
+           "sparse_causal_attention"]
 
 FRAME_ATTENTION = _backend.declare("frame_attention", ("triton", "torch"), differentiable=True)
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # fp64: reference only
@@ -35,17 +46,18 @@ def _run_triton(q: torch.Tensor) -> bool:
 
 
 @torch.library.custom_op("vidgen::frame_attention_fwd", mutates_args=())
-def _forward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor, counts: torch.Tensor,
-                readers: torch.Tensor, reader_counts: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _frame_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor,
+                             counts: torch.Tensor, readers: torch.Tensor, reader_counts: torch.Tensor,
+                             scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(out, lse). ``readers``/``reader_counts`` (the reverse table) are only saved for the backward."""
     if _run_triton(q):
         return _kernels.frame_attention_forward_triton(q, k, v, table, counts, scale)
-    out, lse = _kernels.frame_attention_reference(q, k, v, _listed_rows(table, counts), scale)
+    out, lse = frame_attention_reference(q, k, v, _listed_rows(table, counts), scale)
     return out.contiguous(), lse.contiguous()
 
 
-@_forward_op.register_fake
-def _(q, k, v, table, counts, readers, reader_counts, scale):
+@_frame_attention_forward.register_fake
+def _frame_attention_forward_fake(q, k, v, table, counts, readers, reader_counts, scale):
     B, F, N, H, _ = q.shape
     lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     return (torch.empty(q.shape, dtype=q.dtype, device=q.device),
@@ -53,23 +65,24 @@ def _(q, k, v, table, counts, readers, reader_counts, scale):
 
 
 @torch.library.custom_op("vidgen::frame_attention_bwd", mutates_args=())
-def _backward_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-                 lse: torch.Tensor, table: torch.Tensor, counts: torch.Tensor, readers: torch.Tensor,
-                 reader_counts: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _frame_attention_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                              out: torch.Tensor, lse: torch.Tensor, table: torch.Tensor, counts: torch.Tensor,
+                              readers: torch.Tensor, reader_counts: torch.Tensor,
+                              scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv), each contiguous in its input's shape."""
     if _run_triton(q):
         return _kernels.frame_attention_backward_triton(dout, q, k, v, out, lse, table, counts, readers,
                                                         reader_counts, scale)
-    grads = _kernels.frame_attention_reference_backward(dout, q, k, v, _listed_rows(table, counts), scale)
+    grads = _kernels.frame_attention_backward_reference(dout, q, k, v, _listed_rows(table, counts), scale)
     return tuple(g.contiguous() for g in grads)
 
 
-@_backward_op.register_fake
-def _(dout, q, k, v, out, lse, table, counts, readers, reader_counts, scale):
+@_frame_attention_backward.register_fake
+def _frame_attention_backward_fake(dout, q, k, v, out, lse, table, counts, readers, reader_counts, scale):
     return tuple(torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
 
 
-def _setup_context(ctx, inputs, output):
+def _frame_attention_setup_context(ctx, inputs, output):
     q, k, v, table, counts, readers, reader_counts, scale = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, table, counts, readers, reader_counts)
@@ -78,14 +91,15 @@ def _setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)  # no zero-filled gradient for lse
 
 
-def _backward(ctx, dout, dlse):
+def _frame_attention_autograd_backward(ctx, dout, dlse):
     if dout is None:
         return None, None, None, None, None, None, None, None
-    dq, dk, dv = _backward_op(dout, *ctx.saved_tensors, ctx.scale)
+    dq, dk, dv = _frame_attention_backward(dout, *ctx.saved_tensors, ctx.scale)
     return dq, dk, dv, None, None, None, None, None
 
 
-torch.library.register_autograd("vidgen::frame_attention_fwd", _backward, setup_context=_setup_context)
+_frame_attention_forward.register_autograd(_frame_attention_autograd_backward,
+                                           setup_context=_frame_attention_setup_context)
 
 
 def _listed_rows(table: torch.Tensor, counts: torch.Tensor) -> list[list[int]]:
@@ -165,9 +179,8 @@ def _check_inputs(q, k, v, scale) -> float:
     if (Bk, Fk, Hk, Dk) != (B, F, H, D):
         raise ValueError(f"k: expected (B, F, M, H, D) = ({B}, {F}, M, {H}, {D}) to match q (B, F, N, H, D) "
                          f"{tuple(q.shape)}, got {tuple(k.shape)}")
-    if not _kernels.MIN_HEAD_DIM <= D <= _kernels.MAX_HEAD_DIM:
-        raise ValueError(f"q: head dim D={D} is not supported, expected "
-                         f"{_kernels.MIN_HEAD_DIM} <= D <= {_kernels.MAX_HEAD_DIM}")
+    if not MIN_HEAD_DIM <= D <= MAX_HEAD_DIM:
+        raise ValueError(f"q: head dim D={D} is not supported, expected {MIN_HEAD_DIM} <= D <= {MAX_HEAD_DIM}")
     if min(B, F, N, H, M) == 0:
         raise ValueError(f"q, k: expected non-empty tensors, got q {tuple(q.shape)}, k {tuple(k.shape)}")
     return D ** -0.5 if scale is None else _checks.scale("scale", scale)
@@ -204,7 +217,7 @@ def frame_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_frame
     """
     scale = _check_inputs(q, k, v, scale)
     rows = _key_rows(key_frames, q.shape[1])
-    out, _ = _forward_op(q, k, v, *_prepared_table(rows, q.device), scale)
+    out, _ = _frame_attention_forward(q, k, v, *_prepared_table(rows, q.device), scale)
     return out
 
 
@@ -233,3 +246,16 @@ def full_frame_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
 def _frames_of(q) -> int:
     _checks.tensor("q", q, ndim=5, dtypes=_DTYPES)
     return q.shape[1]
+
+
+# ----------------------------------------------------------------------------------------------
+# Capabilities: what a caller (the diffusers processors) asks before it calls the op. Two host
+# integers and a dtype comparison: no device synchronisation.
+# ----------------------------------------------------------------------------------------------
+def frame_attention_gap(head_dim: int, dtype: torch.dtype | None = None) -> str | None:
+    """Why :func:`frame_attention` cannot run heads of ``head_dim`` (and ``dtype``), or None."""
+    if not MIN_HEAD_DIM <= head_dim <= MAX_HEAD_DIM:
+        return f"head dim {head_dim} is outside the frame-attention kernels' range [{MIN_HEAD_DIM}, {MAX_HEAD_DIM}]"
+    if dtype is not None and dtype not in _DTYPES:
+        return f"frame attention takes fp16, bf16, fp32 or fp64, not {dtype}"
+    return None

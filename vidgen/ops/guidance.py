@@ -1,61 +1,15 @@
 """Public op :func:`guided_step`: score composition + CFG + DDIM step in one pass (METHODS.md 4-5)."""
 from __future__ import annotations
 
-import ctypes
-
 import torch
 
-from .. import _backend, _checks, _cuda_abi, _cuda_lib
+from . import _backend, _checks, _cuda_lib
 from ..kernels import guidance as _kernels
+from ..kernels.guidance import compose_reference  # noqa: F401  (the composition alone, eager: for diffusers' own step)
 from ..kernels import noise as _noise_kernels
 from .noise import resolve_seed
 
 GUIDED_STEP = _backend.declare("guided_step", ("cuda", "triton", "torch"))
-_CUDA_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
-
-
-def _guided_step_cuda(sample, eps_cond, eps_uncond, prior_cond, guidance_scale, prior_strength, guidance_rescale,
-                      alpha_t, alpha_t_tensor, alpha_p, alpha_p_tensor, eta, noise, noise_kind, noise_alpha, seed,
-                      seeds, prediction_type, clip_sample_range, use_clipped_model_output, inverse,
-                      return_pred_original):
-    """The CUDA library's step on the current stream: raw pointers through the C ABI, no host sync."""
-    lib = _cuda_lib.library()
-    out = torch.empty_like(sample)
-    x0 = torch.empty_like(sample) if return_pred_original else None
-    generated = eta > 0 and not inverse and noise is None
-    batch = sample.shape[0]
-    if generated:
-        _, pre, frames, post = _noise_kernels.video_layout(tuple(sample.shape), 2)
-    else:
-        pre, frames, post = 1, 1, sample.numel() // batch
-    rescale = guidance_rescale > 0 and eps_uncond is not None
-    partials = (torch.empty((batch, _cuda_abi.NUM_PARTIALS, 4), dtype=torch.float32, device=sample.device)
-                if rescale else None)
-    keep, new = _noise_kernels.mixing_coefficients(noise_kind, noise_alpha) if generated else (0.0, 1.0)
-    ptr = (lambda t: None if t is None else t.data_ptr())  # noqa: E731
-    args = _cuda_abi.GuidedStepArgs(
-        out=ptr(out), pred_original=ptr(x0), sample=ptr(sample), eps_cond=ptr(eps_cond),
-        eps_uncond=ptr(eps_uncond), prior_cond=ptr(prior_cond),
-        noise=ptr(noise) if eta > 0 and not inverse else None, partials=ptr(partials),
-        alpha_t_values=ptr(alpha_t_tensor), alpha_p_values=ptr(alpha_p_tensor),
-        seeds=ptr(seeds) if generated else None,
-        batch=batch, pre=pre, frames=frames, post=post, seed=seed,
-        alpha_t=alpha_t, alpha_p=alpha_p,
-        alpha_t_stride=-1 if alpha_t_tensor is None else int(alpha_t_tensor.numel() > 1),
-        alpha_p_stride=-1 if alpha_p_tensor is None else int(alpha_p_tensor.numel() > 1),
-        guidance_scale=guidance_scale, prior_strength=prior_strength, guidance_rescale=guidance_rescale,
-        eta=eta, clip_range=float("inf") if clip_sample_range is None else clip_sample_range,
-        coef_keep=keep, coef_new=new, dtype=_CUDA_DTYPES[sample.dtype],
-        prediction=_kernels.PREDICTION_TYPES.index(prediction_type),
-        use_clipped=int(use_clipped_model_output and clip_sample_range is not None), inverse=int(inverse),
-        noise_mode=(_kernels.NOISE_NONE if eta == 0 or inverse else
-                    _kernels.NOISE_GENERATED if generated else _kernels.NOISE_GIVEN),
-        noise_kind=_noise_kernels.KINDS.index(noise_kind) if generated else 0,
-        device=sample.device.index if sample.device.index is not None else torch.cuda.current_device(),
-    )
-    stream = torch.cuda.current_stream(sample.device).cuda_stream
-    _cuda_lib.check(lib.vidgen_guided_step(ctypes.byref(args), ctypes.c_void_p(stream)), "guided_step")
-    return out, x0
 
 
 # Custom op: opaque to torch.compile and safe under CUDA-graph capture (alphas may be device
@@ -72,8 +26,8 @@ def _guided_step_op(sample: torch.Tensor, eps_cond: torch.Tensor, eps_uncond: to
     a_t = alpha_t if alpha_t_tensor is None else alpha_t_tensor
     a_p = alpha_p if alpha_p_tensor is None else alpha_p_tensor
     if backend == "cuda":
-        out, x0 = _guided_step_cuda(sample, eps_cond, eps_uncond, prior_cond, guidance_scale, prior_strength,
-                                    guidance_rescale, alpha_t, alpha_t_tensor, alpha_p, alpha_p_tensor, eta, noise,
+        out, x0 = _cuda_lib.guided_step(sample, eps_cond, eps_uncond, prior_cond, guidance_scale, prior_strength,
+                                      guidance_rescale, alpha_t, alpha_t_tensor, alpha_p, alpha_p_tensor, eta, noise,
                                     noise_kind, noise_alpha, seed, seeds, prediction_type, clip_sample_range,
                                     use_clipped_model_output, inverse, return_pred_original)
     elif backend == "triton":
@@ -116,14 +70,6 @@ def _check_alpha(name: str, alpha, sample: torch.Tensor) -> tuple[float, torch.T
     if not 0.0 < float(alpha) <= 1.0:
         raise ValueError(f"{name}: expected a cumulative alpha in (0, 1], got {alpha}")
     return float(alpha), None
-
-
-def _number(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
-    if value != value or value in (float("inf"), float("-inf")):
-        raise ValueError(f"{name}: expected a finite number, got {value}")
-    return float(value)
 
 
 def guided_step(sample: torch.Tensor, eps_cond: torch.Tensor, eps_uncond: torch.Tensor | None = None,
@@ -187,12 +133,12 @@ def guided_step(sample: torch.Tensor, eps_cond: torch.Tensor, eps_uncond: torch.
     _checks.same_dtype(sample=sample, **tensors)
     _checks.same_device(sample=sample, **tensors)
     _checks.choice("prediction_type", prediction_type, _kernels.PREDICTION_TYPES)
-    guidance_scale = _number("guidance_scale", guidance_scale)
-    prior_strength = _number("prior_strength", prior_strength)
+    guidance_scale = _checks.finite_number("guidance_scale", guidance_scale)
+    prior_strength = _checks.finite_number("prior_strength", prior_strength)
     guidance_rescale = _checks.non_negative("guidance_rescale", guidance_rescale)
     eta = _checks.non_negative("eta", eta)
     if clip_sample_range is not None:
-        clip_sample_range = _number("clip_sample_range", clip_sample_range)
+        clip_sample_range = _checks.finite_number("clip_sample_range", clip_sample_range)
         if clip_sample_range <= 0:
             raise ValueError(f"clip_sample_range: expected a positive range or None, got {clip_sample_range}")
     a_t, a_t_tensor = _check_alpha("alpha_prod_t", alpha_prod_t, sample)

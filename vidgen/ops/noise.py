@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .. import _backend, _checks
+from . import _backend, _checks
 from ..kernels import noise as _kernels
 
 CORRELATED_NOISE = _backend.declare("correlated_noise", ("triton", "torch"))

@@ -1,43 +1,57 @@
-"""Public temporal attention op: :func:`temporal_attention` (METHODS.md section 2), forward and backward."""
-from __future__ import annotations
+"""Public temporal attention op: :func:`temporal_attention` (METHODS.md section 2), forward and backward.
 
-import math
+Layout: the custom ops ``vidgen::temporal_attention_fwd`` / ``_bwd`` (the Triton kernels or the
+PyTorch reference), the public function, and what a caller needs to decide whether the op serves
+a call (:func:`temporal_attention_gap`, the head-dim limit, the reference to compute it otherwise),
+so the diffusers integration never imports ``vidgen.kernels``.
+"""
+from __future__ import annotations
 
 import torch
 
-from .. import _backend, _checks
+from . import _backend, _checks
 from ..kernels import temporal_attention as _kernels
+from ..kernels.temporal_attention import MAX_HEAD_DIM, temporal_attention_reference
+
+__all__ = ["MAX_HEAD_DIM", "temporal_attention", "temporal_attention_gap", "temporal_attention_reference"]
 
 TEMPORAL_ATTENTION = _backend.declare("temporal_attention", ("triton", "torch"), differentiable=True)
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
+# ----------------------------------------------------------------------------------------------
 # Custom ops: opaque to torch.compile and safe under CUDA-graph capture (no host sync). ``lse`` is
 # the forward's natural-log log-sum-exp per query, (B, N, H, F) fp32, saved for the backward.
+# ----------------------------------------------------------------------------------------------
 @torch.library.custom_op("vidgen::temporal_attention_fwd", mutates_args=())
-def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _temporal_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                                scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, lse); out in the layout of ``torch.empty_like(q)``."""
     if _backend.select(TEMPORAL_ATTENTION, q.device) == "triton":
-        return _kernels.temporal_attention_fwd_triton(q, k, v, scale)
-    out, lse = _kernels.temporal_attention_reference(q, k, v, scale)
+        return _kernels.temporal_attention_forward_triton(q, k, v, scale)
+    out, lse = temporal_attention_reference(q, k, v, scale)
     return _like(q, out), lse
 
 
-@_fwd_op.register_fake
-def _(q, k, v, scale):
+@_temporal_attention_forward.register_fake
+def _temporal_attention_forward_fake(q, k, v, scale):
     B, F, N, H, _ = q.shape
     return torch.empty_like(q), q.new_empty((B, N, H, F), dtype=torch.float32)
 
 
 @torch.library.custom_op("vidgen::temporal_attention_bwd", mutates_args=())
-def _bwd_op(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-            lse: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _temporal_attention_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                                 out: torch.Tensor, lse: torch.Tensor,
+                                 scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv), each in the layout of ``torch.empty_like`` of its input."""
     if _backend.select(TEMPORAL_ATTENTION, q.device) == "triton":
-        return _kernels.temporal_attention_bwd_triton(grad_out, q, k, v, out, lse, scale)
-    dq, dk, dv = _kernels.temporal_attention_backward_reference(grad_out, q, k, v, lse, scale)
+        return _kernels.temporal_attention_backward_triton(dout, q, k, v, out, lse, scale)
+    dq, dk, dv = _kernels.temporal_attention_backward_reference(dout, q, k, v, lse, scale)
     return _like(q, dq), _like(k, dk), _like(v, dv)
 
 
-@_bwd_op.register_fake
-def _(grad_out, q, k, v, out, lse, scale):
+@_temporal_attention_backward.register_fake
+def _temporal_attention_backward_fake(dout, q, k, v, out, lse, scale):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
@@ -46,25 +60,29 @@ def _like(layout: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(layout).copy_(values)
 
 
-def _setup_context(ctx, inputs, output):
+def _temporal_attention_setup_context(ctx, inputs, output):
     q, k, v, scale = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse)
     ctx.scale = scale
 
 
-def _backward(ctx, grad_out, grad_lse):
+def _temporal_attention_autograd_backward(ctx, dout, dlse):
     q, k, v, out, lse = ctx.saved_tensors
-    dq, dk, dv = _bwd_op(grad_out, q, k, v, out, lse, ctx.scale)
+    dq, dk, dv = _temporal_attention_backward(dout, q, k, v, out, lse, ctx.scale)
     return dq, dk, dv, None
 
 
-_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+_temporal_attention_forward.register_autograd(_temporal_attention_autograd_backward,
+                                              setup_context=_temporal_attention_setup_context)
 
 
+# ----------------------------------------------------------------------------------------------
+# Public function
+# ----------------------------------------------------------------------------------------------
 def _check_inputs(q, k, v, scale) -> float:
     for name, t in (("q", q), ("k", k), ("v", v)):
-        _checks.tensor(name, t)
+        _checks.tensor(name, t, dtypes=_DTYPES)
         if t.dim() != 5:
             raise ValueError(f"{name}: expected a 5-D (B, F, N, H, D) tensor (frames on dim 1), got shape "
                              f"{tuple(t.shape)}; view an image-layout (B*F, N, H*D) tensor as "
@@ -75,15 +93,9 @@ def _check_inputs(q, k, v, scale) -> float:
     B, F, N, H, D = q.shape
     if q.numel() == 0:
         raise ValueError(f"q: expected non-empty (B, F, N, H, D), got {tuple(q.shape)}")
-    if D > _kernels.MAX_HEAD_DIM:
-        raise ValueError(f"q: head dim D={D} is not supported; expected D <= {_kernels.MAX_HEAD_DIM}")
-    if scale is None:
-        return D ** -0.5
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise TypeError(f"scale: expected a float or None, got {type(scale).__name__}")
-    if not (math.isfinite(scale) and scale > 0):
-        raise ValueError(f"scale: expected a finite value > 0, got {scale}")
-    return float(scale)
+    if D > MAX_HEAD_DIM:
+        raise ValueError(f"q: head dim D={D} is not supported; expected D <= {MAX_HEAD_DIM}")
+    return D ** -0.5 if scale is None else _checks.scale("scale", scale)
 
 
 def temporal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None) -> torch.Tensor:
@@ -107,5 +119,18 @@ def temporal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, sca
     Backends: Triton on CUDA (and on CPU under ``TRITON_INTERPRET=1``), else the PyTorch reference.
     """
     scale = _check_inputs(q, k, v, scale)
-    out, _ = _fwd_op(q, k, v, scale)
+    out, _ = _temporal_attention_forward(q, k, v, scale)
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Capabilities: what a caller (the diffusers processors) asks before it calls the op. Two host
+# integers and a dtype comparison: no device synchronisation.
+# ----------------------------------------------------------------------------------------------
+def temporal_attention_gap(head_dim: int, dtype: torch.dtype | None = None) -> str | None:
+    """Why :func:`temporal_attention` cannot run heads of ``head_dim`` (and ``dtype``), or None."""
+    if not 1 <= head_dim <= MAX_HEAD_DIM:
+        return f"head dim {head_dim} is outside the temporal-attention kernels' range [1, {MAX_HEAD_DIM}]"
+    if dtype is not None and dtype not in _DTYPES:
+        return f"temporal attention takes fp16, bf16 or fp32, not {dtype}"
+    return None

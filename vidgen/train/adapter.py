@@ -2,7 +2,7 @@
 captioned videos, to be composed with a large frozen prior at sampling
 (``vidgen sample --model OUT --prior PRIOR``).
 
-The small model is a :class:`~vidgen.models.VideoUNet` (frame and temporal attention), built
+The small model is a :class:`~vidgen.VideoUNet` (frame and temporal attention), built
 from scratch in a size chosen by flags, trained in full, in the prior's latent space and on its
 text encoder (both come from the prior's folder, so the two scores can be added). A fraction of
 the captions is dropped to the empty prompt so the small model also learns the unconditional
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models import VideoUNet
+from ..integration.video_unet import VideoUNet
 from .checkpoint import step_generator
 from .data import ClipSpec, LatentDataset, batch_indices, encode_dataset, find_videos
 from .loop import TrainResult, TrainSettings, make_accelerator, resolve_settings, save_video_model, train

@@ -91,6 +91,14 @@ def scale(name: str, value) -> float:
     return float(value)
 
 
+def finite_number(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{name}: expected a finite number, got {value}")
+    return float(value)
+
+
 def non_negative(name: str, value: float) -> float:
     try:
         value = float(value)

@@ -1,0 +1,241 @@
+"""AnimateDiff motion modules on vidgen's copy-free temporal attention (METHODS.md section 2).
+
+Video UNets keep activations in the image layout: frames folded into the batch, ``(B*F, N, C)``
+tokens or ``(B*F, C, h, w)`` maps. Temporal layers in diffusers and Tune-A-Video permute the
+whole activation to ``(B*N, F, C)`` and back around each attention (two full copies, plus the
+copies SDPA's head split makes). Here the attention reads the projections where they are:
+``vidgen.ops.temporal_attention`` takes (B, F, N, H, D) with any strides, so every tensor stays
+in the image layout and only the matmuls and norms touch memory.
+
+* :func:`~vidgen.integration.processors.temporal_self_attention` (with the other processors):
+  a diffusers ``Attention`` as self-attention over frames (Tune-A-Video's ``attn_temp``;
+  AnimateDiff's ``attn1``/``attn2``).
+* :func:`patch_temporal_transformer`: instance-level patch of ``AnimateDiffTransformer3D`` /
+  ``TransformerTemporalModel`` (AnimateDiff motion modules) with :class:`FusedTemporalTransformer`'s
+  forward; :func:`unpatch_temporal_transformer` restores the module's own.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..ops.temporal_attention import temporal_attention_gap
+from .processors import attend_over_frames, head_dim_of, videos_in, warn_once
+
+__all__ = ["FusedTemporalTransformer", "patch_temporal_transformer", "unpatch_temporal_transformer"]
+
+
+# ----------------------------------------------------------------------------------------------
+# AnimateDiff motion modules
+# ----------------------------------------------------------------------------------------------
+_DEFAULT_PROCESSORS = ("AttnProcessor2_0", "AttnProcessor")  # the ones whose math we reproduce
+# PAG's identity processors (diffusers' perturbed-attention guidance): the batch is split in equal
+# chunks, [cond, perturbed] or with CFG [uncond, cond, perturbed]; the last chunk's attention is
+# the identity and the others' is the default processor's.
+_PAG_PROCESSORS = {"PAGIdentitySelfAttnProcessor2_0": 2, "PAGCFGIdentitySelfAttnProcessor2_0": 3}
+
+
+def _motion_module_types() -> tuple[type, ...]:
+    from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
+    from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
+
+    return AnimateDiffTransformer3D, TransformerTemporalModel
+
+
+def _check_fusable(module: nn.Module) -> None:
+    """Raise (naming the part) unless the module's structure is the one the fused forward computes."""
+    from diffusers.models.attention import BasicTransformerBlock
+    from diffusers.models.embeddings import SinusoidalPositionalEmbedding
+
+    name = type(module).__name__
+    if not isinstance(module, _motion_module_types()):
+        raise TypeError(f"module: expected an AnimateDiffTransformer3D or TransformerTemporalModel, got {name}")
+    if not isinstance(module.norm, nn.GroupNorm) or not module.norm.affine:
+        raise ValueError(f"{name}.norm: expected an affine nn.GroupNorm")
+    for i, block in enumerate(module.transformer_blocks):
+        where = f"{name}.transformer_blocks[{i}]"
+        if not isinstance(block, BasicTransformerBlock) or block.norm_type != "layer_norm":
+            raise ValueError(f"{where}: expected a BasicTransformerBlock with norm_type='layer_norm'")
+        if block.only_cross_attention or hasattr(block, "fuser"):
+            raise ValueError(f"{where}: cross-attention-only and gated blocks are not temporal self-attention")
+        if block.pos_embed is not None and not isinstance(block.pos_embed, SinusoidalPositionalEmbedding):
+            raise ValueError(f"{where}.pos_embed: expected None or SinusoidalPositionalEmbedding, "
+                             f"got {type(block.pos_embed).__name__}")
+        for attn_name in ("attn1", "attn2"):
+            attn = getattr(block, attn_name)
+            if attn is not None and attn.is_cross_attention:
+                raise ValueError(f"{where}.{attn_name}: expected self-attention, got cross-attention")
+
+
+def _group_norm_channels_first(x: torch.Tensor, norm: nn.GroupNorm, batch: int, num_frames: int) -> torch.Tensor:
+    """GroupNorm of (B*F, C, h, w) with statistics pooled over (F, h, w), as diffusers' motion modules
+    apply it to the (B, C, F, h, w) video; returns (B*F, C, h*w) without moving frames around."""
+    groups = norm.num_groups
+    video = x.unflatten(0, (batch, num_frames)).unflatten(2, (groups, -1)).flatten(-2)  # (B, F, G, C/G, N)
+    x32 = video.float()  # fp32 statistics and affine, rounded once, like torch's GroupNorm kernels
+    var, mean = torch.var_mean(x32, dim=(1, 3, 4), keepdim=True, correction=0)  # (B, 1, G, 1, 1)
+    scale = torch.rsqrt(var + norm.eps) * norm.weight.float().view(groups, -1, 1)  # (B, 1, G, C/G, 1)
+    shift = norm.bias.float().view(groups, -1, 1) - mean * scale
+    return torch.addcmul(shift, x32, scale).to(x.dtype).flatten(2, 3).flatten(0, 1)
+
+
+def _pag_parts(processor) -> int:
+    """How many equal chunks of the batch a PAG identity processor splits (the last is the
+    perturbed one), or 0 for any other processor."""
+    return _PAG_PROCESSORS.get(type(processor).__name__, 0)
+
+
+def _identity_videos(attn: nn.Module, videos: int) -> int:
+    parts = _pag_parts(attn.processor)
+    return videos // parts if parts else 0
+
+
+def _block_forward(block: nn.Module, tokens: torch.Tensor, num_frames: int) -> torch.Tensor:
+    """diffusers' ``BasicTransformerBlock`` (layer norms, two self-attentions over frames, ff) on
+    image-layout tokens (B*F, N, C)."""
+    table = block.pos_embed.pe[0] if block.pos_embed is not None else None  # (max_seq_length, C)
+    videos = tokens.shape[0] // num_frames
+    tokens = attend_over_frames(block.attn1, block.norm1(tokens), num_frames, table,
+                                _identity_videos(block.attn1, videos)) + tokens
+    if block.attn2 is not None:
+        tokens = attend_over_frames(block.attn2, block.norm2(tokens), num_frames, table,
+                                    _identity_videos(block.attn2, videos)) + tokens
+    return block.ff(block.norm3(tokens)) + tokens
+
+
+def _project_in(proj: nn.Module, normed: torch.Tensor) -> torch.Tensor:
+    """``proj_in`` of the channels-first (B*F, C, N) map, as (B*F, N, C') tokens.
+
+    A plain ``nn.Linear`` is one batched matmul that reads the map as its transposed operand in
+    place. Anything else (a PEFT LoRA wrapper loaded after patching, a fused-LoRA layer) is
+    called as the module on the transposed view, so whatever it adds is computed (its matmul
+    makes the copy the plain path avoids).
+    """
+    if type(proj) is not nn.Linear:
+        return proj(normed.transpose(1, 2))
+    weight = proj.weight.t().expand(normed.shape[0], -1, -1)
+    if proj.bias is None:
+        return torch.bmm(normed.transpose(1, 2), weight)
+    return torch.baddbmm(proj.bias, normed.transpose(1, 2), weight)
+
+
+def _project_out_residual(proj: nn.Module, tokens: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """``residual + proj_out(tokens)`` written channels-first: (B*F, C, N) from (B*F, N, C') tokens.
+
+    A plain ``nn.Linear`` is the matmul the other way round (W tokens^T) accumulated onto the
+    residual; any other module is called as itself (see :func:`_project_in`).
+    """
+    if type(proj) is not nn.Linear:
+        return residual + proj(tokens).transpose(1, 2)
+    out = torch.baddbmm(residual, proj.weight.expand(tokens.shape[0], -1, -1), tokens.transpose(1, 2))
+    return out if proj.bias is None else out + proj.bias.view(-1, 1)
+
+
+class FusedTemporalTransformer:
+    """The forward of an AnimateDiff motion module without the (B*h*w, F, C) permuted copies.
+
+    Computes exactly what ``AnimateDiffTransformer3D.forward`` / ``TransformerTemporalModel.forward``
+    compute, with the module's own weights, in one layout decision: the activation stays in the
+    image layout throughout. GroupNorm statistics are pooled over frames in place; ``proj_in``
+    is a batched matmul that reads the channels-first map as its transposed operand and writes
+    (B*F, N, C) tokens; the transformer blocks run on those tokens with
+    :func:`temporal_self_attention` (the sinusoidal table added to the attention input along
+    frames); ``proj_out`` is the matmul the other way round, written channels-first on top of the
+    residual. LoRA layers loaded after patching (PEFT wrappers of ``proj_in``/``proj_out``, the
+    attention projections or the feed-forward) are honoured: every wrapped layer is called as
+    the module it is. Calls the fused path cannot reproduce (an ``encoder_hidden_states``,
+    ``cross_attention_kwargs``, a custom attention processor other than PAG's identity
+    processors, which the blocks compute, chunked feed-forward) run the
+    module's original forward, and so do calls the temporal kernel does not serve (a dtype or
+    head dim outside its range), with a warning once.
+
+    Install with :func:`patch_temporal_transformer`; this object becomes the instance's ``forward``.
+    """
+
+    def __init__(self, module: nn.Module):
+        _check_fusable(module)
+        self.module = module
+        self.original_forward = module.__dict__.get("forward")  # an instance-level forward, if any
+        self.returns_output_class = isinstance(module, _motion_module_types()[1])  # TransformerTemporalModel
+
+    def unfused(self, *args, **kwargs):
+        if self.original_forward is not None:
+            return self.original_forward(*args, **kwargs)
+        return type(self.module).forward(self.module, *args, **kwargs)
+
+    def _fusable_call(self, hidden_states, encoder_hidden_states, cross_attention_kwargs, num_frames) -> bool:
+        if encoder_hidden_states is not None or cross_attention_kwargs or hidden_states.dim() != 4:
+            return False
+        videos = hidden_states.shape[0] // num_frames if num_frames else 0
+        for block in self.module.transformer_blocks:
+            if block._chunk_size is not None:
+                return False
+            for attn in (block.attn1, block.attn2):
+                if attn is None:
+                    continue
+                name = type(attn.processor).__name__
+                parts = _pag_parts(attn.processor)
+                if parts and videos % parts:
+                    # diffusers' chunks would then cut through a video: only its own forward does that
+                    warn_once(type(self.module).__name__, f"{name} splits a batch of {videos} videos into "
+                              f"{parts} unequal parts", "diffusers' forward")
+                    return False
+                if not parts and name not in _DEFAULT_PROCESSORS:
+                    # e.g. xformers, fused QKV projections, a user's processor: their math is theirs
+                    warn_once(type(self.module).__name__, f"its attention processor is {name}, "
+                              "which the fused forward does not reproduce", "diffusers' forward")
+                    return False
+                gap = temporal_attention_gap(head_dim_of(attn), hidden_states.dtype)
+                if gap is not None:
+                    warn_once(f"{type(self.module).__name__}", gap, "diffusers' forward")
+                    return False
+        return True
+
+    def __call__(self, hidden_states, encoder_hidden_states=None, timestep=None, class_labels=None,
+                 num_frames: int = 1, cross_attention_kwargs=None, return_dict: bool = True):
+        if not self._fusable_call(hidden_states, encoder_hidden_states, cross_attention_kwargs, num_frames):
+            kwargs = dict(encoder_hidden_states=encoder_hidden_states, timestep=timestep, class_labels=class_labels,
+                          num_frames=num_frames, cross_attention_kwargs=cross_attention_kwargs)
+            if self.returns_output_class:
+                kwargs["return_dict"] = return_dict
+            return self.unfused(hidden_states, **kwargs)
+
+        m = self.module
+        batch_frames, channels, height, width = hidden_states.shape
+        videos = videos_in(batch_frames, num_frames, type(m).__name__)  # the one check: the blocks trust it
+        normed = _group_norm_channels_first(hidden_states, m.norm, videos, num_frames)
+        tokens = _project_in(m.proj_in, normed)
+        for block in m.transformer_blocks:
+            tokens = _block_forward(block, tokens, num_frames)
+        out = _project_out_residual(m.proj_out, tokens, hidden_states.flatten(2))
+        out = out.reshape(batch_frames, channels, height, width)  # a view on the plain-Linear path
+        if not self.returns_output_class:
+            return out
+        if not return_dict:
+            return (out,)
+        from diffusers.models.transformers.transformer_temporal import TransformerTemporalModelOutput
+
+        return TransformerTemporalModelOutput(sample=out)
+
+
+def patch_temporal_transformer(module: nn.Module) -> nn.Module:
+    """Give this motion-module instance the copy-free forward (idempotent); returns the module.
+
+    Only the instance changes (its class and every other instance keep diffusers' forward);
+    parameters, buffers and the state dict are untouched. Raises ``TypeError``/``ValueError``
+    naming the part when the module is not a structure the fused forward reproduces.
+    """
+    if isinstance(module.__dict__.get("forward"), FusedTemporalTransformer):
+        return module
+    module.forward = FusedTemporalTransformer(module)
+    return module
+
+
+def unpatch_temporal_transformer(module: nn.Module) -> nn.Module:
+    """Restore the forward the module had before :func:`patch_temporal_transformer` (no-op if unpatched)."""
+    fused = module.__dict__.get("forward")
+    if isinstance(fused, FusedTemporalTransformer):
+        del module.forward
+        if fused.original_forward is not None:
+            module.forward = fused.original_forward
+    return module

@@ -1,0 +1,515 @@
+"""``vidgen.patch`` / ``vidgen.unpatch``: drop-in acceleration of diffusers video models.
+
+What a patch does, by role (METHODS.md section 7: modules are chosen by what they do, never
+by blanket-replacing every processor):
+
+* temporal attention (``temporal_attention=True``): every AnimateDiff motion module
+  (``AnimateDiffTransformer3D``, in ``UNetMotionModel`` and in the SparseCtrl ControlNet) and
+  every ``TransformerTemporalModel`` (``UNet3DConditionModel``) runs through vidgen's copy-free
+  temporal attention (:func:`vidgen.integration.motion.patch_temporal_transformer`), PAG's perturbed
+  attention included (``AnimateDiffPAGPipeline`` puts it on the mid block's motion module);
+  a :class:`~vidgen.VideoUNet`'s ``attn_temp`` runs vidgen's kernel.
+* frame attention (``frame_attention=True``): Text2Video-Zero's cross-frame processors
+  (``CrossFrameAttnProcessor``/``2_0``: every frame attends to frame 0) on self-attention
+  modules become vidgen's first-frame kernel, including processors the pipeline installs later
+  through ``unet.set_attn_processor`` (it does so inside ``__call__``); a VideoUNet's ``attn1``
+  runs vidgen's sparse-causal/first-frame kernel. Spatial self-attention of plain image layers
+  and text cross-attention stay on PyTorch SDPA.
+* guidance (``guidance=True``): a pipeline's ``DDIMScheduler``/``DDIMInverseScheduler`` is
+  swapped for vidgen's fused drop-in (same results, one fused kernel per step).
+* CUDA graphs (``cuda_graph=True``, off by default): the denoiser's forward (the UNet of a
+  pipeline, or the patched UNet itself) is captured once per call signature and replayed
+  (:mod:`vidgen.integration.graphs`): the same values, one launch per step instead of hundreds.
+
+Nothing is replaced that vidgen cannot run: a motion module the fused forward does not
+reproduce, or whose head dim the temporal kernel does not serve, keeps diffusers' forward; a
+Text2Video-Zero processor on a module whose head dim the first-frame kernel does not serve
+stays diffusers'. :func:`patch_report` lists what was replaced and what was left, with why.
+At run time the same goes per call: a processor handed a shape or dtype its kernel does not
+serve computes the same attention in PyTorch and says so once (:class:`~vidgen.KernelFallbackWarning`).
+
+Patching is per instance (no diffusers class is modified), idempotent, and undone exactly by
+:func:`unpatch`: original forwards, processors and schedulers come back. ``print(model)`` shows
+a ``vidgen:`` note on every patched module. A :class:`~vidgen.VideoUNet` is born patched;
+``unpatch`` switches it to the reference PyTorch formulation of the same model.
+"""
+from __future__ import annotations
+
+import types
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch.nn as nn
+from diffusers import DiffusionPipeline, UNet2DConditionModel
+from diffusers.models.attention import FreeNoiseTransformerBlock
+from diffusers.models.attention_processor import Attention
+from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
+from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D, MotionAdapter
+from diffusers.schedulers import DDIMInverseScheduler, DDIMScheduler
+
+from ..ops.frame_attention import frame_attention_gap
+from ..ops.temporal_attention import temporal_attention_gap
+from .processors import FirstFrameAttnProcessor, head_dim_of
+from .video_unet import VideoUNet
+
+__all__ = ["PatchEntry", "PatchReport", "is_patched", "patch",
+           "patch_report", "unpatch"]
+
+_RECORD = "_vidgen_patch"
+_REPORT = "_vidgen_patch_report"
+_MARK = "_vidgen_marks"
+
+
+@dataclass(frozen=True)
+class PatchEntry:
+    """One line of a :class:`PatchReport`.
+
+    ``where`` is a module path inside the patched object (prefixed with the component name in
+    a pipeline: ``"unet.mid_block.motion_modules.0"``), or a component (``"scheduler"``);
+    ``what`` is what runs there; ``why`` says why a kept entry stays on diffusers' path.
+    """
+
+    where: str
+    what: str
+    why: str = ""
+
+
+@dataclass
+class PatchReport:
+    """What :func:`patch` did to one object: the parts it replaced with vidgen's, and the parts it
+    left on diffusers' path with the reason. ``print(report)`` lists both, grouped.
+
+    Shown by :func:`patch_report`. A report with nothing in ``replaced`` means the object was
+    left exactly as it was (and :func:`is_patched` is false).
+    """
+
+    target: str
+    options: dict[str, bool]
+    replaced: list[PatchEntry] = field(default_factory=list)
+    kept: list[PatchEntry] = field(default_factory=list)
+
+    @property
+    def patched(self) -> bool:
+        return bool(self.replaced)
+
+    def __str__(self) -> str:
+        if not self.options:
+            return f"vidgen: {self.target} is not patched"
+        enabled = ", ".join(f"{role}={value}" for role, value in self.options.items())
+        lines = [f"vidgen.patch({self.target}; {enabled}): "
+                 + (f"{len(self.replaced)} replaced" if self.replaced else "nothing patched")
+                 + f", {len(self.kept)} left on diffusers' path"]
+        if self.replaced:
+            lines.append("replaced:")
+            lines += [f"  {what}: {where}" for (what, _), where in _grouped(self.replaced)]
+        if self.kept:
+            lines.append("left on diffusers' path:")
+            lines += [f"  {what}: {where}\n    because {why}" for (what, why), where in _grouped(self.kept)]
+        return "\n".join(lines)
+
+    def _absorb(self, other: "PatchReport", prefix: str) -> None:
+        """Add a component's entries under ``prefix`` (its name in the pipeline)."""
+        def under(entry: PatchEntry) -> PatchEntry:
+            return PatchEntry(f"{prefix}.{entry.where}" if entry.where else prefix, entry.what, entry.why)
+
+        self.replaced += [under(e) for e in other.replaced]
+        self.kept += [under(e) for e in other.kept]
+
+
+def _grouped(entries: list[PatchEntry]) -> list[tuple[tuple[str, str], str]]:
+    """Entries with the same (what, why) on one line: the first paths, then how many in all."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for entry in entries:
+        groups.setdefault((entry.what, entry.why), []).append(entry.where)
+    shown = []
+    for key, places in groups.items():
+        places = [place or "(the object itself)" for place in places]
+        listed = ", ".join(places[:3]) + (f", ... ({len(places)} in all)" if len(places) > 3 else "")
+        shown.append((key, listed))
+    return shown
+
+
+@dataclass
+class PatchRecord:
+    """What one ``patch`` call did to one object: undone in reverse order by :func:`unpatch`."""
+
+    options: dict[str, bool]
+    report: PatchReport
+    summary: list[str] = field(default_factory=list)
+    undo: list[Callable[[], None]] = field(default_factory=list)
+
+
+def patch(obj, *, frame_attention: bool = True, temporal_attention: bool = True, guidance: bool = True,
+          cuda_graph: bool = False):
+    """Make a diffusers pipeline or model run on vidgen's kernels; returns ``obj`` (patched in place).
+
+    Args:
+        obj: a ``DiffusionPipeline`` (every model component is patched, and its scheduler if
+            ``guidance``) or a model: ``UNetMotionModel``, ``SparseControlNetModel``, a UNet with
+            Text2Video-Zero processors, a :class:`~vidgen.VideoUNet`.
+        frame_attention, temporal_attention, guidance: which roles to accelerate.
+        cuda_graph: also replay the denoiser's forward from CUDA graphs, one captured per call
+            signature (inference on CUDA only: other calls run the eager forward and say why once).
+
+    What was replaced, and what stays on diffusers' path and why (a head dim the kernels do not
+    serve, a scheduler other than DDIM, a motion module of another structure, ...), is in
+    :func:`patch_report` ``(obj)``. ``obj`` itself is returned, so ``pipe = vidgen.patch(pipe)``
+    and ``torch.compile(vidgen.patch(unet))`` keep working. When nothing in ``obj`` is vidgen's
+    to accelerate, ``obj`` is left untouched, a warning says so and the report explains why.
+
+    Patching twice with the same options does nothing; with other options, the first patch is
+    undone first. Raises ``ValueError`` for a diffusers feature a patch cannot reproduce
+    (FreeNoise's windowed temporal attention).
+    """
+    options = {"frame_attention": bool(frame_attention), "temporal_attention": bool(temporal_attention),
+               "guidance": bool(guidance)}
+    if cuda_graph:  # listed only when asked for, so reports of the three roles read as before
+        options["cuda_graph"] = True
+    existing = getattr(obj, _RECORD, None)
+    if existing is not None:
+        if existing.options == options:
+            return obj
+        unpatch(obj)
+    record = _apply(obj, options)
+    if record.report.patched:
+        _set_attr(obj, _RECORD, record)
+    else:
+        _run_undo(record)  # bookkeeping only (e.g. the set_attn_processor hook): nothing to keep
+        reasons = "; ".join(sorted({f"{e.what}: {e.why}" for e in record.report.kept})) or "no parts"
+        warnings.warn(f"vidgen.patch: nothing was patched in this {type(obj).__name__} ({reasons}); it runs "
+                      "exactly as before. vidgen.patch_report(obj) has the details.", UserWarning, stacklevel=2)
+    _set_attr(obj, _REPORT, record.report)
+    return obj
+
+
+def _apply(obj, options: dict[str, bool]) -> PatchRecord:
+    """Patch ``obj`` with ``options``; returns the record (not yet stored on ``obj``)."""
+    record = PatchRecord(options, PatchReport(type(obj).__name__, dict(options)))
+    try:
+        if isinstance(obj, DiffusionPipeline):
+            _patch_pipeline(obj, record)
+        elif isinstance(obj, nn.Module):
+            _patch_model(obj, record)
+        else:
+            raise TypeError(f"obj: expected a diffusers pipeline or model (torch.nn.Module), got {type(obj).__name__}")
+    except BaseException:
+        _run_undo(record)
+        raise
+    return record
+
+
+def unpatch(obj):
+    """Undo :func:`patch` on ``obj``: everything it replaced is restored; returns ``obj``.
+
+    A :class:`~vidgen.VideoUNet` goes to its reference PyTorch attention whether it was
+    patched explicitly or born patched.
+    """
+    record = getattr(obj, _RECORD, None)
+    if record is not None:
+        _run_undo(record)
+        _del_attr(obj, _RECORD)
+    if _REPORT in getattr(obj, "__dict__", {}):
+        _del_attr(obj, _REPORT)
+    if isinstance(obj, VideoUNet):
+        obj.use_vidgen_ops(frame_attention=False, temporal_attention=False)
+    return obj
+
+
+def is_patched(obj) -> bool:
+    """Whether :func:`patch` replaced something in ``obj`` that :func:`unpatch` has not restored."""
+    return getattr(obj, _RECORD, None) is not None
+
+
+def patch_report(obj) -> PatchReport:
+    """The :class:`PatchReport` of the last :func:`patch` of ``obj`` (``print`` it to read it).
+
+    An object never patched, or unpatched since, gets a report that says so. A
+    :class:`~vidgen.VideoUNet` runs vidgen's kernels from birth: its report lists the
+    roles it runs on them.
+    """
+    report = getattr(obj, "__dict__", {}).get(_REPORT)
+    if report is not None:
+        return report
+    if isinstance(obj, VideoUNet):
+        report = PatchReport(type(obj).__name__, dict(obj.vidgen_ops, guidance=False))
+        _report_video_unet(obj, report)
+        return report
+    return PatchReport(type(obj).__name__, {})
+
+
+# ----------------------------------------------------------------------------------------------
+def _patch_pipeline(pipe: DiffusionPipeline, record: PatchRecord) -> None:
+    report = record.report
+    for name, component in pipe.components.items():
+        if isinstance(component, MotionAdapter):
+            # It only holds weights (the pipeline's UNetMotionModel has loaded copies).
+            report.kept.append(PatchEntry(name, "MotionAdapter", "weights only: the UNet runs its loaded copy"))
+        elif isinstance(component, nn.Module):
+            if is_patched(component):  # patched on its own before: the pipeline leaves it to its owner
+                report._absorb(patch_report(component), name)
+                continue
+            component_record = _apply(component, record.options)
+            report._absorb(component_record.report, name)
+            if component_record.report.patched:
+                _set_attr(component, _RECORD, component_record)
+                _set_attr(component, _REPORT, component_record.report)
+                record.undo.append(lambda c=component: unpatch(c))
+                record.summary.append(f"{name}: {', '.join(component_record.summary)}")
+            else:
+                _run_undo(component_record)
+    if record.options["temporal_attention"] and hasattr(pipe, "enable_free_noise"):
+        # FreeNoise swaps the motion modules' blocks for windowed ones, which the patched
+        # forward would not run: refuse it while patched (an instance attribute, undone below).
+        def enable_free_noise(self, *args, **kwargs):
+            raise ValueError("enable_free_noise: this pipeline is patched by vidgen, whose temporal kernel does not "
+                             "compute FreeNoise's windowed attention; call vidgen.unpatch(pipe) first, or patch with "
+                             "temporal_attention=False")
+
+        pipe.__dict__["enable_free_noise"] = types.MethodType(enable_free_noise, pipe)
+        record.undo.append(lambda: pipe.__dict__.pop("enable_free_noise", None))
+    if record.options.get("cuda_graph") and not any("CUDA graphs" in e.what for e in report.replaced):
+        report.kept.append(PatchEntry("", "cuda_graph", "no UNet in this pipeline to capture"))
+    for name in ("scheduler", "inverse_scheduler"):
+        original = getattr(pipe, name, None)
+        if original is None:
+            continue
+        fused = _fused_scheduler_for(original) if record.options["guidance"] else None
+        if fused is not None:
+            setattr(pipe, name, fused)
+            record.undo.append(lambda n=name, s=original: setattr(pipe, n, s))
+            record.summary.append(f"{name}: {type(original).__name__} -> {type(fused).__name__}")
+            report.replaced.append(PatchEntry(name, f"{type(fused).__name__} (one fused kernel per step)"))
+        else:
+            why = ("guidance=False" if not record.options["guidance"]
+                   else "the fused step reproduces DDIMScheduler/DDIMInverseScheduler exactly, not this one")
+            report.kept.append(PatchEntry(name, type(original).__name__, why))
+
+
+def _fused_scheduler_for(scheduler):
+    from .schedulers import FusedDDIMInverseScheduler, FusedDDIMScheduler
+
+    # Exact class match: a subclass may change the step, and the fused one reproduces DDIM's only.
+    if type(scheduler) is DDIMScheduler:
+        return FusedDDIMScheduler.from_config(scheduler.config)
+    if type(scheduler) is DDIMInverseScheduler:
+        return FusedDDIMInverseScheduler.from_config(scheduler.config)
+    return None
+
+
+def _patch_model(model: nn.Module, record: PatchRecord) -> None:
+    options, report = record.options, record.report
+    if isinstance(model, VideoUNet):
+        model.use_vidgen_ops(frame_attention=options["frame_attention"], temporal_attention=options["temporal_attention"])
+        record.undo.append(lambda: model.use_vidgen_ops(False, False))
+        record.summary += [role for role in ("frame_attention", "temporal_attention") if options[role]]
+        _report_video_unet(model, report)
+        _graph_denoiser(model, record)
+        return
+    covered: set[int] = set()  # attention modules a motion module entry already accounts for
+    if options["temporal_attention"]:
+        _patch_motion_modules(model, record, covered)
+    else:
+        for path, module in _motion_modules(model):
+            covered.update(id(m) for m in module.modules())
+            report.kept.append(PatchEntry(path, "motion module", "temporal_attention=False"))
+    if options["frame_attention"]:
+        _patch_cross_frame_attention(model, record, covered)
+    _report_image_attention(model, report, covered)
+    _graph_denoiser(model, record)
+    if not report.replaced and not report.kept:
+        report.kept.append(PatchEntry("", type(model).__name__, "no motion module, Text2Video-Zero processor or "
+                                                                "diffusers Attention layer: nothing vidgen accelerates"))
+    if record.summary:
+        _mark(model, "vidgen: " + ", ".join(record.summary), record)
+
+
+def _is_denoiser(model: nn.Module) -> bool:
+    from diffusers import UNet3DConditionModel, UNetMotionModel
+
+    return isinstance(model, (UNet2DConditionModel, UNet3DConditionModel, UNetMotionModel))  # VideoUNet included
+
+
+def _graph_denoiser(model: nn.Module, record: PatchRecord) -> None:
+    if not record.options.get("cuda_graph") or not _is_denoiser(model):
+        return
+    from .graphs import graph_forward, ungraph_forward
+
+    graph_forward(model)
+    record.undo.append(lambda: ungraph_forward(model))
+    record.summary.append("cuda_graph")
+    record.report.replaced.append(PatchEntry("", "forward replayed from CUDA graphs (one per call signature)"))
+
+
+def _report_video_unet(model: VideoUNet, report: PatchReport) -> None:
+    ops = model.vidgen_ops
+    for role, what in (("frame_attention", "attn1: vidgen frame-attention kernel"),
+                       ("temporal_attention", "attn_temp: vidgen temporal-attention kernel")):
+        if ops[role]:
+            report.replaced.append(PatchEntry("", what))
+        else:
+            report.kept.append(PatchEntry("", what.split(":")[0] + ": reference PyTorch attention", f"{role}=False"))
+
+
+def _motion_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(path, m) for path, m in model.named_modules()
+            if isinstance(m, (AnimateDiffTransformer3D, TransformerTemporalModel))]
+
+
+def _motion_module_gap(module: nn.Module) -> str | None:
+    """Why vidgen's fused forward cannot serve this motion module, or None."""
+    from .motion import _check_fusable
+
+    try:
+        _check_fusable(module)
+    except (TypeError, ValueError) as exc:
+        return str(exc)
+    for block in module.transformer_blocks:
+        for attn in (block.attn1, block.attn2):
+            gap = temporal_attention_gap(head_dim_of(attn)) if attn is not None else None
+            if gap is not None:
+                return gap
+    return None
+
+
+def _patch_motion_modules(model: nn.Module, record: PatchRecord, covered: set[int]) -> None:
+    from .motion import patch_temporal_transformer, unpatch_temporal_transformer
+
+    motion_modules = _motion_modules(model)
+    for _, module in motion_modules:
+        if any(isinstance(b, FreeNoiseTransformerBlock) for b in module.transformer_blocks):
+            raise ValueError("patch: FreeNoise is enabled on this model; its windowed temporal attention is not "
+                             "what vidgen's temporal kernel computes. Call pipe.disable_free_noise() before "
+                             "patching, or patch(..., temporal_attention=False)")
+    patched = 0
+    for path, module in motion_modules:
+        covered.update(id(m) for m in module.modules())
+        gap = _motion_module_gap(module)
+        if gap is not None:
+            record.report.kept.append(PatchEntry(path, "motion module", gap))
+            continue
+        patch_temporal_transformer(module)
+        record.undo.append(lambda m=module: unpatch_temporal_transformer(m))
+        _mark(module, "vidgen: copy-free temporal attention", record)
+        record.report.replaced.append(PatchEntry(path, "copy-free temporal attention (motion module)"))
+        patched += 1
+    if patched:
+        record.summary.append(f"temporal_attention ({patched} motion modules)")
+
+
+def _report_image_attention(model: nn.Module, report: PatchReport, covered: set[int]) -> None:
+    """The attention layers no role took: image self-attention and text cross-attention."""
+    for path, attn in model.named_modules():
+        if not isinstance(attn, Attention) or id(attn) in covered:
+            continue
+        if attn.is_cross_attention:
+            report.kept.append(PatchEntry(path, "text cross-attention", "no video role: PyTorch SDPA serves it"))
+        else:
+            report.kept.append(PatchEntry(path, "image self-attention", "per-frame attention, no video role: "
+                                                                        "PyTorch SDPA serves it"))
+
+
+# -- Text2Video-Zero ----------------------------------------------------------------------------
+def _cross_frame_types() -> tuple[type, ...]:
+    from diffusers.pipelines.deprecated.text_to_video_synthesis import pipeline_text_to_video_zero as t2v
+    from diffusers.pipelines.deprecated.text_to_video_synthesis import pipeline_text_to_video_zero_sdxl as t2v_xl
+
+    return (t2v.CrossFrameAttnProcessor, t2v.CrossFrameAttnProcessor2_0,
+            t2v_xl.CrossFrameAttnProcessor, t2v_xl.CrossFrameAttnProcessor2_0)
+
+
+def _self_attention_modules(model: nn.Module) -> list[tuple[str, Attention]]:
+    return [(path, m) for path, m in model.named_modules() if isinstance(m, Attention) and not m.is_cross_attention]
+
+
+def _swap_cross_frame_processors(model: nn.Module) -> tuple[list[str], list[tuple[str, str]]]:
+    """Replace every cross-frame processor on a self-attention module whose head dim the kernel
+    serves; returns the paths swapped and the (path, reason) of those left as they are."""
+    kinds = _cross_frame_types()
+    swapped, left = [], []
+    for path, attn in _self_attention_modules(model):
+        if isinstance(attn.processor, kinds):
+            gap = frame_attention_gap(head_dim_of(attn))
+            if gap is not None:  # diffusers' processor keeps running here, exactly as unpatched
+                left.append((path, gap))
+                continue
+            attn.set_processor(FirstFrameAttnProcessor(attn.processor))
+            _mark(attn, "vidgen: first-frame attention (Text2Video-Zero)", None)
+            swapped.append(path)
+        elif not isinstance(attn.processor, FirstFrameAttnProcessor):
+            _unmark(attn)  # another processor was installed since: the note goes with ours
+    return swapped, left
+
+
+def _restore_cross_frame_processors(model: nn.Module) -> None:
+    for _, attn in _self_attention_modules(model):
+        if isinstance(attn.processor, FirstFrameAttnProcessor):
+            attn.set_processor(attn.processor.original)
+            _unmark(attn)
+
+
+def _patch_cross_frame_attention(model: nn.Module, record: PatchRecord, covered: set[int]) -> None:
+    report = record.report
+    swapped, left = _swap_cross_frame_processors(model)
+    record.undo.append(lambda: _restore_cross_frame_processors(model))
+    modules = dict(model.named_modules())
+    for path in swapped:
+        covered.add(id(modules[path]))
+        report.replaced.append(PatchEntry(path, "first-frame attention kernel (Text2Video-Zero)"))
+    for path, gap in left:
+        covered.add(id(modules[path]))
+        report.kept.append(PatchEntry(path, "Text2Video-Zero cross-frame attention", gap))
+    if swapped:
+        record.summary.append(f"frame_attention ({len(swapped)} Text2Video-Zero cross-frame processors)")
+    # Text2Video-Zero's pipeline installs its processors inside __call__ via set_attn_processor:
+    # translate them as they arrive (an instance attribute; the class method is untouched).
+    if isinstance(model, UNet2DConditionModel) and "set_attn_processor" not in model.__dict__:
+        def set_attn_processor(self, processor, **kwargs):
+            type(self).set_attn_processor(self, processor, **kwargs)
+            _swap_cross_frame_processors(self)
+
+        model.set_attn_processor = types.MethodType(set_attn_processor, model)
+        record.undo.append(lambda: model.__dict__.pop("set_attn_processor", None))
+        # Modules whose head dim the kernel does not serve will keep diffusers' processor then.
+        served = [path for path, attn in _self_attention_modules(model) if id(attn) not in covered
+                  and frame_attention_gap(head_dim_of(attn)) is None]
+        if served:
+            report.replaced.append(PatchEntry(
+                "set_attn_processor", f"Text2Video-Zero cross-frame processors installed later run the first-frame "
+                                      f"kernel ({len(served)} self-attention modules can take them)"))
+        if not swapped:
+            record.summary.append("frame_attention (Text2Video-Zero processors when installed)")
+
+
+# -- bookkeeping ----------------------------------------------------------------------------------
+def _marked_extra_repr(self) -> str:
+    base = type(self).extra_repr(self)
+    return ", ".join(part for part in (base, *self.__dict__[_MARK]) if part)
+
+
+def _mark(module: nn.Module, note: str, record: PatchRecord | None) -> None:
+    """Show ``note`` in ``print(module)`` (instance-level ``extra_repr``)."""
+    module.__dict__.setdefault(_MARK, [])
+    if note not in module.__dict__[_MARK]:
+        module.__dict__[_MARK].append(note)
+    module.__dict__["extra_repr"] = types.MethodType(_marked_extra_repr, module)
+    if record is not None:
+        record.undo.append(lambda: _unmark(module))
+
+
+def _unmark(module: nn.Module) -> None:
+    module.__dict__.pop(_MARK, None)
+    module.__dict__.pop("extra_repr", None)
+
+
+def _run_undo(record: PatchRecord) -> None:
+    while record.undo:
+        record.undo.pop()()
+
+
+def _set_attr(obj, name: str, value) -> None:
+    object.__setattr__(obj, name, value)  # bypasses nn.Module/pipeline registration: bookkeeping only
+
+
+def _del_attr(obj, name: str) -> None:
+    object.__delattr__(obj, name)
