@@ -22,7 +22,8 @@ runs, with the deepest cp.async pipelines and so the most shared memory. Other a
 the same config compile to code with less staging.
 
 Must run with ``TRITON_INTERPRET`` unset (the interpreter replaces ``@triton.jit`` objects).
-``python -m vidgen.kernels._aot`` compiles everything and prints a table.
+``python -m vidgen.kernels._aot`` compiles everything and prints a table; ``--json`` keeps the rows and
+``--compare`` checks a later compile against them (:func:`ptx_digest`: a rename must not change code).
 """
 from __future__ import annotations
 
@@ -238,6 +239,9 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="write the result rows to this file")
     parser.add_argument("--dtypes", nargs="+", metavar="DTYPE",
                         help="only the specs with a tensor of one of these element types (e.g. fp16 bf16)")
+    parser.add_argument("--compare", metavar="JSON",
+                        help="a --json file of an earlier compile: fail unless every spec, in order, has the same "
+                             "ptx_digest (a rename or a move must not change the code)")
     parser.add_argument("--expect-triton", metavar="VERSION",
                         help="refuse to run unless this Triton version is the one imported (a PYTHONPATH check)")
     args = parser.parse_args(argv)
@@ -260,7 +264,23 @@ def main(argv=None) -> int:
             json.dump(rows, f, indent=1)
     bad = sum(not r["ok"] for r in rows)
     print(f"{len(rows) - bad} compiled, {bad} failed")
-    return 1 if bad else 0
+    changed = compare_digests(rows, args.compare) if args.compare else 0
+    return 1 if bad or changed else 0
+
+
+def compare_digests(rows: list[dict], path: str) -> int:
+    """Print how the PTX of ``rows`` compares with the compile saved in ``path``; returns how many
+    specs differ (a different spec count counts every row)."""
+    with open(path) as f:
+        before = json.load(f)
+    if len(before) != len(rows):
+        print(f"--compare: {len(before)} specs in {path}, {len(rows)} now: the spec lists differ")
+        return max(len(before), len(rows))
+    changed = [(old, new) for old, new in zip(before, rows) if old.get("ptx_digest") != new["ptx_digest"]]
+    for old, new in changed:
+        print(f"PTX differs: sm_{new['cc']} {new['label']} (was {old['label']})")
+    print(f"--compare: {len(rows) - len(changed)} of {len(rows)} specs compile to the same PTX as in {path}")
+    return len(changed)
 
 
 if __name__ == "__main__":
