@@ -1,7 +1,12 @@
-"""What the torch.library registration costs per call: the custom op vs calling its implementation.
+"""Per-call host cost of vidgen's ops on tiny inputs, where the fixed cost is all there is.
 
-Runs anywhere (CPU: the reference path; GPU: the Triton path) on a tiny input, where the fixed
-per-call cost dominates. Prints microseconds per call for both and the difference.
+* the torch.library registration: the noise custom op vs calling its implementation;
+* the attention ops a UNet calls in every layer (``frame_attention``, ``temporal_attention``), as a
+  processor calls them in eager inference (which skips the registration: ``_backend.direct_call_ok``),
+  beside PyTorch's SDPA on the same tiny problem, the eager call a user would otherwise make.
+  Goal (issue 16): <= 20 us per call on a GPU machine.
+
+Runs anywhere (CPU: the reference path; GPU: the Triton path). Prints microseconds per call.
 """
 from __future__ import annotations
 
@@ -45,6 +50,22 @@ def main(argv=None) -> int:
     direct = per_call_us(lambda: impl(shape, "mixed", 1.0, 2, 0, None, torch.float32, device), args.repeats, device)
     print(f"device {device}: custom op {through_op:.1f} us/call, direct {direct:.1f} us/call, "
           f"registration overhead {through_op - direct:.1f} us/call")
+
+    from vidgen.ops import frame_attention, temporal_attention
+
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    q = torch.randn(1, 2, 16, 1, 40, device=device, dtype=dtype)  # (B, F, N, H, D)
+    table = [[0], [0, 1]]
+    heads = q.transpose(1, 3).flatten(2, 3)  # (B, H, F*N, D): the same work as one SDPA call
+    with torch.no_grad():
+        rows = {
+            "frame_attention": per_call_us(lambda: frame_attention(q, q, q, table), args.repeats, device),
+            "temporal_attention": per_call_us(lambda: temporal_attention(q, q, q), args.repeats, device),
+            "sdpa (peer)": per_call_us(lambda: torch.nn.functional.scaled_dot_product_attention(heads, heads, heads),
+                                       args.repeats, device),
+        }
+    for name, us in rows.items():
+        print(f"device {device}: {name} {us:.1f} us/call")
     return 0
 
 

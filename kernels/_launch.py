@@ -12,6 +12,7 @@ same code (:func:`merge_archs`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import warnings
 from collections.abc import Callable, Collection, Iterable
@@ -39,6 +40,7 @@ class LaunchConfig:
     num_stages: int
 
     @classmethod
+    @functools.lru_cache(maxsize=None)  # the tables are read at every launch: parse each entry once
     def parse(cls, text: str) -> "LaunchConfig":
         """``"128x64 w8 s3"``: block_m x block_n, warps, pipeline stages (the tables' notation)."""
         tiles, warps, stages = text.split()
@@ -50,6 +52,17 @@ class LaunchConfig:
         """The keyword arguments a launch (and its :class:`KernelSpec`) takes from this config: warps,
         pipeline stages and the register cap every attention launch sets (``_aot.MAX_REGISTERS``)."""
         return {"num_warps": self.num_warps, "num_stages": self.num_stages, "maxnreg": MAX_REGISTERS}
+
+
+def cdiv(a: int, b: int) -> int:
+    """``ceil(a / b)`` for the host side of a launch. ``triton.cdiv`` is a constexpr function that costs
+    microseconds per call from Python, several per launch; launch overhead is what small UNet levels pay."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """``triton.next_power_of_2`` for the host side (see :func:`cdiv`): 0 -> 0, 5 -> 8, 8 -> 8."""
+    return 1 << (n - 1).bit_length() if n > 0 else 0
 
 
 def device_arch(device: torch.device) -> int:

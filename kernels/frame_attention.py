@@ -46,9 +46,9 @@ import triton.language as tl
 
 from . import _autotune
 from ._aot import KernelSpec
-from ._launch import (ARCHS, DTYPE_NAMES, LOG2E, TORCH_DTYPES, LaunchConfig, attention_spec, check_grid,
+from ._launch import (ARCHS, DTYPE_NAMES, LOG2E, TORCH_DTYPES, LaunchConfig, attention_spec, cdiv, check_grid,
                       deprecated_aliases, device_arch, dot_precision, kernel_signature, merge_archs,
-                      stack_allowance, table_key)
+                      next_power_of_2, stack_allowance, table_key)
 
 MIN_HEAD_DIM, MAX_HEAD_DIM = 8, 256
 _INT32_LIMIT = 2**31  # tile offsets within one (video, frame) are int32
@@ -730,7 +730,7 @@ def _measured_config(kernel_pass: str, device: torch.device, width: int, dtype: 
     from . import frame_attention_tuning  # it imports this module
 
     major, minor = torch.cuda.get_device_capability(device)
-    bucket = triton.next_power_of_2(N)
+    bucket = next_power_of_2(N)
     found = frame_attention_tuning.tuned_config(kernel_pass, 10 * major + minor, width, dtype, bucket)
     if found is None and any_size:
         found = frame_attention_tuning.tuned_config(kernel_pass, 10 * major + minor, width, dtype, None)
@@ -751,8 +751,8 @@ def forward_autotune_key(width: int, dtype: str, arch: int, table_shape, N: int,
     shares one choice while the 8x8 (N = 64) and 64x64 (N = 4096) levels of a UNet get their own;
     plus ``align`` (:func:`vector_align`), which changes the code each candidate runs."""
     num_frames, table_width = table_shape
-    return (width, dtype, arch, (int(num_frames), int(table_width)), triton.next_power_of_2(N),
-            triton.next_power_of_2(M), align)
+    return (width, dtype, arch, (int(num_frames), int(table_width)), next_power_of_2(N),
+            next_power_of_2(M), align)
 
 
 def frame_attention_forward_triton(q, k, v, table, counts, scale: float, *,
@@ -779,10 +779,10 @@ def frame_attention_forward_triton(q, k, v, table, counts, scale: float, *,
     out = torch.empty((B, F, N, H, D), dtype=q.dtype, device=q.device)
     lse = torch.empty((B, F, H, N), dtype=torch.float32, device=q.device)
     _check_int32_span(q=q, k=k, v=v)
-    check_grid(triton.cdiv(N, min(cfg.block_m for cfg in candidates)) * F * H * B, "frame_attention")
+    check_grid(cdiv(N, min(cfg.block_m for cfg in candidates)) * F * H * B, "frame_attention")
 
     def launch(cfg: LaunchConfig) -> None:
-        num_m_blocks = triton.cdiv(N, cfg.block_m)
+        num_m_blocks = cdiv(N, cfg.block_m)
         _frame_attention_forward_kernel[(num_m_blocks * F * H * B,)](
             q, _tail(q, d1), k, _tail(k, d1), v, _tail(v, d1), out, _tail(out, d1), lse, table, counts,
             *q.stride()[:4], *k.stride()[:4], *v.stride()[:4], *out.stride()[:4],
@@ -820,8 +820,8 @@ def frame_attention_backward_triton(dout, q, k, v, out, lse, table, counts, read
     dv = torch.empty((B, F, M, H, D), dtype=v.dtype, device=v.device)
     delta = torch.empty((B, F, H, N), dtype=torch.float32, device=q.device)
     _check_int32_span(q=q, k=k, v=v, out=out, dout=dout)
-    num_m_blocks = triton.cdiv(N, dq_cfg.block_m)
-    num_n_blocks = triton.cdiv(M, kv_cfg.block_n)
+    num_m_blocks = cdiv(N, dq_cfg.block_m)
+    num_n_blocks = cdiv(M, kv_cfg.block_n)
     check_grid(max(num_m_blocks, num_n_blocks) * F * H * B, "frame_attention")
     precision = dot_precision(dtype)
     align = vector_align(d0, d1, q, k, v, out, dout, dq, dk, dv)

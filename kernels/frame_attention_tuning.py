@@ -36,8 +36,7 @@ import os
 import tempfile
 import warnings
 
-import triton
-
+from ._launch import next_power_of_2
 from .frame_attention import PASSES, LaunchConfig, tile_candidates
 
 TABLE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "frame_attention_tuned.json")
@@ -68,7 +67,7 @@ def bucket_name(n_bucket: int | str | None) -> str:
     """The JSON key of a size bucket: ``next_power_of_2(N)`` as text (idempotent on a bucket), or "any"."""
     if n_bucket is None or n_bucket == ANY_SIZE:
         return ANY_SIZE
-    return str(triton.next_power_of_2(int(n_bucket)))
+    return str(next_power_of_2(int(n_bucket)))
 
 
 def entry_path(kernel_pass: str, arch: int | str, width: int, dtype: str, n_bucket=None) -> tuple[str, ...]:

@@ -32,6 +32,7 @@ import triton
 import triton.language as tl
 
 from ._aot import PHILOX_NORMALS_NOTE, PHILOX_NORMALS_STACK, KernelSpec
+from ._launch import cdiv
 from .noise import KINDS, correlated_noise_reference, mixing_coefficients, split_seed, video_layout
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -352,11 +353,11 @@ def guided_step_triton(sample, eps_cond, eps_uncond, prior_cond, guidance_scale,
         mode = NOISE_NONE
     if mode == NOISE_GENERATED:
         _, pre, frames, post = video_layout(tuple(sample.shape), 2)
-        cols, frame_groups = pre * post, triton.cdiv(frames, 4)
+        cols, frame_groups = pre * post, cdiv(frames, 4)
     else:  # frames do not matter: one flat row per video
         cols, post, frames, frame_groups = n_per_video, n_per_video, 1, 1
-    num_groups = triton.cdiv(frames + 1, 4)
-    blocks_per_video = triton.cdiv(cols, _BLOCK)
+    num_groups = cdiv(frames + 1, 4)
+    blocks_per_video = cdiv(cols, _BLOCK)
     programs = batch * blocks_per_video * frame_groups
     if programs >= _INT32_LIMIT:
         raise ValueError(f"sample: shape {tuple(sample.shape)} needs {programs} programs; the limit is 2**31 - 1")
@@ -368,7 +369,7 @@ def guided_step_triton(sample, eps_cond, eps_uncond, prior_cond, guidance_scale,
     partials = unused_f32
     if rescale:
         partials = torch.empty((batch, NUM_PARTIALS, 4), dtype=torch.float32, device=sample.device)
-        chunk = triton.cdiv(triton.cdiv(n_per_video, NUM_PARTIALS), _BLOCK) * _BLOCK
+        chunk = cdiv(cdiv(n_per_video, NUM_PARTIALS), _BLOCK) * _BLOCK
         _rescale_stats_kernel[(batch * NUM_PARTIALS,)](
             partials, eps_cond, eps_uncond, prior_cond if has_prior else eps_cond, n_per_video, chunk,
             guidance_scale, prior_strength,

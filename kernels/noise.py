@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 
 from ._aot import PHILOX_NORMALS_NOTE, PHILOX_NORMALS_STACK, KernelSpec
+from ._launch import cdiv
 
 KINDS = ("iid", "mixed", "progressive")
 _BLOCK, _NUM_WARPS = 1024, 4
@@ -213,8 +214,8 @@ def launch_plan(shape: tuple[int, ...], frame_dim: int) -> LaunchPlan:
     """Grid and index width for ``shape``; refuses what one 1-D grid cannot cover."""
     B, PRE, F, POST = video_layout(shape, frame_dim)
     cols = PRE * POST
-    num_groups = triton.cdiv(F + 1, 4)
-    blocks_per_video = triton.cdiv(cols, _BLOCK)
+    num_groups = cdiv(F + 1, 4)
+    blocks_per_video = cdiv(cols, _BLOCK)
     if B * blocks_per_video >= _INT32_LIMIT:
         raise ValueError(f"shape {shape} needs {B * blocks_per_video} programs; one launch takes at most 2**31 - 1")
     int64 = max(math.prod(shape), B * num_groups * cols, B * blocks_per_video * _BLOCK) >= _INT32_LIMIT

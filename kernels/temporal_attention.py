@@ -41,9 +41,9 @@ import triton
 import triton.language as tl
 
 from ._aot import KernelSpec
-from ._launch import (ARCHS, DTYPE_NAMES, LOG2E, TORCH_DTYPES, LaunchConfig, attention_spec, check_grid,
+from ._launch import (ARCHS, DTYPE_NAMES, LOG2E, TORCH_DTYPES, LaunchConfig, attention_spec, cdiv, check_grid,
                       deprecated_aliases, device_arch, dot_precision, kernel_signature, merge_archs,
-                      stack_allowance, table_key)
+                      next_power_of_2, stack_allowance, table_key)
 
 MAX_HEAD_DIM = 256
 
@@ -376,7 +376,7 @@ _FP32_STACK: dict[tuple[str, int], int] = {
 
 def block_d(head_dim: int) -> int:
     """Padded head dim (tl.dot needs K >= 16 and power-of-two tiles); masked lanes cost no bytes."""
-    return max(16, triton.next_power_of_2(head_dim))
+    return max(16, next_power_of_2(head_dim))
 
 
 def tile_config(kernel_pass: str, BLOCK_D: int, dtype: str, arch: int) -> LaunchConfig:
@@ -408,8 +408,8 @@ def launch_plan(batch: int, frames: int, tokens: int, heads: int, block_m: int =
     num_problems = batch * tokens * heads
     slot = min(frames, block_m)
     per_group = block_m // slot
-    num_tiles = triton.cdiv(frames, slot)
-    programs = triton.cdiv(num_problems, per_group) * num_tiles
+    num_tiles = cdiv(frames, slot)
+    programs = cdiv(num_problems, per_group) * num_tiles
     check_grid(programs, f"(B, F, N, H) = {(batch, frames, tokens, heads)}")
     return LaunchPlan(num_problems, slot, per_group, num_tiles, (programs,))
 

@@ -90,3 +90,26 @@ def test_demo_prints_a_row_per_op():
     assert {r["op"] for r in rows} == set(_backend.REGISTRY)
     assert all(r["ms"] > 0 for r in rows)
     assert "median ms" in demo.format_table(rows)
+
+
+def test_ops_skip_their_registration_only_in_plain_eager_inference():
+    # The public ops call their implementation directly (no torch.library round trip) unless
+    # something needs the registered op: autograd, torch.compile, a dispatch mode, the profiler.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    plain, tracked = torch.ones(3), torch.ones(3, requires_grad=True)
+    assert _backend.direct_call_ok(plain, plain)
+    assert not _backend.direct_call_ok(plain, tracked)
+    with torch.no_grad():
+        assert _backend.direct_call_ok(plain, tracked)
+    assert not _backend.direct_call_ok(torch.nn.Parameter(torch.ones(3), requires_grad=False))  # a subclass
+
+    class Recorder(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    with Recorder():
+        assert not _backend.direct_call_ok(plain)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]):
+        assert not _backend.direct_call_ok(plain)
+    assert torch.compile(lambda x: x + _backend.direct_call_ok(x), backend="eager")(plain).tolist() == [1.0] * 3

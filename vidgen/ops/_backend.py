@@ -18,6 +18,7 @@ import threading
 from dataclasses import dataclass
 
 import torch
+from torch.utils import _python_dispatch
 
 BACKENDS = ("cuda", "triton", "torch")
 _ENV = "VIDGEN_BACKEND"
@@ -107,6 +108,23 @@ def why_not(backend: str, op: OpInfo, device: torch.device) -> str | None:
 
         return _cuda_lib.load_error()
     raise AssertionError(backend)
+
+
+def direct_call_ok(*tensors: torch.Tensor) -> bool:
+    """Whether an op may call its implementation directly rather than through its ``torch.library``
+    custom op: the round trip (dispatcher, autograd wrapper, dynamo's guard) costs more host time per
+    call than the launch it wraps, and a UNet makes hundreds of calls per step.
+
+    The registration is what torch.compile traces, what autograd differentiates, what dispatch
+    modes (FakeTensor, the tests' host-read recorder) and the profiler see by name, so it stays the
+    path whenever any of those is involved: compiling, an active Python dispatch mode, the
+    profiler on, autograd recording on any input, or an input that is a tensor subclass.
+    """
+    if torch.compiler.is_compiling() or _python_dispatch._get_current_dispatch_mode() is not None \
+            or torch.autograd.profiler._is_profiler_enabled:
+        return False
+    grad = torch.is_grad_enabled()
+    return all(type(t) is torch.Tensor and not (grad and t.requires_grad) for t in tensors)
 
 
 def select(op: OpInfo, device: torch.device) -> str:

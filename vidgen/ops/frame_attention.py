@@ -45,15 +45,20 @@ def _run_triton(q: torch.Tensor) -> bool:
     return backend == "triton"
 
 
-@torch.library.custom_op("vidgen::frame_attention_fwd", mutates_args=())
-def _frame_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor,
-                             counts: torch.Tensor, readers: torch.Tensor, reader_counts: torch.Tensor,
-                             scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _frame_attention_forward_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor,
+                                  counts: torch.Tensor, readers: torch.Tensor, reader_counts: torch.Tensor,
+                                  scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(out, lse). ``readers``/``reader_counts`` (the reverse table) are only saved for the backward."""
     if _run_triton(q):
         return _kernels.frame_attention_forward_triton(q, k, v, table, counts, scale)
     out, lse = frame_attention_reference(q, k, v, _listed_rows(table, counts), scale)
     return out.contiguous(), lse.contiguous()
+
+
+# The public function calls the implementation itself where the registration would only cost
+# time (eager inference: see ``_backend.direct_call_ok``).
+_frame_attention_forward = torch.library.custom_op("vidgen::frame_attention_fwd", _frame_attention_forward_impl,
+                                                   mutates_args=())
 
 
 @_frame_attention_forward.register_fake
@@ -112,7 +117,27 @@ def _listed_rows(table: torch.Tensor, counts: torch.Tensor) -> list[list[int]]:
 # calls (every UNet layer, every step) copy nothing to the device and never synchronise.
 # ----------------------------------------------------------------------------------------------
 def _key_rows(key_frames, num_frames: int) -> tuple[tuple[int, ...], ...]:
-    """Validate ``key_frames`` against F; returns it as a tuple of rows (a hashable cache key)."""
+    """Validate ``key_frames`` against F; returns it as a tuple of rows (a hashable cache key).
+
+    A list or tuple of rows of plain ints (what every processor passes, in every layer and step) is
+    validated once per distinct content: the check costs tens of microseconds, the lookup one."""
+    if isinstance(key_frames, (list, tuple)):
+        try:
+            rows = tuple(tuple(row) for row in key_frames)
+        except TypeError:
+            rows = None
+        # type(g) is int: a bool (or a tensor) hashes like an int and must still be refused below.
+        if rows is not None and all(type(g) is int for row in rows for g in row):
+            return _validated_int_rows(rows, num_frames)
+    return _validated_rows(key_frames, num_frames)
+
+
+@functools.lru_cache(maxsize=256)
+def _validated_int_rows(rows: tuple[tuple[int, ...], ...], num_frames: int) -> tuple[tuple[int, ...], ...]:
+    return _validated_rows(rows, num_frames)
+
+
+def _validated_rows(key_frames, num_frames: int) -> tuple[tuple[int, ...], ...]:
     if isinstance(key_frames, torch.Tensor):
         if key_frames.dtype.is_floating_point or key_frames.dtype.is_complex or key_frames.dtype == torch.bool:
             raise TypeError(f"key_frames: expected an integer tensor, got {key_frames.dtype}")
@@ -217,7 +242,10 @@ def frame_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_frame
     """
     scale = _check_inputs(q, k, v, scale)
     rows = _key_rows(key_frames, q.shape[1])
-    out, _ = _frame_attention_forward(q, k, v, *_prepared_table(rows, q.device), scale)
+    tables = _prepared_table(rows, q.device)
+    if _backend.direct_call_ok(q, k, v):
+        return _frame_attention_forward_impl(q, k, v, *tables, scale)[0]
+    out, _ = _frame_attention_forward(q, k, v, *tables, scale)
     return out
 
 

@@ -23,14 +23,19 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # Custom ops: opaque to torch.compile and safe under CUDA-graph capture (no host sync). ``lse`` is
 # the forward's natural-log log-sum-exp per query, (B, N, H, F) fp32, saved for the backward.
 # ----------------------------------------------------------------------------------------------
-@torch.library.custom_op("vidgen::temporal_attention_fwd", mutates_args=())
-def _temporal_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                                scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _temporal_attention_forward_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                                     scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(out, lse); out in the layout of ``torch.empty_like(q)``."""
     if _backend.select(TEMPORAL_ATTENTION, q.device) == "triton":
         return _kernels.temporal_attention_forward_triton(q, k, v, scale)
     out, lse = temporal_attention_reference(q, k, v, scale)
     return _like(q, out), lse
+
+
+# The public function calls the implementation itself where the registration would only cost
+# time (eager inference: see ``_backend.direct_call_ok``).
+_temporal_attention_forward = torch.library.custom_op("vidgen::temporal_attention_fwd",
+                                                      _temporal_attention_forward_impl, mutates_args=())
 
 
 @_temporal_attention_forward.register_fake
@@ -119,6 +124,8 @@ def temporal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, sca
     Backends: Triton on CUDA (and on CPU under ``TRITON_INTERPRET=1``), else the PyTorch reference.
     """
     scale = _check_inputs(q, k, v, scale)
+    if _backend.direct_call_ok(q, k, v):
+        return _temporal_attention_forward_impl(q, k, v, scale)[0]
     out, _ = _temporal_attention_forward(q, k, v, scale)
     return out
 
