@@ -13,7 +13,10 @@ part of its time. Peers:
 * ``flex``: FlexAttention (compiled) over all frames with a block mask encoding the key table;
 * ``xformers``: ``memory_efficient_attention`` on the gathered K/V, if xformers is installed;
 * ``vidgen_pad64`` (D = 40 only): our kernel on inputs zero-padded to D = 64, i.e. what padding
-  to the next power of two would cost, to show the effect of the 32 + 16 head-dim blocking.
+  to the next power of two would cost, to show the effect of the 32 + 16 head-dim blocking;
+* ``vidgen_fp8`` (fp16/bf16 on sm_90): ``precision="fp8"``, the scores on e4m3 tensor cores,
+  forward only (inference), beside its error: every row has ``rel_l2_vs_fp32``, the relative L2
+  distance of its output to vidgen's kernel on the same inputs in fp32 (exact IEEE products).
 
 Reported per case and pass (fwd, bwd, fwd+bwd): median time, useful-work TFLOP/s (4 N M D per
 head per query frame forward, M = distinct key tokens of that frame; backward 2.5x that), the
@@ -52,13 +55,17 @@ def useful_flops(batch, heads, tokens, head_dim, table) -> float:
 # ----------------------------------------------------------------------------------------------
 # Implementations: each maps projection outputs q, k, v (B*F, N, H*D) to (B*F, N, H*D).
 # ----------------------------------------------------------------------------------------------
-def vidgen_impl(batch, frames, heads, head_dim, table):
+def vidgen_impl(batch, frames, heads, head_dim, table, precision="auto"):
     from vidgen.ops import frame_attention
 
     def run(q, k, v):
         view = lambda t: t.view(batch, frames, -1, heads, head_dim)  # noqa: E731
-        return frame_attention(view(q), view(k), view(v), table).view(batch * frames, -1, heads * head_dim)
+        out = frame_attention(view(q), view(k), view(v), table, precision=precision)
+        return out.view(batch * frames, -1, heads * head_dim)
     return run
+
+
+FORWARD_ONLY = {"vidgen_fp8"}  # inference-only implementations: no backward to time
 
 
 def vidgen_padded_impl(batch, frames, heads, head_dim, table, padded_dim=64):
@@ -126,13 +133,15 @@ def flex_impl(batch, frames, heads, head_dim, table, tokens, device):
 # ----------------------------------------------------------------------------------------------
 # Measurement
 # ----------------------------------------------------------------------------------------------
-def measure(fn, q, k, v, dout) -> dict:
+def measure(fn, q, k, v, dout, forward_only: bool = False) -> dict:
     """Times of forward, backward (from a saved graph) and forward + backward; peak memory."""
     inputs = (q, k, v)
     row = {}
     with torch.no_grad():
         row.update({f"fwd_{key}": val for key, val in harness.time_ms(lambda: fn(*inputs)).items()})
         row["fwd_peak_bytes"] = harness.peak_memory_bytes(lambda: fn(*inputs))
+    if forward_only:
+        return row
     out = fn(*inputs)
     row.update({f"bwd_{key}": val for key, val in harness.time_ms(
         lambda: torch.autograd.grad(out, inputs, dout, retain_graph=True)).items()})
@@ -159,6 +168,8 @@ def run_case(suite, mode, batch, frames, tokens, head_dim, heads, dtype, matmul_
     impls = {"vidgen": vidgen_impl(batch, frames, heads, head_dim, table)}
     if head_dim == 40:
         impls["vidgen_pad64"] = vidgen_padded_impl(batch, frames, heads, head_dim, table)
+    if dtype != torch.float32 and torch.cuda.get_device_capability(device) >= (9, 0):
+        impls["vidgen_fp8"] = vidgen_impl(batch, frames, heads, head_dim, table, precision="fp8")
     if "sdpa_gather" in peers:
         impls["sdpa_gather"] = sdpa_gather_impl(batch, frames, heads, head_dim, table)
     if "flex" in peers:
@@ -168,6 +179,7 @@ def run_case(suite, mode, batch, frames, tokens, head_dim, heads, dtype, matmul_
 
     with use_backend("triton"), torch.no_grad():
         reference = impls["vidgen"](q, k, v).float()
+        exact = impls["vidgen"](*(t.float() for t in (q, k, v)))  # fp32 inputs: exact IEEE products
     base = dict(suite=suite, mode=mode, batch=batch, frames=frames, tokens=tokens, head_dim=head_dim, heads=heads,
                 dtype=str(dtype).removeprefix("torch."), fwd_gflop=flops / 1e9)
     rows = []
@@ -176,13 +188,17 @@ def run_case(suite, mode, batch, frames, tokens, head_dim, heads, dtype, matmul_
         try:
             with use_backend("triton"):
                 with torch.no_grad():
-                    row["max_abs_diff_vs_vidgen"] = (fn(q, k, v).float() - reference).abs().max().item()
-                row.update(measure(fn, q, k, v, dout))
+                    got = fn(q, k, v).float()
+                    row["max_abs_diff_vs_vidgen"] = (got - reference).abs().max().item()
+                    row["rel_l2_vs_fp32"] = ((got - exact).norm() / exact.norm()).item()
+                row.update(measure(fn, q, k, v, dout, forward_only=name in FORWARD_ONLY))
         except Exception as exc:  # a peer that cannot run this shape is a result, not a crash
             row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
             rows.append(row)
             continue
         for phase, work in (("fwd", flops), ("bwd", 2.5 * flops), ("fwdbwd", 3.5 * flops)):
+            if f"{phase}_ms" not in row:
+                continue
             tflops = work / (row[f"{phase}_ms"] * 1e-3) / 1e12
             row[f"{phase}_tflops"] = tflops
             row[f"{phase}_frac_matmul"] = tflops / matmul_tflops

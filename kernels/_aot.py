@@ -74,6 +74,7 @@ class KernelSpec:
     num_stages: int = 3
     maxnreg: int | None = None  # the launch's register cap (``.maxnreg``), if it sets one
     expect_wgmma: bool = False  # sm_90 code must use wgmma (tensor-core attention kernels)
+    expect_sm90_ptx: tuple[str, ...] = ()  # regexes sm_90 PTX must match (e.g. e4m3 wgmma of an FP8 kernel)
     max_stack: int = 0          # stack bytes per thread allowed (spills, local arrays); see ``stack_note``
     archs: tuple[int, ...] | None = None  # compute capabilities whose launches pick it (None: all)
     stack_note: str = ""        # why this spec may keep a stack (printed beside it in the table)
@@ -159,6 +160,7 @@ def compile_problems(spec: KernelSpec, row: dict) -> list[str]:
         problems.append(f"needs {row['shared']} B shared memory, sm_{cc} has {SHARED_MEMORY_LIMIT[cc]}")
     if cc >= 90 and spec.expect_wgmma and not row["wgmma"]:
         problems.append("sm_90 code does not use wgmma")
+    problems += [f"sm_90 PTX has no match for {pattern!r}" for pattern in row.get("ptx_missing") or ()]
     if row["stack"] is None:
         problems.append("no register report (cuobjdump missing from triton's backend)")
     elif row["stack"] > spec.max_stack:
@@ -189,6 +191,8 @@ def compile_spec(spec: KernelSpec, cc: int) -> dict:
         row["shared"] = int(compiled.metadata.shared)
         row["wgmma"] = "wgmma" in compiled.asm["ptx"]
         row["ptx_digest"] = ptx_digest(compiled.asm["ptx"], spec.kernel)
+        row["ptx_missing"] = [pattern for pattern in spec.expect_sm90_ptx
+                              if cc >= 90 and not re.search(pattern, compiled.asm["ptx"])]
         row["registers"], row["stack"] = register_usage(compiled.asm["cubin"], spec.kernel)
         problems = compile_problems(spec, row)
         row["ok"] = not problems

@@ -125,12 +125,14 @@ def stack_allowance(kernel_pass: str, arch: int, dtype: str, width: int, *, fp32
 
 
 def attention_spec(module: str, kernel, signature: dict[str, str], constexprs: dict[str, object],
-                   config: LaunchConfig, *, expect_wgmma: bool, stack: tuple[int, str]) -> KernelSpec:
+                   config: LaunchConfig, *, expect_wgmma: bool, stack: tuple[int, str],
+                   expect_sm90_ptx: tuple[str, ...] = ()) -> KernelSpec:
     """The spec of one launch of ``kernel`` (a ``@triton.jit`` function of ``module``) at ``config``
     (register cap included), allowed ``stack`` = (bytes, why) of :func:`stack_allowance`."""
     max_stack, stack_note = stack
     return KernelSpec(module=module, kernel=kernel.fn.__name__, signature=signature, constexprs=constexprs,
-                      expect_wgmma=expect_wgmma, max_stack=max_stack, stack_note=stack_note, **config.launch_options)
+                      expect_wgmma=expect_wgmma, expect_sm90_ptx=expect_sm90_ptx, max_stack=max_stack,
+                      stack_note=stack_note, **config.launch_options)
 
 
 def merge_archs(specs: Iterable[tuple[KernelSpec, int]]) -> list[KernelSpec]:

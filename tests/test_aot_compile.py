@@ -76,7 +76,7 @@ from vidgen.kernels._aot import runtime_attrs
 rows = {}
 for spec in K.aot_specs():
     c = spec.constexprs
-    if (c["D0"], c["D1"], c["ALIGN"]) != (32, 16, 8) or spec.signature["Q"] != "*fp16" or spec.kernel in rows:
+    if (c.get("D0"), c.get("D1"), c["ALIGN"]) != (32, 16, 8) or spec.signature["Q"] != "*fp16" or spec.kernel in rows:
         continue
     fn = getattr(K, spec.kernel)
     attrs = {i: a for i, a in runtime_attrs(fn, spec.signature).items()
@@ -147,3 +147,10 @@ def test_ptx_digest_ignores_names_and_source_positions_but_not_code(tmp_path, ca
     assert compare_digests([rows[0], dict(rows[1], ptx_digest="x"), rows[2]], str(saved)) == 1
     assert "PTX differs: sm_90 spec1" in capsys.readouterr().out
     assert compare_digests(rows[:2], str(saved)) == 3
+
+
+def test_a_spec_whose_sm90_ptx_lacks_an_expected_instruction_fails():
+    spec = KernelSpec(module="m", kernel="k", signature={}, expect_sm90_ptx=(r"wgmma\S*\.e4m3\.e4m3",))
+    row = {"cc": 90, "shared": 0, "wgmma": True, "registers": 100, "stack": 0, "ptx_missing": [r"wgmma\S*\.e4m3\.e4m3"]}
+    assert compile_problems(spec, row) == [r"sm_90 PTX has no match for 'wgmma\\S*\\.e4m3\\.e4m3'"]
+    assert compile_problems(spec, dict(row, ptx_missing=[])) == []

@@ -231,7 +231,7 @@ def test_candidate_tables():
 def test_every_candidate_is_compiled_ahead_of_time_for_the_archs_that_launch_it():
     declared = {(s.kernel, s.signature["Q"], s.constexprs["D0"], s.constexprs["D1"], s.constexprs["BLOCK_M"],
                  s.constexprs["BLOCK_N"], s.num_warps, s.num_stages, arch)
-                for s in K.aot_specs() for arch in s.archs}
+                for s in K.aot_specs() if "D0" in s.constexprs for arch in s.archs}  # the FP8 kernel has its own table
     blockings = {K.head_blocks(d) for d in range(K.MIN_HEAD_DIM, K.MAX_HEAD_DIM + 1)}
     kernels = {"forward": "_frame_attention_forward_kernel", "backward_dq": "_frame_attention_backward_dq_kernel",
                "backward_dkdv": "_frame_attention_backward_dkdv_kernel"}

@@ -566,3 +566,21 @@ def test_public_api_is_listed():
         assert name in names and name in vidgen.__all__
         assert getattr(vidgen, name) is not None
     assert vidgen.is_patched is is_patched
+
+
+def test_video_unet_with_fp8_frame_attention(tmp_path):
+    tiny_unet2d().save_pretrained(tmp_path / "unet")
+    unet = VideoUNet.from_pretrained_2d(tmp_path, torch_dtype=torch.bfloat16)
+    inputs = [x.bfloat16() if x.is_floating_point() else x for x in video_inputs(videos=1)]
+    with vidgen.ops.use_backend("torch"):
+        auto = run(unet, *inputs)
+        vidgen.patch(unet, attention_precision="fp8")
+        assert {block.attn1.processor.precision for block in unet.video_blocks()} == {"fp8"}
+        assert "attention_precision=fp8" in str(vidgen.patch_report(unet))
+        fp8 = run(unet, *inputs)
+        vidgen.unpatch(unet)
+        assert torch.equal(run(unet, *inputs), run(unet, *inputs))
+    error = float((fp8.double() - auto.double()).norm() / auto.double().norm())
+    assert 0 < error < 0.1
+    with pytest.raises(ValueError, match="attention_precision: expected one of 'auto', 'fp8', got 'fp4'"):
+        vidgen.patch(unet, attention_precision="fp4")

@@ -159,6 +159,27 @@ def test_frame_attention_matches_fp32_reference(level, mode, frames, dtype, devi
                           fresh_seed())
 
 
+FP8_ERROR_BOUND = 0.08  # relative L2 of precision="fp8" against fp32 on random normal inputs (~0.03-0.04)
+
+
+@on_gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
+@pytest.mark.parametrize("level", LEVELS, ids=lambda level: level.name)
+def test_frame_attention_fp8_at_real_shapes(level, dtype, device):
+    """The FP8 forward compiled on sm_90 at every UNet level (16 frames, sparse-causal): every
+    element written, within its error bound of fp32 attention, and really rounded (not the
+    fp16/bf16 kernel)."""
+    if torch.cuda.get_device_capability(device) < (9, 0):
+        pytest.skip("e4m3 tensor cores need sm_90")
+    rows = frame_kernels.sparse_causal_key_frames(16)
+    q, k, v = random_inputs((BATCH, 16, level.tokens, level.heads, level.head_dim), 3, dtype, device, fresh_seed())
+    with ops.use_backend("triton"), torch.no_grad():
+        fp8 = ops.frame_attention(q, k, v, rows, precision="fp8")
+        exact = ops.frame_attention(q.float(), k.float(), v.float(), rows)
+    assert torch.isfinite(fp8).all()
+    assert 1e-3 < relative_l2(fp8, exact) < FP8_ERROR_BOUND
+
+
 # ----------------------------------------------------------------------------------------------
 # Temporal attention
 # ----------------------------------------------------------------------------------------------

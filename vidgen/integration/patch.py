@@ -48,7 +48,7 @@ from diffusers.models.transformers.transformer_temporal import TransformerTempor
 from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D, MotionAdapter
 from diffusers.schedulers import DDIMInverseScheduler, DDIMScheduler
 
-from ..ops.frame_attention import frame_attention_gap
+from ..ops.frame_attention import PRECISIONS, frame_attention_gap
 from ..ops.temporal_attention import temporal_attention_gap
 from .processors import FirstFrameAttnProcessor, head_dim_of
 from .video_unet import VideoUNet
@@ -141,7 +141,7 @@ class PatchRecord:
 
 
 def patch(obj, *, frame_attention: bool = True, temporal_attention: bool = True, guidance: bool = True,
-          cuda_graph: bool = False):
+          cuda_graph: bool = False, attention_precision: str = "auto"):
     """Make a diffusers pipeline or model run on vidgen's kernels; returns ``obj`` (patched in place).
 
     Args:
@@ -151,6 +151,8 @@ def patch(obj, *, frame_attention: bool = True, temporal_attention: bool = True,
         frame_attention, temporal_attention, guidance: which roles to accelerate.
         cuda_graph: also replay the denoiser's forward from CUDA graphs, one captured per call
             signature (inference on CUDA only: other calls run the eager forward and say why once).
+        attention_precision: ``"auto"`` (the activations' precision) or ``"fp8"``: frame attention's
+            scores on e4m3 tensor cores (sm_90, inference; see :func:`vidgen.ops.frame_attention`).
 
     What was replaced, and what stays on diffusers' path and why (a head dim the kernels do not
     serve, a scheduler other than DDIM, a motion module of another structure, ...), is in
@@ -162,10 +164,16 @@ def patch(obj, *, frame_attention: bool = True, temporal_attention: bool = True,
     undone first. Raises ``ValueError`` for a diffusers feature a patch cannot reproduce
     (FreeNoise's windowed temporal attention).
     """
+    if attention_precision not in PRECISIONS:
+        raise ValueError(f"attention_precision: expected one of {', '.join(map(repr, PRECISIONS))}, "
+                         f"got {attention_precision!r}")
     options = {"frame_attention": bool(frame_attention), "temporal_attention": bool(temporal_attention),
                "guidance": bool(guidance)}
-    if cuda_graph:  # listed only when asked for, so reports of the three roles read as before
+    # Listed only when asked for, so reports of the three roles read as before.
+    if cuda_graph:
         options["cuda_graph"] = True
+    if attention_precision != "auto":
+        options["attention_precision"] = attention_precision
     existing = getattr(obj, _RECORD, None)
     if existing is not None:
         if existing.options == options:
@@ -300,7 +308,8 @@ def _fused_scheduler_for(scheduler):
 def _patch_model(model: nn.Module, record: PatchRecord) -> None:
     options, report = record.options, record.report
     if isinstance(model, VideoUNet):
-        model.use_vidgen_ops(frame_attention=options["frame_attention"], temporal_attention=options["temporal_attention"])
+        model.use_vidgen_ops(frame_attention=options["frame_attention"], temporal_attention=options["temporal_attention"],
+                             attention_precision=options.get("attention_precision", "auto"))
         record.undo.append(lambda: model.use_vidgen_ops(False, False))
         record.summary += [role for role in ("frame_attention", "temporal_attention") if options[role]]
         _report_video_unet(model, report)
@@ -422,7 +431,7 @@ def _self_attention_modules(model: nn.Module) -> list[tuple[str, Attention]]:
     return [(path, m) for path, m in model.named_modules() if isinstance(m, Attention) and not m.is_cross_attention]
 
 
-def _swap_cross_frame_processors(model: nn.Module) -> tuple[list[str], list[tuple[str, str]]]:
+def _swap_cross_frame_processors(model: nn.Module, precision: str) -> tuple[list[str], list[tuple[str, str]]]:
     """Replace every cross-frame processor on a self-attention module whose head dim the kernel
     serves; returns the paths swapped and the (path, reason) of those left as they are."""
     kinds = _cross_frame_types()
@@ -433,7 +442,7 @@ def _swap_cross_frame_processors(model: nn.Module) -> tuple[list[str], list[tupl
             if gap is not None:  # diffusers' processor keeps running here, exactly as unpatched
                 left.append((path, gap))
                 continue
-            attn.set_processor(FirstFrameAttnProcessor(attn.processor))
+            attn.set_processor(FirstFrameAttnProcessor(attn.processor, precision))
             _mark(attn, "vidgen: first-frame attention (Text2Video-Zero)", None)
             swapped.append(path)
         elif not isinstance(attn.processor, FirstFrameAttnProcessor):
@@ -450,7 +459,8 @@ def _restore_cross_frame_processors(model: nn.Module) -> None:
 
 def _patch_cross_frame_attention(model: nn.Module, record: PatchRecord, covered: set[int]) -> None:
     report = record.report
-    swapped, left = _swap_cross_frame_processors(model)
+    precision = record.options.get("attention_precision", "auto")
+    swapped, left = _swap_cross_frame_processors(model, precision)
     record.undo.append(lambda: _restore_cross_frame_processors(model))
     modules = dict(model.named_modules())
     for path in swapped:
@@ -466,7 +476,7 @@ def _patch_cross_frame_attention(model: nn.Module, record: PatchRecord, covered:
     if isinstance(model, UNet2DConditionModel) and "set_attn_processor" not in model.__dict__:
         def set_attn_processor(self, processor, **kwargs):
             type(self).set_attn_processor(self, processor, **kwargs)
-            _swap_cross_frame_processors(self)
+            _swap_cross_frame_processors(self, precision)
 
         model.set_attn_processor = types.MethodType(set_attn_processor, model)
         record.undo.append(lambda: model.__dict__.pop("set_attn_processor", None))

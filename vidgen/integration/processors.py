@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 from torch import nn
 
-from ..ops.frame_attention import (FRAME_MODES, frame_attention, frame_attention_gap, frame_attention_reference,
-                                   key_frames_for)
+from ..ops.frame_attention import (FRAME_MODES, PRECISIONS, frame_attention, frame_attention_gap,
+                                   frame_attention_reference, key_frames_for)
 from ..ops.temporal_attention import temporal_attention, temporal_attention_gap, temporal_attention_reference
 
 __all__ = ["FRAME_MODES", "FirstFrameAttnProcessor", "FrameAttnProcessor", "KernelFallbackWarning",
@@ -115,10 +115,16 @@ class FrameAttnProcessor:
         num_frames: F. May instead arrive per call through ``cross_attention_kwargs``
             (``{"num_frames": F}``), which takes precedence; with a table it defaults to the
             table's row count.
+        precision: ``"auto"`` or ``"fp8"`` (see :func:`vidgen.ops.frame_attention`): fp8 scores for
+            inference in fp16/bf16; a call it cannot serve (autograd recording, fp32) runs in the
+            inputs' precision and says so once.
     """
 
     def __init__(self, mode: str | Sequence[Sequence[int]] | torch.Tensor = "sparse_causal",
-                 num_frames: int | None = None):
+                 num_frames: int | None = None, precision: str = "auto"):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision: expected one of {', '.join(map(repr, PRECISIONS))}, got {precision!r}")
+        self.precision = precision
         if isinstance(mode, str):
             if mode not in FRAME_MODES:
                 raise ValueError(f"mode: expected one of {', '.join(map(repr, FRAME_MODES))} or a key-frame "
@@ -137,7 +143,20 @@ class FrameAttnProcessor:
         self.num_frames = num_frames
 
     def __repr__(self) -> str:
-        return f"FrameAttnProcessor(mode={self.mode!r}, num_frames={self.num_frames})"
+        precision = f", precision={self.precision!r}" if self.precision != "auto" else ""
+        return f"FrameAttnProcessor(mode={self.mode!r}, num_frames={self.num_frames}{precision})"
+
+    def _precision_for(self, q: torch.Tensor) -> str:
+        if self.precision != "fp8":
+            return self.precision
+        if q.dtype not in (torch.float16, torch.bfloat16):
+            reason = f"fp8 scores take fp16/bf16 activations, got {q.dtype}"
+        elif torch.is_grad_enabled() and q.requires_grad:
+            reason = "fp8 attention is inference-only and autograd is recording"
+        else:
+            return "fp8"
+        warn_once("frame attention at precision='fp8'", reason, "in the activations' precision")
+        return "auto"
 
     def _key_frames(self, num_frames: int):
         if self.key_frames is None:
@@ -183,7 +202,7 @@ class FrameAttnProcessor:
         key_frames = self._key_frames(num_frames)
         gap = frame_attention_gap(head_dim, q.dtype)
         if gap is None:
-            out = frame_attention(q, k, v, key_frames, scale=attn.scale)
+            out = frame_attention(q, k, v, key_frames, scale=attn.scale, precision=self._precision_for(q))
         else:
             warn_once("frame attention", gap, "in eager PyTorch")
             out = frame_attention_reference(q, k, v, key_frames, attn.scale)[0]
@@ -248,10 +267,10 @@ class FirstFrameAttnProcessor:
     dim or dtype outside its range: said once, as a :class:`~vidgen.KernelFallbackWarning`).
     """
 
-    def __init__(self, original):
+    def __init__(self, original, precision: str = "auto"):
         self.original = original
         self.batch_size = original.batch_size
-        self.first_frame = FrameAttnProcessor(mode="first_frame")
+        self.first_frame = FrameAttnProcessor(mode="first_frame", precision=precision)
 
     def __call__(self, attn: Attention, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None):
         if encoder_hidden_states is not None or attention_mask is not None:
@@ -386,9 +405,9 @@ class ReferenceTemporalAttnProcessor:
         return out.view(videos, tokens, num_frames, channels).transpose(1, 2).reshape(batch_frames, tokens, channels)
 
 
-def frame_processor(mode: str, use_vidgen: bool):
+def frame_processor(mode: str, use_vidgen: bool, precision: str = "auto"):
     """The ``attn1`` processor of an inflated block."""
-    return FrameAttnProcessor(mode=mode) if use_vidgen else ReferenceFrameAttnProcessor(mode)
+    return FrameAttnProcessor(mode=mode, precision=precision) if use_vidgen else ReferenceFrameAttnProcessor(mode)
 
 
 def temporal_processor(use_vidgen: bool):

@@ -222,11 +222,13 @@ class VideoUNet(UNet2DConditionModel):
     def video_blocks(self) -> list[VideoTransformerBlock]:
         return [m for m in self.modules() if isinstance(m, VideoTransformerBlock)]
 
-    def use_vidgen_ops(self, frame_attention: bool = True, temporal_attention: bool = True) -> "VideoUNet":
-        """Run ``attn1`` / ``attn_temp`` on vidgen's kernels (True) or the reference formulation."""
+    def use_vidgen_ops(self, frame_attention: bool = True, temporal_attention: bool = True, *,
+                       attention_precision: str = "auto") -> "VideoUNet":
+        """Run ``attn1`` / ``attn_temp`` on vidgen's kernels (True) or the reference formulation;
+        ``attention_precision="fp8"`` gives vidgen's frame attention fp8 scores (inference)."""
         mode = self.config.frame_attention
         for block in self.video_blocks():
-            block.attn1.set_processor(frame_processor(mode, frame_attention))
+            block.attn1.set_processor(frame_processor(mode, frame_attention, attention_precision))
             block.attn_temp.set_processor(temporal_processor(temporal_attention))
         self._vidgen_ops = {"frame_attention": frame_attention, "temporal_attention": temporal_attention}
         return self

@@ -13,6 +13,7 @@ to compute it otherwise), so the diffusers integration never imports ``vidgen.ke
 from __future__ import annotations
 
 import functools
+import warnings
 
 import torch
 
@@ -21,12 +22,14 @@ from ..kernels import frame_attention as _kernels
 from ..kernels.frame_attention import (FRAME_MODES, MAX_HEAD_DIM, MIN_HEAD_DIM, frame_attention_reference,
                                        key_frames_for)
 
-__all__ = ["FRAME_MODES", "MAX_HEAD_DIM", "MIN_HEAD_DIM", "first_frame_attention", "frame_attention",
+__all__ = ["FRAME_MODES", "MAX_HEAD_DIM", "MIN_HEAD_DIM", "PRECISIONS", "first_frame_attention", "frame_attention",
            "frame_attention_gap", "frame_attention_reference", "full_frame_attention", "key_frames_for",
            "sparse_causal_attention"]
 
 FRAME_ATTENTION = _backend.declare("frame_attention", ("triton", "torch"), differentiable=True)
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # fp64: reference only
+# "auto": the inputs' own precision. "fp8": Q K^T on e4m3 tensor cores (sm_90), inference only.
+PRECISIONS = ("auto", "fp8")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -107,6 +110,37 @@ _frame_attention_forward.register_autograd(_frame_attention_autograd_backward,
                                            setup_context=_frame_attention_setup_context)
 
 
+def _frame_attention_fp8_forward_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor,
+                                      counts: torch.Tensor, scale: float) -> torch.Tensor:
+    """The FP8 forward's output: the e4m3 kernel on sm_90 (and the interpreter); on an older GPU the
+    kernel of the inputs' dtype, said once; on the reference backend its PyTorch emulation."""
+    if _run_triton(q):
+        if q.device.type == "cpu" or _kernels.device_arch(q.device) >= 90:
+            return _kernels.frame_attention_forward_fp8_triton(q, k, v, table, counts, scale)[0]
+        _warn_fp8_unavailable(torch.cuda.get_device_capability(q.device))
+        return _kernels.frame_attention_forward_triton(q, k, v, table, counts, scale)[0]
+    cfg = _kernels.fp8_config(q.shape[-1])
+    out, _ = _kernels.frame_attention_fp8_reference(q, k, v, _listed_rows(table, counts), scale, cfg.block_m,
+                                                    cfg.block_n)
+    return out.contiguous()
+
+
+_frame_attention_fp8_forward = torch.library.custom_op("vidgen::frame_attention_fp8_fwd",
+                                                       _frame_attention_fp8_forward_impl, mutates_args=())
+
+
+@_frame_attention_fp8_forward.register_fake
+def _frame_attention_fp8_forward_fake(q, k, v, table, counts, scale):
+    return torch.empty(q.shape, dtype=q.dtype, device=q.device)
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_fp8_unavailable(capability: tuple[int, int]) -> None:
+    warnings.warn(f"frame_attention: precision='fp8' needs e4m3 tensor cores (sm_90); this GPU is sm_"
+                  f"{capability[0]}{capability[1]}, so it runs in the inputs' precision (said once)",
+                  UserWarning, stacklevel=4)
+
+
 def _listed_rows(table: torch.Tensor, counts: torch.Tensor) -> list[list[int]]:
     """The distinct key frames of each row (host copy; reference path only)."""
     return [row[:n] for row, n in zip(table.tolist(), counts.tolist())]
@@ -128,6 +162,8 @@ def _key_rows(key_frames, num_frames: int) -> tuple[tuple[int, ...], ...]:
             rows = None
         # type(g) is int: a bool (or a tensor) hashes like an int and must still be refused below.
         if rows is not None and all(type(g) is int for row in rows for g in row):
+            if torch.compiler.is_compiling():  # traced once per graph: no cache to consult
+                return _validated_rows(rows, num_frames)
             return _validated_int_rows(rows, num_frames)
     return _validated_rows(key_frames, num_frames)
 
@@ -212,7 +248,7 @@ def _check_inputs(q, k, v, scale) -> float:
 
 
 def frame_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_frames, *,
-                    scale: float | None = None) -> torch.Tensor:
+                    scale: float | None = None, precision: str = "auto") -> torch.Tensor:
     """Attention of each query frame over the keys of a set of frames, without copying K or V.
 
     ``out[b, f, n, h] = softmax_j(scale * q[b, f, n, h] . K_f[j]) @ V_f`` where ``K_f``/``V_f``
@@ -231,6 +267,13 @@ def frame_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_frame
             Lists and CPU tensors are validated on the host and cached on the device; a CUDA
             tensor costs one host synchronisation.
         scale: score scale, ``D ** -0.5`` by default.
+        precision: ``"auto"`` computes in the inputs' precision. ``"fp8"`` (opt-in, inference,
+            fp16/bf16 inputs) runs Q K^T on e4m3 tensor cores with one scale per block of 128
+            query rows and per block of 64 key rows of each (video, frame, head), SageAttention-
+            style, and P V in the inputs' dtype: twice the tensor-core rate on the scores for an
+            error of a few percent relative L2 on random inputs (``benchmarks/bench_frame_attention.py``
+            measures it against fp32). It needs sm_90; other GPUs compute in the inputs' precision
+            and say so once; the PyTorch backend emulates it.
 
     The backward is race-free and bit-deterministic in every mode, so there is no
     deterministic switch: every dk/dv block has exactly one writer (no atomics), which loops
@@ -241,12 +284,27 @@ def frame_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_frame
         projection takes.
     """
     scale = _check_inputs(q, k, v, scale)
+    _checks.choice("precision", precision, PRECISIONS)
+    if precision == "fp8":
+        _check_fp8(q, k, v)
     rows = _key_rows(key_frames, q.shape[1])
     tables = _prepared_table(rows, q.device)
+    if precision == "fp8":
+        if _backend.direct_call_ok(q, k, v):
+            return _frame_attention_fp8_forward_impl(q, k, v, *tables[:2], scale)
+        return _frame_attention_fp8_forward(q, k, v, *tables[:2], scale)
     if _backend.direct_call_ok(q, k, v):
         return _frame_attention_forward_impl(q, k, v, *tables, scale)[0]
     out, _ = _frame_attention_forward(q, k, v, *tables, scale)
     return out
+
+
+def _check_fp8(q, k, v) -> None:
+    if q.dtype not in _kernels.FP8_DTYPES:
+        raise TypeError(f"precision: 'fp8' takes fp16 or bf16 inputs (it rounds them to e4m3), got {q.dtype}")
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        raise ValueError("precision: 'fp8' is a forward for inference and has no backward; call it under "
+                         "torch.no_grad() or use precision='auto' for training")
 
 
 def sparse_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
