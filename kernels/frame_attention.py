@@ -857,11 +857,12 @@ _SCALES = {"scale", "qk_scale"}
 # ----------------------------------------------------------------------------------------------
 # FP8 forward (opt-in, inference, sm_90): Q K^T on e4m3 tensor cores, P V in the input dtype.
 #
-# Every BLOCK_M query rows and every BLOCK_N key rows of one (video, frame, head) share one scale,
-# SageAttention-style per-block quantisation: ``x ~= e4m3(x / s) * s`` with ``s = amax / 448``, the
-# block's largest magnitude mapped to e4m3's largest finite value. Scores are ``q8 . k8 * s_q * s_k``:
-# exact products of e4m3 values summed in fp32, so the error is the rounding of q and k to 3
-# mantissa bits (relative ~2**-4 per element, averaging out over D). The probabilities and V stay
+# Every query and key token (a row of D values of one head) has its own scale: ``x ~= e4m3(x / s) * s``
+# with ``s = amax / 448``, the row's largest magnitude mapped to e4m3's largest finite value (finer
+# than SageAttention's per-block scales, for the cost of one multiply of the score tile by the
+# outer product of the scales, and independent of the tile config). Scores are
+# ``(q8 . k8) * s_q * s_k``: exact products of e4m3 values summed in fp32, so the error is the
+# rounding of q and k to 3 mantissa bits (relative ~2**-4 per element, averaging out over D). The probabilities and V stay
 # in fp16/bf16: P V is half the FLOPs and its error would reach the output directly. The head dim
 # is padded to a power of two >= 32 (e4m3 wgmma contracts 32 at a time; masked columns are zeros,
 # which leave the scales and the scores unchanged).
@@ -885,35 +886,30 @@ def fp8_config(head_dim: int) -> LaunchConfig:
     return LaunchConfig.parse(_FP8_TILES[fp8_block_d(head_dim)])
 
 
-def _fp8_roundtrip(x: torch.Tensor, block: int) -> torch.Tensor:
-    """``x`` (..., rows, D) fp32 quantised to e4m3 per ``block`` rows (one scale per block, as the
-    kernel does) and dequantised back to fp32."""
-    rows = x.shape[-2]
-    padded = -(-rows // block) * block
-    xp = torch.nn.functional.pad(x, (0, 0, 0, padded - rows)).unflatten(-2, (padded // block, block))
-    scale = xp.abs().amax(dim=(-2, -1), keepdim=True).clamp_min(1e-30) / FP8_MAX
-    quantised = (xp / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).to(torch.float32) * scale
-    return quantised.flatten(-3, -2)[..., :rows, :]
+def fp8_roundtrip(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (..., D) quantised to e4m3 with one scale per row of D values, as the kernel does, and
+    dequantised back to fp32."""
+    x = x.float()
+    scale = x.abs().amax(dim=-1, keepdim=True).clamp_min(1e-30) / FP8_MAX
+    return (x / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).to(torch.float32) * scale
 
 
-def frame_attention_fp8_reference(q, k, v, key_frames, scale: float, block_m: int, block_n: int
-                                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """What the FP8 kernel computes, in PyTorch: q quantised per ``block_m`` query rows and k per
-    ``block_n`` key rows of each (video, frame, head), then :func:`frame_attention_reference` in fp32
-    on the dequantised values (V unchanged). The oracle of the kernel's tests and its CPU path."""
-    def roundtrip(x, block):  # (B, F, N, H, D) -> per (b, f, h) rows
-        return _fp8_roundtrip(x.float().transpose(2, 3), block).transpose(2, 3)
-
-    out, lse = frame_attention_reference(roundtrip(q, block_m), roundtrip(k, block_n), v.float(), key_frames, scale)
+def frame_attention_fp8_reference(q, k, v, key_frames, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the FP8 kernel computes, in PyTorch: every token of q and k (per head) rounded to e4m3
+    with its own scale, then :func:`frame_attention_reference` in fp32 on the dequantised values
+    (V unchanged). The oracle of the kernel's tests and its CPU path."""
+    out, lse = frame_attention_reference(fp8_roundtrip(q), fp8_roundtrip(k), v.float(), key_frames, scale)
     return out.to(q.dtype), lse
 
 
 @triton.jit
-def _fp8_tile(x):
-    """(e4m3 tile, scale) of an fp32 tile with one scale: ``x ~= x8 * scale`` (the cast rounds to
-    nearest even, like ``torch.float8_e4m3fn``; the clamp only absorbs the division's last ulp)."""
-    scale = tl.maximum(tl.max(tl.max(tl.abs(x), 1), 0), 1e-30) / 448.0
-    return tl.clamp(x / scale, -448.0, 448.0).to(tl.float8e4nv), scale
+def _fp8_rows(x, AXIS: tl.constexpr):
+    """(e4m3 tile, scales) of an fp32 tile with one scale per row along ``AXIS`` (the head dim):
+    ``x ~= x8 * scale``. The cast rounds to nearest even, like ``torch.float8_e4m3fn``; the clamp
+    only absorbs the division's last ulp."""
+    scale = tl.maximum(tl.max(tl.abs(x), AXIS), 1e-30) / 448.0
+    scaled = x / tl.expand_dims(scale, AXIS)
+    return tl.clamp(scaled, -448.0, 448.0).to(tl.float8e4nv), scale
 
 
 @triton.jit(do_not_specialize=_SIZE_ARGS)
@@ -939,7 +935,7 @@ def _frame_attention_forward_fp8_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     q_off = _base_offset(b, stride_qb, f.to(tl.int64), stride_qf, h, stride_qh, ALIGN)
     q = _load_tile(Q + q_off, offs_m, stride_qn, N, offs_d, head_dim, True, True, False, ALIGN)   # (BLOCK_M, BLOCK_D)
-    q8, q_scale = _fp8_tile(q.to(tl.float32))
+    q8, q_scale = _fp8_rows(q.to(tl.float32), 1)                                   # q_scale: (BLOCK_M,)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -950,8 +946,8 @@ def _frame_attention_forward_fp8_kernel(
         for start_n in range(0, M, BLOCK_N):
             offs_n = start_n + tl.arange(0, BLOCK_N)
             kt = _load_tile(k_base, offs_n, stride_km, M, offs_d, head_dim, True, True, True, ALIGN)  # (BLOCK_D, BLOCK_N)
-            kt8, k_scale = _fp8_tile(kt.to(tl.float32))
-            s = tl.dot(q8, kt8, out_dtype=tl.float32) * (q_scale * k_scale * qk_scale)                              # log2 units
+            kt8, k_scale = _fp8_rows(kt.to(tl.float32), 0)                        # k_scale: (BLOCK_N,)
+            s = tl.dot(q8, kt8, out_dtype=tl.float32) * (q_scale[:, None] * qk_scale) * k_scale[None, :]  # log2 units
             s = tl.where(offs_n[None, :] < M, s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             alpha = tl.math.exp2(m_i - m_new)

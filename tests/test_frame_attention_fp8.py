@@ -1,5 +1,5 @@
 """The FP8 frame-attention forward (``precision="fp8"``): the kernel against its PyTorch emulation
-(the same per-block e4m3 quantisation, exact otherwise), and the emulation's error against the
+(the same per-token e4m3 quantisation, exact otherwise), and the emulation's error against the
 float64 reference, which is what the user trades for the speed.
 
 Through the interpreter on CPU (conftest rounds its fp32 -> e4m3 casts as the GPU does), outputs
@@ -46,9 +46,7 @@ def test_fp8_kernel_matches_its_emulation(shape, dtype, device):
     table, counts = K.prepare_key_table(torch.tensor(key_frames, device=device))
     scale = shape[-1] ** -0.5
     out, lse = K.frame_attention_forward_fp8_triton(q, k, v, table, counts, scale)
-    cfg = K.fp8_config(shape[-1])
-    expected, expected_lse = K.frame_attention_fp8_reference(q.cpu(), k.cpu(), v.cpu(), key_frames, scale,
-                                                             cfg.block_m, cfg.block_n)
+    expected, expected_lse = K.frame_attention_fp8_reference(q.cpu(), k.cpu(), v.cpu(), key_frames, scale)
     assert out.dtype == dtype and torch.isfinite(out).all()
     assert _relative_l2(out, expected) < EMULATION_TOLERANCE[dtype]
     torch.testing.assert_close(lse.cpu(), expected_lse.float(), rtol=0, atol=1e-3)
@@ -57,12 +55,12 @@ def test_fp8_kernel_matches_its_emulation(shape, dtype, device):
     assert 1e-3 < _relative_l2(out, exact) < FP8_ERROR_BOUND  # > 1e-3: the scores really were rounded
 
 
-def test_fp8_quantisation_uses_the_whole_e4m3_range():
-    x = torch.tensor([[[0.5, -3.0], [1.0, 7.0]]])  # one block of 2 rows: its amax 7 maps to 448
-    assert torch.equal(K._fp8_roundtrip(x, 2), x)   # all exactly representable after scaling by 64
-    y = torch.tensor([[[7.9375, 1.0]]])
-    # 7.9375 * 448 / 7.9375 = 448 exactly; 1.0 -> 56.44 -> 56 (e4m3 steps of 4 at 32..64) -> 0.9921875
-    assert K._fp8_roundtrip(y, 1).tolist() == [[[7.9375, 0.9921875]]]
+def test_fp8_quantisation_gives_every_row_the_whole_e4m3_range():
+    x = torch.tensor([[0.5, -3.0, 7.0], [0.001, 0.002, -0.004]])  # each row's amax maps to 448
+    assert torch.equal(K.fp8_roundtrip(x), x)   # all exactly representable after their row's scaling
+    y = torch.tensor([[7.9375, 1.0]])
+    # 1.0 * 448 / 7.9375 = 56.44 -> 56 (e4m3 steps of 4 between 32 and 64) -> 56 * 7.9375 / 448
+    assert K.fp8_roundtrip(y).tolist() == [[7.9375, 0.9921875]]
 
 
 @pytest.mark.parametrize("backend", ["triton", "torch"])
@@ -71,9 +69,7 @@ def test_op_precision_fp8_runs_the_fp8_path_and_refuses_what_it_cannot(backend, 
     shape = (1, 3, 37, 37, 2, 40)
     q, k, v = _inputs(shape, torch.float16, device, seed=4)
     key_frames = K.sparse_causal_key_frames(3)
-    cfg = K.fp8_config(40)
-    expected, _ = K.frame_attention_fp8_reference(q.cpu(), k.cpu(), v.cpu(), key_frames, 40 ** -0.5, cfg.block_m,
-                                                  cfg.block_n)
+    expected, _ = K.frame_attention_fp8_reference(q.cpu(), k.cpu(), v.cpu(), key_frames, 40 ** -0.5)
     with ops.use_backend(backend), torch.no_grad():
         out = ops.frame_attention(q, k, v, key_frames, precision="fp8")
         default = ops.frame_attention(q, k, v, key_frames)

@@ -119,9 +119,7 @@ def _frame_attention_fp8_forward_impl(q: torch.Tensor, k: torch.Tensor, v: torch
             return _kernels.frame_attention_forward_fp8_triton(q, k, v, table, counts, scale)[0]
         _warn_fp8_unavailable(torch.cuda.get_device_capability(q.device))
         return _kernels.frame_attention_forward_triton(q, k, v, table, counts, scale)[0]
-    cfg = _kernels.fp8_config(q.shape[-1])
-    out, _ = _kernels.frame_attention_fp8_reference(q, k, v, _listed_rows(table, counts), scale, cfg.block_m,
-                                                    cfg.block_n)
+    out, _ = _kernels.frame_attention_fp8_reference(q, k, v, _listed_rows(table, counts), scale)
     return out.contiguous()
 
 
@@ -268,9 +266,8 @@ def frame_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_frame
             tensor costs one host synchronisation.
         scale: score scale, ``D ** -0.5`` by default.
         precision: ``"auto"`` computes in the inputs' precision. ``"fp8"`` (opt-in, inference,
-            fp16/bf16 inputs) runs Q K^T on e4m3 tensor cores with one scale per block of 128
-            query rows and per block of 64 key rows of each (video, frame, head), SageAttention-
-            style, and P V in the inputs' dtype: twice the tensor-core rate on the scores for an
+            fp16/bf16 inputs) runs Q K^T on e4m3 tensor cores, every query and key token (per
+            head) with its own scale, and P V in the inputs' dtype: twice the tensor-core rate on the scores for an
             error of a few percent relative L2 on random inputs (``benchmarks/bench_frame_attention.py``
             measures it against fp32). It needs sm_90; other GPUs compute in the inputs' precision
             and say so once; the PyTorch backend emulates it.
