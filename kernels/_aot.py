@@ -255,6 +255,9 @@ def main(argv=None) -> int:
         print(f"--expect-triton: expected triton {args.expect_triton}, imported {triton.__version__} "
               f"from {os.path.dirname(triton.__file__)}", file=sys.stderr)
         return 2
+    if args.compare and not os.path.isfile(args.compare):  # before minutes of compiling, not after
+        print(f"--compare: no such file {args.compare!r} (a --json output of an earlier compile)", file=sys.stderr)
+        return 2
     print(f"triton {triton.__version__} ({os.path.dirname(triton.__file__)})")
     rows = compile_all(tuple(args.cc), tuple(args.module), args.jobs, args.dtypes)
     for r in rows:

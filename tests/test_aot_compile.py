@@ -154,3 +154,11 @@ def test_a_spec_whose_sm90_ptx_lacks_an_expected_instruction_fails():
     row = {"cc": 90, "shared": 0, "wgmma": True, "registers": 100, "stack": 0, "ptx_missing": [r"wgmma\S*\.e4m3\.e4m3"]}
     assert compile_problems(spec, row) == [r"sm_90 PTX has no match for 'wgmma\\S*\\.e4m3\\.e4m3'"]
     assert compile_problems(spec, dict(row, ptx_missing=[])) == []
+
+
+def test_compare_with_a_missing_file_is_refused_before_compiling(tmp_path, capsys, monkeypatch):
+    from vidgen.kernels import _aot
+
+    monkeypatch.setattr(_aot, "compile_all", lambda *a, **k: pytest.fail("compiled before checking --compare"))
+    assert _aot.main(["--compare", str(tmp_path / "nope.json")]) == 2
+    assert "--compare: no such file" in capsys.readouterr().err

@@ -18,6 +18,10 @@ stays eager.
 
 Graphs of one module share one memory pool, so the graphs of a pipeline's few signatures (e.g.
 with and without classifier-free guidance) cost one set of activations, not one each.
+
+A graph replays the module as it was when captured: new weights copied into the same parameters
+are seen, but a changed structure is not (a LoRA loaded or fused afterwards, new attention
+processors, another adapter scale). After such a change, ``vidgen.unpatch`` and patch again.
 """
 from __future__ import annotations
 
@@ -84,9 +88,14 @@ class GraphedForward:
     stands in for (called for everything a graph cannot serve).
     """
 
-    def __init__(self, module: torch.nn.Module, original: Callable, graphs: CudaGraphs | None = None):
+    def __init__(self, module: torch.nn.Module, original: Callable, graphs: CudaGraphs | None = None,
+                 previous: Callable | None = None):
         self.module = module
         self.original = original
+        self.previous = previous  # the instance-level forward it replaced, if any (restored by ungraph_forward)
+        # Looked up once: a pipeline leaves its UNet in training mode, and walking thousands of
+        # modules on every call would cost the host time the graph saves.
+        self._dropouts = [m for m in module.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd)]
         self.graphs = graphs or CudaGraphs()
         self.captured: dict[tuple, _Captured | None] = {}  # None: that signature failed to capture
         self._pool = None
@@ -95,8 +104,7 @@ class GraphedForward:
         if torch.is_grad_enabled() and (any(t.requires_grad for t in tensors)
                                         or any(p.requires_grad for p in self.module.parameters())):
             return "autograd is recording (a graph replays inference only)"
-        if self.module.training and any(isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.training and m.p > 0
-                                        for m in self.module.modules()):
+        if self.module.training and any(m.training and m.p > 0 for m in self._dropouts):
             return "it is in training mode with active dropout (a replay would repeat the captured draws)"
         if torch.compiler.is_compiling():
             return "it is being traced by torch.compile"
@@ -156,8 +164,7 @@ def graph_forward(module: torch.nn.Module, graphs: CudaGraphs | None = None) -> 
     current = module.__dict__.get("forward")
     if isinstance(current, GraphedForward):
         return current
-    graphed = GraphedForward(module, current if current is not None else module.forward, graphs)
-    graphed.previous = current  # an instance-level forward installed before (e.g. by another patch)
+    graphed = GraphedForward(module, current if current is not None else module.forward, graphs, previous=current)
     module.forward = graphed
     return graphed
 
