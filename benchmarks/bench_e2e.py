@@ -361,17 +361,21 @@ def video_adapter_rows(prior_dir: str, small_dir: str, device: torch.device, pla
     return run_variants("video-adapter", frames, size, steps, variants, device, plan, budget)
 
 
+# Video Adapter's small model s, beside an SD1.5-size prior: the UNet2DConditionModel settings that
+# differ from the prior's (it shares the prior's sample size and text width).
+SMALL_ADAPTER_UNET = dict(block_out_channels=(64, 128), layers_per_block=1, attention_head_dim=8, norm_num_groups=32,
+                          down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                          up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+
+
 def _small_adapter_model(sd_dir: str, out_dir: str) -> str:
     """A small video model sharing the prior's latent space and text width (Video Adapter's s)."""
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
     pipe = StableDiffusionPipeline.from_pretrained(sd_dir)
     big = pipe.unet.config
-    pipe.unet = UNet2DConditionModel(sample_size=big.sample_size, block_out_channels=(64, 128),
-                                     layers_per_block=1, cross_attention_dim=big.cross_attention_dim,
-                                     attention_head_dim=8, norm_num_groups=32,
-                                     down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+    pipe.unet = UNet2DConditionModel(sample_size=big.sample_size, cross_attention_dim=big.cross_attention_dim,
+                                     **SMALL_ADAPTER_UNET)
     pipe.save_pretrained(out_dir)
     return out_dir
 

@@ -150,6 +150,12 @@ def write_results(name: str, rows: list[dict], env: dict, ceilings_: dict | None
     return stem
 
 
+def is_prediction(data) -> bool:
+    """Whether a result file (its JSON) holds a model's predictions (``benchmarks/roofline.py``, tagged
+    ``environment.prediction``), not measurements: readers of measurements skip it."""
+    return isinstance(data, dict) and bool((data.get("environment") or {}).get("prediction"))
+
+
 def plot_speedups(stem: str, rows: list[dict], *, label_key: str, speedup_key: str, title: str) -> str:
     """Horizontal bar chart of ``speedup_key`` per ``label_key``; writes ``<stem>.png``."""
     import matplotlib

@@ -214,6 +214,8 @@ def newest_results(results_dir: str) -> list[ResultFile]:
             data = json.load(f)
         if _is_validation(data):
             continue  # make gpu-check's report, read by newest_validation
+        if harness.is_prediction(data):
+            continue  # the roofline model's predictions (benchmarks/roofline.py): not measurements
         if not isinstance(data, dict) or not {"benchmark", "environment", "rows"} <= data.keys():
             raise ValueError(f"{path}: expected a result file of benchmarks/harness.py.write_results, a JSON object "
                              f"with 'benchmark', 'environment' and 'rows'")

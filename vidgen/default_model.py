@@ -113,24 +113,39 @@ def ensure(arch: str = "tiny") -> str:
     return path
 
 
+def unet_config(arch: str) -> dict:
+    """The UNet2DConditionModel configuration of the built-in model ``arch`` (a copy)."""
+    if arch not in ARCHS:
+        raise ValueError(f"arch: expected one of {', '.join(ARCHS)}, got {arch!r}")
+    return dict(_CONFIGS[arch]["unet"])
+
+
+def motion_adapter(config, dtype: torch.dtype = torch.float32, seed: int = 0):
+    """A random-weight diffusers MotionAdapter sized to a UNet of ``config`` (its config, or
+    :func:`unet_config`): 8 motion heads at full size, 2 on a small model."""
+    from diffusers import MotionAdapter
+
+    small = config["block_out_channels"][0] < 320
+    torch.manual_seed(seed)
+    adapter = MotionAdapter(block_out_channels=config["block_out_channels"],
+                            motion_layers_per_block=config["layers_per_block"],
+                            motion_num_attention_heads=2 if small else 8,
+                            motion_norm_num_groups=config.get("norm_num_groups", 32)).to(dtype)
+    for module in adapter.modules():  # a trained adapter's proj_out is not zero; random weights show its effect
+        if type(module).__name__ == "AnimateDiffTransformer3D":
+            torch.nn.init.normal_(module.proj_out.weight, std=0.02)
+    return adapter
+
+
 def animatediff_pipeline(model_dir: str, dtype: torch.dtype = torch.float32, seed: int = 0):
     """An AnimateDiff pipeline: the SD folder's components plus a random-weight MotionAdapter sized to its UNet.
 
     Linear betas, as AnimateDiff trains with (METHODS.md section 5), on a DDIM scheduler.
     """
-    from diffusers import AnimateDiffPipeline, DDIMScheduler, MotionAdapter, StableDiffusionPipeline
+    from diffusers import AnimateDiffPipeline, DDIMScheduler, StableDiffusionPipeline
 
     sd = StableDiffusionPipeline.from_pretrained(model_dir, torch_dtype=dtype)
-    config = sd.unet.config
-    small = config.block_out_channels[0] < 320
-    torch.manual_seed(seed)
-    adapter = MotionAdapter(block_out_channels=config.block_out_channels,
-                            motion_layers_per_block=config.layers_per_block,
-                            motion_num_attention_heads=2 if small else 8,
-                            motion_norm_num_groups=config.norm_num_groups).to(dtype)
-    for module in adapter.modules():  # a trained adapter's proj_out is not zero; random weights show its effect
-        if type(module).__name__ == "AnimateDiffTransformer3D":
-            torch.nn.init.normal_(module.proj_out.weight, std=0.02)
+    adapter = motion_adapter(sd.unet.config, dtype, seed)
     return AnimateDiffPipeline(vae=sd.vae, text_encoder=sd.text_encoder, tokenizer=sd.tokenizer, unet=sd.unet,
                                motion_adapter=adapter,
                                scheduler=DDIMScheduler.from_config(sd.scheduler.config, beta_schedule="linear"))
