@@ -39,7 +39,7 @@ aot: $(STAMP)
 # target builds nothing first. Try the plumbing anywhere: make gpu-check PYTHON=.venv/bin/python GPU_CHECK_ARGS=--dry-run
 GPU_CHECK_ARGS ?=
 gpu-check:
-	$(PYTHON) -m benchmarks.gpu_check $(GPU_CHECK_ARGS)
+	$(PYTHON) -m tools.gpu_check $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info vidgen/_lib

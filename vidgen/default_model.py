@@ -14,6 +14,8 @@ import tempfile
 
 import torch
 
+from .ops import cache_dir
+
 ARCHS = ("tiny", "sd15")
 _FORMAT_VERSION = 2
 
@@ -92,10 +94,6 @@ def build(path: str, arch: str = "tiny", seed: int = 0) -> str:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return path
-
-
-def cache_dir() -> str:
-    return os.environ.get("VIDGEN_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "vidgen"))
 
 
 def ensure(arch: str = "tiny") -> str:
