@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks import harness, report, roofline
+from benchmarks import harness, roofline
+from tools import report
 from benchmarks.roofline_cost import (H200_2026_11_30, Ceilings, Costing, Totals, elementwise, inductor,
                                       load_ceilings, never, partition)
 from benchmarks.roofline_fusions import geglu, group_norm_silu, residual_epilogue
