@@ -349,13 +349,13 @@ def test_video_unet_patch_switches_implementation(tmp_path):
     inputs = video_inputs(videos=2)
     with vidgen.ops.use_backend("torch"):
         born_patched = run(unet, *inputs)
-        assert unet.vidgen_ops == {"frame_attention": True, "temporal_attention": True}
+        assert unet.vidgen_ops == {"frame_attention": True, "temporal_attention": True, "group_norm": True}
         vidgen.unpatch(unet)
-        assert unet.vidgen_ops == {"frame_attention": False, "temporal_attention": False}
+        assert unet.vidgen_ops == {"frame_attention": False, "temporal_attention": False, "group_norm": False}
         assert "unpatched" in str(unet).splitlines()[1]
         reference = run(unet, *inputs)
         vidgen.patch(unet, frame_attention=False)
-        assert unet.vidgen_ops == {"frame_attention": False, "temporal_attention": True}
+        assert unet.vidgen_ops == {"frame_attention": False, "temporal_attention": True, "group_norm": True}
         half = run(unet, *inputs)
         vidgen.unpatch(unet)
         assert torch.equal(run(unet, *inputs), reference)

@@ -1,36 +1,40 @@
 """GroupNorm whose statistics pool over the frames of each video, on the image layout.
 
 Video models normalise some activations as 5-D ``(B, C, F, h, w)`` tensors: AnimateDiff's motion
-modules (their input GroupNorm) and Tune-A-Video's ResNet blocks (its 5-D GroupNorm). Their
-groups' statistics span every frame of a video. Computed here on the ``(B*F, C, h, w)`` layout
-the UNet already holds, without permuting the video there and back: one statistics pass, one
-apply pass.
+modules (their input GroupNorm) and Tune-A-Video's ResNet blocks (its 5-D GroupNorm, followed by
+SiLU). Their groups' statistics span every frame of a video. vidgen computes them on the
+``(B*F, C, h, w)`` layout the UNet already holds, without permuting the video there and back:
+:func:`group_norm_over_frames` runs :func:`vidgen.ops.frame_group_norm` (a statistics pass and an
+apply pass, the SiLU fused into the apply). :func:`group_norm_over_frames_reference` is the
+formulation of the models vidgen replaces, for an unpatched video UNet.
+
+Frame-parallel sampling, where each process holds some frames of every video, computes the same
+norm with the op's two passes and an all-reduce of the per-(video, group) sums between them:
+``vidgen.ops.frame_group_norm_statistics`` -> ``.sum(1, keepdim=True)`` -> all-reduce ->
+``vidgen.ops.frame_group_norm_apply``.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-__all__ = ["group_norm_over_frames"]
+from ..ops.frame_group_norm import frame_group_norm
+
+__all__ = ["group_norm_over_frames", "group_norm_over_frames_reference"]
 
 
-def group_norm_over_frames(x: torch.Tensor, norm: nn.GroupNorm, num_frames: int) -> torch.Tensor:
+def group_norm_over_frames(x: torch.Tensor, norm: nn.GroupNorm, num_frames: int, *, silu: bool = False) -> torch.Tensor:
     """``norm`` applied to the video ``(B, C, F, h, w)`` whose frames ``x`` holds as ``(B*F, C, h, w)``
-    (frame fastest); returns ``(B*F, C, h, w)`` in ``x``'s dtype.
+    (frame fastest), and SiLU of it with ``silu``; returns ``(B*F, C, h, w)`` in ``x``'s dtype,
+    contiguous. Statistics and the affine map run in fp32 and are rounded once, at the end.
+    Differentiable (Tune-A-Video tuning trains through it)."""
+    return frame_group_norm(x, num_frames, norm.num_groups, norm.weight, norm.bias, norm.eps, silu=silu)
 
-    Statistics and the affine map run in at least fp32 and are rounded once at the end, like
-    torch's GroupNorm kernels (no copy for fp32/fp64 inputs).
-    """
+
+def group_norm_over_frames_reference(x: torch.Tensor, norm: nn.GroupNorm, num_frames: int) -> torch.Tensor:
+    """The same norm as Tune-A-Video's reference code computes it: ``norm`` on the 5-D video (a
+    permuted copy in, PyTorch's GroupNorm, a permuted copy out)."""
     batch_frames, channels = x.shape[:2]
-    groups = norm.num_groups
-    math_dtype = torch.promote_types(x.dtype, torch.float32)
-    # (B, F, G, C/G, h*w): a group's statistics are over dims 1, 3 and 4.
-    grouped = x.reshape(batch_frames // num_frames, num_frames, groups, channels // groups, -1).to(math_dtype)
-    var, mean = torch.var_mean(grouped, dim=(1, 3, 4), keepdim=True, correction=0)  # (B, 1, G, 1, 1)
-    scale = torch.rsqrt(var + norm.eps)
-    if norm.affine:
-        scale = scale * norm.weight.to(math_dtype).view(groups, channels // groups, 1)  # (B, 1, G, C/G, 1)
-        shift = norm.bias.to(math_dtype).view(groups, channels // groups, 1) - mean * scale
-    else:
-        shift = -mean * scale
-    return torch.addcmul(shift, grouped, scale).to(x.dtype).view(x.shape)
+    video = x.view(batch_frames // num_frames, num_frames, channels, *x.shape[2:]).transpose(1, 2)
+    out = nn.functional.group_norm(video, norm.num_groups, norm.weight, norm.bias, norm.eps)
+    return out.transpose(1, 2).reshape(x.shape)

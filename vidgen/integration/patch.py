@@ -9,6 +9,9 @@ by blanket-replacing every processor):
   temporal attention (:func:`vidgen.integration.motion.patch_motion_module`), PAG's perturbed
   attention included (``AnimateDiffPAGPipeline`` puts it on the mid block's motion module);
   a :class:`~vidgen.VideoUNet`'s ``attn_temp`` runs vidgen's kernel.
+* GroupNorm over frames (with either attention role): a :class:`~vidgen.VideoUNet`'s ResNet
+  GroupNorms and the SiLU after them run vidgen's fused kernel (the motion modules' GroupNorm is
+  part of their copy-free forward).
 * frame attention (``frame_attention=True``): Text2Video-Zero's cross-frame processors
   (``CrossFrameAttnProcessor``/``2_0``: every frame attends to frame 0) on self-attention
   modules become vidgen's first-frame kernel, including processors the pipeline installs later
@@ -352,12 +355,16 @@ def _graph_denoiser(model: nn.Module, record: PatchRecord) -> None:
 
 def _report_video_unet(model: VideoUNet, report: PatchReport) -> None:
     ops = model.vidgen_ops
-    for role, what in (("frame_attention", "attn1: vidgen frame-attention kernel"),
-                       ("temporal_attention", "attn_temp: vidgen temporal-attention kernel")):
+    for role, what, instead in (
+            ("frame_attention", "attn1: vidgen frame-attention kernel", "reference PyTorch attention"),
+            ("temporal_attention", "attn_temp: vidgen temporal-attention kernel", "reference PyTorch attention"),
+            ("group_norm", "ResNet GroupNorm + SiLU over frames: vidgen fused kernel", "the reference's 5-D GroupNorm")):
         if ops[role]:
             report.replaced.append(PatchEntry("", what))
         else:
-            report.kept.append(PatchEntry("", what.split(":")[0] + ": reference PyTorch attention", f"{role}=False"))
+            why = (f"{role}=False" if role != "group_norm" else
+                   "off (it is on whenever an attention role is; VideoUNet.use_vidgen_ops(group_norm=...))")
+            report.kept.append(PatchEntry("", what.split(":")[0] + ": " + instead, why))
 
 
 def _motion_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -10,8 +10,10 @@ three things in place, right after construction:
   cross-attention per frame, feed-forward, temporal attention);
 * every ResNet GroupNorm and ``conv_norm_out`` becomes a :class:`FramePooledGroupNorm`
   (statistics over the frames of a video as well, like the reference's 5-D GroupNorm:
-  :func:`~vidgen.integration.frame_norm.group_norm_over_frames`);
-* the ``attn1``/``attn_temp`` processors are vidgen's (or, unpatched, the reference's).
+  :func:`~vidgen.integration.frame_norm.group_norm_over_frames`), and every ResNet block a
+  :class:`VideoResnetBlock`, whose norms apply the SiLU after them in the same kernel;
+* the ``attn1``/``attn_temp`` processors are vidgen's (or, unpatched, the reference's), and so
+  are the pooled GroupNorms (vidgen's fused kernel, or the reference's 5-D GroupNorm).
 
 Convolutions, up/down-sampling, the transformer's own GroupNorm and the time embedding need no
 change: with frames folded into the batch ("(b f)", frame fastest) they are exactly the
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention import BasicTransformerBlock, _chunked_feed_forward
 from diffusers.models.attention_processor import Attention
@@ -38,12 +41,12 @@ from diffusers.models.unets.unet_3d_condition import UNet3DConditionOutput
 
 from ..ops.frame_attention import FRAME_MODES, frame_attention_unsupported_reason
 from ..ops.temporal_attention import temporal_attention_unsupported_reason
-from .frame_norm import group_norm_over_frames
+from .frame_norm import group_norm_over_frames, group_norm_over_frames_reference
 from .layout import head_dim_of
 from .processors import frame_processor, temporal_processor
 
-__all__ = ["INFLATION_MODES", "TEMPORAL_KEY", "FrameCount", "FramePooledGroupNorm", "KeyReport", "VideoTransformerBlock",
-           "VideoUNet", "inflate"]
+__all__ = ["INFLATION_MODES", "TEMPORAL_KEY", "FrameCount", "FramePooledGroupNorm", "KeyReport", "VideoResnetBlock",
+           "VideoTransformerBlock", "VideoUNet", "inflate"]
 
 TEMPORAL_KEY = "_temp."  # every parameter name of the new temporal layers contains it
 # The frame modes a video UNet is inflated with: the ones its methods train (Tune-A-Video's
@@ -63,8 +66,10 @@ class FramePooledGroupNorm(nn.GroupNorm):
     """GroupNorm on ``(B*F, C, h, w)`` whose statistics pool over the F frames of each video.
 
     Equals ``nn.GroupNorm`` applied to the 5-D ``(B, C, F, h, w)`` tensor (what Tune-A-Video's
-    ResNet blocks do; :func:`~vidgen.integration.frame_norm.group_norm_over_frames`). Same
-    parameters (``weight``, ``bias``) as the ``nn.GroupNorm`` it replaces.
+    ResNet blocks do). Same parameters (``weight``, ``bias``) as the ``nn.GroupNorm`` it replaces.
+    ``fused`` (set by :meth:`VideoUNet.use_vidgen_ops`) runs vidgen's kernel
+    (:func:`~vidgen.integration.frame_norm.group_norm_over_frames`), else the reference's
+    formulation; ``forward(x, silu=True)`` is ``F.silu(forward(x))``, in the same kernel when fused.
     """
 
     def __init__(self, norm: nn.GroupNorm, frames: FrameCount):
@@ -72,15 +77,60 @@ class FramePooledGroupNorm(nn.GroupNorm):
                          device=norm.weight.device if norm.affine else None,
                          dtype=norm.weight.dtype if norm.affine else None)
         self.frames = frames
+        self.fused = True
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, silu: bool = False) -> torch.Tensor:
         frames = self.frames.value
-        if frames == 1:
-            return super().forward(x)
-        return group_norm_over_frames(x, self, frames)
+        if self.fused:
+            return group_norm_over_frames(x, self, frames, silu=silu)
+        out = super().forward(x) if frames == 1 else group_norm_over_frames_reference(x, self, frames)
+        return F.silu(out) if silu else out
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + ", statistics pooled over frames"
+        return super().extra_repr() + ", statistics pooled over frames" + (", vidgen kernel" if self.fused else "")
+
+
+class VideoResnetBlock(ResnetBlock2D):
+    """A ResNet block of the video UNet: diffusers' ``ResnetBlock2D`` whose GroupNorms are
+    :class:`FramePooledGroupNorm` s, each computing the SiLU that follows it (one kernel, the
+    normalised map never written). ``forward`` is ``ResnetBlock2D.forward`` for the blocks
+    :meth:`inflate` accepts (SiLU, the time embedding added between the convolutions); the
+    others keep diffusers' class with pooled norms.
+    """
+
+    @staticmethod
+    def fuses(resnet: ResnetBlock2D) -> bool:
+        """Whether ``forward`` reproduces ``resnet`` (SD 1.x/2.x blocks do)."""
+        return type(resnet.nonlinearity) is nn.SiLU and resnet.time_embedding_norm == "default"
+
+    @classmethod
+    def inflate(cls, resnet: ResnetBlock2D, frames: FrameCount) -> ResnetBlock2D:
+        if not (isinstance(resnet.norm1, nn.GroupNorm) and isinstance(resnet.norm2, nn.GroupNorm)):
+            raise ValueError("inflate: ResNet blocks with AdaGroupNorm/SpatialNorm are not Tune-A-Video's")
+        resnet.norm1 = FramePooledGroupNorm(resnet.norm1, frames)
+        resnet.norm2 = FramePooledGroupNorm(resnet.norm2, frames)
+        if cls.fuses(resnet):
+            resnet.__class__ = cls
+        return resnet
+
+    def forward(self, input_tensor: torch.Tensor, temb: torch.Tensor | None, *args, **kwargs) -> torch.Tensor:
+        hidden_states = self.norm1(input_tensor, silu=True)
+        if self.upsample is not None:
+            input_tensor, hidden_states = self.upsample(input_tensor), self.upsample(hidden_states)
+        elif self.downsample is not None:
+            input_tensor, hidden_states = self.downsample(input_tensor), self.downsample(hidden_states)
+        hidden_states = self.conv1(hidden_states)
+        if self.time_emb_proj is not None:
+            if not self.skip_time_act:
+                temb = self.nonlinearity(temb)
+            temb = self.time_emb_proj(temb)[:, :, None, None]
+        if temb is not None:
+            hidden_states = hidden_states + temb
+        hidden_states = self.dropout(self.norm2(hidden_states, silu=True))
+        hidden_states = self.conv2(hidden_states)
+        if self.conv_shortcut is not None:
+            input_tensor = self.conv_shortcut(input_tensor)
+        return (input_tensor + hidden_states) / self.output_scale_factor
 
 
 class VideoTransformerBlock(BasicTransformerBlock):
@@ -197,11 +247,8 @@ class VideoUNet(UNet2DConditionModel):
             raise ValueError("inflate: the UNet has no transformer blocks to inflate")
         for block in blocks:
             VideoTransformerBlock.inflate(block, self.frames)
-        for resnet in (m for m in self.modules() if isinstance(m, ResnetBlock2D)):
-            if not (isinstance(resnet.norm1, nn.GroupNorm) and isinstance(resnet.norm2, nn.GroupNorm)):
-                raise ValueError("inflate: ResNet blocks with AdaGroupNorm/SpatialNorm are not Tune-A-Video's")
-            resnet.norm1 = FramePooledGroupNorm(resnet.norm1, self.frames)
-            resnet.norm2 = FramePooledGroupNorm(resnet.norm2, self.frames)
+        for resnet in [m for m in self.modules() if isinstance(m, ResnetBlock2D)]:
+            VideoResnetBlock.inflate(resnet, self.frames)
         if self.conv_norm_out is not None:
             self.conv_norm_out = FramePooledGroupNorm(self.conv_norm_out, self.frames)
         self.use_vidgen_ops(frame_attention=True, temporal_attention=True)
@@ -211,14 +258,22 @@ class VideoUNet(UNet2DConditionModel):
         return [m for m in self.modules() if isinstance(m, VideoTransformerBlock)]
 
     def use_vidgen_ops(self, frame_attention: bool = True, temporal_attention: bool = True, *,
-                       attention_precision: str = "auto") -> "VideoUNet":
-        """Run ``attn1`` / ``attn_temp`` on vidgen's kernels (True) or the reference formulation;
+                       group_norm: bool | None = None, attention_precision: str = "auto") -> "VideoUNet":
+        """Run ``attn1`` / ``attn_temp`` on vidgen's kernels (True) or the reference formulation, and
+        the pooled GroupNorms (+ SiLU) on vidgen's fused kernel or the reference's 5-D GroupNorm
+        (``group_norm``; by default whenever either attention role runs vidgen's).
         ``attention_precision="fp8"`` gives vidgen's frame attention fp8 scores (inference)."""
+        if group_norm is None:
+            group_norm = frame_attention or temporal_attention
         mode = self.config.frame_mode
         for block in self.video_blocks():
             block.attn1.set_processor(frame_processor(mode, frame_attention, attention_precision))
             block.attn_temp.set_processor(temporal_processor(temporal_attention))
-        self._vidgen_ops = {"frame_attention": frame_attention, "temporal_attention": temporal_attention}
+        for norm in self.modules():
+            if isinstance(norm, FramePooledGroupNorm):
+                norm.fused = group_norm
+        self._vidgen_ops = {"frame_attention": frame_attention, "temporal_attention": temporal_attention,
+                            "group_norm": group_norm}
         return self
 
     @property
@@ -246,7 +301,7 @@ class VideoUNet(UNet2DConditionModel):
                          "vidgen's kernels do not materialise the attention matrix, so slicing is not needed")
 
     def set_default_attn_processor(self) -> None:
-        """The default implementation of a video UNet: the reference formulation for both video roles."""
+        """The default implementation of a video UNet: the reference formulation for every video role."""
         self.use_vidgen_ops(frame_attention=False, temporal_attention=False)
 
     def extra_repr(self) -> str:

@@ -92,7 +92,7 @@ def tune(model: str | os.PathLike, video: str | os.PathLike, prompt: str, out: s
         noise, noise_alpha: training noise kind and PYoCo alpha (``None``: 1 mixed, 2 progressive).
         lamp: LAMP: first-frame attention, frame 0 kept clean, loss on frames 1:.
         prediction_type: ``"epsilon"`` or ``"v_prediction"`` (default: the model's scheduler's).
-        use_vidgen_ops: run frame and temporal attention on vidgen's kernels (else the reference).
+        use_vidgen_ops: run frame and temporal attention and the pooled GroupNorms on vidgen's kernels (else the reference).
         settings, setting_overrides: :class:`TrainSettings` (Tune-A-Video's recipe by default),
             or individual fields of it (``steps=``, ``lr=``, ``mixed_precision=``, ...).
     """
