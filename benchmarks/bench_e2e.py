@@ -4,7 +4,9 @@
                                    [--compile-budget-s S] [--steps N] [--repeats N] [--smoke]
 
 Random-weight full-size architectures (no downloads), built by ``vidgen.default_model``, fp16,
-512x512, DDIM, each case eager and under ``torch.compile`` on both sides:
+512x512, DDIM, each case eager and under ``torch.compile`` on both sides (the default side:
+``torch.compile`` of the whole UNet, as diffusers documents it; ``vidgen+compile``:
+``vidgen.patch(..., compile=True)``, the UNet's repeated blocks compiled one by one):
 
 * ``animatediff``: AnimateDiff (SD1.5 + a MotionAdapter), 16 frames, CFG 7.5, 25 steps:
   diffusers' default modules (``diffusers``) vs ``vidgen.patch`` (``vidgen``).
@@ -253,9 +255,9 @@ def animatediff_rows(model_dir: str, device: torch.device, plan: Plan, budget: d
 
     def variant(impl: str, patched: bool, compiled: bool, graphed: bool = False) -> Variant:
         def enter():
-            if patched:
-                vidgen.patch(pipe, cuda_graph=graphed)
-            if compiled:
+            if patched:  # vidgen's compile is regional: the UNet's repeated blocks (vidgen.patch(compile=True))
+                vidgen.patch(pipe, cuda_graph=graphed, compile=compiled)
+            elif compiled:
                 pipe.unet = torch.compile(eager_unet)
 
         def leave():
@@ -272,6 +274,7 @@ def animatediff_rows(model_dir: str, device: torch.device, plan: Plan, budget: d
 
 
 def tuneavideo_rows(model_dir: str, device: torch.device, plan: Plan, budget: dict) -> list[dict]:
+    import vidgen
     from vidgen.sampling import VideoModel, sample_video
 
     model = VideoModel.from_pretrained(model_dir, torch_dtype=plan.dtype, device=device)
@@ -286,11 +289,15 @@ def tuneavideo_rows(model_dir: str, device: torch.device, plan: Plan, budget: di
         def variant(impl: str, use_vidgen: bool, compiled: bool, graphed: bool = False) -> Variant:
             def enter():
                 eager_unet.use_vidgen_ops(use_vidgen, use_vidgen)
-                if compiled:
+                if compiled and use_vidgen:
+                    vidgen.patch(eager_unet, compile=True)
+                elif compiled:
                     model.unet = torch.compile(eager_unet)
 
             def leave():
                 model.unet = eager_unet
+                if vidgen.is_patched(eager_unet):
+                    vidgen.unpatch(eager_unet)
 
             return Variant(impl, compiled, enter, leave, lambda: run(graphed=graphed), lambda: [model.unet],
                            lambda: [] if compiled else [eager_unet])
@@ -304,6 +311,7 @@ def tuneavideo_rows(model_dir: str, device: torch.device, plan: Plan, budget: di
 
 
 def video_adapter_rows(prior_dir: str, small_dir: str, device: torch.device, plan: Plan, budget: dict) -> list[dict]:
+    import vidgen
     from diffusers import DDIMScheduler
 
     from vidgen.sampling import VideoModel, encode_prompt, initial_noise, sample_video
@@ -340,11 +348,16 @@ def video_adapter_rows(prior_dir: str, small_dir: str, device: torch.device, pla
         def enter():
             for unet in eager.values():
                 unet.use_vidgen_ops(use_vidgen, use_vidgen)
-            if compiled:
+                if compiled and use_vidgen:
+                    vidgen.patch(unet, compile=True)
+            if compiled and not use_vidgen:
                 prior.unet, small.unet = torch.compile(eager["prior"]), torch.compile(eager["small"])
 
         def leave():
             prior.unet, small.unet = eager["prior"], eager["small"]
+            for unet in eager.values():
+                if vidgen.is_patched(unet):
+                    vidgen.unpatch(unet)
 
         return Variant(impl, compiled, enter, leave, vidgen_run if use_vidgen else plain_run,
                        lambda: [prior.unet, small.unet], lambda: [] if compiled else list(eager.values()))

@@ -19,7 +19,8 @@ Configurations (:func:`partition`):
   nearest upsampling, gathers) between two other operators is one kernel costing only its ends;
 * torch.compile (Inductor, default mode): pointwise operators, reductions and normalisations fuse
   with their neighbours; matmuls, convolutions, attention and vidgen's custom ops stay opaque
-  library kernels (no epilogue fusion into cuBLAS/cuDNN).
+  library kernels (no epilogue fusion into cuBLAS/cuDNN), except vidgen's GroupNorm over frames,
+  which runs as ATen ops under torch.compile (a normalisation Inductor fuses like any other).
 
 Fusion proceeds in program order: a run of fusible operators between two opaque ones splits into
 its connected pieces (by data dependency), each one kernel, so a fused kernel never has to wait
@@ -34,8 +35,8 @@ import os
 from typing import Callable, Iterable, Sequence
 
 from benchmarks import harness
-from benchmarks.roofline_trace import (MATMUL, NORMALISATION, ON_CHIP_BYTES, POINTWISE, REDUCTION, Op, StepGraph,
-                                       distinct_regions)
+from benchmarks.roofline_trace import (COMPILED_AS_ATEN, MATMUL, NORMALISATION, ON_CHIP_BYTES, POINTWISE,
+                                       REDUCTION, Op, StepGraph, distinct_regions)
 
 # ----------------------------------------------------------------------------------------------
 # Ceilings
@@ -207,8 +208,11 @@ def elementwise(op: Op) -> bool:
 
 
 def inductor(op: Op) -> bool:
-    """What Inductor generates its own kernels for (the rest it calls as library kernels)."""
-    return op.kind in (POINTWISE, REDUCTION, NORMALISATION)
+    """What Inductor generates its own kernels for (the rest it calls as library kernels, and vidgen's
+    custom ops as the opaque kernels they are, except the GroupNorm over frames, which hands its ATen
+    ops to the compiler: ``vidgen.ops.frame_group_norm``)."""
+    return op.kind in (POINTWISE, REDUCTION, NORMALISATION) and (
+        not op.name.startswith("vidgen::") or op.name in COMPILED_AS_ATEN)
 
 
 def _pieces(costing: Costing, run: list[int]) -> list[list[int]]:

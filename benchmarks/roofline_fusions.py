@@ -35,11 +35,12 @@ _EPILOGUE_MATMULS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "a
 
 
 def _disjoint(units: Iterable[frozenset[int]]) -> list[frozenset[int]]:
-    """``units`` without those that overlap one kept before them (two matmuls can end in one add)."""
+    """``units`` without those that overlap one kept before them (two matmuls can end in one add),
+    and without single operators (already one kernel: vidgen's fused GroupNorm over frames)."""
     taken: set[int] = set()
     kept = []
     for unit in units:
-        if not unit & taken:
+        if len(unit) > 1 and not unit & taken:
             kept.append(unit)
             taken |= unit
     return kept

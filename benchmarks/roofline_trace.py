@@ -60,6 +60,9 @@ POINTWISE = "pointwise"          # elementwise arithmetic and pure data movement
 OTHER = "other"                  # anything else: one kernel of its own in every configuration
 KINDS = (MATMUL, NORMALISATION, REDUCTION, POINTWISE, OTHER)
 
+_FRAME_GROUP_NORM = "vidgen::frame_group_norm_fwd"
+# vidgen ops that torch.compile sees as their ATen ops (the op says so), so Inductor fuses them.
+COMPILED_AS_ATEN = frozenset({_FRAME_GROUP_NORM})
 _NORMALISATIONS = {"native_group_norm", "native_layer_norm", "native_batch_norm", "_softmax", "_log_softmax",
                    "_safe_softmax", "_native_batch_norm_legit_no_training"}
 _REDUCTIONS = {"sum", "mean", "var_mean", "var", "std", "std_mean", "amax", "amin", "max", "min", "prod", "any",
@@ -213,6 +216,21 @@ def _temporal_attention_bwd(args, out) -> tuple[float, float]:
     return 2.5 * temporal_attention_flops(args[1]), 0.0
 
 
+def frame_group_norm_vector_flops(x: torch.Tensor, silu: bool) -> int:
+    """``vidgen::frame_group_norm_fwd``: per element, the statistics pass's add and multiply-add, the
+    apply pass's multiply-add, and the SiLU (an exponential, an add, a division, a multiply)."""
+    return (4 + (4 if silu else 0)) * x.numel()
+
+
+def _frame_group_norm_fwd(args, out) -> tuple[float, float]:
+    return 0.0, float(frame_group_norm_vector_flops(args[0], args[6]))
+
+
+def _frame_group_norm_bwd(args, out) -> tuple[float, float]:
+    # two passes that each recompute x_hat (and the SiLU's derivative) and reduce or apply
+    return 0.0, float(3 * frame_group_norm_vector_flops(args[1], args[7]))
+
+
 def _elementwise(per_element: int) -> Callable:
     def flops(args, out) -> tuple[float, float]:
         first = out[0] if isinstance(out, (tuple, list)) else out
@@ -228,6 +246,10 @@ VIDGEN_FLOPS: dict[str, Callable] = {
     "vidgen::frame_attention_bwd": _frame_attention_bwd,
     "vidgen::temporal_attention_fwd": _temporal_attention_fwd,
     "vidgen::temporal_attention_bwd": _temporal_attention_bwd,
+    "vidgen::frame_group_norm_fwd": _frame_group_norm_fwd,
+    "vidgen::frame_group_norm_bwd": _frame_group_norm_bwd,
+    "vidgen::frame_group_norm_statistics": _elementwise(2),
+    "vidgen::frame_group_norm_apply": lambda args, out: (0.0, float(frame_group_norm_vector_flops(args[0], args[6]) // 2)),
     # guidance: a few multiply-adds per element (composition, CFG, the DDIM update); noise: Philox
     # rounds and a Box-Muller transform per element
     "vidgen::guided_step": _elementwise(16),
@@ -261,9 +283,12 @@ def kind_of(func) -> str:
     name = op_name(func)
     base = name.split("::", 1)[1]
     if name.startswith("vidgen::"):
-        # attention on tensor cores; the fused elementwise ops (guidance, noise) are opaque to a
-        # compiler too, so they stay one kernel each like any other
-        return MATMUL if "attention" in name else OTHER
+        # attention on tensor cores; the GroupNorm over frames a normalisation (statistics, then
+        # apply: two passes when a video's group exceeds on-chip memory); the fused elementwise ops
+        # (guidance, noise) one kernel each. Opaque to a compiler but for COMPILED_AS_ATEN.
+        if "attention" in name:
+            return MATMUL
+        return NORMALISATION if name == _FRAME_GROUP_NORM else OTHER
     if func._overloadpacket in flop_registry:
         return MATMUL
     if base in _NORMALISATIONS:
@@ -288,6 +313,9 @@ def normalisation_group_bytes(name: str, args) -> int:
     if name == "aten::native_group_norm":
         channels, spatial, groups = args[4], args[5], args[6]
         return channels // groups * spatial * x.element_size()
+    if name == _FRAME_GROUP_NORM:  # (x, weight, bias, num_frames, num_groups, ...): a group spans F frames
+        num_frames, groups = args[3], args[4]
+        return x[0].numel() // groups * num_frames * x.element_size()
     if name == "aten::native_layer_norm":
         return math.prod(args[1]) * x.element_size()
     if name in ("aten::_softmax", "aten::_log_softmax", "aten::_safe_softmax"):

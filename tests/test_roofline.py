@@ -88,6 +88,28 @@ def test_a_vidgen_op_without_a_formula_is_an_error_not_zero_flops(monkeypatch):
         _record(lambda: temporal_attention(*(_meta(1, 2, 3, 1, 8) for _ in range(3))))
 
 
+def test_frame_group_norm_is_one_normalisation_whose_group_spans_the_frames():
+    from vidgen.ops.frame_group_norm import frame_group_norm
+
+    small, big = _meta(2 * 3, 8, 4, 4), _meta(2 * 16, 32, 32, 32)  # groups of 3 x 2 x 16 x 2 B and 16 x 8 x 1024 x 2 B
+    weight = _meta(8)
+    graph = _record(lambda: (frame_group_norm(small, 3, 4, weight, weight, silu=True),
+                             frame_group_norm(big, 16, 4, silu=False)))
+    assert [op.name for op in graph.ops].count("vidgen::frame_group_norm_fwd") == 2
+    fits, too_big = [op for op in graph.ops if op.name == "vidgen::frame_group_norm_fwd"]
+    assert fits.kind == too_big.kind == NORMALISATION
+    assert (fits.group_bytes, too_big.group_bytes) == (3 * 2 * 16 * 2, 16 * 8 * 1024 * 2)
+    assert (fits.two_pass, too_big.two_pass) == (False, True)
+    assert (fits.vector_flops, too_big.vector_flops) == (8 * small.numel(), 4 * big.numel())
+    costing = Costing(graph)
+    statistics = 2 * 4 * 3 * 3 * 4  # (B, F, G, 3) fp32, written once
+    assert costing.kernel([fits.index]).read_bytes == small.numel() * 2 + 8 * 2  # weight is bias here: read once
+    assert costing.kernel([fits.index]).write_bytes == small.numel() * 2 + statistics
+    assert (costing.kernel([too_big.index]).read_bytes, costing.kernel([too_big.index]).launches) == \
+        (2 * (big.numel() + 2 * 32) * 2, 2)  # x, weight and bias (ones and zeros here) read by both passes
+    assert inductor(fits)  # under torch.compile the op is its ATen ops, which Inductor fuses
+
+
 def test_attention_runs_as_cudas_fused_kernel_with_its_flops():
     q = _meta(2, 3, 64, 40)
     graph = _record(lambda: F.scaled_dot_product_attention(q, q, q))

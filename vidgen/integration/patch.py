@@ -23,6 +23,10 @@ by blanket-replacing every processor):
 * CUDA graphs (``cuda_graph=True``, off by default): the denoiser's forward (the UNet of a
   pipeline, or the patched UNet itself) is captured once per call signature and replayed
   (:mod:`vidgen.integration.graphs`): the same values, one launch per step instead of hundreds.
+* torch.compile (``compile=True`` or a dict of torch.compile's arguments, off by default): the
+  denoiser's repeated blocks (ResNet and transformer blocks, motion modules) are compiled one
+  by one with Inductor (:mod:`vidgen.integration.compile`), vidgen's ops opaque custom ops
+  inside them.
 
 Nothing is replaced that vidgen cannot run: a motion module the fused forward does not
 reproduce, or whose head dim the temporal kernel does not serve, keeps diffusers' forward; a
@@ -52,6 +56,7 @@ from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D, M
 from diffusers.schedulers import DDIMInverseScheduler, DDIMScheduler
 
 from ..ops.frame_attention import PRECISIONS, frame_attention_unsupported_reason
+from .compile import compile_options, compile_repeated_blocks, uncompile_blocks
 from .layout import head_dim_of
 from .processors import FirstFrameAttnProcessor
 from .video_unet import VideoUNet
@@ -144,7 +149,7 @@ class PatchRecord:
 
 
 def patch(obj, *, frame_attention: bool = True, temporal_attention: bool = True, guidance: bool = True,
-          cuda_graph: bool = False, attention_precision: str = "auto"):
+          cuda_graph: bool = False, compile: bool | dict = False, attention_precision: str = "auto"):
     """Make a diffusers pipeline or model run on vidgen's kernels; returns ``obj`` (patched in place).
 
     Args:
@@ -154,6 +159,11 @@ def patch(obj, *, frame_attention: bool = True, temporal_attention: bool = True,
         frame_attention, temporal_attention, guidance: which roles to accelerate.
         cuda_graph: also replay the denoiser's forward from CUDA graphs, one captured per call
             signature (inference on CUDA only: other calls run the eager forward and say why once).
+        compile: also compile the denoiser's repeated blocks with torch.compile (regional
+            compilation: each ResNet block, transformer block and motion module on its own, so
+            compile time stays a few graphs); ``True`` for torch.compile's defaults (Inductor), or
+            a dict of its keyword arguments, e.g. ``{"mode": "reduce-overhead"}``. Compiling
+            happens on the first call of each block. ``unpatch`` restores the eager blocks.
         attention_precision: ``"auto"`` (the activations' precision) or ``"fp8"``: frame attention's
             scores on e4m3 tensor cores (sm_90, inference; see :func:`vidgen.ops.frame_attention`).
 
@@ -175,6 +185,12 @@ def patch(obj, *, frame_attention: bool = True, temporal_attention: bool = True,
     # Listed only when asked for, so reports of the three roles read as before.
     if cuda_graph:
         options["cuda_graph"] = True
+    compile_kwargs = compile_options(compile)
+    if compile_kwargs is not None:
+        if cuda_graph and compile_kwargs.get("mode") in ("reduce-overhead", "max-autotune"):
+            raise ValueError(f"compile: mode={compile_kwargs['mode']!r} replays CUDA graphs itself; with "
+                             "cuda_graph=True pass compile=True (default mode) or drop cuda_graph")
+        options["compile"] = compile_kwargs or True
     if attention_precision != "auto":
         options["attention_precision"] = attention_precision
     existing = getattr(obj, _RECORD, None)
@@ -281,6 +297,8 @@ def _patch_pipeline(pipe: DiffusionPipeline, record: PatchRecord) -> None:
         record.undo.append(lambda: pipe.__dict__.pop("enable_free_noise", None))
     if record.options.get("cuda_graph") and not any("CUDA graphs" in e.what for e in report.replaced):
         report.kept.append(PatchEntry("", "cuda_graph", "no UNet in this pipeline to capture"))
+    if "compile" in record.options and not any("torch.compile" in e.what for e in report.replaced):
+        report.kept.append(PatchEntry("", "compile", "no UNet in this pipeline to compile"))
     for name in ("scheduler", "inverse_scheduler"):
         original = getattr(pipe, name, None)
         if original is None:
@@ -317,6 +335,7 @@ def _patch_model(model: nn.Module, record: PatchRecord) -> None:
         record.summary += [role for role in ("frame_attention", "temporal_attention") if options[role]]
         _report_video_unet(model, report)
         _graph_denoiser(model, record)
+        _compile_denoiser(model, record)
         return
     covered: set[int] = set()  # attention modules a motion module entry already accounts for
     if options["temporal_attention"]:
@@ -329,6 +348,7 @@ def _patch_model(model: nn.Module, record: PatchRecord) -> None:
         _patch_cross_frame_attention(model, record, covered)
     _report_image_attention(model, report, covered)
     _graph_denoiser(model, record)
+    _compile_denoiser(model, record)
     if not report.replaced and not report.kept:
         report.kept.append(PatchEntry("", type(model).__name__, "no motion module, Text2Video-Zero processor or "
                                                                 "diffusers Attention layer: nothing vidgen accelerates"))
@@ -351,6 +371,16 @@ def _graph_denoiser(model: nn.Module, record: PatchRecord) -> None:
     record.undo.append(lambda: ungraph_forward(model))
     record.summary.append("cuda_graph")
     record.report.replaced.append(PatchEntry("", "forward replayed from CUDA graphs (one per call signature)"))
+
+
+def _compile_denoiser(model: nn.Module, record: PatchRecord) -> None:
+    options = record.options.get("compile")
+    if options is None or not _is_denoiser(model):
+        return
+    blocks = compile_repeated_blocks(model, {} if options is True else options)
+    record.undo.append(lambda: uncompile_blocks(blocks))
+    record.summary.append("torch.compile")
+    record.report.replaced.append(PatchEntry("", f"repeated blocks compiled by torch.compile ({len(blocks)} blocks)"))
 
 
 def _report_video_unet(model: VideoUNet, report: PatchReport) -> None:

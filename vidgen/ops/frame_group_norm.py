@@ -188,12 +188,19 @@ def frame_group_norm(x: torch.Tensor, num_frames: int, num_groups: int, weight: 
     :func:`frame_group_norm_statistics` and :func:`frame_group_norm_apply` run them one at a time
     for callers whose frames of a video are split across processes (frame-parallel sampling
     all-reduces the statistics between them). Backends: Triton on CUDA (and on CPU under
-    ``TRITON_INTERPRET=1``), else the PyTorch reference.
+    ``TRITON_INTERPRET=1``), else the PyTorch reference; under torch.compile, the reference's
+    ATen ops, for Inductor to fuse with the operators around it.
     """
     _check_input(x, num_frames)
     _check_groups(num_groups, x.shape[1])
     weight, bias, eps = _parameters(x, weight, bias, eps)
     silu = bool(silu)
+    if torch.compiler.is_compiling():
+        # Under torch.compile the norm is traced as its ATen ops: Inductor fuses them with their
+        # neighbours (the add before a ResNet's second norm, a motion module's layout change after
+        # it) and reads through the frame/space permutation itself, which the opaque kernel could not
+        # offer it. Same fp32 statistics, same rounding at the end.
+        return frame_group_norm_reference(x, num_frames, num_groups, weight, bias, eps, silu)[0]
     if _backend.direct_call_ok(x, weight, bias):
         return _frame_group_norm_forward_impl(x, weight, bias, num_frames, num_groups, eps, silu)[0]
     y, _ = _frame_group_norm_forward(x, weight, bias, num_frames, num_groups, eps, silu)
