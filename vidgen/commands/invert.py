@@ -10,8 +10,8 @@ import torch
 
 from . import _args
 from ._args import UsageError
-from .sample import (add_model_arguments, check_model_arguments, check_steps, model_pixel_size, resolve_dtype,
-                     resolve_model_dir, save_latents)
+from .sample import (add_model_arguments, check_model_arguments, check_steps, check_vocabulary, model_pixel_size,
+                     resolve_dtype, resolve_model_dir, save_latents)
 
 
 def build_parser():
@@ -37,6 +37,7 @@ def check_arguments(args) -> None:
     _args.check_latents_path("--out", args.out)
     if args.reconstruct:
         _args.check_video_out("--reconstruct", args.reconstruct)
+        check_vocabulary(args, [("--prompt", args.prompt)])
     args.source_frames = _args.read_video_for("--video", args.video, args.frames)
 
 
