@@ -54,6 +54,7 @@ CASES = {
         (["--latents", "wrong_key.pt"], "--latents: wrong_key.pt holds no (B, C, F, h, w) float tensor"),
         (["--latents", "x_T.pt", "--height", "64"], "--height: 64 asked for, but --latents x_T.pt holds 32"),
         (["--latents", "x_T.pt", "--video", "src.gif"], "--video: not allowed with argument --latents"),
+        (["--motion-adapter", "fakeclip"], "--motion-adapter: goes on an image model (--model DIR, or --arch tiny"),
         (["--prompt", "a red horse"], "--prompt: 'a red horse' has words the model does not know ('horse'); its "
                                       "vocabulary is a, blue, circle, down, green, left, moves, red, right, square, "
                                       "triangle, up, yellow"),

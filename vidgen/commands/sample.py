@@ -398,6 +398,9 @@ def check_arguments(args) -> None:
     _args.check_video_out("--out", args.out)
     if args.motion_adapter:
         _args.check_config_folder("--motion-adapter", args.motion_adapter, "a local diffusers MotionAdapter folder")
+        if args.model is None and args.arch == "shapes":
+            raise UsageError("--motion-adapter: goes on an image model (--model DIR, or --arch tiny or sd15); the "
+                             "built-in shapes model is a video model already")
         ignored = [flag for flag, value in (("--video", args.video), ("--latents", args.latents),
                                             ("--prior", args.prior)) if value]
         if ignored:
