@@ -16,6 +16,7 @@ import shutil
 
 import torch
 
+from ..default_model import atomic_folder
 from . import data
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
@@ -307,24 +308,21 @@ def ship(work: str, results: list[dict], settings: dict, target: str = SHIPPED) 
     scheduler) into the package, with a note of how it was made and how to sample it (the
     experiments' sampler ``settings``)."""
     chosen = choose_shipped(results)
-    staging = target + ".staging"
-    shutil.rmtree(staging, ignore_errors=True)
     prior = os.path.join(work, "prior")
-    for component in ("vae", "text_encoder", "tokenizer", "scheduler"):
-        shutil.copytree(os.path.join(prior, component), os.path.join(staging, component))
-    shutil.copytree(os.path.join(work, "jobs", chosen["job"], "unet"), os.path.join(staging, "unet"))
-    with open(os.path.join(prior, "model_index.json")) as f:
-        index = json.load(f)
-    index["unet"] = ["vidgen", "VideoUNet"]
-    with open(os.path.join(staging, "model_index.json"), "w") as f:
-        json.dump(index, f, indent=2)
-    with open(os.path.join(staging, "vidgen_model.json"), "w") as f:
-        json.dump({"name": "moving-shapes", "made_by": "make reproduce (docs/RESULTS.md)", "job": chosen["job"],
-                   "caption": data.TEMPLATE, "frames": data.FRAMES, "size": data.SIZE,
-                   "sampling": {"steps": settings["sample_steps"], "guidance": settings["guidance"],
-                                "noise": chosen["noise"]},
-                   "scores": {k: chosen["scores"][k] for k in ("caption", "colour", "shape", "direction",
-                                                              "consistency")}}, f, indent=1)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(staging, target)
+    with atomic_folder(target) as staging:
+        for component in ("vae", "text_encoder", "tokenizer", "scheduler"):
+            shutil.copytree(os.path.join(prior, component), os.path.join(staging, component))
+        shutil.copytree(os.path.join(work, "jobs", chosen["job"], "unet"), os.path.join(staging, "unet"))
+        with open(os.path.join(prior, "model_index.json")) as f:
+            index = json.load(f)
+        index["unet"] = ["vidgen", "VideoUNet"]
+        with open(os.path.join(staging, "model_index.json"), "w") as f:
+            json.dump(index, f, indent=2)
+        with open(os.path.join(staging, "vidgen_model.json"), "w") as f:
+            json.dump({"name": "moving-shapes", "made_by": "make reproduce (docs/RESULTS.md)", "job": chosen["job"],
+                       "caption": data.TEMPLATE, "frames": data.FRAMES, "size": data.SIZE,
+                       "sampling": {"steps": settings["sample_steps"], "guidance": settings["guidance"],
+                                    "noise": chosen["noise"]},
+                       "scores": {k: chosen["scores"][k] for k in ("caption", "colour", "shape", "direction",
+                                                                  "consistency")}}, f, indent=1)
     return target
