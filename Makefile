@@ -39,7 +39,7 @@ aot: $(STAMP)
 # target builds nothing first. Try the plumbing anywhere: make gpu-check PYTHON=.venv/bin/python GPU_CHECK_ARGS=--dry-run
 GPU_CHECK_ARGS ?=
 gpu-check:
-	$(PYTHON) -m benchmarks.gpu_check $(GPU_CHECK_ARGS)
+	$(PYTHON) -m tools.gpu_check $(GPU_CHECK_ARGS)
 
 # docs/RESULTS.md: trains the moving-shapes models and reruns every experiment on the CPU (about an
 # hour on 2 cores; not part of the tests), then rewrites RESULTS.md's tables, docs/results/ and the

@@ -4,7 +4,7 @@
 * the attention ops a UNet calls in every layer (``frame_attention``, ``temporal_attention``), as a
   processor calls them in eager inference (which skips the registration: ``_backend.direct_call_ok``),
   beside PyTorch's SDPA on the same tiny problem, the eager call a user would otherwise make.
-  Goal (issue 16): <= 20 us per call on a GPU machine.
+  Goal: <= 20 us per call on a GPU machine.
 
 Runs anywhere (CPU: the reference path; GPU: the Triton path). Prints microseconds per call.
 """

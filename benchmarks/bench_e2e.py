@@ -8,7 +8,7 @@ Random-weight full-size architectures (no downloads), built by ``vidgen.default_
 
 * ``animatediff``: AnimateDiff (SD1.5 + a MotionAdapter), 16 frames, CFG 7.5, 25 steps:
   diffusers' default modules (``diffusers``) vs ``vidgen.patch`` (``vidgen``).
-  Goal (issue 16): >= 1.4x diffusers eager, >= 1.15x its torch.compile build.
+  Goal: >= 1.4x diffusers eager, >= 1.15x its torch.compile build.
 * ``tune-a-video``: 8 and 24 frames, CFG 12.5, 50 steps: the reference formulation (gathered K/V
   on SDPA, permute copies; ``VideoUNet.use_vidgen_ops(False, False)``, ``reference``) vs vidgen.
   Goal: >= 2x with <= 0.7x the peak memory at 24 frames.
@@ -31,32 +31,24 @@ Outputs are compared: ``rel_l2`` is the relative L2 distance of the variant's fi
 the default side's eager latents of the same case and frame count (same seed, same initial
 noise), ``||x - x_default|| / ||x_default||`` in fp32.
 
-Peak memory. The first H200 run (``../shared/gpu/runs/2026-11-30-h200/FINDINGS.md``) saw the
-same peak on both sides (2.04 GiB AnimateDiff, 0.98 GiB Tune-A-Video) although vidgen does not
-make the gathered K/V and permute copies. It read one number: the most memory allocated at any
-moment of the whole call. That moment is set by whichever layer holds the most at once; in a
-UNet under ``no_grad`` that is likely a ResNet block of the 64x64 up path (skip connections
-still held, the channel concatenation, GroupNorm and SiLU outputs, cuDNN's convolution
-workspace, which the caching allocator counts), not the attention layers whose copies vidgen
-removes, and a saving at a moment below the maximum cannot move the maximum. (A likely cause,
-not yet confirmed on a GPU: the per-role columns below are what confirm or refute it.) So the
-memory run (:class:`benchmarks.step_roles.LoopMemory`) now:
+Peak memory comes from a run of its own, untimed, since its hooks cost host time
+(:class:`benchmarks.step_roles.LoopMemory`). The loop's maximum is set by whichever layer holds
+the most at once (likely a ResNet block of the 64x64 up path, not the attention layers whose
+gathered K/V and permute copies vidgen removes), so it is reported beside each role's own peak:
 
-1. measures the denoising loop only: CUDA's peak statistic is reset at the first UNet call, so
-   text encoding and setup are out, and what is resident then (weights, embeddings, latents)
-   is reported as ``resident_gib`` and not counted in ``peak_gib`` (the loop's peak above it);
-2. runs on its own, untimed, since its hooks cost host time;
-3. reports, for eager variants, each role's transient peak (``role_peak_gib_<role>``, e.g.
+1. ``peak_gib``: the denoising loop's peak (CUDA's peak statistic is reset at the first UNet
+   call, so text encoding and setup are out) above what is resident then (weights, embeddings,
+   latents: ``resident_gib``);
+2. for eager variants, each role's transient peak (``role_peak_gib_<role>``, e.g.
    ``role_peak_gib_temporal_attention``): the most memory one call of that role's modules
    allocated above what was allocated when it began, which sees the K/V and permute copies
-   even when they do not set the loop's maximum. If vidgen's saving shows there and not in
-   ``peak_gib``, the loop's peak is elsewhere and the memory goal needs work outside attention.
+   even when they do not set the loop's maximum.
 
-``--quick`` (about 2-3 minutes on an H200, the first run's timings suggest; under 5 with model
-loading): every case and frame count, 10 steps instead of 25/50, one timed repeat, eager only
-unless ``--compile`` is given (a UNet's torch.compile takes 1-2 minutes per variant, four
-variants would not fit). ``--smoke`` runs every case on the tiny model with 2 steps on any
-device, eager only, to check the script; its timings mean nothing and no result file is written.
+``--quick`` (about 2-3 minutes on an H200, under 5 with model loading): every case and frame
+count, 10 steps instead of 25/50, one timed repeat, eager only unless ``--compile`` is given (a
+UNet's torch.compile takes 1-2 minutes per variant, four variants would not fit). ``--smoke``
+runs every case on the tiny model with 2 steps on any device, eager only, to check the script;
+its timings mean nothing and no result file is written.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Frame-sparse attention on a GPU: vidgen's fused kernels vs the formulations people run today.
 
-    python benchmarks/bench_frame_attention.py [--dtype bf16] [--frames 8 16 24] [--modes sparse_causal first_frame]
+    python -m benchmarks.bench_frame_attention [--dtype bf16] [--frames 8 16 24] [--modes sparse_causal first_frame]
 
 Cases: Stable Diffusion 1.5 self-attention levels (N = 4096/1024/256/64 tokens per frame with
 D = 40/80/160/160, 8 heads) and SDXL-like levels (N = 4096/1024 with D = 64, 10/20 heads),
@@ -26,14 +26,12 @@ each peer's max deviation from vidgen's output. Results go to ``benchmarks/resul
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks import harness  # noqa: E402
+from benchmarks import harness
 
 SD15_LEVELS = [(4096, 40, 8), (1024, 80, 8), (256, 160, 8), (64, 160, 8)]   # (N, D, heads)
 SDXL_LEVELS = [(4096, 64, 10), (1024, 64, 20)]
@@ -154,7 +152,7 @@ def measure(fn, q, k, v, dout, forward_only: bool = False) -> dict:
     return row
 
 
-def run_case(suite, mode, batch, frames, tokens, head_dim, heads, dtype, matmul_tflops, peers) -> list[dict]:
+def run_case(suite, mode, batch, frames, tokens, head_dim, heads, dtype, ceilings, peers) -> list[dict]:
     from vidgen.ops import use_backend
 
     device = torch.device("cuda")
@@ -199,9 +197,8 @@ def run_case(suite, mode, batch, frames, tokens, head_dim, heads, dtype, matmul_
         for phase, work in (("fwd", flops), ("bwd", 2.5 * flops), ("fwdbwd", 3.5 * flops)):
             if f"{phase}_ms" not in row:
                 continue
-            tflops = work / (row[f"{phase}_ms"] * 1e-3) / 1e12
-            row[f"{phase}_tflops"] = tflops
-            row[f"{phase}_frac_matmul"] = tflops / matmul_tflops
+            rate = harness.throughput(work, row[f"{phase}_ms"], ceilings)
+            row.update({f"{phase}_{field}": value for field, value in rate.items()})
         rows.append(row)
         torch.cuda.empty_cache()
     ours = rows[0]
@@ -242,7 +239,7 @@ def main(argv=None) -> int:
             for frames in args.frames:
                 for tokens, head_dim, heads in levels[suite]:
                     case = run_case(suite, mode, args.batch, frames, tokens, head_dim, heads, DTYPES[args.dtype],
-                                    ceilings["bf16_matmul_tflops"], peers)
+                                    ceilings, peers)
                     rows.extend(case)
                     ours = case[0]
                     print(f"{suite} {mode:13s} F={frames:2d} N={tokens:4d} D={head_dim:3d} H={heads:2d}: "

@@ -13,18 +13,15 @@ At these sizes (2-4 MB at 512x512) every implementation is launch-bound, so each
 reports ``host_us``: the host time per call issued back to back (``harness.host_us_per_call``),
 what the step adds to every denoising step when the GPU is not the bottleneck.
 
-Usage: ``python benchmarks/bench_guidance.py [--quick]``; results go to benchmarks/results/.
-Goals on H100 (issue 3): >= 85% of copy bandwidth, >= 5x diffusers eager, >= 1.3x torch.compile.
+Usage: ``python -m benchmarks.bench_guidance [--quick]``; results go to benchmarks/results/.
+Goals on H100: >= 85% of copy bandwidth, >= 5x diffusers eager, >= 1.3x torch.compile.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks import harness  # noqa: E402
+from benchmarks import harness
 
 SHAPES = [(2, 4, 16, 64, 64), (2, 4, 24, 96, 96), (4, 4, 32, 64, 64), (2, 4, 16, 128, 128)]
 GUIDANCE_SCALE = 7.5
@@ -52,11 +49,9 @@ def main(argv=None) -> int:
     harness.require_cuda()
     import torch
 
-    import vidgen
     from vidgen.ops import guided_step, use_backend
 
     env = harness.environment()
-    env["cuda_library"] = vidgen.ops._cuda_lib.path() or f"unavailable: {vidgen.ops._cuda_lib.load_error()}"
     ceilings = harness.ceilings()
     print(f"copy bandwidth {ceilings['copy_gbs']:.0f} GB/s on {env.get('gpu')}")
     scheduler = make_scheduler()
@@ -96,7 +91,7 @@ def main(argv=None) -> int:
                 try:
                     out = fn()
                     if "rescale" not in name and "eta" not in name:
-                        row["max_abs_err_vs_fp32_eager"] = (out.float() - reference).abs().max().item()
+                        row["max_abs_diff_vs_fp32_eager"] = (out.float() - reference).abs().max().item()
                     row.update(harness.time_ms(fn))
                     row["host_us"] = harness.host_us_per_call(fn)
                 except Exception as exc:  # a peer that fails is a result to report, not a crash
@@ -105,8 +100,7 @@ def main(argv=None) -> int:
                     print(row)
                     continue
                 timings[name] = row["ms"]
-                row["gbs"] = nbytes / (row["ms"] * 1e-3) / 1e9
-                row["fraction_of_copy"] = row["gbs"] / ceilings["copy_gbs"]
+                row.update(harness.bandwidth(nbytes, row["ms"], ceilings))
                 rows.append(row)
             for row in rows[-len(candidates):]:
                 if "ms" in row:
@@ -115,7 +109,7 @@ def main(argv=None) -> int:
                         if peer in timings:
                             row[f"speedup_vs_{peer}"] = timings[peer] / row["ms"]
                     print(f"{row['label']:>58}: {row['ms'] * 1e3:8.1f} us {row['gbs']:7.0f} GB/s "
-                          f"{row['fraction_of_copy']:5.0%} of copy, {row['host_us']:6.1f} us host, "
+                          f"{row['copy_fraction']:5.0%} of copy, {row['host_us']:6.1f} us host, "
                           f"x{row.get('speedup_vs_diffusers_eager', 0):.1f} "
                           f"vs eager, x{row.get('speedup_vs_torch_compile', 0):.2f} vs compile")
     stem = harness.write_results("guidance", rows, env, ceilings)

@@ -60,10 +60,9 @@ def main(argv=None) -> int:
                 host_us = {name: harness.host_us_per_call(fn) for name, fn in cases.items()}
                 host_us["vidgen (again)"] = host_us["vidgen"]
                 for name, t in timings.items():
-                    gbs = nbytes / (t["ms"] * 1e-3) / 1e9
                     rows.append({"op": "correlated_noise", "impl": name, "shape": "x".join(map(str, shape)),
-                                 "kind": kind, "dtype": str(dtype)[6:], **t, "gbs": gbs, "host_us": host_us[name],
-                                 "copy_fraction": gbs / ceil["copy_gbs"],
+                                 "kind": kind, "dtype": str(dtype)[6:], **t, "host_us": host_us[name],
+                                 **harness.bandwidth(nbytes, t["ms"], ceil),
                                  "speedup_vs_eager": timings["eager"]["ms"] / t["ms"],
                                  "speedup_vs_compile": timings["torch.compile"]["ms"] / t["ms"]})
         x0 = torch.randn(shape, device="cuda", dtype=torch.float16)
@@ -71,10 +70,9 @@ def main(argv=None) -> int:
         ts = torch.randint(0, 1000, (shape[0],), device="cuda")
         noised = lambda: add_noise(x0, ts, ac, kind="progressive", alpha=2.0, seed=0)  # noqa: E731
         t = harness.time_ms(noised)
-        gbs = 3 * x0.numel() * x0.element_size() / (t["ms"] * 1e-3) / 1e9
         rows.append({"op": "add_noise", "impl": "vidgen", "shape": "x".join(map(str, shape)), "kind": "progressive",
-                     "dtype": "float16", **t, "gbs": gbs, "host_us": harness.host_us_per_call(noised),
-                     "copy_fraction": gbs / ceil["copy_gbs"]})
+                     "dtype": "float16", **t, "host_us": harness.host_us_per_call(noised),
+                     **harness.bandwidth(3 * x0.numel() * x0.element_size(), t["ms"], ceil)})
     stem = harness.write_results("noise", rows, env, ceil)
     vid = [r for r in rows if r["impl"] == "vidgen" and r["op"] == "correlated_noise"]
     harness.plot_speedups(stem, vid, label_key="shape", speedup_key="speedup_vs_eager",

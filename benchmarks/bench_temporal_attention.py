@@ -18,20 +18,18 @@ The op, forward / backward / forward+backward, against
 The motion module (``AnimateDiffTransformer3D``, random weights): diffusers eager, diffusers under
 ``torch.compile``, ours (patched instance) eager and compiled, forward and forward+backward.
 
-Usage: ``python benchmarks/bench_temporal_attention.py [--dtype fp16] [--frames 16 24 32] [--quick]``.
+Usage: ``python -m benchmarks.bench_temporal_attention [--dtype fp16] [--frames 16 24 32] [--quick]``.
 Writes ``benchmarks/results/temporal_attention-<gpu>-<date>.{csv,json,png}``.
 """
 from __future__ import annotations
 
 import argparse
 import copy
-import os
 import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks import harness  # noqa: E402
+from benchmarks import harness
 
 LEVELS = [(64, 320), (32, 640), (16, 1280), (8, 1280)]  # (latent side, channels) at 512x512
 HEADS, BATCH = 8, 2
@@ -86,7 +84,7 @@ def _best_sdpa(q, k, v):
     return best, errors
 
 
-def bench_op(dtype, frames_list, copy_gbs, quick) -> list[dict]:
+def bench_op(dtype, frames_list, ceilings, quick) -> list[dict]:
     from vidgen.ops import temporal_attention
 
     rows = []
@@ -126,7 +124,7 @@ def bench_op(dtype, frames_list, copy_gbs, quick) -> list[dict]:
             except ImportError:
                 pass
             ours = _measure(lambda: temporal_attention(q, k, v))
-            rows.append(_op_row(shape, "fwd", ours, peers, 4 * nbytes, copy_gbs))
+            rows.append(_op_row(shape, "fwd", ours, peers, 4 * nbytes, ceilings))
 
             # Backward and forward+backward: ours vs SDPA (best backend) on the frame-major copies.
             qg, kg, vg = (t.detach().requires_grad_() for t in (q, k, v))
@@ -148,20 +146,20 @@ def bench_op(dtype, frames_list, copy_gbs, quick) -> list[dict]:
                             torch.nn.functional.scaled_dot_product_attention(qs, ks, vs), (qs, ks, vs), sdpa_grad))
                     except Exception as exc:
                         peers_bwd["sdpa_frame_major"] = {"ms": None, "error": _error(exc)}
-            rows.append(_op_row(shape, "bwd", ours_bwd, peers_bwd, 8 * nbytes, copy_gbs))
-            rows.append(_op_row(shape, "fwd+bwd", ours_fwd_bwd, peers_fwd_bwd, 12 * nbytes, copy_gbs))
+            rows.append(_op_row(shape, "bwd", ours_bwd, peers_bwd, 8 * nbytes, ceilings))
+            rows.append(_op_row(shape, "fwd+bwd", ours_fwd_bwd, peers_fwd_bwd, 12 * nbytes, ceilings))
             print(rows[-3])
             del q, k, v, qf, kf, vf, qg, kg, vg, out
             torch.cuda.empty_cache()
     return rows
 
 
-def _op_row(shape, direction, ours, peers, nbytes, copy_gbs) -> dict:
+def _op_row(shape, direction, ours, peers, nbytes, ceilings) -> dict:
     row = {"bench": "op", **shape, "pass": direction, "ours_ms": ours.get("ms"), "ours_error": ours.get("error"),
            "ours_ms_p20": ours.get("ms_p20"), "ours_ms_p80": ours.get("ms_p80")}
     if ours.get("ms"):
-        gbs = nbytes / (ours["ms"] * 1e-3) / 1e9
-        row.update({"ours_gbs": gbs, "fraction_of_copy_bw": gbs / copy_gbs})
+        rate = harness.bandwidth(nbytes, ours["ms"], ceilings)
+        row.update({"ours_gbs": rate["gbs"], "copy_fraction": rate["copy_fraction"]})
     for name, timing in peers.items():
         row[f"{name}_ms"] = timing.get("ms")
         if timing.get("error"):
@@ -185,14 +183,14 @@ def _motion_module(channels, dtype):
 
 
 def bench_module(dtype, frames_list, quick) -> list[dict]:
-    from vidgen.integration.motion import patch_temporal_transformer
+    from vidgen.integration.motion import patch_motion_module
 
     rows = []
     for side, channels in LEVELS[:2] if quick else LEVELS:
         for frames in frames_list:
             x = torch.randn(BATCH * frames, channels, side, side, device="cuda", dtype=dtype)
             diffusers_module = _motion_module(channels, dtype)
-            ours_module = patch_temporal_transformer(copy.deepcopy(diffusers_module))
+            ours_module = patch_motion_module(copy.deepcopy(diffusers_module))
             variants = {
                 "diffusers_eager": diffusers_module,
                 "diffusers_compiled": torch.compile(copy.deepcopy(diffusers_module)),
@@ -244,7 +242,7 @@ def main(argv=None) -> int:
     ceilings = harness.ceilings()
     env = harness.environment()
     print("ceilings:", ceilings)
-    rows = bench_op(dtype, args.frames, ceilings["copy_gbs"], args.quick)
+    rows = bench_op(dtype, args.frames, ceilings, args.quick)
     if not args.skip_module:
         rows += bench_module(dtype, args.frames, args.quick)
     stem = harness.write_results("temporal_attention", rows, env, ceilings)

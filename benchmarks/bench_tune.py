@@ -14,20 +14,16 @@ Rows: 24 and 8 frames at 512x512 (64x64 latents), gradient checkpointing on and 
 
 Each row: median step time (and 20/80th percentiles) and peak memory (total allocated during a
 step, and the part above the resident weights + optimizer state). A configuration that runs
-out of memory is recorded as such. Goal on H100 (issue 7): vidgen >= 1.5x faster, <= 0.6x the
+out of memory is recorded as such. Goal on H100: vidgen >= 1.5x faster, <= 0.6x the
 peak memory of the reference.
 
-Usage: ``python benchmarks/bench_tune.py [--frames 24 8] [--quick]``; results go to benchmarks/results/.
+Usage: ``python -m benchmarks.bench_tune [--frames 24 8] [--quick]``; results go to benchmarks/results/.
 """
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks import harness  # noqa: E402
+from benchmarks import harness
 
 GOAL_SPEEDUP, GOAL_MEMORY = 1.5, 0.6
 

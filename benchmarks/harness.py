@@ -1,9 +1,23 @@
-"""Shared benchmark machinery: timing, ceilings measured in the same run, tagged result files.
+"""Shared benchmark machinery: timing, ceilings measured in the same run, and the one result writer.
 
 Timing uses ``triton.testing.do_bench`` (CUDA events, warm-up, the L2 cache flushed before
 every repeat so a small input is not served from cache), and reports the median with the
 20th/80th percentiles. Ceilings (device copy bandwidth, bf16 matmul rate) are measured in the
 same process, so every row's fraction of the roofline refers to this GPU at this moment.
+
+The result schema, the same for every benchmark (:func:`write_results`):
+
+* ``<results>/<name>-<gpu>-<date>.json``: ``{"benchmark", "environment", "ceilings", "rows"}``;
+  ``.csv``: the rows, each with every tag as an ``env_<tag>`` column;
+* tags (:func:`environment`): date, commit, GPU (name, driver, clocks, memory), python, torch,
+  triton, CUDA, diffusers, the CUDA library;
+* row fields: a quantity ends in its unit (``ms``, ``us``, ``gbs``, ``tflops``, ``bytes``, ``gib``,
+  ``seconds``); the fraction of a ceiling is ``copy_fraction`` (:func:`bandwidth`) or
+  ``matmul_fraction`` (:func:`throughput`); comparisons name what they compare with
+  (``speedup_vs_<peer>``, ``max_abs_diff_vs_<reference>``, ``rel_l2_vs_<reference>``), or are plain
+  ``speedup`` / ``rel_l2`` in a row of one implementation against its case's baseline (end to end,
+  tuning, profile); a row holding several passes or implementations prefixes their fields
+  (``fwd_ms``, ``fwd_matmul_fraction``, ``<peer>_ms``); ``error``: why the row's implementation did not run.
 """
 from __future__ import annotations
 
@@ -23,6 +37,13 @@ RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"
 def require_cuda() -> None:
     if not torch.cuda.is_available():
         raise SystemExit("this benchmark needs a CUDA GPU (none visible); nothing was measured")
+
+
+def is_cuda_error(exc: BaseException) -> bool:
+    """Whether ``exc`` leaves this process's CUDA context unusable (illegal address, launch failure...):
+    nothing after it can run on the GPU, so a driver stops and reruns the rest in a fresh process."""
+    accelerator_error = getattr(torch, "AcceleratorError", ())
+    return isinstance(exc, accelerator_error) or "CUDA error" in str(exc) or "CUDA driver error" in str(exc)
 
 
 def time_ms(fn, *, warmup_ms: int = 25, rep_ms: int = 200) -> dict:
@@ -80,26 +101,51 @@ def ceilings() -> dict:
     return {"copy_gbs": copy_bandwidth_gbs(), "bf16_matmul_tflops": matmul_tflops()}
 
 
-def _git_commit() -> str:
+def bandwidth(nbytes: float, ms: float, ceilings_: dict) -> dict:
+    """``gbs``: ``nbytes`` moved in ``ms``, in GB/s; ``copy_fraction``: that over the run's copy bandwidth."""
+    gbs = nbytes / (ms * 1e-3) / 1e9
+    return {"gbs": gbs, "copy_fraction": gbs / ceilings_["copy_gbs"]}
+
+
+def throughput(flops: float, ms: float, ceilings_: dict) -> dict:
+    """``tflops``: ``flops`` done in ``ms``, in TFLOP/s; ``matmul_fraction``: that over the run's bf16 matmul rate."""
+    tflops = flops / (ms * 1e-3) / 1e12
+    return {"tflops": tflops, "matmul_fraction": tflops / ceilings_["bf16_matmul_tflops"]}
+
+
+def commit() -> str:
+    """``VIDGEN_COMMIT`` when set (a tree copied without ``.git``, as onto a GPU machine), else git's
+    short hash, with ``+changes`` when tracked files differ from it; ``unknown`` without either."""
+    if os.environ.get("VIDGEN_COMMIT"):
+        return os.environ["VIDGEN_COMMIT"]
+    here = os.path.dirname(os.path.abspath(__file__))
     try:
-        here = os.path.dirname(os.path.abspath(__file__))
-        return subprocess.check_output(["git", "-C", here, "rev-parse", "--short", "HEAD"], text=True).strip()
-    except Exception:
-        return os.environ.get("VIDGEN_COMMIT", "unknown")
+        head = subprocess.check_output(["git", "-C", here, "rev-parse", "--short", "HEAD"], text=True,
+                                       stderr=subprocess.DEVNULL).strip()
+        dirty = subprocess.check_output(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+                                        text=True, stderr=subprocess.DEVNULL).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+changes" if dirty else "")
 
 
 def environment() -> dict:
-    """GPU name, clocks, memory, driver (nvidia-ml-py), library versions and the commit."""
+    """The tags of a run: GPU name, clocks, memory, driver (nvidia-ml-py), library versions, the CUDA
+    library vidgen loaded, the commit and the date."""
     import triton
+
+    from vidgen.ops import _cuda_lib
 
     env = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "commit": _git_commit(),
+        "commit": commit(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "triton": triton.__version__,
         "cuda": torch.version.cuda,
     }
+    unavailable = _cuda_lib.load_error()
+    env["cuda_library"] = f"unavailable: {unavailable}" if unavailable else _cuda_lib.path()
     try:
         import diffusers
 
@@ -125,18 +171,23 @@ def environment() -> dict:
     return env
 
 
-def write_results(name: str, rows: list[dict], env: dict, ceilings_: dict | None = None,
-                  results_dir: str | None = None) -> str:
-    """Write ``rows`` to ``<results_dir>/<name>-<gpu>-<date>.{csv,json}`` (default folder
-    ``benchmarks/results/``); returns the stem.
-
-    The JSON also records ``name`` as ``"benchmark"``, so ``benchmarks/report.py`` tells the
-    benchmarks apart without parsing file names (a GPU name may contain dashes).
-    """
+def result_stem(name: str, env: dict, results_dir: str | None = None) -> str:
+    """``<results_dir>/<name>-<gpu>-<date>`` (default folder ``benchmarks/results/``, created)."""
     results_dir = results_dir or RESULTS_DIR
     os.makedirs(results_dir, exist_ok=True)
     gpu = (env.get("gpu") or "cpu").replace(" ", "_").replace("/", "_")
-    stem = os.path.join(results_dir, f"{name}-{gpu}-{env['date'][:10]}")
+    return os.path.join(results_dir, f"{name}-{gpu}-{env['date'][:10]}")
+
+
+def write_results(name: str, rows: list[dict], env: dict, ceilings_: dict | None = None,
+                  results_dir: str | None = None) -> str:
+    """Write ``rows`` to ``<results_dir>/<name>-<gpu>-<date>.{csv,json}`` (:func:`result_stem`);
+    returns the stem.
+
+    The JSON also records ``name`` as ``"benchmark"``, so ``tools/report.py`` tells the
+    benchmarks apart without parsing file names (a GPU name may contain dashes).
+    """
+    stem = result_stem(name, env, results_dir)
     tagged = [{**row, **{f"env_{k}": v for k, v in env.items()}} for row in rows]
     with open(stem + ".json", "w") as f:
         json.dump({"benchmark": name, "environment": env, "ceilings": ceilings_, "rows": rows}, f, indent=1,

@@ -3,7 +3,7 @@
     python -m benchmarks.profile_step [--cases animatediff tune-a-video] [--top 15]
     python -m benchmarks.profile_step --device cpu --tiny     # the plumbing, on any machine
 
-Cases (issue 16, section 1), on the SD1.5-size random model (``vidgen.default_model``), fp16,
+Cases, on the SD1.5-size random model (``vidgen.default_model``), fp16,
 512x512, on CUDA:
 
 * ``animatediff``: AnimateDiff, 16 frames, CFG 7.5 (one UNet call on a 2 x 16-frame batch per

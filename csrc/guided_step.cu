@@ -10,9 +10,11 @@
 //
 // Work items. Without in-kernel noise a video is one flat row of N elements and an item is one
 // vector of VEC elements. With in-kernel noise the video is (pre, frames, post) and an item is
-// VEC adjacent columns x 4 frames (one Philox counter per column gives those 4 frames, exactly the
-// layout of vidgen.kernels.noise); progressive noise replays the earlier frames' draws in
-// registers to rebuild its AR(1) chain, so frame groups need not run in sequence.
+// VEC adjacent columns x 4 frames (one Philox counter per column gives those 4 frames); progressive
+// noise replays the earlier frames' draws in registers to rebuild its AR(1) chain, so frame groups
+// need not run in sequence. The noise is the stream of kernels/noise.py's Triton helpers
+// (philox_origin, frame_normals, shared_normal, correlate), which both Triton kernels call; this
+// copy is pinned to them by tests/test_cuda_library.py: change both, and the pin, together.
 // Indexing is int64 throughout; VEC is 16 bytes when every pointer is 16-byte aligned and the
 // row length is a multiple of VEC, else 1.
 #include <cuda_bf16.h>

@@ -9,7 +9,7 @@ extern "C" {
 
 #define VIDGEN_API __attribute__((visibility("default")))
 
-// Bumped whenever a signature below changes; vidgen/_cuda_abi.py checks it.
+// Bumped whenever a signature below changes; vidgen/ops/_cuda_lib.py checks it.
 VIDGEN_API int vidgen_abi_version(void);
 // Message of the last failed call on this thread ("" when none).
 VIDGEN_API const char* vidgen_last_error(void);

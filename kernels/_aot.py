@@ -5,9 +5,9 @@ tables its launcher picks from. :func:`compile_spec` compiles one for a compute 
 with ``triton.compile(ASTSource(...), target=GPUTarget("cuda", cc, 32))`` and reports the
 shared memory it needs against the target's limit, whether sm_90 code uses wgmma, and the
 registers and stack (spills) ptxas gave it. A spec whose stack exceeds its ``max_stack`` fails:
-tensor-core attention kernels may not spill at all (on Hopper, triton 3.6 / ptxas 12.8, the one
-family that spilled was also the one that computed wrong values and faulted), CUDA-core fp32
-and the Philox noise kernels carry a small named allowance.
+tensor-core attention kernels may not spill at all (a spill is where a miscompile showed up:
+docs/DEVELOPING.md, "Why the tile tables look as they do"), CUDA-core fp32 and the Philox noise
+kernels carry a small named allowance.
 
 Every spec is checked on two toolchains: the Triton that is installed (the newest, in CI) and the
 oldest vidgen supports (:data:`OLDEST_TRITON`, the GPU image's, with its own ptxas), installed
@@ -44,10 +44,9 @@ SHARED_MEMORY_LIMIT = {80: 166912, 90: 232448}
 # (12.8) allocates registers differently from the newest one's. ``make install`` puts it in
 # ``<venv>/triton-<version>`` (pip --target), where the ahead-of-time test compiles with it.
 OLDEST_TRITON = "3.6.0"
-# The attention launches cap registers at the hardware maximum (``.maxnreg 255``). Without the
-# directive ptxas sometimes gave a kernel that cannot fit its tiles in registers only 32 and spilled
-# the rest: the sm_80 frame-attention dk/dv kernel at D = 160 compiled to 32 registers and a
-# 7,600-byte stack, the fp32 temporal kernels to 7-10 KB. At or below 255 the cap changes nothing.
+# The attention launches cap registers at the hardware maximum (``.maxnreg 255``): without it ptxas
+# gave some kernels that cannot fit their tiles only 32 registers and a stack of several KB. At or
+# below 255 the cap changes nothing.
 MAX_REGISTERS = 255
 # ``tl.randn`` (Box-Muller) calls libdevice's sin/cos, whose Payne-Hanek argument reduction for huge
 # arguments keeps a small local array: a stack frame that exists, not register spills, on a path
@@ -58,6 +57,7 @@ KERNEL_MODULES = (
     "vidgen.kernels.noise",
     "vidgen.kernels.guidance",
     "vidgen.kernels.frame_attention",
+    "vidgen.kernels.frame_attention_fp8",
     "vidgen.kernels.temporal_attention",
 )
 
@@ -121,9 +121,8 @@ def register_usage(cubin: bytes, kernel: str) -> tuple[int | None, int | None]:
     """(registers per thread, stack bytes per thread) of ``kernel`` in ``cubin``, as ptxas allotted
     them, read with the ``cuobjdump`` that ships with Triton; (None, None) where it is missing.
 
-    A kernel at the 255-register ceiling with a stack is spilling to local memory: traffic the
-    roofline does not show, and on Hopper with triton 3.6 the family of kernels that spilled was
-    the one that computed wrong values; :func:`compile_spec` holds it against ``max_stack``.
+    A kernel at the 255-register ceiling with a stack is spilling to local memory, traffic the
+    roofline does not show; :func:`compile_spec` holds it against ``max_stack``.
     """
     import triton
 

@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.testing
 
-from ..default_model import cache_dir
+from ._cache import cache_dir
 
 Candidate = TypeVar("Candidate")
 

@@ -1,21 +1,20 @@
 """What the attention kernels' launchers share: tile configs and the tables that hold them, the GPU
 arch and operand precision a launch runs with, the grid limit, and the ahead-of-time specs.
 
-Each attention module (:mod:`~vidgen.kernels.frame_attention`, :mod:`~vidgen.kernels.temporal_attention`)
-keeps its tiles in one table, ``_TILES[(pass, arch, kind)][width]`` (:func:`table_key`): ``arch`` is
-80 or 90, the tables newer GPUs read too; ``kind`` is "tensor" (fp16/bf16 on tensor cores, fp32
+Each attention op keeps its tiles in one table, ``_TILES[(pass, arch, kind)][width]`` (:func:`table_key`;
+in :mod:`~vidgen.kernels.frame_attention_tuning` and :mod:`~vidgen.kernels.temporal_attention`): ``arch``
+is 80 or 90, the tables newer GPUs read too; ``kind`` is "tensor" (fp16/bf16 on tensor cores, fp32
 accumulation, wgmma on sm_90) or "fp32" (exact fp32 products on CUDA cores); each entry is written
-in :class:`LaunchConfig` notation (``"128x64 w8 s3"``). ``aot_specs()`` of each module declares every
-entry with :func:`attention_spec`, typed by :func:`kernel_signature`, and merges the archs that launch the
-same code (:func:`merge_archs`).
+in :class:`LaunchConfig` notation (``"128x64 w8 s3"``). ``aot_specs()`` of each kernel module declares
+every entry with :func:`attention_spec`, typed by :func:`kernel_signature`, and merges the archs that
+launch the same code (:func:`merge_archs`).
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 import inspect
-import warnings
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -46,6 +45,10 @@ class LaunchConfig:
         tiles, warps, stages = text.split()
         block_m, block_n = tiles.split("x")
         return cls(int(block_m), int(block_n), int(warps[1:]), int(stages[1:]))
+
+    def __str__(self) -> str:
+        """The tables' notation, which :meth:`parse` reads back: ``"128x64 w8 s3"``."""
+        return f"{self.block_m}x{self.block_n} w{self.num_warps} s{self.num_stages}"
 
     @property
     def launch_options(self) -> dict[str, int]:
@@ -144,19 +147,3 @@ def merge_archs(specs: Iterable[tuple[KernelSpec, int]]) -> list[KernelSpec]:
         merged.setdefault((spec.label, spec.expect_wgmma, spec.max_stack), (spec, []))[1].append(arch)
     return [dataclasses.replace(spec, archs=tuple(sorted(archs))) for spec, archs in merged.values()]
 
-
-# ----------------------------------------------------------------------------------------------
-# Renamed public names
-# ----------------------------------------------------------------------------------------------
-def deprecated_aliases(module: str, namespace: dict, renamed: dict[str, str]) -> Callable[[str], object]:
-    """A module ``__getattr__`` serving each old name of ``renamed`` (old -> new) for one release: it
-    returns what the new name holds now and warns with a DeprecationWarning naming the new name."""
-    def __getattr__(name: str):
-        if name not in renamed:
-            raise AttributeError(f"module {module!r} has no attribute {name!r}")
-        new = renamed[name]
-        warnings.warn(f"{module}.{name} is deprecated and will be removed in the next release; use {module}.{new}",
-                      DeprecationWarning, stacklevel=2)
-        return namespace[new]
-
-    return __getattr__

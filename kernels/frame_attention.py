@@ -35,6 +35,10 @@ it every load of that blocking is a single element and nothing is staged with cp
 
 fp16/bf16 use tensor cores (wgmma on sm_90) with fp32 accumulation and softmax statistics.
 fp32 inputs use exact fp32 (IEEE) products, never tf32: PyTorch's default matmul precision.
+
+Beside this module: :mod:`~vidgen.kernels.frame_attention_tuning` holds the tile configs each
+kernel may launch with and picks one (declared candidates, the sweep's measured table, the
+autotuning key); :mod:`~vidgen.kernels.frame_attention_fp8` is the FP8 forward.
 """
 from __future__ import annotations
 
@@ -47,8 +51,8 @@ import triton.language as tl
 from . import _autotune
 from ._aot import KernelSpec
 from ._launch import (ARCHS, DTYPE_NAMES, LOG2E, TORCH_DTYPES, LaunchConfig, attention_spec, cdiv, check_grid,
-                      deprecated_aliases, device_arch, dot_precision, kernel_signature, merge_archs,
-                      next_power_of_2, stack_allowance, table_key)
+                      device_arch, dot_precision, kernel_signature, merge_archs, next_power_of_2)
+from .frame_attention_tuning import allowed_stack, forward_autotune_key, tile_candidates, tuned_config
 
 MIN_HEAD_DIM, MAX_HEAD_DIM = 8, 256
 _INT32_LIMIT = 2**31  # tile offsets within one (video, frame) are int32
@@ -217,112 +221,6 @@ def vector_align(d0: int, d1: int, *tensors: torch.Tensor) -> int:
         if t.data_ptr() % 16 or any(stride % vector for stride in t.stride()[:4]):
             return 1
     return vector
-
-
-PASSES = ("forward", "backward_dq", "backward_dkdv")
-
-# Tile configs per (pass, arch, operand kind) (``_launch.table_key``) and blocked head width D0 + D1:
-# the default first, then the alternatives the forward autotuner may time. fp16 and bf16 share the
-# "tensor" rows (tensor cores, fp32 accumulation); "fp32" rows run exact fp32 products on CUDA cores.
-#
-# Each entry was chosen from the ahead-of-time compile table (``python -m vidgen.kernels._aot``)
-# on the oldest (3.6, ptxas 12.8) and newest Triton: every "tensor" entry compiles without a
-# spill stack on both, at 255 registers. That is not a detail: on an H200 with triton 3.6 the
-# D = 160 forward, the one config that spilled at the cap (288 B) and ran register-operand wgmma
-# on 64x128 fp32 accumulators, returned wrong values and faulted; nothing that spills is allowed
-# to ship (``tests/test_aot_compile.py``). What the table showed, and why the entries look as
-# they do:
-#
-# * Per-thread state (accumulators, the register-resident Q or K/V operands, scores) grows with
-#   rows x D / threads, so wide heads take 8 (or 16) warps or fewer rows: 128 rows at 4 warps
-#   spilled from D = 48 up; 64x64 at 4 warps spilled at D >= 128.
-# * sm_80 (mma.sync) needs more registers than sm_90 (wgmma) for the same tile, and ptxas 12.8
-#   more than 12.9+, so several widths have a per-arch entry where one tile spilled by 8-64 B.
-# * D = 160: the 64x64 tiles that spilled are gone; sm_90 runs 128x32 with 8 warps (two wgmma row
-#   groups, narrow key steps), sm_80 128x32 with 16 warps.
-# * Where no tile was found that is spill-free at every width, the entry is marked below and its
-#   spec carries a named stack allowance (``_STACK_ALLOWANCES``), printed in the compile table.
-_TILES = {
-    ("forward", 90, "tensor"): {
-        16: ("128x64 w4 s3", "64x64 w4 s3"), 32: ("128x64 w4 s3", "64x64 w4 s3"),
-        48: ("128x64 w8 s3", "64x64 w4 s3"), 64: ("128x64 w8 s3", "64x64 w8 s2"),
-        80: ("128x64 w8 s2", "64x64 w8 s2"), 128: ("128x64 w8 s3", "64x64 w8 s2"),
-        160: ("128x32 w8 s3", "64x32 w8 s2"), 256: ("64x16 w8 s2",),
-    },
-    ("forward", 80, "tensor"): {
-        16: ("128x64 w4 s3", "64x64 w4 s3"), 32: ("128x64 w4 s3", "64x64 w4 s3"),
-        48: ("128x64 w8 s3", "64x64 w4 s3"), 64: ("64x64 w8 s2", "64x32 w4 s3"),
-        80: ("128x64 w8 s2", "64x64 w8 s2"), 128: ("64x64 w8 s2", "64x32 w8 s2"),
-        160: ("128x32 w16 s2", "64x16 w4 s2"), 256: ("32x64 w8 s2",),
-    },
-    ("backward_dq", 90, "tensor"): {
-        16: ("64x32 w4 s2",), 32: ("64x32 w4 s2",), 48: ("64x32 w4 s2",), 64: ("64x32 w4 s2",),
-        80: ("64x32 w8 s2",), 128: ("64x32 w8 s2",), 160: ("128x32 w8 s2",), 256: ("128x16 w8 s2",),
-    },
-    ("backward_dq", 80, "tensor"): {
-        16: ("64x32 w4 s2",), 32: ("64x32 w4 s2",), 48: ("64x32 w4 s2",), 64: ("64x32 w4 s2",),
-        80: ("64x32 w8 s2",), 128: ("64x32 w8 s2",), 160: ("64x16 w4 s2",), 256: ("32x16 w4 s2",),
-    },
-    ("backward_dkdv", 90, "tensor"): {
-        16: ("32x64 w4 s2",), 32: ("32x64 w4 s2",), 48: ("32x64 w4 s2",), 64: ("32x64 w8 s1",),
-        80: ("32x64 w8 s2",), 128: ("32x64 w8 s2",), 160: ("32x64 w8 s2",), 256: ("32x64 w16 s2",),
-    },
-    ("backward_dkdv", 80, "tensor"): {
-        16: ("32x64 w4 s2",), 32: ("32x64 w4 s2",), 48: ("32x64 w4 s2",), 64: ("32x64 w8 s1",),
-        80: ("16x64 w4 s2",), 128: ("32x64 w8 s2",), 160: ("16x32 w8 s2",), 256: ("32x64 w8 s2",),
-    },
-}
-_FP32_TILES = {  # CUDA-core products: an FMA dot keeps its operand rows in registers for the whole D
-    "forward": {**{w: ("32x32 w8 s2",) for w in (16, 32, 48, 64, 80)},
-                **{w: ("32x32 w16 s2",) for w in (128, 160, 256)}},
-    "backward_dq": {**{w: ("32x32 w8 s1",) for w in (16, 32, 48, 64, 80)},
-                    **{w: ("32x32 w16 s1",) for w in (128, 160, 256)}},
-    "backward_dkdv": {**{w: ("32x32 w8 s1",) for w in (16, 32, 48, 64, 80, 128)},
-                      **{w: ("32x32 w16 s1",) for w in (160, 256)}},
-}
-_TILES.update({(kernel_pass, arch, "fp32"): rows for kernel_pass, rows in _FP32_TILES.items() for arch in ARCHS})
-# Stack bytes per thread allowed, by (pass, arch, width), where no spill-free tensor-core tile was
-# found on both toolchains (largest stack seen, triton 3.6 and 3.9): D = 225..256 (no Stable
-# Diffusion UNet has it) on both archs, and the dk/dv kernel at D = 129..160 on sm_80, where every
-# tile tried from 16 rows x 4 warps to 64 rows x 16 warps kept 216-2100 B. Each is printed with its
-# reason in the compile table; the sm_90 D = 160 kernels that failed on the H200 are not among them.
-_WIDE_D = "D = 225..256: no spill-free tile found (16-128 rows, 4-16 warps tried)"
-_STACK_ALLOWANCES: dict[tuple[str, int, int], tuple[int, str]] = {
-    ("forward", 80, 256): (88, _WIDE_D),
-    ("backward_dq", 80, 256): (64, _WIDE_D),
-    ("backward_dq", 90, 256): (8, _WIDE_D + "; 0 B on triton 3.9, 8 B on 3.6"),
-    ("backward_dkdv", 80, 160): (224, "sm_80 dk/dv at D = 129..160: no spill-free tile found (16-64 rows, 4-16 warps)"),
-}
-# fp32 by (pass, width) (``_launch.FP32_STACK_NOTE``): wide heads keep a stack at any tile (16x16 at
-# 4 warps included); a D-chunked contraction would remove it.
-_FP32_STACK: dict[tuple[str, int], int] = {
-    ("forward", 128): 224, ("forward", 160): 272, ("forward", 256): 1384,
-    ("backward_dq", 128): 152, ("backward_dq", 160): 224, ("backward_dq", 256): 1360,
-}
-
-
-def tile_candidates(kernel_pass: str, width: int, dtype: str, arch: int) -> tuple[LaunchConfig, ...]:
-    """The tile configs of ``kernel_pass`` ("forward", "backward_dq", "backward_dkdv") for blocked
-    head width ``D0 + D1``, input dtype ("fp16", "bf16", "fp32") and compute capability (80 or 90,
-    the table newer archs use); the first is the default. Every one is compiled ahead of time."""
-    return tuple(LaunchConfig.parse(text) for text in _TILES[table_key(kernel_pass, arch, dtype)][width])
-
-
-def forward_candidates(width: int, dtype: str, arch: int) -> tuple[LaunchConfig, ...]:
-    """The forward configs the autotuner (``kernels/_autotune.py``) times; the first is the default."""
-    return tile_candidates("forward", width, dtype, arch)
-
-
-def forward_config(width: int, dtype: str, arch: int) -> LaunchConfig:
-    """The forward's default tiles (see ``_TILES``)."""
-    return forward_candidates(width, dtype, arch)[0]
-
-
-def backward_configs(width: int, dtype: str, arch: int) -> tuple[LaunchConfig, LaunchConfig]:
-    """(dq tiles, dk/dv tiles): one static config each; the backward is not autotuned until a GPU
-    run shows an alternative pays (each would add kernels x dtypes x archs to the CI compile)."""
-    return (tile_candidates("backward_dq", width, dtype, arch)[0],
-            tile_candidates("backward_dkdv", width, dtype, arch)[0])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -720,20 +618,17 @@ def _check_int32_span(**tensors: torch.Tensor) -> None:
 def _measured_config(kernel_pass: str, device: torch.device, width: int, dtype: str, N: int, *,
                      any_size: bool = False) -> LaunchConfig | None:
     """The sweep's measured choice (``kernels/frame_attention_tuned.json``, read by
-    ``frame_attention_tuning``) for this GPU's compute capability and N's size bucket -- with
+    ``frame_attention_tuning.tuned_config``) for this GPU's compute capability and N's size bucket -- with
     ``any_size``, else its choice over all sizes -- or None: off CUDA, under ``VIDGEN_AUTOTUNE=0``
     (the reproducible default baseline) and for keys the table lacks, where the launcher's own
     choice runs (the forward's runtime autotuning, the backward's default). Only declared
     candidates ever come back, so a stale table cannot launch an uncompiled config."""
     if device.type != "cuda" or not _autotune.tuning_enabled():
         return None
-    from . import frame_attention_tuning  # it imports this module
-
     major, minor = torch.cuda.get_device_capability(device)
-    bucket = next_power_of_2(N)
-    found = frame_attention_tuning.tuned_config(kernel_pass, 10 * major + minor, width, dtype, bucket)
+    found = tuned_config(kernel_pass, 10 * major + minor, width, dtype, next_power_of_2(N))
     if found is None and any_size:
-        found = frame_attention_tuning.tuned_config(kernel_pass, 10 * major + minor, width, dtype, None)
+        found = tuned_config(kernel_pass, 10 * major + minor, width, dtype, None)
     return found
 
 
@@ -745,21 +640,11 @@ def _declared(config: LaunchConfig, candidates: tuple[LaunchConfig, ...], kernel
     return config
 
 
-def forward_autotune_key(width: int, dtype: str, arch: int, table_shape, N: int, M: int, *, align: int = 1) -> tuple:
-    """The forward's autotuning key: blocked head width, dtype, arch, key-table shape (F, K), and
-    N and M rounded up to a power of two, so every N in (64, 128] -- 77 text tokens, 100 pixels --
-    shares one choice while the 8x8 (N = 64) and 64x64 (N = 4096) levels of a UNet get their own;
-    plus ``align`` (:func:`vector_align`), which changes the code each candidate runs."""
-    num_frames, table_width = table_shape
-    return (width, dtype, arch, (int(num_frames), int(table_width)), next_power_of_2(N),
-            next_power_of_2(M), align)
-
-
 def frame_attention_forward_triton(q, k, v, table, counts, scale: float, *,
                                    config: LaunchConfig | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(out (B, F, N, H, D) contiguous, lse (B, F, H, N) fp32).
 
-    The tile config is autotuned among :func:`forward_candidates` (``kernels/_autotune.py``);
+    The tile config is autotuned among the forward's ``tile_candidates`` (``kernels/_autotune.py``);
     timing reruns this launch, which is safe because the kernel writes only ``out`` and ``lse``.
     ``config`` runs one of those candidates instead (a sweep; anything else is refused).
     Sizes are unspecialised kernel arguments (``_SIZE_ARGS``), so a new F, N, M or table width
@@ -771,7 +656,7 @@ def frame_attention_forward_triton(q, k, v, table, counts, scale: float, *,
     M = k.shape[2]
     d0, d1, mask_d = head_blocks(D)
     dtype, arch = DTYPE_NAMES[q.dtype], device_arch(q.device)
-    candidates = forward_candidates(d0 + d1, dtype, arch)
+    candidates = tile_candidates("forward", d0 + d1, dtype, arch)
     if config is not None:
         candidates = (_declared(config, candidates, "forward"),)
     elif (measured := _measured_config("forward", q.device, d0 + d1, dtype, N)) is not None:
@@ -802,19 +687,22 @@ def frame_attention_backward_triton(dout, q, k, v, out, lse, table, counts, read
                                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv), contiguous. Two launches: dq (which also stores delta), then dk/dv.
 
-    ``dq_config`` / ``dkdv_config`` run a declared candidate instead of the default (a sweep)."""
+    Each kernel runs the sweep's measured choice or its default config: the backward is not
+    autotuned at run time (each candidate would add kernels x dtypes x archs to the CI compile).
+    ``dq_config`` / ``dkdv_config`` run a declared candidate instead (a sweep)."""
     q, k, v, out, dout = (_unit_stride(t) for t in (q, k, v, out, dout))
     B, F, N, H, D = q.shape
     M = k.shape[2]
     d0, d1, mask_d = head_blocks(D)
     dtype, arch = DTYPE_NAMES[q.dtype], device_arch(q.device)
-    dq_cfg, kv_cfg = backward_configs(d0 + d1, dtype, arch)
-    dq_cfg = _measured_config("backward_dq", q.device, d0 + d1, dtype, N, any_size=True) or dq_cfg
-    kv_cfg = _measured_config("backward_dkdv", q.device, d0 + d1, dtype, N, any_size=True) or kv_cfg
+    dq_candidates = tile_candidates("backward_dq", d0 + d1, dtype, arch)
+    kv_candidates = tile_candidates("backward_dkdv", d0 + d1, dtype, arch)
+    dq_cfg = _measured_config("backward_dq", q.device, d0 + d1, dtype, N, any_size=True) or dq_candidates[0]
+    kv_cfg = _measured_config("backward_dkdv", q.device, d0 + d1, dtype, N, any_size=True) or kv_candidates[0]
     if dq_config is not None:
-        dq_cfg = _declared(dq_config, tile_candidates("backward_dq", d0 + d1, dtype, arch), "backward_dq")
+        dq_cfg = _declared(dq_config, dq_candidates, "backward_dq")
     if dkdv_config is not None:
-        kv_cfg = _declared(dkdv_config, tile_candidates("backward_dkdv", d0 + d1, dtype, arch), "backward_dkdv")
+        kv_cfg = _declared(dkdv_config, kv_candidates, "backward_dkdv")
     dq = torch.empty((B, F, N, H, D), dtype=q.dtype, device=q.device)
     dk = torch.empty((B, F, M, H, D), dtype=k.dtype, device=k.device)
     dv = torch.empty((B, F, M, H, D), dtype=v.dtype, device=v.device)
@@ -854,150 +742,6 @@ _TABLES = {"Table", "Counts", "Readers", "ReaderCounts"}
 _SCALES = {"scale", "qk_scale"}
 
 
-# ----------------------------------------------------------------------------------------------
-# FP8 forward (opt-in, inference, sm_90): Q K^T on e4m3 tensor cores, P V in the input dtype.
-#
-# Every query and key token (a row of D values of one head) has its own scale: ``x ~= e4m3(x / s) * s``
-# with ``s = amax / 448``, the row's largest magnitude mapped to e4m3's largest finite value (finer
-# than SageAttention's per-block scales, for the cost of one multiply of the score tile by the
-# outer product of the scales, and independent of the tile config). Scores are
-# ``(q8 . k8) * s_q * s_k``: exact products of e4m3 values summed in fp32, so the error is the
-# rounding of q and k to 3 mantissa bits (relative ~2**-4 per element, averaging out over D). The probabilities and V stay
-# in fp16/bf16: P V is half the FLOPs and its error would reach the output directly. The head dim
-# is padded to a power of two >= 32 (e4m3 wgmma contracts 32 at a time; masked columns are zeros,
-# which leave the scales and the scores unchanged).
-# ----------------------------------------------------------------------------------------------
-FP8_MAX = 448.0  # largest finite e4m3 (the "fn" encoding: no infinities) value
-FP8_DTYPES = (torch.float16, torch.bfloat16)
-# BLOCK_D -> tile: 128 query rows per program (two wgmma warpgroups), 64-key steps; at 256 columns
-# 64 rows and no pipelining, the largest tile that does not spill on triton 3.6 (sm_90).
-_FP8_TILES = {32: "128x64 w4 s3", 64: "128x64 w8 s3", 128: "128x64 w8 s2", 256: "64x64 w8 s1"}
-
-
-_FP8_WGMMA = r"wgmma\.mma_async\S*\.e4m3\.e4m3"  # the scores on e4m3 tensor cores (checked in the sm_90 PTX)
-
-
-def fp8_block_d(head_dim: int) -> int:
-    """The FP8 kernel's padded head width: a power of two >= 32."""
-    return max(32, next_power_of_2(head_dim))
-
-
-def fp8_config(head_dim: int) -> LaunchConfig:
-    return LaunchConfig.parse(_FP8_TILES[fp8_block_d(head_dim)])
-
-
-def fp8_roundtrip(x: torch.Tensor) -> torch.Tensor:
-    """``x`` (..., D) quantised to e4m3 with one scale per row of D values, as the kernel does, and
-    dequantised back to fp32."""
-    x = x.float()
-    scale = x.abs().amax(dim=-1, keepdim=True).clamp_min(1e-30) / FP8_MAX
-    return (x / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).to(torch.float32) * scale
-
-
-def frame_attention_fp8_reference(q, k, v, key_frames, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """What the FP8 kernel computes, in PyTorch: every token of q and k (per head) rounded to e4m3
-    with its own scale, then :func:`frame_attention_reference` in fp32 on the dequantised values
-    (V unchanged). The oracle of the kernel's tests and its CPU path."""
-    out, lse = frame_attention_reference(fp8_roundtrip(q), fp8_roundtrip(k), v.float(), key_frames, scale)
-    return out.to(q.dtype), lse
-
-
-@triton.jit
-def _fp8_rows(x, AXIS: tl.constexpr):
-    """(e4m3 tile, scales) of an fp32 tile with one scale per row along ``AXIS`` (the head dim):
-    ``x ~= x8 * scale``. The cast rounds to nearest even, like ``torch.float8_e4m3fn``; the clamp
-    only absorbs the division's last ulp."""
-    scale = tl.maximum(tl.max(tl.abs(x), AXIS), 1e-30) / 448.0
-    scaled = x / tl.expand_dims(scale, AXIS)
-    return tl.clamp(scaled, -448.0, 448.0).to(tl.float8e4nv), scale
-
-
-@triton.jit(do_not_specialize=_SIZE_ARGS)
-def _frame_attention_forward_fp8_kernel(
-    Q,                     # (B, F, N, H, D) fp16/bf16, any strides, unit stride on D
-    K,                     # (B, F, M, H, D)
-    V,                     # (B, F, M, H, D)
-    Out,                   # (B, F, N, H, D) output, Q's dtype
-    Lse,                   # (B, F, H, N) fp32 output: natural-log log-sum-exp of the scaled scores
-    Table,                 # (F, table_width) int32: distinct key frames first
-    Counts,                # (F,) int32: distinct key frames per query frame
-    stride_qb, stride_qf, stride_qn, stride_qh,
-    stride_kb, stride_kf, stride_km, stride_kh,
-    stride_vb, stride_vf, stride_vm, stride_vh,
-    stride_ob, stride_of, stride_on, stride_oh,
-    num_frames, num_heads, N, M, table_width, num_m_blocks,
-    qk_scale,              # scale * log2(e)
-    head_dim,              # D <= BLOCK_D
-    BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ALIGN: tl.constexpr,
-):
-    m_block, f, h, b = _query_block_program(num_m_blocks, num_frames, num_heads)
-    offs_m = m_block * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    q_off = _base_offset(b, stride_qb, f.to(tl.int64), stride_qf, h, stride_qh, ALIGN)
-    q = _load_tile(Q + q_off, offs_m, stride_qn, N, offs_d, head_dim, True, True, False, ALIGN)   # (BLOCK_M, BLOCK_D)
-    q8, q_scale = _fp8_rows(q.to(tl.float32), 1)                                   # q_scale: (BLOCK_M,)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    for j in range(0, tl.load(Counts + f)):
-        g = tl.load(Table + f * table_width + j).to(tl.int64)
-        k_base = K + _base_offset(b, stride_kb, g, stride_kf, h, stride_kh, ALIGN)
-        v_base = V + _base_offset(b, stride_vb, g, stride_vf, h, stride_vh, ALIGN)
-        for start_n in range(0, M, BLOCK_N):
-            offs_n = start_n + tl.arange(0, BLOCK_N)
-            kt = _load_tile(k_base, offs_n, stride_km, M, offs_d, head_dim, True, True, True, ALIGN)  # (BLOCK_D, BLOCK_N)
-            kt8, k_scale = _fp8_rows(kt.to(tl.float32), 0)                        # k_scale: (BLOCK_N,)
-            s = tl.dot(q8, kt8, out_dtype=tl.float32) * (q_scale[:, None] * qk_scale) * k_scale[None, :]  # log2 units
-            s = tl.where(offs_n[None, :] < M, s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            alpha = tl.math.exp2(m_i - m_new)
-            p = tl.math.exp2(s - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(p, 1)
-            v = _load_tile(v_base, offs_n, stride_vm, M, offs_d, head_dim, True, True, False, ALIGN)  # (BLOCK_N, BLOCK_D)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-            m_i = m_new
-    o_off = _base_offset(b, stride_ob, f.to(tl.int64), stride_of, h, stride_oh, ALIGN)
-    o_rows = _row_offsets(offs_m, stride_on, ALIGN)
-    tl.store(Out + o_off + o_rows[:, None] + offs_d[None, :], (acc / l_i[:, None]).to(Out.dtype.element_ty),
-             mask=(offs_m[:, None] < N) & (offs_d[None, :] < head_dim))
-    lse_off = ((b * num_frames + f) * num_heads + h) * N
-    tl.store(Lse + lse_off + offs_m, (m_i + tl.math.log2(l_i)) * 0.6931471805599453, mask=offs_m < N)  # * ln 2
-
-
-def frame_attention_forward_fp8_triton(q, k, v, table, counts, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(out (B, F, N, H, D) contiguous, lse (B, F, H, N) fp32) of the FP8 forward; fp16/bf16 inputs,
-    run on sm_90 (or the interpreter). One config per padded width (:func:`fp8_config`)."""
-    q, k, v = _unit_stride(q), _unit_stride(k), _unit_stride(v)
-    B, F, N, H, D = q.shape
-    M = k.shape[2]
-    cfg = fp8_config(D)
-    out = torch.empty((B, F, N, H, D), dtype=q.dtype, device=q.device)
-    lse = torch.empty((B, F, H, N), dtype=torch.float32, device=q.device)
-    _check_int32_span(q=q, k=k, v=v)
-    num_m_blocks = cdiv(N, cfg.block_m)
-    check_grid(num_m_blocks * F * H * B, "frame_attention")
-    _frame_attention_forward_fp8_kernel[(num_m_blocks * F * H * B,)](
-        q, k, v, out, lse, table, counts,
-        *q.stride()[:4], *k.stride()[:4], *v.stride()[:4], *out.stride()[:4],
-        F, H, N, M, table.shape[1], num_m_blocks, scale * LOG2E, D,
-        BLOCK_D=fp8_block_d(D), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, ALIGN=1, **cfg.launch_options)
-    return out, lse
-
-
-def _fp8_specs() -> list[tuple[KernelSpec, int]]:
-    """The FP8 forward at every padded width, fp16 and bf16, for sm_90 (e4m3 wgmma)."""
-    kernel = _frame_attention_forward_fp8_kernel
-    specs = []
-    for dtype, (width, text) in itertools.product(("fp16", "bf16"), _FP8_TILES.items()):
-        cfg = LaunchConfig.parse(text)
-        signature = kernel_signature(kernel, dtype, fp32_pointers=_STATISTICS, int32_pointers=_TABLES,
-                                     fp32_scalars=_SCALES)
-        constexprs = {"BLOCK_D": width, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "ALIGN": 1}
-        specs.append((attention_spec(__name__, kernel, signature, constexprs, cfg, expect_wgmma=True,
-                                     stack=(0, ""), expect_sm90_ptx=(_FP8_WGMMA,)), 90))
-    return specs
-
-
 def aot_specs() -> list[KernelSpec]:
     """Every tile candidate of every pass, unhinted and (``_HINTED_BLOCKINGS``, fp16/bf16) with the
     16-byte row hint, for the archs whose table lists it; fp16/bf16 specs must use wgmma on sm_90,
@@ -1013,17 +757,11 @@ def aot_specs() -> list[KernelSpec]:
         for (d0, d1, mask_d), dtype, arch in itertools.product(blockings, signatures, ARCHS):
             vector = 16 // TORCH_DTYPES[dtype].itemsize
             aligns = (1, vector) if (d0, d1) in _HINTED_BLOCKINGS and dtype != "fp32" else (1,)
-            stack = stack_allowance(kernel_pass, arch, dtype, d0 + d1, fp32_stack=_FP32_STACK,
-                                    tensor_stack=_STACK_ALLOWANCES)
+            stack = allowed_stack(kernel_pass, arch, dtype, d0 + d1)
             for cfg, align in itertools.product(tile_candidates(kernel_pass, d0 + d1, dtype, arch), aligns):
                 constexprs = {"D0": d0, "D1": d1, "MASK_D": mask_d, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n,
                               "DOT_PRECISION": dot_precision(dtype), "ALIGN": align}
                 specs.append((attention_spec(__name__, kernel, signatures[dtype], constexprs, cfg,
                                              expect_wgmma=dtype != "fp32", stack=stack), arch))
-    return merge_archs(specs + _fp8_specs())  # appended: the earlier specs keep their order
+    return merge_archs(specs)
 
-
-# Renamed in this release; the old names go in the next one.
-__getattr__ = deprecated_aliases(__name__, globals(), {
-    "frame_attention_reference_backward": "frame_attention_backward_reference",
-})

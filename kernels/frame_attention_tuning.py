@@ -1,54 +1,144 @@
-"""Measured frame-attention tile configs: the table ``benchmarks/sweep_frame_attention.py`` writes.
+"""The tile configs of the frame-attention kernels and how a launch picks one of them.
 
-``kernels/frame_attention_tuned.json`` (shipped with the package) holds, per GPU arch, blocked
-head width ``D0 + D1``, dtype, pass and size bucket, the tile config a sweep on that arch chose:
-the fastest of the pass's declared candidates (``frame_attention.tile_candidates``) among those
-whose output matched the fp32 reference. :func:`tuned_config` reads it::
+* The declared candidates, ``_TILES[(pass, arch, kind)][width]`` (:func:`tile_candidates`; the
+  key is ``_launch.table_key``, ``width`` the blocked head width D0 + D1): the first is the default,
+  the others the alternatives the forward autotuner times and the sweep measures. Every one is
+  compiled ahead of time for its arch (``frame_attention.aot_specs``) and may keep no spill stack
+  unless :func:`allowed_stack` names one: a config that spills is not shipped (docs/DEVELOPING.md,
+  "Why the tile tables look as they do").
+* The forward's runtime autotuning key (:func:`forward_autotune_key`, for ``kernels/_autotune.py``).
+* The measured table ``frame_attention_tuned.json`` (shipped with the package, written only by
+  ``tools/sweep_frame_attention.py``): per GPU arch, blocked head width, dtype, pass and
+  size bucket, the config a sweep on that arch chose, the fastest of the pass's declared
+  candidates whose output matched the fp32 reference. :func:`tuned_config` reads it::
 
     {"format": 1,
      "entries": {"sm90": {"48": {"bf16": {"forward": {
          "4096": {"config": "128x64 w8 s3", "ms": 6.1, "gpu": "NVIDIA H200", "triton": "3.6.0", ...},
          "any": {"config": "128x64 w8 s3", "buckets": [4096], ...}}}}}}}
 
-* arch: ``"sm<major><minor>"`` of the GPU measured on (``sm90``: H100/H200).
-* size bucket: ``triton.next_power_of_2(N)``, the forward autotuner's bucket
-  (``frame_attention.forward_autotune_key``); frame attention is self-attention, so M = N. ``"any"``
-  is the config with the least total time over every bucket the sweep measured for that key (among
-  configs correct at all of them): the choice for a size the sweep did not run.
-* each entry also records its measured milliseconds, the GPU name and the toolchain (Triton,
-  PyTorch, CUDA), so a reader can tell what a choice is worth on another setup.
+  - arch: ``"sm<major><minor>"`` of the GPU measured on (``sm90``: H100/H200).
+  - size bucket: ``next_power_of_2(N)``, the forward autotuner's bucket; frame attention is
+    self-attention, so M = N. ``"any"`` is the config with the least total time over every
+    bucket the sweep measured for that key (among configs correct at all of them): the choice
+    for a size the sweep did not run.
+  - each entry also records its measured milliseconds, the GPU name and the toolchain (Triton,
+    PyTorch, CUDA), so a reader can tell what a choice is worth on another setup.
 
-How the launchers use it (``frame_attention._measured_config``): on CUDA, unless
+How the launchers use them (``frame_attention._measured_config``): on CUDA, unless
 ``VIDGEN_AUTOTUNE=0``, the forward asks ``tuned_config("forward", cc, D0 + D1, dtype,
 next_power_of_2(N))`` with ``cc`` the device's compute capability as ``10 * major + minor``, and
 runs that config without timing anything; a key the table lacks falls back to runtime
-autotuning. The backward kernels ask the same for their pass, then the sweep's choice over all
-sizes (``n_bucket=None``), then run their default. A config comes back only if the table has
-the key *and* the config is still one of ``tile_candidates`` for it, so a table older than the
-candidate lists can never launch a config that was not compiled ahead of time (it is ignored
-with one warning). An explicit ``config=`` argument (the sweep's own) bypasses the table.
+autotuning among the candidates. The backward kernels ask the same for their pass, then the
+sweep's choice over all sizes (``n_bucket=None``), then run their default. A config comes back
+only if the table has the key *and* the config is still a declared candidate for it, so a table
+older than the candidate lists can never launch a config that was not compiled ahead of time (it
+is ignored with one warning). An explicit ``config=`` argument (the sweep's own) bypasses the table.
 """
 from __future__ import annotations
 
 import functools
 import json
 import os
-import tempfile
 import warnings
 
-from ._launch import next_power_of_2
-from .frame_attention import PASSES, LaunchConfig, tile_candidates
+from ._launch import ARCHS, LaunchConfig, next_power_of_2, stack_allowance, table_key
 
+PASSES = ("forward", "backward_dq", "backward_dkdv")
 TABLE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "frame_attention_tuned.json")
 FORMAT = 1
 ANY_SIZE = "any"  # the bucket key of the size-independent choice
 
 
-def config_text(config: LaunchConfig) -> str:
-    """``LaunchConfig(128, 64, 8, 3)`` -> ``"128x64 w8 s3"``, the notation ``LaunchConfig.parse`` reads."""
-    return f"{config.block_m}x{config.block_n} w{config.num_warps} s{config.num_stages}"
+# ----------------------------------------------------------------------------------------------
+# Declared candidates
+# ----------------------------------------------------------------------------------------------
+# fp16 and bf16 share the "tensor" rows (tensor cores, fp32 accumulation); "fp32" rows run exact
+# fp32 products on CUDA cores. Wide heads take more warps or fewer rows: per-thread state grows
+# with rows x D / threads, and every entry here compiles without a spill stack at 255 registers on
+# the oldest and newest Triton except those in ``_STACK_ALLOWANCES``.
+_TILES = {
+    ("forward", 90, "tensor"): {
+        16: ("128x64 w4 s3", "64x64 w4 s3"), 32: ("128x64 w4 s3", "64x64 w4 s3"),
+        48: ("128x64 w8 s3", "64x64 w4 s3"), 64: ("128x64 w8 s3", "64x64 w8 s2"),
+        80: ("128x64 w8 s2", "64x64 w8 s2"), 128: ("128x64 w8 s3", "64x64 w8 s2"),
+        160: ("128x32 w8 s3", "64x32 w8 s2"), 256: ("64x16 w8 s2",),
+    },
+    ("forward", 80, "tensor"): {
+        16: ("128x64 w4 s3", "64x64 w4 s3"), 32: ("128x64 w4 s3", "64x64 w4 s3"),
+        48: ("128x64 w8 s3", "64x64 w4 s3"), 64: ("64x64 w8 s2", "64x32 w4 s3"),
+        80: ("128x64 w8 s2", "64x64 w8 s2"), 128: ("64x64 w8 s2", "64x32 w8 s2"),
+        160: ("128x32 w16 s2", "64x16 w4 s2"), 256: ("32x64 w8 s2",),
+    },
+    ("backward_dq", 90, "tensor"): {
+        16: ("64x32 w4 s2",), 32: ("64x32 w4 s2",), 48: ("64x32 w4 s2",), 64: ("64x32 w4 s2",),
+        80: ("64x32 w8 s2",), 128: ("64x32 w8 s2",), 160: ("128x32 w8 s2",), 256: ("128x16 w8 s2",),
+    },
+    ("backward_dq", 80, "tensor"): {
+        16: ("64x32 w4 s2",), 32: ("64x32 w4 s2",), 48: ("64x32 w4 s2",), 64: ("64x32 w4 s2",),
+        80: ("64x32 w8 s2",), 128: ("64x32 w8 s2",), 160: ("64x16 w4 s2",), 256: ("32x16 w4 s2",),
+    },
+    ("backward_dkdv", 90, "tensor"): {
+        16: ("32x64 w4 s2",), 32: ("32x64 w4 s2",), 48: ("32x64 w4 s2",), 64: ("32x64 w8 s1",),
+        80: ("32x64 w8 s2",), 128: ("32x64 w8 s2",), 160: ("32x64 w8 s2",), 256: ("32x64 w16 s2",),
+    },
+    ("backward_dkdv", 80, "tensor"): {
+        16: ("32x64 w4 s2",), 32: ("32x64 w4 s2",), 48: ("32x64 w4 s2",), 64: ("32x64 w8 s1",),
+        80: ("16x64 w4 s2",), 128: ("32x64 w8 s2",), 160: ("16x32 w8 s2",), 256: ("32x64 w8 s2",),
+    },
+}
+_FP32_TILES = {  # CUDA-core products: an FMA dot keeps its operand rows in registers for the whole D
+    "forward": {**{w: ("32x32 w8 s2",) for w in (16, 32, 48, 64, 80)},
+                **{w: ("32x32 w16 s2",) for w in (128, 160, 256)}},
+    "backward_dq": {**{w: ("32x32 w8 s1",) for w in (16, 32, 48, 64, 80)},
+                    **{w: ("32x32 w16 s1",) for w in (128, 160, 256)}},
+    "backward_dkdv": {**{w: ("32x32 w8 s1",) for w in (16, 32, 48, 64, 80, 128)},
+                      **{w: ("32x32 w16 s1",) for w in (160, 256)}},
+}
+_TILES.update({(kernel_pass, arch, "fp32"): rows for kernel_pass, rows in _FP32_TILES.items() for arch in ARCHS})
+# Stack bytes per thread allowed where no spill-free tensor-core tile was found on both toolchains
+# (the largest stack seen), by (pass, arch, width); each is printed with its reason in the compile table.
+_WIDE_D = "D = 225..256: no spill-free tile found (16-128 rows, 4-16 warps tried)"
+_STACK_ALLOWANCES: dict[tuple[str, int, int], tuple[int, str]] = {
+    ("forward", 80, 256): (88, _WIDE_D),
+    ("backward_dq", 80, 256): (64, _WIDE_D),
+    ("backward_dq", 90, 256): (8, _WIDE_D + "; 0 B on triton 3.9, 8 B on 3.6"),
+    ("backward_dkdv", 80, 160): (224, "sm_80 dk/dv at D = 129..160: no spill-free tile found (16-64 rows, 4-16 warps)"),
+}
+# fp32 by (pass, width): wide heads keep a stack at any tile (16x16 at 4 warps included); a D-chunked
+# contraction would remove it.
+_FP32_STACK: dict[tuple[str, int], int] = {
+    ("forward", 128): 224, ("forward", 160): 272, ("forward", 256): 1384,
+    ("backward_dq", 128): 152, ("backward_dq", 160): 224, ("backward_dq", 256): 1360,
+}
 
 
+def tile_candidates(kernel_pass: str, width: int, dtype: str, arch: int) -> tuple[LaunchConfig, ...]:
+    """The tile configs of ``kernel_pass`` ("forward", "backward_dq", "backward_dkdv") for blocked
+    head width ``D0 + D1``, input dtype ("fp16", "bf16", "fp32") and compute capability (80 or 90,
+    the table newer archs use); the first is the default. Every one is compiled ahead of time."""
+    return tuple(LaunchConfig.parse(text) for text in _TILES[table_key(kernel_pass, arch, dtype)][width])
+
+
+def allowed_stack(kernel_pass: str, arch: int, dtype: str, width: int) -> tuple[int, str]:
+    """(stack bytes per thread the configs of ``tile_candidates(kernel_pass, width, dtype, arch)`` may
+    keep, why) for ``arch`` 80 or 90; (0, "") for most."""
+    return stack_allowance(kernel_pass, arch, dtype, width, fp32_stack=_FP32_STACK, tensor_stack=_STACK_ALLOWANCES)
+
+
+def forward_autotune_key(width: int, dtype: str, arch: int, table_shape, N: int, M: int, *, align: int = 1) -> tuple:
+    """The forward's autotuning key: blocked head width, dtype, arch, key-table shape (F, K), and
+    N and M rounded up to a power of two, so every N in (64, 128] -- 77 text tokens, 100 pixels --
+    shares one choice while the 8x8 (N = 64) and 64x64 (N = 4096) levels of a UNet get their own;
+    plus ``align`` (``frame_attention.vector_align``), which changes the code each candidate runs."""
+    num_frames, table_width = table_shape
+    return (width, dtype, arch, (int(num_frames), int(table_width)), next_power_of_2(N),
+            next_power_of_2(M), align)
+
+
+# ----------------------------------------------------------------------------------------------
+# The measured table (read once per process; tools/sweep_frame_attention.py writes it)
+# ----------------------------------------------------------------------------------------------
 def arch_name(arch: int | str) -> str:
     """90 or "sm90" -> "sm90"; (9, 0) from ``torch.cuda.get_device_capability`` too."""
     if isinstance(arch, tuple):
@@ -77,9 +167,6 @@ def entry_path(kernel_pass: str, arch: int | str, width: int, dtype: str, n_buck
     return arch_name(arch), str(int(width)), dtype, kernel_pass, bucket_name(n_bucket)
 
 
-# ----------------------------------------------------------------------------------------------
-# Reading (once per process)
-# ----------------------------------------------------------------------------------------------
 def read_entries(path: str, *, warn: bool = True) -> dict:
     """The ``entries`` of the table at ``path``; a missing file is empty, a corrupt one is ignored
     (with a warning when ``warn``): a bad table costs tuning, never a launch."""
@@ -141,41 +228,6 @@ def _lookup(where: tuple[str, ...]) -> LaunchConfig | None:
         declared = ()
     if config not in declared:
         _ignore(where, repr(text), "not among the declared candidates "
-                f"({', '.join(config_text(c) for c in declared) or 'none'}): the table is older than the tile lists")
+                f"({', '.join(map(str, declared)) or 'none'}): the table is older than the tile lists")
         return None
     return config
-
-
-# ----------------------------------------------------------------------------------------------
-# Writing (the sweep)
-# ----------------------------------------------------------------------------------------------
-def merge_entries(existing: dict, measured: dict[tuple[str, ...], dict]) -> dict:
-    """``existing`` entries with each ``measured`` entry (keyed by :func:`entry_path`) set or
-    replaced; every other entry -- other archs, widths, dtypes, passes, buckets -- is kept."""
-    merged = json.loads(json.dumps(existing))  # a deep copy: the caller's dict stays as it was
-    for where, entry in measured.items():
-        node = merged
-        for key in where[:-1]:
-            child = node.get(key)
-            node[key] = child = child if isinstance(child, dict) else {}
-            node = child
-        node[where[-1]] = entry
-    return merged
-
-
-def write_table(path: str, measured: dict[tuple[str, ...], dict]) -> dict:
-    """Merges ``measured`` into the table at ``path`` as it is on disk now and replaces the file
-    atomically (a reader sees the old table or the new one, never half of one). Returns the entries."""
-    entries = merge_entries(read_entries(path), measured)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, temporary = tempfile.mkstemp(dir=folder, prefix=".frame_attention_tuned-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"format": FORMAT, "entries": entries}, f, indent=1, sort_keys=True)
-            f.write("\n")
-        os.chmod(temporary, 0o644)  # mkstemp's 0600 would make the shipped table private
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
-    return entries

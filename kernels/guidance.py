@@ -12,20 +12,27 @@ Tensors are viewed as (B, PRE, F, POST), contiguous, the frame axis at dim 2 lik
 :mod:`vidgen.kernels.noise` (B videos, PRE = channels, POST = h * w). Without in-kernel noise
 the frame structure does not matter and the view is (B, 1, 1, N) with N elements per video.
 
+A step's settings travel in three groups, the same for every implementation (the reference,
+the Triton launcher, the CUDA library's): :class:`Guidance` (how the predictions combine),
+:class:`DDIMStep` (the step rule and its noise levels) and :class:`NoiseDraw` (z drawn in the
+kernel; a given z is a tensor). Another step rule or a per-frame guidance scale is a field or a
+class here, not more arguments threaded through each signature.
+
 Two passes: when ``guidance_rescale > 0`` a reduction (``_rescale_stats_kernel``) writes
 NUM_PARTIALS shifted partial sums per video, and the elementwise pass
 (``_guided_step_kernel``) folds them into the per-video factor before reading each input
 once and writing the output (and x0 when asked) once.
 
-In-kernel noise uses the Philox streams and counter layout of :mod:`vidgen.kernels.noise`
-exactly (counter ``g * cols + col`` gives frames 4g..4g+3 of column ``col`` through
-``tl.randn4x``; with one seed for the batch video b starts at ``b * groups * cols``), so it
-equals ``vidgen.ops.correlated_noise(sample.shape, kind, alpha, frame_dim=2, seed)``. A
-program owns 4 frames of BLOCK columns; for ``progressive`` noise it replays the Philox draws
-of the earlier frames in registers to rebuild the AR(1) chain (compute only, no memory), so
-frame groups run in parallel.
+In-kernel noise is drawn by the stream helpers of :mod:`vidgen.kernels.noise` (Philox key and
+counters, the frames' and the shared draws, the correlation of each kind), so it equals
+``vidgen.ops.correlated_noise(sample.shape, kind, alpha, frame_dim=2, seed)``. A program owns 4
+frames of BLOCK columns; for ``progressive`` noise it replays the Philox draws of the earlier
+frames in registers to rebuild the AR(1) chain (compute only, no memory), so frame groups run in
+parallel.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -33,13 +40,54 @@ import triton.language as tl
 
 from ._aot import PHILOX_NORMALS_NOTE, PHILOX_NORMALS_STACK, KernelSpec
 from ._launch import cdiv
-from .noise import KINDS, correlated_noise_reference, mixing_coefficients, split_seed, video_layout
+from .noise import (KINDS, correlate, correlated_noise_reference, frame_normals, mixing_coefficients, philox_origin,
+                    pick_lane, shared_normal, split_seed, video_layout)
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 NUM_PARTIALS = 64  # partial sums per video written by the rescale reduction
 NOISE_NONE, NOISE_GIVEN, NOISE_GENERATED = 0, 1, 2
 _BLOCK, _NUM_WARPS = 1024, 4
 _INT32_LIMIT = 2**31
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """How the model's predictions combine into the eps a step takes (METHODS.md 4)."""
+
+    scale: float = 1.0           # classifier-free guidance w (used when eps_uncond is given)
+    prior_strength: float = 0.0  # Video Adapter's lambda (used when prior_cond is given)
+    rescale: float = 0.0         # rescale_noise_cfg's phi (used with eps_uncond)
+
+
+@dataclass(frozen=True)
+class DDIMStep:
+    """One DDIM step (METHODS.md 5) from cumulative alpha ``alpha_prod_t`` to ``alpha_prod_prev``, or
+    with ``inverse`` DDIM inversion's step (deterministic: eta is 0). An alpha is a float, or an fp32
+    (1,)/(B,) tensor on the sample's device that the kernels read there (no host sync)."""
+
+    alpha_prod_t: float | torch.Tensor
+    alpha_prod_prev: float | torch.Tensor
+    eta: float = 0.0
+    prediction_type: str = "epsilon"      # one of PREDICTION_TYPES
+    clip_sample_range: float | None = None  # clamp x0 to +-range (None: no clamp)
+    use_clipped_model_output: bool = False
+    inverse: bool = False
+
+    @property
+    def adds_noise(self) -> bool:
+        """Whether the step adds sigma z (needs z: a given tensor or a :class:`NoiseDraw`)."""
+        return self.eta > 0 and not self.inverse
+
+
+@dataclass(frozen=True)
+class NoiseDraw:
+    """z drawn in the kernel: ``correlated_noise(sample.shape, kind, alpha, frame_dim=2, seed)``, with
+    ``seeds`` (B,) int64 one seed per video instead of ``seed`` when given."""
+
+    kind: str            # one of noise.KINDS
+    alpha: float = 0.0
+    seed: int = 0
+    seeds: torch.Tensor | None = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -52,32 +100,31 @@ def _per_video(alpha, batch: int, ndim: int, dtype, device) -> torch.Tensor:
     return a.reshape(-1).expand(batch).reshape(batch, *([1] * (ndim - 1)))
 
 
-def compose_reference(eps_cond, eps_uncond, prior_cond, guidance_scale, prior_strength, guidance_rescale):
+def compose_reference(eps_cond, eps_uncond, prior_cond, guidance: Guidance):
     """Video Adapter composition + CFG + rescale_noise_cfg, in the dtype of the inputs."""
-    eps_text = eps_cond if prior_cond is None else eps_cond + prior_strength * prior_cond
+    eps_text = eps_cond if prior_cond is None else eps_cond + guidance.prior_strength * prior_cond
     if eps_uncond is None:  # no guidance; rescale would compare eps_text with itself
         return eps_text
-    eps = eps_uncond + guidance_scale * (eps_text - eps_uncond)
-    if guidance_rescale > 0:
+    eps = eps_uncond + guidance.scale * (eps_text - eps_uncond)
+    if guidance.rescale > 0:
         dims = list(range(1, eps.dim()))
         ratio = eps_text.std(dim=dims, keepdim=True) / eps.std(dim=dims, keepdim=True)
-        eps = guidance_rescale * (eps * ratio) + (1 - guidance_rescale) * eps
+        eps = guidance.rescale * (eps * ratio) + (1 - guidance.rescale) * eps
     return eps
 
 
-def guided_step_reference(sample, eps_cond, eps_uncond, prior_cond, guidance_scale, prior_strength,
-                          guidance_rescale, alpha_prod_t, alpha_prod_prev, eta, noise, prediction_type,
-                          clip_sample_range, use_clipped_model_output, inverse):
-    """(x_prev, pred_original_sample) in ``sample``'s dtype; ``noise`` is z (needed when eta > 0)."""
+def guided_step_reference(sample, eps_cond, eps_uncond, prior_cond, guidance: Guidance, step: DDIMStep,
+                          noise: torch.Tensor | None = None):
+    """(x_prev, pred_original_sample) in ``sample``'s dtype; ``noise`` is z (needed when the step adds noise)."""
     compute = torch.float64 if sample.dtype == torch.float64 else torch.float32
     up = (lambda t: None if t is None else t.to(compute))  # noqa: E731
     x = sample.to(compute)
-    model_output = compose_reference(up(eps_cond), up(eps_uncond), up(prior_cond),
-                                     guidance_scale, prior_strength, guidance_rescale)
+    model_output = compose_reference(up(eps_cond), up(eps_uncond), up(prior_cond), guidance)
     batch = sample.shape[0]
-    a_t = _per_video(alpha_prod_t, batch, sample.dim(), compute, sample.device)
-    a_p = _per_video(alpha_prod_prev, batch, sample.dim(), compute, sample.device)
+    a_t = _per_video(step.alpha_prod_t, batch, sample.dim(), compute, sample.device)
+    a_p = _per_video(step.alpha_prod_prev, batch, sample.dim(), compute, sample.device)
     b_t = 1 - a_t
+    prediction_type, clip_sample_range, eta = step.prediction_type, step.clip_sample_range, step.eta
     if prediction_type == "epsilon":
         x0, e = (x - b_t.sqrt() * model_output) / a_t.sqrt(), model_output
     elif prediction_type == "v_prediction":
@@ -87,9 +134,9 @@ def guided_step_reference(sample, eps_cond, eps_uncond, prior_cond, guidance_sca
         e = (x - a_t.sqrt() * x0) / b_t.sqrt()
     if clip_sample_range is not None:
         x0 = x0.clamp(-clip_sample_range, clip_sample_range)
-        if use_clipped_model_output:
+        if step.use_clipped_model_output:
             e = (x - a_t.sqrt() * x0) / b_t.sqrt()
-    if inverse:
+    if step.inverse:
         out = a_p.sqrt() * x0 + (1 - a_p).sqrt() * e
     else:
         sigma = eta * ((1 - a_p) / b_t * (1 - a_t / a_p)).sqrt()
@@ -100,9 +147,10 @@ def guided_step_reference(sample, eps_cond, eps_uncond, prior_cond, guidance_sca
     return out.to(sample.dtype, copy=True), x0.to(sample.dtype, copy=True)
 
 
-def generated_noise_reference(shape, kind, alpha, seed, seeds, device) -> torch.Tensor:
+def generated_noise_reference(shape, draw: NoiseDraw, device) -> torch.Tensor:
     """The reference backend's in-step noise: correlated_noise's reference draw (fp32)."""
-    return correlated_noise_reference(tuple(shape), kind, alpha, 2, seed, seeds, torch.float32, device)
+    return correlated_noise_reference(tuple(shape), draw.kind, draw.alpha, 2, draw.seed, draw.seeds, torch.float32,
+                                      device)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -181,19 +229,6 @@ def _rescale_factor(partials_ptr, video, n_per_video, guidance_rescale, NUM_PART
     var_text = (q_text - s_text * s_text / n) / (n - 1.0)
     var_eps = (q_eps - s_eps * s_eps / n) / (n - 1.0)
     return guidance_rescale * tl.sqrt(var_text / var_eps) + (1.0 - guidance_rescale)
-
-
-@triton.jit
-def _pick(z0, z1, z2, z3, lane):
-    return tl.where(lane == 0, z0, tl.where(lane == 1, z1, tl.where(lane == 2, z2, z3)))
-
-
-@triton.jit
-def _correlate(z, f, prev, shared, kind, coef_keep, coef_new):
-    """One frame of correlated noise from its fresh draw ``z`` (as in noise._emit_frame)."""
-    mixed = coef_keep * shared + coef_new * z
-    progressive = tl.where(f == 0, z, coef_keep * prev + coef_new * z)
-    return tl.where(kind == 1, mixed, tl.where(kind == 2, progressive, z))
 
 
 @triton.jit
@@ -293,29 +328,24 @@ def _guided_step_kernel(
         factor = _rescale_factor(partials_ptr, video, n_per_video, guidance_rescale, NUM_PARTIALS)
 
     if NOISE == 2:
-        key = (seed_hi.to(tl.int64) << 31) | seed_lo.to(tl.int64)
-        counter = video * num_groups * cols + col
-        if per_video_seed != 0:
-            key = tl.load(seeds_ptr + video)
-            counter = col
+        key, counter = philox_origin(seed_lo, seed_hi, seeds_ptr, video, col, cols, num_groups, per_video_seed)
         shared = tl.zeros([BLOCK], tl.float32)
-        if kind == 1:  # the shared draw is index F: lane F % 4 of group F // 4
-            s0, s1, s2, s3 = tl.randn4x(key, counter + (num_frames // 4) * cols)
-            shared = _pick(s0, s1, s2, s3, num_frames % 4)
+        if kind == 1:
+            shared = shared_normal(key, counter, num_frames, cols)
         prev = tl.zeros([BLOCK], tl.float32)
         replay = 0
         if kind == 2:
             replay = group
         for g in range(0, replay):  # rebuild the AR(1) chain up to this group's first frame
-            z0, z1, z2, z3 = tl.randn4x(key, counter + g * cols)
-            prev = _correlate(z0, 4 * g, prev, shared, kind, coef_keep, coef_new)
-            prev = _correlate(z1, 4 * g + 1, prev, shared, kind, coef_keep, coef_new)
-            prev = _correlate(z2, 4 * g + 2, prev, shared, kind, coef_keep, coef_new)
-            prev = _correlate(z3, 4 * g + 3, prev, shared, kind, coef_keep, coef_new)
-        z0, z1, z2, z3 = tl.randn4x(key, counter + group * cols)
+            z0, z1, z2, z3 = frame_normals(key, counter, g, cols)
+            prev = correlate(z0, 4 * g, prev, shared, kind, coef_keep, coef_new)
+            prev = correlate(z1, 4 * g + 1, prev, shared, kind, coef_keep, coef_new)
+            prev = correlate(z2, 4 * g + 2, prev, shared, kind, coef_keep, coef_new)
+            prev = correlate(z3, 4 * g + 3, prev, shared, kind, coef_keep, coef_new)
+        z0, z1, z2, z3 = frame_normals(key, counter, group, cols)
         for lane in tl.static_range(4):
             f = 4 * group + lane
-            prev = _correlate(_pick(z0, z1, z2, z3, lane), f, prev, shared, kind, coef_keep, coef_new)
+            prev = correlate(pick_lane(z0, z1, z2, z3, lane), f, prev, shared, kind, coef_keep, coef_new)
             frame_mask = mask & ((tl.zeros_like(col) + f) < num_frames)
             _step_frame(out_ptr, x0_ptr, sample_ptr, cond_ptr, uncond_ptr, prior_ptr, noise_ptr,
                         offs + f * post, frame_mask, prev, guidance_scale, prior_strength, factor,
@@ -331,26 +361,30 @@ def _guided_step_kernel(
 # ----------------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------------
-def _alpha_args(alpha) -> tuple[float, torch.Tensor | None, int]:
-    """(scalar, tensor, stride) for the kernel: stride -1 uses the scalar."""
+def alpha_arguments(alpha: float | torch.Tensor) -> tuple[float, torch.Tensor | None, int]:
+    """(scalar, tensor, stride) of a step's alpha for the kernels (Triton's and the CUDA library's):
+    stride -1 reads the scalar, 0 the tensor's one value, 1 one value per video."""
     if isinstance(alpha, torch.Tensor):
         return 0.0, alpha, (1 if alpha.numel() > 1 else 0)
     return float(alpha), None, -1
 
 
-def guided_step_triton(sample, eps_cond, eps_uncond, prior_cond, guidance_scale, prior_strength,
-                       guidance_rescale, alpha_prod_t, alpha_prod_prev, eta, noise, noise_kind, noise_alpha,
-                       seed, seeds, prediction_type, clip_sample_range, use_clipped_model_output, inverse,
-                       return_pred_original):
-    """Launch the step on contiguous tensors; alphas are floats or fp32 (1,)/(B,) tensors."""
+def noise_mode(step: DDIMStep, noise: torch.Tensor | NoiseDraw | None) -> int:
+    """What z the kernels read: NOISE_NONE (the step adds none), NOISE_GIVEN (a tensor) or
+    NOISE_GENERATED (a :class:`NoiseDraw`, drawn in the kernel)."""
+    if not step.adds_noise:
+        return NOISE_NONE
+    return NOISE_GENERATED if isinstance(noise, NoiseDraw) else NOISE_GIVEN
+
+
+def guided_step_triton(sample, eps_cond, eps_uncond, prior_cond, guidance: Guidance, step: DDIMStep,
+                       noise: torch.Tensor | NoiseDraw | None, *, return_pred_original: bool):
+    """Launch the step on contiguous tensors: (out, x0 or None)."""
     batch, numel = sample.shape[0], sample.numel()
     n_per_video = numel // batch
     out = torch.empty_like(sample)
     x0 = torch.empty_like(sample) if return_pred_original else out
-    if eta > 0 and not inverse:
-        mode = NOISE_GIVEN if noise is not None else NOISE_GENERATED
-    else:
-        mode = NOISE_NONE
+    mode = noise_mode(step, noise)
     if mode == NOISE_GENERATED:
         _, pre, frames, post = video_layout(tuple(sample.shape), 2)
         cols, frame_groups = pre * post, cdiv(frames, 4)
@@ -363,7 +397,7 @@ def guided_step_triton(sample, eps_cond, eps_uncond, prior_cond, guidance_scale,
         raise ValueError(f"sample: shape {tuple(sample.shape)} needs {programs} programs; the limit is 2**31 - 1")
     int64 = max(numel + NUM_PARTIALS * _BLOCK, batch * num_groups * cols + _BLOCK) >= _INT32_LIMIT
     has_uncond, has_prior = eps_uncond is not None, prior_cond is not None
-    rescale = guidance_rescale > 0 and has_uncond
+    rescale = guidance.rescale > 0 and has_uncond
     # Stand-ins for absent fp32/int64 arguments keep the pointer types of aot_specs().
     unused_f32 = torch.empty(1, dtype=torch.float32, device=sample.device)
     partials = unused_f32
@@ -372,24 +406,25 @@ def guided_step_triton(sample, eps_cond, eps_uncond, prior_cond, guidance_scale,
         chunk = cdiv(cdiv(n_per_video, NUM_PARTIALS), _BLOCK) * _BLOCK
         _rescale_stats_kernel[(batch * NUM_PARTIALS,)](
             partials, eps_cond, eps_uncond, prior_cond if has_prior else eps_cond, n_per_video, chunk,
-            guidance_scale, prior_strength,
+            guidance.scale, guidance.prior_strength,
             HAS_PRIOR=has_prior, INT64=int64, NUM_PARTIALS=NUM_PARTIALS, BLOCK=_BLOCK, num_warps=_NUM_WARPS)
-    a_t, a_t_tensor, a_t_stride = _alpha_args(alpha_prod_t)
-    a_p, a_p_tensor, a_p_stride = _alpha_args(alpha_prod_prev)
-    keep, new = mixing_coefficients(noise_kind, noise_alpha) if mode == NOISE_GENERATED else (0.0, 1.0)
-    kind_id = KINDS.index(noise_kind) if mode == NOISE_GENERATED else 0
+    a_t, a_t_tensor, a_t_stride = alpha_arguments(step.alpha_prod_t)
+    a_p, a_p_tensor, a_p_stride = alpha_arguments(step.alpha_prod_prev)
+    draw = noise if mode == NOISE_GENERATED else NoiseDraw("iid")  # unread unless NOISE_GENERATED
+    clip_range = step.clip_sample_range
     _guided_step_kernel[(programs,)](
         out, x0, sample, eps_cond, eps_uncond if has_uncond else eps_cond,
         prior_cond if has_prior else eps_cond, noise if mode == NOISE_GIVEN else sample, partials,
         a_t_tensor if a_t_tensor is not None else unused_f32, a_p_tensor if a_p_tensor is not None else unused_f32,
-        seeds if seeds is not None else torch.empty(1, dtype=torch.int64, device=sample.device),
+        draw.seeds if draw.seeds is not None else torch.empty(1, dtype=torch.int64, device=sample.device),
         a_t, a_p, a_t_stride, a_p_stride,
-        guidance_scale, prior_strength, guidance_rescale, eta,
-        0.0 if clip_sample_range is None else clip_sample_range,
-        PREDICTION_TYPES.index(prediction_type), int(clip_sample_range is not None),
-        int(use_clipped_model_output and clip_sample_range is not None),
-        int(inverse), int(return_pred_original), int(rescale),
-        *split_seed(seed), int(seeds is not None), kind_id, keep, new,
+        guidance.scale, guidance.prior_strength, guidance.rescale, step.eta,
+        0.0 if clip_range is None else clip_range,
+        PREDICTION_TYPES.index(step.prediction_type), int(clip_range is not None),
+        int(step.use_clipped_model_output and clip_range is not None),
+        int(step.inverse), int(return_pred_original), int(rescale),
+        *split_seed(draw.seed), int(draw.seeds is not None), KINDS.index(draw.kind),
+        *mixing_coefficients(draw.kind, draw.alpha),
         n_per_video, cols, post, frames, num_groups, blocks_per_video, frame_groups,
         HAS_UNCOND=has_uncond, HAS_PRIOR=has_prior, NOISE=mode, INT64=int64, NUM_PARTIALS=NUM_PARTIALS,
         BLOCK=_BLOCK, num_warps=_NUM_WARPS,

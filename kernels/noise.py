@@ -11,6 +11,11 @@ Random numbers: Philox keyed by the seed. Normals come four per Philox call
 draw of index F (in group F // 4) is the shared one of ``mixed``. With one seed per video the
 counters start at 0 for every video, so a video's noise depends on its own seed and shape
 only; with one seed for the batch, video b's counters start at ``b * groups * cols``.
+
+That stream is written once, in the ``@triton.jit`` helpers below (:func:`philox_origin`,
+:func:`frame_normals`, :func:`shared_normal`, :func:`correlate`): the guidance step's in-kernel
+noise (:mod:`vidgen.kernels.guidance`) calls them too, so both kernels draw the same numbers.
+The CUDA library's copy (``csrc/guided_step.cu``) is pinned to them by ``tests/test_cuda_library.py``.
 """
 from __future__ import annotations
 
@@ -37,19 +42,6 @@ def mixing_coefficients(kind: str, alpha: float) -> tuple[float, float]:
     if kind == "progressive":
         return alpha / math.sqrt(1.0 + a2), 1.0 / math.sqrt(1.0 + a2)
     return 0.0, 1.0
-
-
-def recurrence_coefficients(kind: str, alpha: float) -> tuple[float, float, float, float]:
-    """(prev, shared, new, first): every kind as one linear recurrence, so one compiled kernel serves all.
-
-    ``eps_0 = first * z_0 + shared * z_s`` and ``eps_f = prev * eps_{f-1} + shared * z_s + new * z_f``.
-    """
-    keep, new = mixing_coefficients(kind, alpha)
-    if kind == "mixed":
-        return 0.0, keep, new, new
-    if kind == "progressive":
-        return keep, 0.0, new, 1.0
-    return 0.0, 0.0, 1.0, 1.0
 
 
 def video_layout(shape: tuple[int, ...], frame_dim: int) -> tuple[int, int, int, int]:
@@ -102,23 +94,65 @@ def add_noise_reference(x0, timesteps, alphas_cumprod, kind, alpha, frame_dim, s
 
 
 # ----------------------------------------------------------------------------------------------
+# The correlated-noise stream (shared with kernels/guidance.py; csrc/guided_step.cu mirrors it)
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def philox_origin(seed_lo, seed_hi, seeds_ptr, video, col, cols, num_groups, per_video_seed):
+    """(Philox key, counter of frame group 0) of the columns ``col`` of ``video``: one seed per video
+    (loaded from ``seeds_ptr``) starts every video's counters at 0; one seed for the batch (its two
+    int32 halves, :func:`split_seed`) starts video b at ``b * num_groups * cols``."""
+    key = (seed_hi.to(tl.int64) << 31) | seed_lo.to(tl.int64)
+    counter = video * num_groups * cols + col
+    if per_video_seed != 0:
+        key = tl.load(seeds_ptr + video)
+        counter = col
+    return key, counter
+
+
+@triton.jit
+def frame_normals(key, counter, group, cols):
+    """The fresh draws of frames 4 * group .. 4 * group + 3 of each column: one Philox call."""
+    return tl.randn4x(key, counter + group * cols)
+
+
+@triton.jit
+def pick_lane(z0, z1, z2, z3, lane):
+    """``(z0, z1, z2, z3)[lane]`` as selects (a dynamic index would need local memory)."""
+    return tl.where(lane == 0, z0, tl.where(lane == 1, z1, tl.where(lane == 2, z2, z3)))
+
+
+@triton.jit
+def shared_normal(key, counter, num_frames, cols):
+    """The draw every frame of ``mixed`` noise shares: index F, lane F % 4 of group F // 4."""
+    s0, s1, s2, s3 = frame_normals(key, counter, num_frames // 4, cols)
+    return pick_lane(s0, s1, s2, s3, num_frames % 4)
+
+
+@triton.jit
+def correlate(z, f, prev, shared, kind, coef_keep, coef_new):
+    """Frame f's noise from its fresh draw ``z``; ``kind`` indexes :data:`KINDS` and the coefficients
+    are :func:`mixing_coefficients`: iid ``z``; mixed ``keep * shared + new * z``; progressive ``z``
+    at frame 0, then ``keep * prev + new * z`` with ``prev`` frame f - 1's noise."""
+    mixed = coef_keep * shared + coef_new * z
+    progressive = tl.where(f == 0, z, coef_keep * prev + coef_new * z)
+    return tl.where(kind == 1, mixed, tl.where(kind == 2, progressive, z))
+
+
+# ----------------------------------------------------------------------------------------------
 # Triton kernel
 # ----------------------------------------------------------------------------------------------
 @triton.jit
-def _emit_frame(x0_ptr, xt_ptr, eps_ptr, offs, f, num_frames, post, mask, z, prev, shared,
-                coef_prev, coef_new, coef_first, sqrt_a, sqrt_1ma, FUSE_ADD_NOISE: tl.constexpr):
-    # `shared` already carries its coefficient; frame 0 has no predecessor.
-    eps = tl.where(f == 0, coef_first * z + shared, coef_prev * prev + shared + coef_new * z)
+def _store_frame(x0_ptr, xt_ptr, eps_ptr, offs, f, num_frames, post, mask, eps, sqrt_a, sqrt_1ma,
+                 FUSE_ADD_NOISE: tl.constexpr):
     m = mask & ((tl.zeros_like(offs) + f) < num_frames)  # frames past F (last group) are not stored
     ptr_offs = offs + f * post
     tl.store(eps_ptr + ptr_offs, eps.to(eps_ptr.dtype.element_ty), mask=m)
     if FUSE_ADD_NOISE:
         x0 = tl.load(x0_ptr + ptr_offs, mask=m).to(tl.float32)
         tl.store(xt_ptr + ptr_offs, (sqrt_a * x0 + sqrt_1ma * eps).to(xt_ptr.dtype.element_ty), mask=m)
-    return eps
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["kind"])  # one compile for every kind
 def _correlated_noise_kernel(
     eps_ptr,          # (B, PRE, F, POST) contiguous, output noise (any float dtype)
     x0_ptr,           # (B, PRE, F, POST) contiguous, clean sample (read when FUSE_ADD_NOISE)
@@ -133,7 +167,7 @@ def _correlated_noise_kernel(
     num_frames,       # F
     num_groups,       # cdiv(F + 1, 4): Philox counters per column (batch-seed stride)
     blocks_per_video, # cdiv(cols, BLOCK)
-    coef_prev, coef_shared, coef_new, coef_first,  # fp32, recurrence_coefficients(kind, alpha)
+    kind, coef_keep, coef_new,     # KINDS index, fp32 mixing_coefficients(kind, alpha)
     PER_VIDEO_SEED: tl.constexpr,
     FUSE_ADD_NOISE: tl.constexpr,
     INT64: tl.constexpr,           # element or counter indices reach 2**31
@@ -150,13 +184,7 @@ def _correlated_noise_kernel(
     mask = col < cols
     row = col // post
     offs = video * cols * num_frames + row * post * num_frames + (col - row * post)
-
-    if PER_VIDEO_SEED:
-        key = tl.load(seeds_ptr + video)
-        counter = col
-    else:
-        key = (seed_hi.to(tl.int64) << 31) | seed_lo.to(tl.int64)
-        counter = video * num_groups * cols + col
+    key, counter = philox_origin(seed_lo, seed_hi, seeds_ptr, video, col, cols, num_groups, PER_VIDEO_SEED)
 
     sqrt_a = 0.0
     sqrt_1ma = 0.0
@@ -165,24 +193,17 @@ def _correlated_noise_kernel(
         sqrt_a = tl.sqrt(a)
         sqrt_1ma = tl.sqrt(1.0 - a)
 
-    # The shared draw (mixed) is index F: lane F % 4 of group F // 4. One Philox call per column,
-    # against F / 4 for the frames, so it is drawn for every kind rather than compiled separately.
-    s0, s1, s2, s3 = tl.randn4x(key, counter + (num_frames // 4) * cols)
-    lane = num_frames % 4
-    shared = coef_shared * tl.where(lane == 0, s0, tl.where(lane == 1, s1, tl.where(lane == 2, s2, s3)))
-
+    shared = tl.zeros([BLOCK], tl.float32)
+    if kind == 1:
+        shared = shared_normal(key, counter, num_frames, cols)
     prev = tl.zeros([BLOCK], tl.float32)
     for g in range(0, tl.cdiv(num_frames, 4)):
-        z0, z1, z2, z3 = tl.randn4x(key, counter + g * cols)
-        f = 4 * g
-        prev = _emit_frame(x0_ptr, xt_ptr, eps_ptr, offs, f, num_frames, post, mask, z0, prev, shared,
-                           coef_prev, coef_new, coef_first, sqrt_a, sqrt_1ma, FUSE_ADD_NOISE)
-        prev = _emit_frame(x0_ptr, xt_ptr, eps_ptr, offs, f + 1, num_frames, post, mask, z1, prev, shared,
-                           coef_prev, coef_new, coef_first, sqrt_a, sqrt_1ma, FUSE_ADD_NOISE)
-        prev = _emit_frame(x0_ptr, xt_ptr, eps_ptr, offs, f + 2, num_frames, post, mask, z2, prev, shared,
-                           coef_prev, coef_new, coef_first, sqrt_a, sqrt_1ma, FUSE_ADD_NOISE)
-        prev = _emit_frame(x0_ptr, xt_ptr, eps_ptr, offs, f + 3, num_frames, post, mask, z3, prev, shared,
-                           coef_prev, coef_new, coef_first, sqrt_a, sqrt_1ma, FUSE_ADD_NOISE)
+        z0, z1, z2, z3 = frame_normals(key, counter, g, cols)
+        for lane in tl.static_range(4):
+            f = 4 * g + lane
+            prev = correlate(pick_lane(z0, z1, z2, z3, lane), f, prev, shared, kind, coef_keep, coef_new)
+            _store_frame(x0_ptr, xt_ptr, eps_ptr, offs, f, num_frames, post, mask, prev, sqrt_a, sqrt_1ma,
+                         FUSE_ADD_NOISE)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -230,7 +251,7 @@ def _launch(eps, kind, alpha, frame_dim, seed, seeds, x0=None, xt=None, timestep
         timesteps if fuse else eps, alphas_cumprod if fuse else eps,
         *split_seed(seed if seeds is None else 0), seeds if seeds is not None else eps,
         plan.cols, plan.post, plan.frames, plan.num_groups, plan.blocks_per_video,
-        *recurrence_coefficients(kind, alpha), PER_VIDEO_SEED=seeds is not None, FUSE_ADD_NOISE=fuse,
+        KINDS.index(kind), *mixing_coefficients(kind, alpha), PER_VIDEO_SEED=seeds is not None, FUSE_ADD_NOISE=fuse,
         INT64=plan.int64, BLOCK=_BLOCK, num_warps=_NUM_WARPS,
     )
 
@@ -264,8 +285,8 @@ def aot_specs() -> list[KernelSpec]:
                             "timesteps_ptr": "*i64", "alphas_ptr": "*fp32", "seed_lo": "i32", "seed_hi": "i32",
                             "seeds_ptr": "*i64",
                             "cols": size, "post": size, "num_frames": "i32", "num_groups": "i32",
-                            "blocks_per_video": "i32", "coef_prev": "fp32", "coef_shared": "fp32",
-                            "coef_new": "fp32", "coef_first": "fp32", "PER_VIDEO_SEED": "constexpr",
+                            "blocks_per_video": "i32", "kind": "i32", "coef_keep": "fp32",
+                            "coef_new": "fp32", "PER_VIDEO_SEED": "constexpr",
                             "FUSE_ADD_NOISE": "constexpr", "INT64": "constexpr", "BLOCK": "constexpr"},
                         constexprs={"PER_VIDEO_SEED": per_video, "FUSE_ADD_NOISE": fuse, "INT64": int64,
                                     "BLOCK": _BLOCK},

@@ -42,10 +42,10 @@ import triton.language as tl
 
 from ._aot import KernelSpec
 from ._launch import (ARCHS, DTYPE_NAMES, LOG2E, TORCH_DTYPES, LaunchConfig, attention_spec, cdiv, check_grid,
-                      deprecated_aliases, device_arch, dot_precision, kernel_signature, merge_archs,
-                      next_power_of_2, stack_allowance, table_key)
+                      device_arch, dot_precision, kernel_signature, merge_archs, next_power_of_2, stack_allowance,
+                      table_key)
 
-MAX_HEAD_DIM = 256
+MIN_HEAD_DIM, MAX_HEAD_DIM = 1, 256  # the head dims the kernels serve (any D in between)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -340,12 +340,10 @@ BLOCK_M = 64  # default rows per program: the wgmma M of one warpgroup; F <= BLO
 # spread their fp32 accumulators over more warps.
 #
 # Every "tensor" entry compiles without a spill stack at the 255-register cap on the oldest (3.6) and
-# newest Triton (``python -m vidgen.kernels._aot``; a spill on Hopper with triton 3.6 went with wrong
-# values in frame attention). Where 64 rows spilled at every warp count -- BLOCK_D = 256 on sm_90
-# (AnimateDiff's 1280-channel levels: D = 160 padded; the 16-byte-row forward kept 8 B even at 16
-# warps), the fused backward at 64 on sm_80 -- they take 32 rows on mma.sync: these kernels move
-# bytes, not flops (see the module docstring), so the narrower MMA costs little and a spill to local
-# memory costs far more.
+# newest Triton (``python -m vidgen.kernels._aot``; why: docs/DEVELOPING.md). Where 64 rows spilled
+# at every warp count -- BLOCK_D = 256 on sm_90 (AnimateDiff's D = 160, padded), the fused backward at
+# 64 on sm_80 -- they take 32 rows on mma.sync: these kernels move bytes, not flops (see the module
+# docstring), so the narrower MMA costs little and a spill to local memory costs far more.
 _TILES = {
     ("forward", 90, "tensor"): {16: "64x64 w4 s1", 32: "64x64 w4 s1", 64: "64x64 w4 s1", 128: "64x64 w8 s1",
                                 256: "32x32 w8 s1"},
@@ -520,10 +518,3 @@ def aot_specs() -> list[KernelSpec]:
                 {**bwd_consts, "ALIGN": 1, "FUSE_DQ": False}, bwd)
             add(_temporal_attention_backward_dq_kernel, "backward", dtype, arch, {**bwd_consts, "ALIGN": 1}, bwd)
     return merge_archs(specs)
-
-
-# Renamed in this release; the old names go in the next one.
-__getattr__ = deprecated_aliases(__name__, globals(), {
-    "temporal_attention_fwd_triton": "temporal_attention_forward_triton",
-    "temporal_attention_bwd_triton": "temporal_attention_backward_triton",
-})

@@ -29,10 +29,10 @@ def test_quick_is_eager_with_fewer_steps_unless_compile_is_asked_for():
 
 
 def test_gpu_check_s_command_line_still_parses():
-    """benchmarks/gpu_check.py runs ``bench_e2e --quick --cases tune-a-video``."""
-    from benchmarks import gpu_check
+    """tools/gpu_check runs ``bench_e2e --quick --cases tune-a-video``."""
+    from tools.gpu_check import phases
 
-    [e2e] = [bench for bench in gpu_check.BENCHES if bench.name == "bench-e2e"]
+    [e2e] = [bench for bench in phases.BENCHES if bench.name == "bench-e2e"]
     argv = e2e.argv[1:]
     assert e2e.argv[0] == "benchmarks.bench_e2e"
     assert plan(*argv).cases == ("tune-a-video",)

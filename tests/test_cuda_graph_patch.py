@@ -13,7 +13,7 @@ from diffusers import UNetMotionModel
 
 import vidgen
 from vidgen.integration import graphs
-from vidgen.integration.processors import forget_warnings
+from vidgen.ops._fallback import forget_warnings
 
 from test_patching import _animatediff_pipeline, motion_unet_dir, run, sample_latents, sd_dir, video_inputs  # noqa: F401
 
@@ -26,7 +26,7 @@ class Recorder(graphs.CudaGraphs):
         self.captures = 0
         self.replays = 0
 
-    def why_not(self, tensors):
+    def unsupported_reason(self, tensors):
         return None if tensors else "no tensors"
 
     def pool(self):
@@ -114,13 +114,13 @@ def test_calls_a_graph_cannot_serve_run_eagerly_and_say_why_once(motion_unet_dir
     unet = vidgen.patch(UNetMotionModel.from_pretrained(motion_unet_dir).to(device), cuda_graph=True)
     inputs = [t.to(device) for t in video_inputs(text_per_frame=True)]
     expected = run(UNetMotionModel.from_pretrained(motion_unet_dir).to(device), *inputs)
-    with pytest.warns(vidgen.KernelFallbackWarning, match="autograd is recording"):
+    with pytest.warns(vidgen.FallbackWarning, match="autograd is recording"):
         out = unet(*inputs).sample          # grad enabled, parameters require grad
     torch.testing.assert_close(out.detach(), expected, rtol=1e-4, atol=1e-4)
     unet.train()  # diffusers' pipelines leave their UNet so: it counts only where dropout would draw
     dropout = next(m for m in unet.modules() if isinstance(m, torch.nn.Dropout))
     dropout.p = 0.1
-    with pytest.warns(vidgen.KernelFallbackWarning, match="training mode with active dropout"):
+    with pytest.warns(vidgen.FallbackWarning, match="training mode with active dropout"):
         run(unet, *inputs)
     unet.eval()
     assert not unet.forward.captured
@@ -133,7 +133,7 @@ def test_plain_cuda_graphs_on_cpu_tensors_stay_eager(motion_unet_dir):
     forget_warnings()
     unet = vidgen.patch(UNetMotionModel.from_pretrained(motion_unet_dir), cuda_graph=True)
     inputs = video_inputs(text_per_frame=True)
-    with pytest.warns(vidgen.KernelFallbackWarning, match="not CUDA tensors"):
+    with pytest.warns(vidgen.FallbackWarning, match="not CUDA tensors"):
         out = run(unet, *inputs)
     torch.testing.assert_close(out, run_unpatched(motion_unet_dir, torch.device("cpu"), inputs), rtol=1e-4, atol=1e-4)
 
@@ -146,7 +146,7 @@ def test_a_failed_capture_leaves_that_signature_eager(motion_unet_dir, recorder,
         RuntimeError("operation not permitted when stream is capturing")))
     unet = vidgen.patch(UNetMotionModel.from_pretrained(motion_unet_dir), cuda_graph=True)
     inputs = video_inputs(text_per_frame=True)
-    with pytest.warns(vidgen.KernelFallbackWarning, match="capture failed .*not permitted"):
+    with pytest.warns(vidgen.FallbackWarning, match="capture failed .*not permitted"):
         out = run(unet, *inputs)
     torch.testing.assert_close(out, run_unpatched(motion_unet_dir, device, inputs), rtol=1e-4, atol=1e-4)
     assert list(unet.forward.captured.values()) == [None]

@@ -2,8 +2,12 @@
 GPU, and a call there is a clear Python error, never a crash. Its Philox, compiled for the host,
 draws Triton's streams. With a GPU, the CUDA op is checked against the reference and the Triton op.
 """
+import ast
 import ctypes
+import inspect
+import itertools
 import os
+import re
 import shutil
 
 import numpy as np
@@ -14,7 +18,8 @@ import triton.language as tl
 
 import vidgen
 from vidgen.ops import _cuda_lib
-from vidgen.kernels.guidance import guided_step_reference
+from vidgen.kernels import noise as noise_kernels
+from vidgen.kernels.guidance import DDIMStep, Guidance, guided_step_reference
 from vidgen.ops import guided_step, use_backend
 
 HAS_GPU = torch.cuda.is_available()
@@ -132,6 +137,157 @@ def test_host_normals_reproduce_correlated_noise_counters(lib, device):
     np.testing.assert_allclose(expected, noise.cpu().numpy(), rtol=tol, atol=tol)
 
 
+# ---- The noise stream: csrc's copy pinned to the Triton helpers (source; no library needed) ----------
+CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
+
+
+def _csrc(name: str) -> str:
+    with open(os.path.join(CSRC, name), encoding="utf-8") as f:
+        return f.read()
+
+
+def _one(pattern: str, text: str, what: str) -> re.Match:
+    found = re.findall(pattern, text)
+    assert len(found) == 1, f"csrc: expected one {what} ({pattern!r}), found {len(found)}: update the pin with the code"
+    return re.search(pattern, text)
+
+
+def _triton_function(name: str) -> ast.FunctionDef:
+    [fn] = [node for node in ast.parse(inspect.getsource(noise_kernels)).body
+            if isinstance(node, ast.FunctionDef) and node.name == name]
+    return fn
+
+
+def _assigned(fn: ast.FunctionDef, name: str) -> list[ast.expr]:
+    """The values assigned to ``name`` in ``fn``, in order (nested blocks included)."""
+    return [node.value for node in ast.walk(fn) if isinstance(node, ast.Assign)
+            and any(isinstance(t, ast.Name) and t.id == name for t in node.targets)]
+
+
+def _python(c_expr: str, **names: str) -> str:
+    """A C expression of guided_step.cu as Python: struct fields bare (renamed by ``names``), a
+    Normals4 lane as the draw, fmaf(x, y, z) as x * y + z, integer division."""
+    expr = re.sub(r"\ba\.(\w+)", lambda m: names.get(m.group(1), m.group(1)), c_expr.strip())
+    expr = re.sub(r"\b(\w+)\.z\[\w+\]", r"\1", expr)
+    expr = re.sub(r"^fmaf\(([^,]+),([^,]+),(.+)\)$", r"(\1) * (\2) + (\3)", expr)
+    return expr.replace("/", "//")
+
+
+def _equal_everywhere(triton_expr: str, cuda_expr: str, **ranges) -> None:
+    names = sorted(ranges)
+    for values in itertools.product(*(ranges[n] for n in names)):
+        env = {"cdiv": lambda a, b: -(-a // b), **dict(zip(names, values))}
+        assert eval(triton_expr, env) == eval(cuda_expr, env), (triton_expr, cuda_expr, env)
+
+
+def test_cuda_noise_stream_is_the_triton_helpers_stream():
+    """csrc/guided_step.cu draws in-kernel noise as kernels/noise.py's helpers do (the one definition,
+    which both Triton kernels call): the same Philox key and counters, the same shared draw, the same
+    correlation of each kind. Each fact is read from both sources and compared by evaluating it."""
+    cu = _csrc("guided_step.cu")
+    origin, normals, shared, correlate = (_triton_function(n) for n in
+                                          ("philox_origin", "frame_normals", "shared_normal", "correlate"))
+    plan = _triton_function("launch_plan")
+    # counters: one seed for the batch starts video b at b * num_groups * cols; one per video at 0
+    batch_counter, video_counter = (ast.unparse(v) for v in _assigned(origin, "counter"))
+    num_groups = ast.unparse(_assigned(plan, "num_groups")[0])
+    cuda_counter = _one(r"counter = \(a\.seeds != nullptr \? 0 : (.+?)\) \+ col;", cu, "counter").group(1)
+    cuda_groups = _one(r"philox_groups = (\(a\.frames \+ 4\) / 4);", cu, "Philox groups").group(1)
+    assert video_counter == "col" and num_groups == "cdiv(F + 1, 4)"
+    cuda_groups = _python(cuda_groups, frames="F")
+    _equal_everywhere(batch_counter.replace("num_groups", f"({num_groups})"),
+                      f"{_python(cuda_counter)} + col".replace("philox_groups", f"({cuda_groups})"),
+                      video=range(4), F=range(1, 14), cols=(1, 7, 64), col=(0, 5))
+    _one(r"key = a\.seeds != nullptr \? static_cast<uint64_t>\(a\.seeds\[video\]\) : a\.seed;", cu, "Philox key")
+    assert [ast.unparse(v) for v in _assigned(origin, "key")][1] == "tl.load(seeds_ptr + video)"
+    # draws: frames 4g..4g+3 at counter + g * cols; the shared draw is index F (lane F % 4 of group F // 4)
+    [draw] = [n for n in ast.walk(normals) if isinstance(n, ast.Call) and ast.unparse(n.func) == "tl.randn4x"]
+    group_counter = ast.unparse(draw.args[1])
+    for name in ("group", "g"):
+        _one(rf"randn4x\(key, ctr \+ {name} \* cols\)", cu, f"draw of frame group {name}")
+    _equal_everywhere(group_counter, "counter + group * cols", counter=(0, 9), group=range(4), cols=(1, 7))
+    [shared_call] = [n for n in ast.walk(shared) if isinstance(n, ast.Call) and ast.unparse(n.func) == "frame_normals"]
+    [lane_call] = [n for n in ast.walk(shared) if isinstance(n, ast.Call) and ast.unparse(n.func) == "pick_lane"]
+    cuda_shared = _one(r"randn4x\(key, ctr \+ (\(a\.frames / 4\) \* cols)\)", cu, "shared draw").group(1)
+    cuda_lane = _one(r"lane = static_cast<int>\((a\.frames % 4)\);", cu, "shared lane").group(1)
+    _equal_everywhere(group_counter.replace("group", f"({ast.unparse(shared_call.args[2])})"),
+                      f"counter + {_python(cuda_shared, frames='num_frames')}", counter=(0, 9),
+                      num_frames=range(1, 14), cols=(1, 7))
+    _equal_everywhere(ast.unparse(lane_call.args[4]), _python(cuda_lane, frames="num_frames"),
+                      num_frames=range(1, 14))
+    # correlation: kind ids, and each kind's value from the draw z (keep/new: mixing_coefficients)
+    kinds = dict(re.findall(r"VIDGEN_NOISE_(IID|MIXED|PROGRESSIVE) = (\d)", _csrc("vidgen_cuda.h")))
+    assert {k.lower(): int(v) for k, v in kinds.items()} == {"iid": 0, "mixed": 1, "progressive": 2}
+    assert noise_kernels.KINDS == ("iid", "mixed", "progressive")
+    returned = ast.unparse(next(n for n in ast.walk(correlate) if isinstance(n, ast.Return)).value)
+    assert returned == "tl.where(kind == 1, mixed, tl.where(kind == 2, progressive, z))"
+    [mixed], [progressive] = _assigned(correlate, "mixed"), _assigned(correlate, "progressive")
+    first, later = (ast.unparse(a) for a in progressive.args[1:])
+    assert ast.unparse(progressive.args[0]) == "f == 0" and first == "z"
+    cuda_mixed = _one(r"value = (fmaf\(a\.coef_keep, shared, .+?\));", cu, "mixed value").group(1)
+    cuda_later = _one(r"\(group > 0 \|\| lane > 0\)\) \{\s*value = (fmaf\(.+?\));", cu, "progressive value").group(1)
+    cuda_replay = _one(r"prev = \(g == 0 && lane == 0\) \? z\.z\[0\] : (fmaf\(.+?\));", cu, "replayed value").group(1)
+    values = dict(coef_keep=(0.0, 0.7071, 0.8944), coef_new=(1.0, 0.7071, 0.4472), z=(-1.3, 0.25),
+                  shared=(0.0, 2.1), prev=(-0.6, 1.7))
+    _equal_everywhere(ast.unparse(mixed), _python(cuda_mixed), **values)
+    _equal_everywhere(later, _python(cuda_later), **values)
+    _equal_everywhere(later, _python(cuda_replay), **values)
+
+
+def test_cuda_philox_is_tritons_philox_in_the_source():
+    """The constants of csrc/philox.cuh are those of triton.language.random (the host-build test
+    above checks the words bit for bit where the library is built; this holds everywhere)."""
+    cuh, triton_random = _csrc("philox.cuh"), inspect.getsource(tl.random)
+    constants = dict(re.findall(r"(PHILOX_\w+): tl\.constexpr = (0x[0-9A-F]{8})\b", triton_random))
+    assert _one(r"k0 \+= (0x[0-9A-F]+)u;", cuh, "key step A").group(1) == constants["PHILOX_KEY_A"]
+    assert _one(r"k1 \+= (0x[0-9A-F]+)u;", cuh, "key step B").group(1) == constants["PHILOX_KEY_B"]
+    assert _one(r"c0 = mulhi32\((0x[0-9A-F]+)u, old2\)", cuh, "round B").group(1) == constants["PHILOX_ROUND_B"]
+    assert _one(r"c2 = mulhi32\((0x[0-9A-F]+)u, old0\)", cuh, "round A").group(1) == constants["PHILOX_ROUND_A"]
+    assert int(_one(r"round < (\d+);", cuh, "round count").group(1)) == tl.random.N_ROUNDS_DEFAULT.value
+    scale = _one(r"\* ([0-9.e-]+)f;", cuh, "uniform scale").group(1)
+    assert scale in triton_random and "x = x < 0 ? ~x : x;" in cuh
+    for constant in (_one(r"fmaxf\(([0-9.e-]+)f, u1\)", cuh, "Box-Muller floor").group(1),
+                     _one(r"theta = ([0-9.]+)f \* u2", cuh, "Box-Muller angle").group(1)):
+        assert re.search(rf"\b{re.escape(constant)}\b", triton_random), constant
+
+
+def test_cuda_launcher_packs_every_setting_into_the_abi_struct():
+    """The ctypes struct the CUDA launcher passes, for the three kinds of z (none, given, drawn)."""
+    from vidgen.kernels.guidance import NOISE_GENERATED, NOISE_GIVEN, NOISE_NONE, NoiseDraw
+
+    x, cond, uncond, prior, z, out, x0 = (torch.randn(2, 3, 5, 4, 6) for _ in range(7))
+    a_t, partials = torch.tensor([0.3, 0.4]), torch.empty(2, _cuda_lib.NUM_PARTIALS, 4)
+    guidance = Guidance(scale=7.5, prior_strength=0.2, rescale=0.7)
+    step = DDIMStep(a_t, 0.6, eta=0.5, prediction_type="v_prediction", clip_sample_range=1.5,
+                    use_clipped_model_output=True)
+    args = _cuda_lib.guided_step_args(out, x0, x, cond, uncond, prior, partials, guidance, step, z)
+    assert (args.out, args.pred_original, args.sample, args.eps_cond, args.eps_uncond, args.prior_cond,
+            args.noise, args.partials, args.alpha_t_values) == tuple(
+        t.data_ptr() for t in (out, x0, x, cond, uncond, prior, z, partials, a_t))
+    assert (args.alpha_p_values, args.seeds) == (None, None)
+    assert (args.batch, args.pre, args.frames, args.post) == (2, 1, 1, 3 * 5 * 4 * 6)
+    assert (args.alpha_t_stride, args.alpha_p_stride, args.alpha_p) == (1, -1, pytest.approx(0.6))
+    assert (args.guidance_scale, args.prior_strength, args.guidance_rescale, args.eta, args.clip_range) == \
+        pytest.approx((7.5, 0.2, 0.7, 0.5, 1.5))
+    assert (args.dtype, args.prediction, args.use_clipped, args.inverse, args.noise_mode) == (0, 1, 1, 0, NOISE_GIVEN)
+
+    seeds = torch.tensor([5, 9])
+    drawn = _cuda_lib.guided_step_args(out, None, x, cond, None, None, None, Guidance(), DDIMStep(0.3, 0.6, eta=1.0),
+                                       NoiseDraw("mixed", 1.0, seeds=seeds))
+    assert (drawn.noise_mode, drawn.noise_kind, drawn.noise, drawn.seeds) == (NOISE_GENERATED, 1, None,
+                                                                              seeds.data_ptr())
+    assert (drawn.batch, drawn.pre, drawn.frames, drawn.post) == (2, 3, 5, 4 * 6)  # frames on dim 2
+    assert (drawn.coef_keep, drawn.coef_new) == pytest.approx(noise_kernels.mixing_coefficients("mixed", 1.0))
+    assert (drawn.pred_original, drawn.eps_uncond, drawn.partials, drawn.clip_range) == (None, None, None,
+                                                                                         float("inf"))
+    batch_seed = _cuda_lib.guided_step_args(out, None, x, cond, None, None, None, Guidance(),
+                                            DDIMStep(0.3, 0.6, eta=1.0), NoiseDraw("progressive", 2.0, seed=2**40 + 3))
+    assert (batch_seed.seed, batch_seed.seeds, batch_seed.noise_kind) == (2**40 + 3, None, 2)
+    inverse = _cuda_lib.guided_step_args(out, None, x, cond, None, None, None, Guidance(),
+                                         DDIMStep(0.3, 0.6, inverse=True), None)
+    assert (inverse.noise_mode, inverse.inverse, inverse.eta) == (NOISE_NONE, 1, 0.0)
+
+
 # ---- On a GPU: the CUDA op ------------------------------------------------------------------------
 gpu = pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU")
 
@@ -155,9 +311,11 @@ def test_cuda_op_matches_reference(lib, dtype, shape, misaligned):
             out, x0 = guided_step(x, cond, uncond, prior, guidance_scale=5.0, prior_strength=0.1, alpha_prod_t=a_t,
                                   alpha_prod_prev=0.8, noise=z if kwargs["eta"] > 0 else None,
                                   return_pred_original=True, **kwargs)
-        ref, ref_x0 = guided_step_reference(x.double(), cond.double(), uncond.double(), prior.double(), 5.0, 0.1,
-                                            kwargs["guidance_rescale"], a_t, 0.8, kwargs["eta"], z.double(),
-                                            kwargs["prediction_type"], kwargs["clip_sample_range"], False, False)
+        ref, ref_x0 = guided_step_reference(
+            x.double(), cond.double(), uncond.double(), prior.double(),
+            Guidance(scale=5.0, prior_strength=0.1, rescale=kwargs["guidance_rescale"]),
+            DDIMStep(a_t, 0.8, eta=kwargs["eta"], prediction_type=kwargs["prediction_type"],
+                     clip_sample_range=kwargs["clip_sample_range"]), z.double())
         tol = {torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}[dtype]
         torch.testing.assert_close(out.double(), ref.double(), rtol=tol, atol=tol)
         torch.testing.assert_close(x0.double(), ref_x0.double(), rtol=tol, atol=tol)

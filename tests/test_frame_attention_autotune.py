@@ -12,11 +12,12 @@ import torch
 
 from vidgen.kernels import _autotune
 from vidgen.kernels import frame_attention as K
+from vidgen.kernels import frame_attention_tuning as tuning
 
 CUDA = torch.device("cuda", 0)  # constructing a device needs no GPU; nothing here launches on it
 DEVICE_TAG = "FakeGPU-sm90-test"
 SLOW, FAST, SLOWER = K.LaunchConfig(128, 64, 4, 3), K.LaunchConfig(64, 64, 4, 3), K.LaunchConfig(32, 32, 4, 2)
-KEY = K.forward_autotune_key(48, "fp16", 90, (3, 2), 77, 77)
+KEY = tuning.forward_autotune_key(48, "fp16", 90, (3, 2), 77, 77)
 TOLERANCE = {torch.float16: 4e-3, torch.bfloat16: 3e-2}  # as in test_frame_attention.py
 
 
@@ -80,7 +81,7 @@ def test_fastest_candidate_is_chosen_persisted_and_reused(order, fake_gpu, monke
 
 def test_keys_bucket_sizes_and_separate_table_shapes():
     def key(width=48, dtype="fp16", table_shape=(3, 2), N=77, M=77):
-        return K.forward_autotune_key(width, dtype, 90, table_shape, N, M)
+        return tuning.forward_autotune_key(width, dtype, 90, table_shape, N, M)
 
     assert key() == KEY
     assert key(N=100, M=128) == KEY == key(N=65, M=65)          # one bucket: (64, 128]
@@ -88,7 +89,8 @@ def test_keys_bucket_sizes_and_separate_table_shapes():
     for other in (key(N=64), key(N=129), key(M=64), key(M=4096), key(table_shape=(3, 1)),
                   key(table_shape=(4, 2)), key(width=160), key(dtype="bf16")):
         assert other != KEY
-    assert key() != K.forward_autotune_key(48, "fp16", 90, (3, 2), 77, 77, align=8)  # the hinted code is other code
+    # the hinted code is other code
+    assert key() != tuning.forward_autotune_key(48, "fp16", 90, (3, 2), 77, 77, align=8)
     # stored as JSON: N and M rounded up, then ALIGN
     assert json.loads(json.dumps(KEY)) == [48, "fp16", 90, [3, 2], 128, 128, 1]
 
@@ -98,7 +100,7 @@ def test_new_size_times_once_per_bucket_and_table_shape(fake_gpu):
     rounds = []
     for table_shape, N in [((3, 2), 77), ((3, 2), 100), ((3, 2), 128), ((3, 2), 200), ((3, 1), 77), ((4, 2), 77),
                            ((3, 2), 90)]:
-        assert _pick(key=K.forward_autotune_key(48, "fp16", 90, table_shape, N, 77)) == FAST
+        assert _pick(key=tuning.forward_autotune_key(48, "fp16", 90, table_shape, N, 77)) == FAST
         rounds.append(timer.calls // 3)
     assert rounds == [1, 1, 1, 2, 3, 4, 4]
 
@@ -118,8 +120,8 @@ def test_launcher_tunes_on_its_key_and_candidates(monkeypatch, device):
     K.frame_attention_forward_triton(q, k, v, table, counts, D ** -0.5)
     arch = K.device_arch(q.device)
     # D = 40 fp16, contiguous: rows start on 16-byte boundaries, so the launch is hinted (ALIGN = 8).
-    assert asked == [("frame_attention_forward", K.forward_autotune_key(48, "fp16", arch, (F, 2), N, M, align=8),
-                      K.forward_candidates(48, "fp16", arch), q.device)]
+    assert asked == [("frame_attention_forward", tuning.forward_autotune_key(48, "fp16", arch, (F, 2), N, M, align=8),
+                      tuning.tile_candidates("forward", 48, "fp16", arch), q.device)]
 
 
 def test_nothing_is_timed_under_cuda_graph_capture(fake_gpu, monkeypatch):
@@ -140,7 +142,7 @@ def test_nothing_is_timed_with_autotune_disabled(fake_gpu, monkeypatch):
     assert _pick() == FAST and timer.calls == 3
     monkeypatch.setenv("VIDGEN_AUTOTUNE", "0")
     assert _pick() == SLOW  # the default, even with a cached choice: a reproducible baseline
-    assert _pick(key=K.forward_autotune_key(48, "fp16", 90, (3, 2), 4096, 77)) == SLOW
+    assert _pick(key=tuning.forward_autotune_key(48, "fp16", 90, (3, 2), 4096, 77)) == SLOW
     assert timer.calls == 3 and len(json.loads(path.read_text())) == 1
 
 
@@ -159,7 +161,7 @@ def test_forward_off_cuda_runs_the_default_untimed(fake_gpu, monkeypatch, device
     q, k, v = (torch.randn(1, 2, 5, 1, 16, dtype=torch.float16) for _ in range(3))
     table, counts = K.prepare_key_table(torch.tensor(K.first_frame_key_frames(2)))
     K.frame_attention_forward_triton(q, k, v, table, counts, 0.25)
-    assert launched == [K.forward_candidates(16, "fp16", 90)[0]]
+    assert launched == [tuning.tile_candidates("forward", 16, "fp16", 90)[0]]
 
 
 @pytest.mark.parametrize("content", [b"{not json", b"[1, 2]", b"\xff\xfe\x00"], ids=["syntax", "list", "binary"])
@@ -192,7 +194,7 @@ def test_write_merges_with_the_file_on_disk(fake_gpu):
     others = json.loads(path.read_text())
     others["another_kernel:[1]"] = {"choice": "X", "ms": {"X": 1.0}}
     path.write_text(json.dumps(others))
-    other_key = K.forward_autotune_key(48, "fp16", 90, (8, 2), 77, 77)
+    other_key = tuning.forward_autotune_key(48, "fp16", 90, (8, 2), 77, 77)
     assert _pick(key=other_key) == FAST
     assert len(json.loads(path.read_text())) == 3
 
@@ -217,18 +219,18 @@ def test_pick_refuses_no_or_repeated_candidates(fake_gpu):
 def test_candidate_tables():
     for d0, d1, _ in {K.head_blocks(d) for d in range(K.MIN_HEAD_DIM, K.MAX_HEAD_DIM + 1)}:
         for arch in (80, 90):
-            assert K.forward_candidates(d0 + d1, "fp32", arch) == (K.forward_config(d0 + d1, "fp32", arch),)
+            fp32 = tuning.tile_candidates("forward", d0 + d1, "fp32", arch)
+            assert fp32 == (fp32[0],)
             for dtype in ("fp16", "bf16"):
-                candidates = K.forward_candidates(d0 + d1, dtype, arch)
+                candidates = tuning.tile_candidates("forward", d0 + d1, dtype, arch)
                 assert 1 <= len(candidates) == len(set(candidates)) <= 2
-                assert candidates[0] == K.forward_config(d0 + d1, dtype, arch)
-            for kernel_pass in K.PASSES:
-                assert K.tile_candidates(kernel_pass, d0 + d1, "fp16", arch) == \
-                    K.tile_candidates(kernel_pass, d0 + d1, "bf16", arch)
+            for kernel_pass in tuning.PASSES:
+                assert tuning.tile_candidates(kernel_pass, d0 + d1, "fp16", arch) == \
+                    tuning.tile_candidates(kernel_pass, d0 + d1, "bf16", arch)
     assert K.LaunchConfig.parse("128x32 w16 s2") == K.LaunchConfig(128, 32, 16, 2)
 
 
-def test_every_candidate_is_compiled_ahead_of_time_for_the_archs_that_launch_it():
+def test_every_candidate_is_compiled_ahead_of_time_for_the_archs_that_launch_it(monkeypatch):
     declared = {(s.kernel, s.signature["Q"], s.constexprs["D0"], s.constexprs["D1"], s.constexprs["BLOCK_M"],
                  s.constexprs["BLOCK_N"], s.num_warps, s.num_stages, arch)
                 for s in K.aot_specs() if "D0" in s.constexprs for arch in s.archs}  # the FP8 kernel has its own table
@@ -240,12 +242,18 @@ def test_every_candidate_is_compiled_ahead_of_time_for_the_archs_that_launch_it(
         for dtype in ("fp16", "bf16", "fp32"):
             for arch in (80, 90):
                 for kernel_pass, kernel in kernels.items():
-                    for cfg in K.tile_candidates(kernel_pass, d0 + d1, dtype, arch):
+                    for cfg in tuning.tile_candidates(kernel_pass, d0 + d1, dtype, arch):
                         expected.add((kernel, f"*{dtype}", d0, d1, *vars(cfg).values(), arch))
     assert declared == expected
-    dq, dkdv = K.backward_configs(160, "fp16", 90)
-    assert (dq, dkdv) == (K.tile_candidates("backward_dq", 160, "fp16", 90)[0],
-                          K.tile_candidates("backward_dkdv", 160, "fp16", 90)[0])
+    # the backward launches each kernel's first candidate (off CUDA: no measured table)
+    dq = _record_launches(monkeypatch, "_frame_attention_backward_dq_kernel", run=False)
+    dkdv = _record_launches(monkeypatch, "_frame_attention_backward_dkdv_kernel", run=False)
+    x = torch.zeros(1, 2, 5, 1, 160, dtype=torch.float16)
+    tables = K.prepare_key_table(torch.tensor(K.first_frame_key_frames(2)))
+    K.frame_attention_backward_triton(x, x, x, x, x, x.new_zeros((1, 2, 1, 5), dtype=torch.float32), *tables,
+                                      *K.reverse_key_table(*tables), 0.1)
+    assert (dq, dkdv) == ([tuning.tile_candidates("backward_dq", 160, "fp16", 90)[0]],
+                          [tuning.tile_candidates("backward_dkdv", 160, "fp16", 90)[0]])
 
 
 def test_a_sweep_may_only_launch_declared_configs(device):
@@ -265,19 +273,20 @@ def test_sizes_never_specialise_the_forward_kernel():
     assert {"num_frames", "num_heads", "N", "M", "table_width", "num_m_blocks"} <= unspecialised
 
 
-def _record_launches(monkeypatch):
-    """Record the LaunchConfig of every forward launch, then launch it."""
-    launched, kernel = [], K._frame_attention_forward_kernel
+def _record_launches(monkeypatch, kernel_name="_frame_attention_forward_kernel", run=True):
+    """Record the LaunchConfig of every launch of ``kernel_name``, then launch it (``run``)."""
+    launched, kernel = [], getattr(K, kernel_name)
 
     class Recorder:
         def __getitem__(self, grid):
-            def run(*args, BLOCK_M, BLOCK_N, num_warps, num_stages, **kwargs):
+            def launch(*args, BLOCK_M, BLOCK_N, num_warps, num_stages, **kwargs):
                 launched.append(K.LaunchConfig(BLOCK_M, BLOCK_N, num_warps, num_stages))
-                return kernel[grid](*args, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, num_warps=num_warps,
-                                    num_stages=num_stages, **kwargs)
-            return run
+                if run:
+                    kernel[grid](*args, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, num_warps=num_warps,
+                                 num_stages=num_stages, **kwargs)
+            return launch
 
-    monkeypatch.setattr(K, "_frame_attention_forward_kernel", Recorder())
+    monkeypatch.setattr(K, kernel_name, Recorder())
     return launched
 
 
@@ -299,7 +308,8 @@ def test_each_candidate_matches_the_reference(D, dtype, choice, monkeypatch, dev
     table, counts = (t.to(device) for t in K.prepare_key_table(torch.tensor(rows)))
     out, lse = K.frame_attention_forward_triton(q, k, v, table, counts, D ** -0.5)
 
-    candidates = K.forward_candidates(sum(K.head_blocks(D)[:2]), K.DTYPE_NAMES[dtype], K.device_arch(q.device))
+    candidates = tuning.tile_candidates("forward", sum(K.head_blocks(D)[:2]), K.DTYPE_NAMES[dtype],
+                                        K.device_arch(q.device))
     assert launched == [*candidates, candidates[choice]]
     ref_out, ref_lse = K.frame_attention_reference(q.double(), k.double(), v.double(), rows, D ** -0.5)
     for name, actual, expected, tol in (("out", out, ref_out, TOLERANCE[dtype]), ("lse", lse, ref_lse, 1e-4)):
@@ -322,7 +332,7 @@ def test_real_timing_on_cuda_persists_a_choice(device, monkeypatch, tmp_path):
     [cache_file] = (tmp_path / "autotune").iterdir()
     assert _autotune.device_tag(device) in cache_file.name
     [entry] = json.loads(cache_file.read_text()).values()
-    candidates = K.forward_candidates(48, "fp16", K.device_arch(device))
+    candidates = tuning.tile_candidates("forward", 48, "fp16", K.device_arch(device))
     assert entry["choice"] in {repr(c) for c in candidates} and len(entry["ms"]) == len(candidates)
     monkeypatch.setattr(_autotune, "measure_ms", _never_timed)
     again, _ = K.frame_attention_forward_triton(q, k, v, table, counts, D ** -0.5)
@@ -345,7 +355,7 @@ def test_out_of_memory_while_timing_runs_the_default(fake_gpu, monkeypatch):
         assert _pick() == SLOW
     assert _pick() == SLOW and timer.calls == 1  # not retried in this process
     monkeypatch.setattr(_autotune, "measure_ms", timer)
-    assert _pick(key=K.forward_autotune_key(48, "fp16", 90, (8, 2), 77, 77)) == FAST
+    assert _pick(key=tuning.forward_autotune_key(48, "fp16", 90, (8, 2), 77, 77)) == FAST
     assert len(json.loads(path.read_text())) == 1  # the untuned default is never written
 
 
@@ -367,9 +377,9 @@ def test_every_tile_config_of_both_arch_tables_matches_the_reference(D, arch, mo
     ref_out, _ = K.frame_attention_reference(q.double(), k.double(), v.double(), rows, D ** -0.5)
     ref_grads = K.frame_attention_backward_reference(dout.double(), q.double(), k.double(), v.double(), rows,
                                                      D ** -0.5)
-    dq_cfg, = K.tile_candidates("backward_dq", width, "fp16", arch)
-    dkdv_cfg, = K.tile_candidates("backward_dkdv", width, "fp16", arch)
-    for cfg in K.tile_candidates("forward", width, "fp16", arch):
+    dq_cfg, = tuning.tile_candidates("backward_dq", width, "fp16", arch)
+    dkdv_cfg, = tuning.tile_candidates("backward_dkdv", width, "fp16", arch)
+    for cfg in tuning.tile_candidates("forward", width, "fp16", arch):
         out, lse = K.frame_attention_forward_triton(q, k, v, table, counts, D ** -0.5, config=cfg)
         grads = K.frame_attention_backward_triton(dout, q, k, v, out, lse, table, counts, readers, reader_counts,
                                                   D ** -0.5, dq_config=dq_cfg, dkdv_config=dkdv_cfg)
@@ -380,14 +390,14 @@ def test_every_tile_config_of_both_arch_tables_matches_the_reference(D, arch, mo
 
 
 def test_launchers_take_the_sweeps_measured_choice_on_cuda_only(monkeypatch, tmp_path):
-    from vidgen.kernels import frame_attention_tuning as tuning
+    from tools.sweep_frame_attention import write_table
 
-    fwd_default, fwd_other = K.tile_candidates("forward", 48, "fp16", 90)
-    dq_default, = K.tile_candidates("backward_dq", 48, "fp16", 90)
+    fwd_default, fwd_other = tuning.tile_candidates("forward", 48, "fp16", 90)
+    dq_default, = tuning.tile_candidates("backward_dq", 48, "fp16", 90)
     table = tmp_path / "tuned.json"
-    tuning.write_table(str(table), {
-        tuning.entry_path("forward", 90, 48, "fp16", 4096): {"config": tuning.config_text(fwd_other)},
-        tuning.entry_path("backward_dq", 90, 48, "fp16", None): {"config": tuning.config_text(dq_default)},
+    write_table(str(table), {
+        tuning.entry_path("forward", 90, 48, "fp16", 4096): {"config": str(fwd_other)},
+        tuning.entry_path("backward_dq", 90, 48, "fp16", None): {"config": str(dq_default)},
     })
     monkeypatch.setattr(tuning, "TABLE_PATH", str(table))
     tuning._table.cache_clear()  # read once per process: read this table, and forget it afterwards

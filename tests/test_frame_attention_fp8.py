@@ -10,6 +10,7 @@ import torch
 
 from vidgen import ops
 from vidgen.kernels import frame_attention as K
+from vidgen.kernels import frame_attention_fp8 as fp8
 
 # (B, F, N, M, H, D): odd sizes, every padded width (32, 64, 128, 256), several key blocks.
 SHAPES = [(1, 3, 37, 37, 2, 24), (2, 2, 70, 45, 1, 40), (1, 2, 129, 66, 2, 64), (1, 3, 20, 20, 1, 80),
@@ -45,8 +46,8 @@ def test_fp8_kernel_matches_its_emulation(shape, dtype, device):
     key_frames = K.sparse_causal_key_frames(shape[1])
     table, counts = K.prepare_key_table(torch.tensor(key_frames, device=device))
     scale = shape[-1] ** -0.5
-    out, lse = K.frame_attention_forward_fp8_triton(q, k, v, table, counts, scale)
-    expected, expected_lse = K.frame_attention_fp8_reference(q.cpu(), k.cpu(), v.cpu(), key_frames, scale)
+    out, lse = fp8.frame_attention_forward_fp8_triton(q, k, v, table, counts, scale)
+    expected, expected_lse = fp8.frame_attention_fp8_reference(q.cpu(), k.cpu(), v.cpu(), key_frames, scale)
     assert out.dtype == dtype and torch.isfinite(out).all()
     assert _relative_l2(out, expected) < EMULATION_TOLERANCE[dtype]
     torch.testing.assert_close(lse.cpu(), expected_lse.float(), rtol=0, atol=1e-3)
@@ -57,10 +58,10 @@ def test_fp8_kernel_matches_its_emulation(shape, dtype, device):
 
 def test_fp8_quantisation_gives_every_row_the_whole_e4m3_range():
     x = torch.tensor([[0.5, -3.0, 7.0], [0.001, 0.002, -0.004]])  # each row's amax maps to 448
-    assert torch.equal(K.fp8_roundtrip(x), x)   # all exactly representable after their row's scaling
+    assert torch.equal(fp8.fp8_roundtrip(x), x)   # all exactly representable after their row's scaling
     y = torch.tensor([[7.9375, 1.0]])
     # 1.0 * 448 / 7.9375 = 56.44 -> 56 (e4m3 steps of 4 between 32 and 64) -> 56 * 7.9375 / 448
-    assert K.fp8_roundtrip(y).tolist() == [[7.9375, 0.9921875]]
+    assert fp8.fp8_roundtrip(y).tolist() == [[7.9375, 0.9921875]]
 
 
 @pytest.mark.parametrize("backend", ["triton", "torch"])
@@ -69,7 +70,7 @@ def test_op_precision_fp8_runs_the_fp8_path_and_refuses_what_it_cannot(backend, 
     shape = (1, 3, 37, 37, 2, 40)
     q, k, v = _inputs(shape, torch.float16, device, seed=4)
     key_frames = K.sparse_causal_key_frames(3)
-    expected, _ = K.frame_attention_fp8_reference(q.cpu(), k.cpu(), v.cpu(), key_frames, 40 ** -0.5)
+    expected, _ = fp8.frame_attention_fp8_reference(q.cpu(), k.cpu(), v.cpu(), key_frames, 40 ** -0.5)
     with ops.use_backend(backend), torch.no_grad():
         out = ops.frame_attention(q, k, v, key_frames, precision="fp8")
         default = ops.frame_attention(q, k, v, key_frames)
@@ -97,14 +98,15 @@ def test_fp8_op_is_opaque_to_torch_compile(device):
 def test_processor_at_fp8_runs_what_fp8_cannot_serve_in_the_activations_precision(device):
     from diffusers.models.attention_processor import Attention
 
-    from vidgen.integration.processors import FrameAttnProcessor, KernelFallbackWarning, forget_warnings
+    from vidgen.integration.processors import FrameAttnProcessor
+    from vidgen.ops._fallback import FallbackWarning, forget_warnings
 
     forget_warnings()
     torch.manual_seed(0)
     attn = Attention(query_dim=64, heads=2, dim_head=32).to(device)
     hidden = torch.randn(2 * 3, 10, 64, device=device)  # fp32, autograd on: neither is fp8's
     attn.set_processor(FrameAttnProcessor("sparse_causal", num_frames=3, precision="fp8"))
-    with ops.use_backend("torch"), pytest.warns(KernelFallbackWarning, match="precision='fp8'.*fp16/bf16"):
+    with ops.use_backend("torch"), pytest.warns(FallbackWarning, match="precision='fp8'.*fp16/bf16"):
         fp8_asked = attn(hidden)
     attn.set_processor(FrameAttnProcessor("sparse_causal", num_frames=3))
     with ops.use_backend("torch"):

@@ -1,9 +1,9 @@
-"""The frame-attention sweep (``benchmarks/sweep_frame_attention.py``) and its tuned table.
+"""The frame-attention sweep (``tools/sweep_frame_attention.py``) and its tuned table.
 
 The sweep runs end to end through Triton's interpreter on tiny shapes (``--tiny``) with a fake
 timer that ranks candidates by name, so which config wins is known in advance; the checks of its
-correctness gate use launchers wrapped to corrupt one candidate's output. The table's writer and
-reader (``kernels/frame_attention_tuning.py``) are tested on files in a temporary folder.
+correctness gate use launchers wrapped to corrupt one candidate's output. The table's writer (the
+sweep) and reader (``kernels/frame_attention_tuning.py``) are tested on files in a temporary folder.
 """
 import json
 import os
@@ -14,8 +14,10 @@ import warnings
 import pytest
 import torch
 
-from benchmarks import gpu_check, harness
-from benchmarks import sweep_frame_attention as sweep
+from benchmarks import harness
+from tools import sweep_frame_attention as sweep
+from tools import ROOT
+from tools.gpu_check import phases, validation
 from vidgen.kernels import frame_attention as K
 from vidgen.kernels import frame_attention_tuning as tuning
 
@@ -67,7 +69,7 @@ class RecordingLaunchers:
 
     def _finish(self, kernel_pass, config, outputs):
         assert config is not None, "the sweep must name the config of every launch"
-        self.last = (kernel_pass, tuning.config_text(config))
+        self.last = (kernel_pass, str(config))
         change = self.corrupt.get(self.last)
         return change(outputs) if change else outputs
 
@@ -97,7 +99,7 @@ def _entry(table_path, kernel_pass, width, dtype, bucket, arch="sm90"):
 # The sweep's correctness gate
 # ----------------------------------------------------------------------------------------------
 def _forward_candidates(width=48, dtype="fp16"):
-    return [tuning.config_text(c) for c in K.tile_candidates("forward", width, dtype, 90)]
+    return [str(c) for c in tuning.tile_candidates("forward", width, dtype, 90)]
 
 
 def test_a_wrong_candidate_is_reported_and_never_chosen(monkeypatch, results_dir, table_path):
@@ -127,7 +129,7 @@ def test_unwritten_outputs_fail_through_the_sweeps_own_poisoning(monkeypatch, re
     torch.use_deterministic_algorithms(False)  # conftest's fixture restores its own setting after
     monkeypatch.setattr(torch.utils.deterministic, "fill_uninitialized_memory", False)
     launchers = RecordingLaunchers(monkeypatch)
-    [dkdv] = [tuning.config_text(c) for c in K.tile_candidates("backward_dkdv", 48, "fp16", 90)]
+    [dkdv] = [str(c) for c in tuning.tile_candidates("backward_dkdv", 48, "fp16", 90)]
 
     lost = []
 
@@ -190,9 +192,9 @@ def test_sweep_end_to_end_through_the_interpreter(monkeypatch, results_dir, tabl
     for case in cases:
         width = sum(K.head_blocks(case.head_dim)[:2])
         bucket = tuning.bucket_name(case.tokens)
-        for kernel_pass in K.PASSES:
+        for kernel_pass in tuning.PASSES:
             entry = entries["sm90"][str(width)][case.dtype][kernel_pass][bucket]
-            assert K.LaunchConfig.parse(entry["config"]) in K.tile_candidates(kernel_pass, width, case.dtype, 90)
+            assert K.LaunchConfig.parse(entry["config"]) in tuning.tile_candidates(kernel_pass, width, case.dtype, 90)
             assert {"ms", "gpu", "triton", "torch", "timed", "candidates_ms"} <= entry.keys()
             # the loader reads what the writer wrote
             assert tuning.tuned_config(kernel_pass, 90, width, case.dtype, case.tokens) == K.LaunchConfig.parse(
@@ -221,8 +223,8 @@ def test_budget_and_interrupt_stop_cleanly_and_write_what_was_measured(monkeypat
 
     assert _run(["--dtypes", "fp16"], interrupted_at_the_third_timing, table_path) == 130
     rows = {(r["head_dim"], r["pass"], r["config"]): r for r in _result_rows(results_dir)}
-    [dq] = [tuning.config_text(c) for c in K.tile_candidates("backward_dq", 48, "fp16", 90)]
-    [dkdv] = [tuning.config_text(c) for c in K.tile_candidates("backward_dkdv", 48, "fp16", 90)]
+    [dq] = [str(c) for c in tuning.tile_candidates("backward_dq", 48, "fp16", 90)]
+    [dkdv] = [str(c) for c in tuning.tile_candidates("backward_dkdv", 48, "fp16", 90)]
     assert rows[(40, "backward_dq", dq)]["status"] == "not run"  # interrupted while timed: not a failure
     assert rows[(40, "backward_dq", dq)]["problem"] == "interrupted"
     assert rows[(40, "backward_dkdv", dkdv)]["problem"] == "not reached before the sweep stopped"
@@ -241,7 +243,7 @@ def test_sweep_through_its_worker_process(results_dir, table_path):
     rows = _result_rows(results_dir)
     assert len(rows) == 8 and all(r["status"] == "passed" and r["seed"] in (7, 8) and r["ms"] > 0 for r in rows)
     entries = json.loads(table_path.read_text())["entries"]["sm90"]
-    assert set(entries) == {"48", "80"} and set(entries["48"]["fp16"]) == set(K.PASSES)
+    assert set(entries) == {"48", "80"} and set(entries["48"]["fp16"]) == set(tuning.PASSES)
 
 
 def _fake_worker(tmp_path, body: str) -> list[str]:
@@ -311,22 +313,22 @@ def test_plan_covers_every_unet_level_and_keys_never_collide():
     assert len(cases) == 2 * len(levels) and all(c.batch == 2 and c.frames == 16 for c in cases)
     assert [c.head_dim for c in cases][-4:] == [160] * 4  # the D = 160 launches that faulted run last
     keys = [tuning.entry_path(p, 90, sum(K.head_blocks(c.head_dim)[:2]), c.dtype, c.tokens)
-            for c in cases for p in K.PASSES]
+            for c in cases for p in tuning.PASSES]
     assert len(keys) == len(set(keys))  # no case overwrites another's entry
     for case in cases:
-        for kernel_pass in K.PASSES:
+        for kernel_pass in tuning.PASSES:
             width = sum(K.head_blocks(case.head_dim)[:2])
             assert [config for p, config in sweep.trials(case, 90) if p == kernel_pass] == [
-                tuning.config_text(c) for c in K.tile_candidates(kernel_pass, width, case.dtype, 90)]
+                str(c) for c in tuning.tile_candidates(kernel_pass, width, case.dtype, 90)]
 
 
 def test_gpu_check_runs_the_sweep_inside_its_cap():
-    [bench] = [b for b in gpu_check.BENCHES if b.name == "sweep-frame-attention"]
-    assert bench.argv[0] == "benchmarks.sweep_frame_attention"
+    [bench] = [b for b in phases.BENCHES if b.name == "sweep-frame-attention"]
+    assert bench.argv[0] == "tools.sweep_frame_attention"
     args = sweep.build_parser().parse_args(bench.argv[1:])
     # it must stop on its own before gpu_check's SIGINT, and have written its results by then
     assert args.quick and args.budget_s <= bench.cap_s - 5
-    assert os.path.join(gpu_check.ROOT, "kernels", "frame_attention_tuned.json") in gpu_check.TUNED_TABLES
+    assert os.path.join(ROOT, "kernels", "frame_attention_tuned.json") in validation.TUNED_TABLES
     assert tuning.TABLE_PATH == os.path.join(os.path.dirname(K.__file__), "frame_attention_tuned.json")
 
 
@@ -339,7 +341,7 @@ def test_table_writer_merges_and_replaces_atomically(table_path, monkeypatch):
         "sm80": {"48": {"bf16": {"forward": {"4096": {"config": "64x64 w4 s3"}}}}},
         "sm90": {"48": {"bf16": {"forward": {"4096": {"config": "64x64 w4 s3"},
                                              "1024": {"config": "64x64 w4 s3"}}}}}}}))
-    tuning.write_table(str(table_path), {ours: {"config": "128x64 w8 s3", "ms": 1.0}})
+    sweep.write_table(str(table_path), {ours: {"config": "128x64 w8 s3", "ms": 1.0}})
     entries = json.loads(table_path.read_text())["entries"]
     assert entries["sm90"]["48"]["bf16"]["forward"] == {"4096": {"config": "128x64 w8 s3", "ms": 1.0},
                                                         "1024": {"config": "64x64 w4 s3"}}
@@ -353,14 +355,14 @@ def test_table_writer_merges_and_replaces_atomically(table_path, monkeypatch):
 
     monkeypatch.setattr(json, "dump", disk_full)
     with pytest.raises(OSError, match="No space"):
-        tuning.write_table(str(table_path), {ours: {"config": "64x64 w4 s3", "ms": 2.0}})
+        sweep.write_table(str(table_path), {ours: {"config": "64x64 w4 s3", "ms": 2.0}})
     assert table_path.read_text() == before  # the old table, whole
     assert sorted(os.listdir(table_path.parent)) == [table_path.name]
 
 
 def test_merge_leaves_its_input_alone():
     existing = {"sm90": {"48": {"fp16": {"forward": {"64": {"config": "a"}}}}}}
-    merged = tuning.merge_entries(existing, {("sm90", "48", "fp16", "forward", "128"): {"config": "b"}})
+    merged = sweep.merge_entries(existing, {("sm90", "48", "fp16", "forward", "128"): {"config": "b"}})
     assert existing == {"sm90": {"48": {"fp16": {"forward": {"64": {"config": "a"}}}}}}
     assert merged["sm90"]["48"]["fp16"]["forward"] == {"64": {"config": "a"}, "128": {"config": "b"}}
 
@@ -375,8 +377,8 @@ def test_loader_reads_entries_once_and_buckets_sizes(table_path):
     assert tuning.tuned_config("forward", 90, 48, "bf16", 4096) is None  # no file: no table
     tuning._table.cache_clear()
     tuning._lookup.cache_clear()
-    alternative = K.tile_candidates("forward", 48, "bf16", 90)[1]
-    _write(table_path, tuning.config_text(alternative), bucket="4096")
+    alternative = tuning.tile_candidates("forward", 48, "bf16", 90)[1]
+    _write(table_path, str(alternative), bucket="4096")
     assert tuning.tuned_config("forward", 90, 48, "bf16", 4096) == alternative
     assert tuning.tuned_config("forward", "sm90", 48, "bf16", 3000) == alternative  # N rounded to its bucket
     assert tuning.tuned_config("forward", (9, 0), 48, "bf16", 4096) == alternative
@@ -391,8 +393,8 @@ def test_loader_reads_entries_once_and_buckets_sizes(table_path):
 
 
 def test_loader_any_bucket(table_path):
-    default = K.tile_candidates("backward_dq", 160, "fp16", 90)[0]
-    _write(table_path, tuning.config_text(default), bucket="any", kernel_pass="backward_dq", width="160", dtype="fp16")
+    default = tuning.tile_candidates("backward_dq", 160, "fp16", 90)[0]
+    _write(table_path, str(default), bucket="any", kernel_pass="backward_dq", width="160", dtype="fp16")
     assert tuning.tuned_config("backward_dq", 90, 160, "fp16") == default
     assert tuning.tuned_config("backward_dq", 90, 160, "fp16", 256) is None  # a bucket is looked up exactly
 
@@ -418,8 +420,9 @@ def test_loader_ignores_entries_it_cannot_launch_with_one_warning(config, table_
 
 def test_loader_checks_candidates_of_the_entrys_arch(table_path):
     """A config declared for sm_90 but not sm_80 (at D = 64 their tiles differ) is refused for sm80."""
-    sm90_only = set(K.tile_candidates("forward", 64, "fp16", 90)) - set(K.tile_candidates("forward", 64, "fp16", 80))
-    config = tuning.config_text(sorted(sm90_only, key=repr)[0])
+    sm90_only = (set(tuning.tile_candidates("forward", 64, "fp16", 90))
+                 - set(tuning.tile_candidates("forward", 64, "fp16", 80)))
+    config = str(sorted(sm90_only, key=repr)[0])
     table_path.write_text(json.dumps({"format": 1, "entries": {
         arch: {"64": {"fp16": {"forward": {"1024": {"config": config}}}}} for arch in ("sm80", "sm90")}}))
     assert tuning.tuned_config("forward", 90, 64, "fp16", 1024) == K.LaunchConfig.parse(config)
@@ -435,7 +438,7 @@ def test_corrupt_table_is_ignored_with_a_warning(content, table_path):
         assert tuning.tuned_config("forward", 90, 48, "bf16", 4096) is None
 
 
-def test_config_text_round_trips():
-    for kernel_pass in K.PASSES:
-        for config in K.tile_candidates(kernel_pass, 160, "bf16", 80):
-            assert K.LaunchConfig.parse(tuning.config_text(config)) == config
+def test_launch_config_notation_round_trips():
+    for kernel_pass in tuning.PASSES:
+        for config in tuning.tile_candidates(kernel_pass, 160, "bf16", 80):
+            assert K.LaunchConfig.parse(str(config)) == config

@@ -123,7 +123,7 @@ def test_refusals(device):
 def test_head_dims_below_the_kernels_run_in_pytorch_and_say_so_once(device, head_dim):
     # D < 8 is outside the frame-attention kernels' range: same attention in eager PyTorch.
     import vidgen
-    from vidgen.integration.processors import forget_warnings
+    from vidgen.ops._fallback import forget_warnings
 
     attn = _module(device, heads=3, head_dim=head_dim)
     hidden = torch.randn(VIDEOS * FRAMES, TOKENS, 3 * head_dim, generator=torch.Generator().manual_seed(1)).to(device)
@@ -131,23 +131,23 @@ def test_head_dims_below_the_kernels_run_in_pytorch_and_say_so_once(device, head
     expected = attn(hidden)
     attn.set_processor(FrameAttnProcessor("first_frame", num_frames=FRAMES))
     forget_warnings()
-    with pytest.warns(vidgen.KernelFallbackWarning, match=f"head dim {head_dim} is outside") as caught:
+    with pytest.warns(vidgen.FallbackWarning, match=f"head dim {head_dim} is outside") as caught:
         first, second = attn(hidden), attn(hidden)
-    assert sum(issubclass(w.category, vidgen.KernelFallbackWarning) for w in caught) == 1
+    assert sum(issubclass(w.category, vidgen.FallbackWarning) for w in caught) == 1
     torch.testing.assert_close(first, expected, **TOL)
     assert torch.equal(second, first)
 
 
 def test_temporal_attention_beyond_the_kernels_head_dim_runs_in_pytorch(device):
     import vidgen
-    from vidgen.integration.processors import forget_warnings
+    from vidgen.ops._fallback import forget_warnings
     from vidgen.integration.processors import ReferenceTemporalAttnProcessor
-    from vidgen.integration.processors import temporal_self_attention
+    from vidgen.integration.temporal import temporal_self_attention
 
     attn = _module(device, heads=1, head_dim=264)  # the temporal kernels serve D <= 256
     hidden = torch.randn(VIDEOS * FRAMES, 2, 264, generator=torch.Generator().manual_seed(6)).to(device)
     forget_warnings()
-    with torch.no_grad(), pytest.warns(vidgen.KernelFallbackWarning, match="head dim 264"):
+    with torch.no_grad(), pytest.warns(vidgen.FallbackWarning, match="head dim 264"):
         got = temporal_self_attention(attn, hidden, FRAMES)
         expected = ReferenceTemporalAttnProcessor()(attn, hidden, num_frames=FRAMES)
     torch.testing.assert_close(got, expected, **TOL)

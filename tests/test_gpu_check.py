@@ -1,4 +1,4 @@
-"""benchmarks/gpu_check.py's plumbing on a CPU: caps and the deadline, the readers of what its
+"""tools/gpu_check's plumbing on a CPU: caps and the deadline, the readers of what its
 phases leave (JUnit XML, compute-sanitizer output), the rerun after a stopped sanitizer process,
 and a dry run of a few phases end to end. The GPU run itself is ``make gpu-check`` on a GPU machine."""
 import dataclasses
@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from benchmarks import gpu_check, sanitize_kernels
+from tools import sanitize_kernels
+from tools.gpu_check import cli, deadline, evidence, phases
 
 STOPS_AT = "frame_attention_full_d80"
 FAKE_DRIVER = f"""
@@ -32,7 +33,7 @@ def test_junit_counts_per_file_and_names_failures(tmp_path):
       <testcase classname="tests.test_video_unet.TestLoading" name="test_d"><error message="y"/></testcase>
       <testcase classname="" name="tests.test_broken"><error message="collection failed"/></testcase>
     </testsuite></testsuites>""")
-    junit = gpu_check.read_junit(str(xml))
+    junit = evidence.read_junit(str(xml))
     assert junit["files"] == {
         "tests/test_broken.py": {"passed": 0, "failed": 0, "errors": 1, "skipped": 0},
         "tests/test_noise.py": {"passed": 1, "failed": 1, "errors": 0, "skipped": 1},
@@ -41,7 +42,7 @@ def test_junit_counts_per_file_and_names_failures(tmp_path):
     assert junit["totals"] == {"passed": 1, "failed": 1, "errors": 2, "skipped": 1}
     assert junit["failed"] == ["tests/test_noise.py::test_b", "tests/test_video_unet.py::test_d",
                                "tests/test_broken.py::tests.test_broken"]
-    assert gpu_check.read_junit(str(tmp_path / "missing.xml")) is None
+    assert evidence.read_junit(str(tmp_path / "missing.xml")) is None
 
 
 def test_sanitizer_findings_belong_to_the_entry_whose_markers_surround_them():
@@ -56,7 +57,7 @@ def test_sanitizer_findings_belong_to_the_entry_whose_markers_surround_them():
         f"{begin} temporal_attention_d40",  # the process died here
         "========= ERROR SUMMARY: 2 errors",
     ])
-    found = gpu_check.read_sanitizer_log(log, sanitize_kernels.NAMES)
+    found = evidence.read_sanitizer_log(log, sanitize_kernels.NAMES)
     assert found["correlated_noise"]["status"] == "clean"
     assert found["add_noise"] == {"status": "errors", "findings": 2,
                                   "detail": "Invalid __global__ read of size 4 bytes"}
@@ -70,11 +71,11 @@ def test_sanitizer_findings_belong_to_the_entry_whose_markers_surround_them():
 def test_a_stopped_sanitizer_process_is_followed_by_one_for_the_entries_it_did_not_begin(tmp_path, monkeypatch):
     fake = tmp_path / "fake_driver.py"
     fake.write_text(FAKE_DRIVER)
-    monkeypatch.setattr(gpu_check, "_python", lambda *args: [sys.executable, str(fake)])
-    runner = gpu_check.Runner(300, str(tmp_path / "work"), dry_run=True)
-    results = gpu_check.run_sanitizer(runner, gpu_check.SANITIZE)
+    monkeypatch.setattr(phases, "python_argv", lambda *args: [sys.executable, str(fake)])
+    runner = deadline.Runner(300, str(tmp_path / "work"), dry_run=True)
+    results = phases.run_sanitizer(runner, phases.SANITIZE)
     runner.close()
-    for tool in ("sanitize-plain", *gpu_check.SANITIZER_TOOLS):
+    for tool in ("sanitize-plain", *evidence.SANITIZER_TOOLS):
         statuses = {name: r["status"] for name, r in results[tool].items()}
         assert statuses.pop(STOPS_AT) == "errors"
         assert set(statuses.values()) == {"clean"}, statuses
@@ -82,11 +83,11 @@ def test_a_stopped_sanitizer_process_is_followed_by_one_for_the_entries_it_did_n
 
 
 def test_a_phase_ends_at_its_cap_and_none_starts_without_time(tmp_path):
-    runner = gpu_check.Runner(gpu_check.REPORT_RESERVE_S + gpu_check.KILL_GRACE_S + 2, str(tmp_path), dry_run=True)
+    runner = deadline.Runner(deadline.REPORT_RESERVE_S + deadline.KILL_GRACE_S + 2, str(tmp_path), dry_run=True)
     began = time.monotonic()
     phase = runner.run("sleeper", [sys.executable, "-c", "import time; time.sleep(60)"], want_s=60, min_s=1)
     assert phase.status == "timed out" and 1 <= phase.cap_s <= 2  # the 2 s left, less what has passed
-    assert time.monotonic() - began < 2 + gpu_check.KILL_GRACE_S + 5
+    assert time.monotonic() - began < 2 + deadline.KILL_GRACE_S + 5
     assert runner.run("late", [sys.executable, "-c", "pass"], want_s=60).status.startswith("skipped")
     runner.close()
     assert "-- sleeper: timed out" in (tmp_path / "run.log").read_text()
@@ -97,10 +98,10 @@ def test_dry_run_writes_a_report_and_at_most_eight_files(tmp_path, monkeypatch, 
     monkeypatch.setenv("OUT", str(out))
     monkeypatch.setenv("VIDGEN_COMMIT", "feed123")
     # An optional phase whose script is missing is skipped, not failed (profile_step.py exists by now).
-    monkeypatch.setattr(gpu_check, "BENCHES", [
+    monkeypatch.setattr(phases, "BENCHES", [
         dataclasses.replace(b, optional_file="benchmarks/no_such_script.py") if b.name == "profile-step" else b
-        for b in gpu_check.BENCHES])
-    assert gpu_check.main(["--dry-run", "--phases", "gpu-info,install,bench-frame,profile-step"]) == 0
+        for b in phases.BENCHES])
+    assert cli.main(["--dry-run", "--phases", "gpu-info,install,bench-frame,profile-step"]) == 0
     printed = capsys.readouterr().out
     assert "==== vidgen gpu-check (dry run)" in printed and "commit feed123" in printed
     assert "profile-step skipped" in printed  # an optional phase whose script does not exist
@@ -108,21 +109,21 @@ def test_dry_run_writes_a_report_and_at_most_eight_files(tmp_path, monkeypatch, 
     assert len(files) <= 8 and all(p.is_file() for p in out.iterdir())
     report = json.loads(next(out.glob("validation-*.json")).read_text())
     assert report["dry_run"] and report["environment"]["commit"] == "feed123"
-    assert {k: v["status"] for k, v in report["kernels"].items()} == {k: gpu_check.NOT_RUN for k in gpu_check.KERNELS}
+    assert {k: v["status"] for k, v in report["kernels"].items()} == {k: evidence.NOT_RUN for k in evidence.KERNELS}
     assert [p["name"] for p in report["phases"]] == ["gpu-info", "install", "bench-frame", "profile-step"]
     assert (out / "summary.txt").read_text().strip().splitlines()[-1].startswith("total ")
 
 
 def test_unknown_phase_is_refused():
     with pytest.raises(SystemExit, match="unknown phase 'tset'"):
-        gpu_check.main(["--dry-run", "--phases", "tset"])
+        cli.main(["--dry-run", "--phases", "tset"])
 
 
 def test_kernel_driver_marks_each_entry_it_runs(device, capsys):
-    """benchmarks/sanitize_kernels.py on tiny shapes (interpreter on a CPU, compiled on a GPU)."""
+    """tools/sanitize_kernels.py on tiny shapes (interpreter on a CPU, compiled on a GPU)."""
     names = ["add_noise", "guided_step_cuda", "frame_attention_full_d40", "temporal_attention_d160"]
     assert sanitize_kernels.main(["--device", str(device), "--tiny", "--kernel", *names]) == 0
-    found = gpu_check.read_sanitizer_log(capsys.readouterr().out, sanitize_kernels.NAMES)
+    found = evidence.read_sanitizer_log(capsys.readouterr().out, sanitize_kernels.NAMES)
     for name in ("add_noise", "frame_attention_full_d40", "temporal_attention_d160"):
         assert found[name]["status"] == "clean", found[name]
     cuda = found["guided_step_cuda"]  # the CUDA library: runs on a GPU, is skipped with its reason on a CPU

@@ -12,7 +12,7 @@ from diffusers import DDIMInverseScheduler, DDIMScheduler
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 
 import vidgen
-from vidgen.kernels.guidance import guided_step_reference
+from vidgen.kernels.guidance import DDIMStep, Guidance, guided_step_reference
 from vidgen.ops import BackendUnavailable, guided_step, use_backend
 
 SHAPE = (2, 3, 5, 6, 7)  # (B, C, F, h, w): odd sizes, 5 frames = one full Philox group + one partial
@@ -181,6 +181,17 @@ def test_in_kernel_noise_is_correlated_noise(device, which, kind, alpha, seed):
     assert not torch.equal(drawn, guided_step(x, cond, alpha_prod_t=0.35, alpha_prod_prev=0.5))
 
 
+@pytest.mark.parametrize("kind,alpha", [("iid", 0.0), ("mixed", 1.0), ("progressive", 2.0)])
+def test_triton_in_kernel_noise_is_the_noise_kernels_stream_bit_for_bit(device, kind, alpha):
+    """The Triton step draws with the noise kernel's own stream helpers (kernels/noise.py): the same bits."""
+    x, cond = randn(device, shape=(2, 3, 9, 4, 5), seed=1), randn(device, shape=(2, 3, 9, 4, 5), seed=2)
+    args = dict(alpha_prod_t=0.35, alpha_prod_prev=0.5, eta=0.8)
+    with use_backend("triton"):
+        drawn = guided_step(x, cond, noise_kind=kind, noise_alpha=alpha, seed=2**40 + 3, **args)
+        noise = vidgen.ops.correlated_noise(x.shape, kind=kind, alpha=alpha, seed=2**40 + 3, device=device)
+        assert torch.equal(drawn, guided_step(x, cond, noise=noise, **args))
+
+
 def test_in_kernel_noise_with_one_seed_per_video(device):
     x, cond = randn(device, seed=1), randn(device, seed=2)
     seeds = torch.tensor([5, 9], device=device)
@@ -198,8 +209,10 @@ def test_low_precision_against_float64_reference(device, dtype):
     args = dict(guidance_scale=3.0, prior_strength=0.2, alpha_prod_t=0.25, alpha_prod_prev=0.4, eta=0.5,
                 prediction_type="v_prediction", clip_sample_range=2.0)
     out, x0 = guided_step(x, cond, uncond, prior, noise=z, return_pred_original=True, **args)
-    ref, ref_x0 = guided_step_reference(x.double(), cond.double(), uncond.double(), prior.double(), 3.0, 0.2, 0.0,
-                                        0.25, 0.4, 0.5, z.double(), "v_prediction", 2.0, False, False)
+    ref, ref_x0 = guided_step_reference(x.double(), cond.double(), uncond.double(), prior.double(),
+                                        Guidance(scale=3.0, prior_strength=0.2, rescale=0.0),
+                                        DDIMStep(0.25, 0.4, eta=0.5, prediction_type="v_prediction",
+                                                 clip_sample_range=2.0), z.double())
     assert out.dtype == dtype and x0.dtype == dtype
     assert_close(out, ref, dtype)
     assert_close(x0, ref_x0, dtype)
@@ -221,6 +234,15 @@ def test_traces_under_torch_compile(device):
 
     compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
     torch.testing.assert_close(compiled(x, cond, uncond, a_t), step(x, cond, uncond, a_t))
+
+
+def test_custom_op_registration_passes_opcheck(device):
+    x, cond, uncond = (randn(device, seed=s) for s in range(3))
+    a_t = torch.tensor([0.3, 0.4], device=device)
+    # the schema's order: sample, return_pred_original, tensors, then the settings (see vidgen/ops/guidance.py)
+    torch.library.opcheck(torch.ops.vidgen.guided_step.default,
+                          (x, True, cond, uncond, None, None, None, a_t, None, 5.0, 0.0, 0.5, 0.0, 0.6, 0.0,
+                           "epsilon", None, False, False, None, 0.0, 0))
 
 
 # ---- bad input -----------------------------------------------------------------------------------

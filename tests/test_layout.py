@@ -2,7 +2,7 @@
 kernels/ <- vidgen/ops/ <- vidgen/integration/ <- sampling, training, commands.
 
 Each rule is about where a dependency may be imported from, so that a change to the kernels, the
-ops or the diffusers integration lands in one place. Deprecated stubs at old paths are exempt.
+ops or the diffusers integration lands in one place.
 """
 import ast
 import pathlib
@@ -11,16 +11,14 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "vidgen"
-KERNELS = ROOT / "kernels"
-DEPRECATED_STUBS = {"processors.py", "modules.py", "patching.py", "schedulers.py", "models/__init__.py",
-                    "models/attention.py", "models/video_unet.py"}
+KERNELS = ROOT / "kernels"  # installed as vidgen.kernels
 
 
 def _imports(path: pathlib.Path) -> set[str]:
     """Absolute names of every module ``path`` imports (relative imports resolved against its package)."""
     relative_to = PACKAGE if path.is_relative_to(PACKAGE) else KERNELS
-    package = ["vidgen" if relative_to == PACKAGE else "vidgen.kernels",
-               *path.relative_to(relative_to).parent.parts]
+    package = ["vidgen"] if relative_to == PACKAGE else ["vidgen", "kernels"]
+    package += path.relative_to(relative_to).parent.parts
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
@@ -34,8 +32,7 @@ def _imports(path: pathlib.Path) -> set[str]:
 
 
 def _files(folder: pathlib.Path):
-    return sorted(p for p in folder.rglob("*.py") if str(p.relative_to(PACKAGE if folder.is_relative_to(PACKAGE)
-                                                                      else KERNELS)) not in DEPRECATED_STUBS)
+    return sorted(folder.rglob("*.py"))
 
 
 def _offenders(files, forbidden) -> list[str]:
@@ -66,6 +63,35 @@ def test_the_ops_import_only_kernels_and_themselves():
 def test_the_integration_imports_only_the_ops_below_it():
     assert not _offenders(_files(PACKAGE / "integration"),
                           lambda n: _is(n, "vidgen") and not _is(n, "vidgen.ops") and not _is(n, "vidgen.integration"))
+
+
+def _module_name(path: pathlib.Path) -> str:
+    root, prefix = (PACKAGE, ["vidgen"]) if path.is_relative_to(PACKAGE) else (KERNELS, ["vidgen", "kernels"])
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    return ".".join(prefix + (parts[:-1] if parts[-1] == "__init__" else parts))
+
+
+def test_no_two_modules_import_each_other():
+    # A cycle (even through an import inside a function) means two files share one purpose. Edges
+    # into a package's __init__ do not count: ``from . import x`` names the package to reach x.
+    files = [p for p in _files(PACKAGE) + _files(KERNELS) if p.name != "__init__.py"]
+    modules = {_module_name(p): p for p in files}
+    imports = {name: sorted(m for m in _imports(path) if m in modules and m != name) for name, path in modules.items()}
+    cycles, state = [], {}
+
+    def visit(name, trail):
+        state[name] = "open"
+        for other in imports[name]:
+            if state.get(other) == "open":
+                cycles.append(" -> ".join(trail[trail.index(other):] + [name, other]))
+            elif other not in state:
+                visit(other, trail + [name])
+        state[name] = "done"
+
+    for name in sorted(modules):
+        if name not in state:
+            visit(name, [])
+    assert not cycles, "\n".join(cycles)
 
 
 @pytest.mark.parametrize("model_module", ["diffusers.models", "diffusers.schedulers"])

@@ -8,8 +8,8 @@ from diffusers.models.transformers.transformer_temporal import TransformerTempor
 from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from vidgen.integration.motion import FusedTemporalTransformer, patch_temporal_transformer, unpatch_temporal_transformer
-from vidgen.integration.processors import temporal_self_attention
+from vidgen.integration.motion import FusedMotionForward, patch_motion_module, unpatch_motion_module
+from vidgen.integration.temporal import temporal_self_attention
 
 CHANNELS, HEADS, HEAD_DIM, GROUPS = 80, 2, 40, 8
 
@@ -51,9 +51,9 @@ def assert_same_function(module, x, frames, atol=2e-5, rtol=2e-5):
     g = torch.Generator().manual_seed(3)
     grad = torch.randn(x.shape, generator=g).to(x.device, x.dtype)
     want = forward_and_grads(module, x, frames, grad)
-    patch_temporal_transformer(module)
+    patch_motion_module(module)
     got = forward_and_grads(module, x, frames, grad)
-    unpatch_temporal_transformer(module)
+    unpatch_motion_module(module)
     torch.testing.assert_close(got[0], want[0], atol=atol, rtol=rtol, msg=lambda m: f"output: {m}")
     torch.testing.assert_close(got[1], want[1], atol=atol, rtol=rtol, msg=lambda m: f"grad input: {m}")
     for name, g_want in want[2].items():
@@ -80,7 +80,7 @@ def test_transformer_temporal_model_forward_gradients_and_return_types(device):
                                                 in_channels=CHANNELS, norm_num_groups=GROUPS), seed=4).to(device)
     x = video_input(1, 6, 3, 3, device)
     assert_same_function(module, x, 6)
-    patch_temporal_transformer(module)
+    patch_motion_module(module)
     assert isinstance(module(x, num_frames=6), TransformerTemporalModelOutput)
     assert isinstance(module(x, num_frames=6, return_dict=False), tuple)
 
@@ -92,7 +92,7 @@ def test_half_precision_error_is_no_worse_than_diffusers(device):
     want = module.double()(x.double(), num_frames=8)
     module_half = copy.deepcopy(module).to(device, torch.float16)
     diffusers_error = (module_half(x.to(device, torch.float16), num_frames=8).double().cpu() - want).abs().max()
-    patch_temporal_transformer(module_half)
+    patch_motion_module(module_half)
     ours_error = (module_half(x.to(device, torch.float16), num_frames=8).double().cpu() - want).abs().max()
     assert ours_error <= 2 * diffusers_error + 1e-3, (ours_error, diffusers_error)
 
@@ -117,7 +117,7 @@ def test_patched_forward_makes_no_permuted_copies(device):
     x = video_input(1, 8, 4, 4, device).detach()
     with torch.no_grad(), CopyCounter() as original:
         module(x, num_frames=8)
-    patch_temporal_transformer(module)
+    patch_motion_module(module)
     with torch.no_grad(), CopyCounter() as fused:
         module(x, num_frames=8)
     assert len(original.copies) >= 2  # diffusers: (B*h*w, F, C) in and back out, at least
@@ -128,26 +128,25 @@ def test_patch_is_idempotent_instance_level_and_reversible(device):
     module = animatediff_module().to(device)
     other = animatediff_module().to(device)
     keys = list(module.state_dict())
-    patch_temporal_transformer(module)
+    patch_motion_module(module)
     fused = module.forward
-    assert isinstance(fused, FusedTemporalTransformer)
-    patch_temporal_transformer(module)
+    assert isinstance(fused, FusedMotionForward)
+    patch_motion_module(module)
     assert module.forward is fused
-    assert not isinstance(other.forward, FusedTemporalTransformer)  # the class is untouched
+    assert not isinstance(other.forward, FusedMotionForward)  # the class is untouched
     assert list(module.state_dict()) == keys
-    unpatch_temporal_transformer(module)
+    unpatch_motion_module(module)
     assert "forward" not in module.__dict__
     assert module.forward.__func__ is AnimateDiffTransformer3D.forward
 
 
-def test_patch_motion_modules_walks_a_model(device):
-    # The deprecated entry point (one release): vidgen.patch does the walk now.
-    from vidgen.modules import patch_motion_modules
+def test_patch_walks_a_model_to_its_motion_modules(device):
+    import vidgen
 
     model = torch.nn.Sequential(animatediff_module(), torch.nn.Linear(2, 2), animatediff_module())
-    with pytest.deprecated_call():
-        assert patch_motion_modules(model) == 2
-    assert isinstance(model[2].forward, FusedTemporalTransformer)
+    vidgen.patch(model, frame_attention=False, guidance=False)
+    assert sum(entry.what.endswith("(motion module)") for entry in vidgen.patch_report(model).replaced) == 2
+    assert isinstance(model[2].forward, FusedMotionForward)
 
 
 def test_custom_attention_processor_falls_back_to_the_original_forward(device):
@@ -162,7 +161,7 @@ def test_custom_attention_processor_falls_back_to_the_original_forward(device):
     module.transformer_blocks[0].attn1.set_processor(CountingProcessor())
     x = video_input(1, 4, 2, 2, device).detach()
     want = module(x, num_frames=4)
-    patch_temporal_transformer(module)
+    patch_motion_module(module)
     calls.clear()
     torch.testing.assert_close(module(x, num_frames=4), want)
     assert calls  # the custom processor ran: the fused path stood aside
@@ -170,7 +169,7 @@ def test_custom_attention_processor_falls_back_to_the_original_forward(device):
 
 def test_unsupported_structure_is_refused():
     with pytest.raises(TypeError, match="AnimateDiffTransformer3D"):
-        patch_temporal_transformer(torch.nn.Linear(2, 2))
+        patch_motion_module(torch.nn.Linear(2, 2))
 
 
 def test_temporal_self_attention_matches_attention_on_rearranged_tokens(device):
@@ -210,7 +209,7 @@ def test_pag_identity_processors_are_computed_by_the_fused_forward(device, proce
     module.transformer_blocks[0].attn1.set_processor(getattr(attention_processor, processor_name)())
     x = video_input(videos, 3, 2, 3, device)
     with warnings.catch_warnings():
-        warnings.simplefilter("error", vidgen.KernelFallbackWarning)  # the fused path, not a fallback
+        warnings.simplefilter("error", vidgen.FallbackWarning)  # the fused path, not a fallback
         assert_same_function(module, x, 3)
 
 
@@ -218,16 +217,16 @@ def test_pag_with_a_batch_its_chunks_cut_through_runs_diffusers_forward(device):
     from diffusers.models.attention_processor import PAGCFGIdentitySelfAttnProcessor2_0
 
     import vidgen
-    from vidgen.integration.processors import forget_warnings
+    from vidgen.ops._fallback import forget_warnings
 
     module = animatediff_module().to(device)
     module.transformer_blocks[0].attn1.set_processor(PAGCFGIdentitySelfAttnProcessor2_0())
     x = video_input(2, 3, 2, 2, device)  # 2 videos in 3 chunks: diffusers splits by rows, not videos
     with torch.no_grad():
         want = module(x, num_frames=3)
-        patch_temporal_transformer(module)
+        patch_motion_module(module)
         forget_warnings()
-        with pytest.warns(vidgen.KernelFallbackWarning, match="unequal parts"):
+        with pytest.warns(vidgen.FallbackWarning, match="unequal parts"):
             got = module(x, num_frames=3)
     assert torch.equal(got, want)
 

@@ -97,11 +97,11 @@ def unet2d(heads: int):
 
 
 def test_inflate_refuses_a_head_dim_the_kernels_cannot_run():
-    with pytest.raises(ValueError, match=r"attention head dim 4 \(8 heads of width 32.*\(8 to 256\)"):
+    with pytest.raises(ValueError, match=r"attention head dim 4 \(8 heads of width 32.*\[8, 256\]"):
         vidgen.inflate(unet2d(heads=8))
-    assert vidgen.inflate(unet2d(heads=4)).config.frame_attention == "sparse_causal"  # head dim 8 runs
+    assert vidgen.inflate(unet2d(heads=4)).config.frame_mode == "sparse_causal"  # head dim 8 runs
 
 
-def test_inflate_names_its_attention_argument():
-    with pytest.raises(ValueError, match=r"^attention: expected one of 'sparse_causal', 'first_frame', got 'full'"):
-        vidgen.inflate(unet2d(heads=2), attention="full")
+def test_inflate_names_its_frame_mode_argument():
+    with pytest.raises(ValueError, match=r"^frame_mode: expected one of 'sparse_causal', 'first_frame', got 'full'"):
+        vidgen.inflate(unet2d(heads=2), frame_mode="full")

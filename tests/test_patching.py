@@ -452,7 +452,7 @@ def test_text2video_zero_mixed_head_dims_patch_what_the_kernel_serves():
 def test_first_frame_processor_hands_unserved_calls_to_diffusers_and_says_so_once():
     from diffusers.models.attention_processor import Attention
 
-    from vidgen.integration.processors import forget_warnings
+    from vidgen.ops._fallback import forget_warnings
 
     torch.manual_seed(0)
     attn = Attention(query_dim=8, heads=2, dim_head=4).eval()  # D = 4: no kernel
@@ -462,9 +462,9 @@ def test_first_frame_processor_hands_unserved_calls_to_diffusers_and_says_so_onc
         expected = attn(hidden)
     attn.set_processor(FirstFrameAttnProcessor(CrossFrameAttnProcessor2_0(batch_size=2)))
     forget_warnings()
-    with pytest.warns(vidgen.KernelFallbackWarning, match="head dim 4") as caught, torch.no_grad():
+    with pytest.warns(vidgen.FallbackWarning, match="head dim 4") as caught, torch.no_grad():
         first, second = attn(hidden), attn(hidden)
-    assert len([w for w in caught if issubclass(w.category, vidgen.KernelFallbackWarning)]) == 1
+    assert len([w for w in caught if issubclass(w.category, vidgen.FallbackWarning)]) == 1
     assert torch.equal(first, expected) and torch.equal(second, expected)
 
 
@@ -485,14 +485,14 @@ def test_motion_module_with_head_dim_beyond_the_kernel_is_left_and_reported():
 
 
 def test_patched_motion_module_runs_diffusers_forward_for_an_unserved_dtype(motion_unet_dir):
-    from vidgen.integration.processors import forget_warnings
+    from vidgen.ops._fallback import forget_warnings
 
     unet = UNetMotionModel.from_pretrained(motion_unet_dir).double()
     inputs = [x.double() if x.is_floating_point() else x for x in video_inputs(size=4, text_per_frame=True)]
     before = run(unet, *inputs)
     vidgen.patch(unet)
     forget_warnings()
-    with pytest.warns(vidgen.KernelFallbackWarning, match="float64"):
+    with pytest.warns(vidgen.FallbackWarning, match="float64"):
         patched = run(unet, *inputs)
     assert torch.equal(patched, before)  # every motion module ran its own forward
 
@@ -539,7 +539,7 @@ def test_pag_pipeline_runs_its_motion_modules_fused_and_matches(sd_dir, monkeypa
                         lambda *a: identity_calls.append(a[4]) or real(*a))
     before = sample()
     with vidgen.ops.use_backend("torch"), warnings.catch_warnings():
-        warnings.simplefilter("error", vidgen.KernelFallbackWarning)  # no motion module falls back
+        warnings.simplefilter("error", vidgen.FallbackWarning)  # no motion module falls back
         vidgen.patch(pipe)
         assert not [e for e in vidgen.patch_report(pipe).kept if "motion" in e.what]
         patched = sample()
@@ -562,7 +562,7 @@ def test_patch_of_an_unrelated_module_says_nothing_was_patched():
 def test_public_api_is_listed():
     names = dir(vidgen)
     for name in ("patch", "unpatch", "is_patched", "patch_report", "PatchReport", "inflate", "sample_video",
-                 "VideoModel", "invert", "ops", "KernelFallbackWarning"):
+                 "VideoModel", "invert", "ops", "FallbackWarning"):
         assert name in names and name in vidgen.__all__
         assert getattr(vidgen, name) is not None
     assert vidgen.is_patched is is_patched

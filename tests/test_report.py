@@ -1,15 +1,19 @@
-"""benchmarks/report.py on synthetic result files written by benchmarks/harness.py's own writer.
+"""tools/report.py on synthetic result files written by benchmarks/harness.py's own writer.
 
 Rows follow what the benchmark scripts write (the temporal-attention ones come from the
 script's own row builder); the expected numbers are computed here from the synthetic timings.
 """
 import math
+import os
 import re
+import shutil
 import statistics
 
 import pytest
 
-from benchmarks import bench_temporal_attention, harness, report
+from benchmarks import bench_temporal_attention, harness
+from tools import ROOT, report, sanitize_kernels
+from tools.gpu_check import deadline, evidence, validation
 
 GPU = "NVIDIA Synthetic-GPU 80GB"   # a dash in the name, as some real GPU names have
 COMMIT = "abc1234"
@@ -79,7 +83,7 @@ def _write_temporal(base, date):
         shape = {"level": level, "C": channels, "D": channels // 8, "F": 16, "problems": 1, "dtype": "float16"}
         ours = {"ms": ours_ms, "ms_p20": ours_ms, "ms_p80": ours_ms} if ours_ms else {"ms": None, "error": "boom"}
         peers = {name: {"ms": ms} for name, ms in peer_ms.items()}
-        rows.append(bench_temporal_attention._op_row(shape, "fwd", ours, peers, 4 * 2**20, COPY_GBS))
+        rows.append(bench_temporal_attention._op_row(shape, "fwd", ours, peers, 4 * 2**20, {"copy_gbs": COPY_GBS}))
     harness.write_results("temporal_attention", rows, _environment(base, date), {"copy_gbs": COPY_GBS})
 
 
@@ -220,11 +224,18 @@ def test_no_results_says_so_and_draws_nothing(results_dir, tmp_path):
 
 
 def test_vidgen_bench_report_only_regenerates_the_default_readme(synthetic_results, tmp_path, monkeypatch):
+    """``python -m tools.report`` in the checkout, in a process of its own: here a copy of the checkout's
+    ``benchmarks/`` and ``tools/`` with the synthetic results in its default folder."""
     from vidgen.commands import bench
 
-    readme = tmp_path / "README.md"
+    checkout = tmp_path / "checkout"
+    for package in ("benchmarks", "tools"):
+        shutil.copytree(os.path.join(ROOT, package), checkout / package,
+                        ignore=shutil.ignore_patterns("results", "__pycache__"))
+    shutil.copytree(synthetic_results, checkout / "benchmarks" / "results")
+    readme = checkout / "README.md"
     _write_readme(readme)
-    monkeypatch.setattr(report, "README_PATH", str(readme))
+    monkeypatch.setattr(bench, "_checkout", lambda: str(checkout))
     assert bench.main(["--report-only"]) == 0
     assert _table_line(readme.read_text(), "correlated_noise")[1] == "2"
     with pytest.raises(SystemExit):
@@ -277,9 +288,7 @@ def _junit(path, failing=()):
 
 
 def _sanitizer_log(findings=None, stop_before=None):
-    """compute-sanitizer's output around benchmarks/sanitize_kernels.py's markers."""
-    from benchmarks import sanitize_kernels
-
+    """compute-sanitizer's output around tools/sanitize_kernels.py's markers."""
     lines = ["========= COMPUTE-SANITIZER"]
     for name in sanitize_kernels.NAMES:
         if name == stop_before:
@@ -294,19 +303,17 @@ def _sanitizer_log(findings=None, stop_before=None):
 
 def _write_validation(results_dir, tmp_path, base, date, *, gpu=GPU, failing=(), findings=None, racecheck=True,
                       dry_run=False, tests_phase="ok"):
-    """A validation report as benchmarks/gpu_check.py makes one: its JUnit reader, its sanitizer-log
+    """A validation report as tools/gpu_check makes one: its JUnit reader, its sanitizer-log
     reader, its kernel statuses and its writer."""
-    from benchmarks import gpu_check, sanitize_kernels
-
-    runner = gpu_check.Runner(540, str(tmp_path / f"work-{date}-{gpu[-3:]}"), dry_run)
-    runner.record(gpu_check.Phase("tests", tests_phase))
+    runner = deadline.Runner(540, str(tmp_path / f"work-{date}-{gpu[-3:]}"), dry_run)
+    runner.record(deadline.Phase("tests", tests_phase))
     runner.close()
-    junit = gpu_check.read_junit(_junit(tmp_path / f"tests-{date}.xml", failing))
+    junit = evidence.read_junit(_junit(tmp_path / f"tests-{date}.xml", failing))
     logs = {"memcheck": _sanitizer_log(findings)} | ({"racecheck": _sanitizer_log()} if racecheck else {})
-    sanitizer = {tool: gpu_check.read_sanitizer_log(text, sanitize_kernels.NAMES) for tool, text in logs.items()}
+    sanitizer = {tool: evidence.read_sanitizer_log(text, sanitize_kernels.NAMES) for tool, text in logs.items()}
     environment = {**base, "gpu": gpu, "driver": DRIVER, "commit": COMMIT, "date": f"{date}T12:00:00+00:00",
                    "torch": "2.11.0", "triton": "3.6.0", "cuda": "13.0"}
-    return gpu_check.write_report(gpu_check.validation_report(environment, runner, junit, sanitizer), str(results_dir))
+    return validation.write_report(validation.validation_report(environment, runner, junit, sanitizer), str(results_dir))
 
 
 def _status(readme_text):
@@ -341,9 +348,7 @@ def test_status_names_the_kernels_gpu_toolchain_and_date_of_the_newest_report(sy
     assert (f"on {GPU} (driver {DRIVER}; torch 2.11.0, triton 3.6.0, CUDA 13.0), commit `{COMMIT}`, 2026-03-05 "
             f"([report](results/{newest.rsplit('/', 1)[1]}))") in status
     assert "Older-GPU" not in status and "Dry-GPU" not in status
-    from benchmarks import gpu_check, sanitize_kernels
-
-    for kernel, (_, patterns) in gpu_check.KERNELS.items():
+    for kernel, (_, patterns) in evidence.KERNELS.items():
         entries = [n for n in sanitize_kernels.NAMES if any(re.search(p, n) for p in patterns)]
         cells = _table_line(status, kernel)
         assert cells[1] == "correct on GPU" and cells[3] == cells[4] == f"clean ({len(entries)})"

@@ -41,7 +41,7 @@ def test_the_shipped_model_is_a_diffusers_folder_of_safetensors_weights():
 def test_it_loads_like_any_folder_and_its_tokenizer_reads_each_word_as_one_token(model):
     from vidgen import VideoUNet
 
-    assert isinstance(model.unet, VideoUNet) and model.unet.config.frame_attention == "sparse_causal"
+    assert isinstance(model.unet, VideoUNet) and model.unet.config.frame_mode == "sparse_causal"
     assert sorted(model.tokenizer.init_kwargs["closed_vocabulary"]) == sorted(data.VOCABULARY)
     for word in data.VOCABULARY:
         assert len(model.tokenizer(word).input_ids) == 3  # start, the word, end

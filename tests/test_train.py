@@ -354,7 +354,7 @@ def test_cli_tune_lamp_bf16_then_sample(model_dir, video_dir, tmp_path, capsys):
         assert "wrote model" in capsys.readouterr().out
         assert sample_command.main(["--model", str(out), "--frames", "3", "--height", str(SIZE), "--width", str(SIZE),
                                     "--steps", "2", "--out", str(tmp_path / "s.gif"), "--device", "cpu", "--quiet"]) == 0
-        assert VideoUNet.from_pretrained(out, subfolder="unet").config.frame_attention == "first_frame"
+        assert VideoUNet.from_pretrained(out, subfolder="unet").config.frame_mode == "first_frame"
         assert VideoModel.from_pretrained(out).scheduler.config.prediction_type == "v_prediction"
         assert VideoModel.from_pretrained(model_dir).scheduler.config.prediction_type == "epsilon"  # source untouched
         assert tune_command.main(args[:3] + ["/nonexistent.mp4"] + args[4:]) == 2

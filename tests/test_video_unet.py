@@ -114,7 +114,7 @@ def _transformer(tm, x, text, mode):
 
 
 def tuneavideo_reference(unet, sample, timestep, text):
-    mode = unet.config.frame_attention
+    mode = unet.config.frame_mode
     temb = unet.time_embedding(unet.time_proj(timestep).to(sample.dtype))
     x = _conv(unet.conv_in, sample)
     skips = [x]
@@ -154,7 +154,7 @@ def _inputs(videos=2, frames=3, size=8, dtype=torch.float32, seed=5):
 def test_inflated_unet_matches_tuneavideo_formulation(tmp_path, mode):
     # Loaded through the user path (a diffusers folder on disk). The reference PyTorch processors
     # (unpatched state) in float64 match to rounding; vidgen's ops (torch backend) in fp32.
-    unet = VideoUNet.from_pretrained_2d(save_2d(tmp_path, tiny_unet2d()), frame_attention=mode)
+    unet = VideoUNet.from_pretrained_2d(save_2d(tmp_path, tiny_unet2d()), frame_mode=mode)
     randomise_temporal(unet)
     sample, timestep, text = _inputs()
     with torch.no_grad():
@@ -217,8 +217,8 @@ def test_one_frame_without_temporal_layers_is_the_image_unet():
 
 def test_inflate_shares_2d_weights_and_initialises_temporal_layers():
     unet2d = tiny_unet2d()
-    unet = vidgen.inflate(unet2d, attention="first_frame")
-    assert unet.config.frame_attention == "first_frame"
+    unet = vidgen.inflate(unet2d, frame_mode="first_frame")
+    assert unet.config.frame_mode == "first_frame"
     own, image = unet.state_dict(), unet2d.state_dict()
     assert set(own) - set(image) == {k for k in own if "_temp." in k}
     assert set(image) <= set(own)
@@ -235,14 +235,14 @@ def test_inflate_shares_2d_weights_and_initialises_temporal_layers():
 
 
 def test_save_and_load_roundtrip_safetensors(tmp_path):
-    unet = vidgen.inflate(tiny_unet2d(), attention="first_frame")
+    unet = vidgen.inflate(tiny_unet2d(), frame_mode="first_frame")
     randomise_temporal(unet)
     unet.save_pretrained(tmp_path / "video")
     assert (tmp_path / "video" / "diffusion_pytorch_model.safetensors").is_file()
     config = json.loads((tmp_path / "video" / "config.json").read_text())
-    assert config["_class_name"] == "VideoUNet" and config["frame_attention"] == "first_frame"
+    assert config["_class_name"] == "VideoUNet" and config["frame_mode"] == "first_frame"
     loaded = VideoUNet.from_pretrained(tmp_path / "video")
-    assert loaded.config.frame_attention == "first_frame"
+    assert loaded.config.frame_mode == "first_frame"
     saved = load_file(tmp_path / "video" / "diffusion_pytorch_model.safetensors")
     for key, tensor in loaded.state_dict().items():
         assert torch.equal(saved[key], tensor), key

@@ -13,7 +13,7 @@ _LAZY = {
     "patch_report": "integration.patch",
     "PatchReport": "integration.patch",
     "PatchEntry": "integration.patch",
-    "KernelFallbackWarning": "integration.processors",
+    "FallbackWarning": "ops._fallback",
     "VideoModel": "sampling",
     "sample_video": "sampling",
     "invert": "sampling",

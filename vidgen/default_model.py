@@ -22,6 +22,8 @@ import tempfile
 
 import torch
 
+from .ops import cache_dir
+
 ARCHS = ("shapes", "tiny", "sd15")
 DEFAULT_ARCH = "shapes"
 RANDOM_ARCHS = ("tiny", "sd15")  # built on first use, random weights
@@ -112,10 +114,6 @@ def atomic_folder(path: str):
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-
-
-def cache_dir() -> str:
-    return os.environ.get("VIDGEN_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "vidgen"))
 
 
 def ensure(arch: str = DEFAULT_ARCH) -> str:

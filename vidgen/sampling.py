@@ -31,9 +31,10 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from .ops import correlated_noise
+from .integration.graphs import CudaGraphs
 from .vocabulary import closed_vocabulary, vocabulary_problem
 from .integration.schedulers import FusedDDIMInverseScheduler, FusedDDIMScheduler
+from .ops import correlated_noise
 
 
 # ----------------------------------------------------------------------------------------------
@@ -51,11 +52,11 @@ class VideoModel:
     scheduler: object
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, *, frame_attention: str = "sparse_causal",
+    def from_pretrained(cls, path: str | os.PathLike, *, frame_mode: str = "sparse_causal",
                         unet: torch.nn.Module | None = None, torch_dtype: torch.dtype = torch.float32,
                         device: torch.device | str = "cpu") -> "VideoModel":
         """Load a local Stable-Diffusion-layout folder. The ``unet`` subfolder may hold a 2-D UNet
-        (inflated with ``frame_attention``) or a saved :class:`~vidgen.VideoUNet`; pass
+        (inflated with ``frame_mode``) or a saved :class:`~vidgen.VideoUNet`; pass
         ``unet`` to use another video UNet (e.g. a ``UNetMotionModel``)."""
         import json
 
@@ -75,7 +76,7 @@ class VideoModel:
             if saved_class == "VideoUNet":
                 unet = VideoUNet.from_pretrained(path, subfolder="unet", torch_dtype=torch_dtype)
             else:
-                unet = VideoUNet.from_pretrained_2d(path, frame_attention=frame_attention, torch_dtype=torch_dtype)
+                unet = VideoUNet.from_pretrained_2d(path, frame_mode=frame_mode, torch_dtype=torch_dtype)
         model = cls(
             unet=unet,
             vae=AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=torch_dtype),
@@ -220,19 +221,14 @@ def _run_steps(step, x: torch.Tensor, timesteps: torch.Tensor, *, desc: str, pro
         return x
     if x.device.type != "cuda":
         raise ValueError(f"cuda_graph: CUDA-graph capture needs CUDA tensors, got latents on {x.device}")
+    graphs = CudaGraphs()
     static_x, static_t = x.clone(), timesteps[0].clone()
-    side = torch.cuda.Stream(x.device)
-    side.wait_stream(torch.cuda.current_stream(x.device))
-    with torch.cuda.stream(side):
-        step(static_x.clone(), 0, static_t)
-    torch.cuda.current_stream(x.device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_out = step(static_x, 0, static_t)
+    graphs.warm_up(lambda: step(static_x.clone(), 0, static_t), x.device)
+    replay, static_out = graphs.capture(lambda: step(static_x, 0, static_t))
     for i in tqdm(range(len(timesteps)), desc=desc, disable=not progress):
         static_x.copy_(x)
         static_t.copy_(timesteps[i])
-        graph.replay()
+        replay()
         x = static_out
     return static_out.clone()
 

@@ -218,7 +218,7 @@ def read_video_for(flag: str, path: str, num_frames: int, needed_by: str | None 
 # Library arguments whose CLI option has another name (vidgen's functions name their arguments
 # in every error: "num_frames: expected >= 1"; the command line shows the option instead).
 LIBRARY_NAMES = {"path": "model", "unet2d": "model", "num_frames": "frames", "num_inference_steps": "steps",
-                 "guidance_scale": "guidance", "frame_attention": "attention", "clip_dir": "clip"}
+                 "guidance_scale": "guidance", "clip_dir": "clip"}
 
 
 def flag_for(parser: argparse.ArgumentParser, name: str) -> str | None:

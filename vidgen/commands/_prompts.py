@@ -23,10 +23,11 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ._args import SEED_LIMIT, UsageError
+from ._models import load_animatediff, load_video_models, resolve_dtype, resolve_model_dir
 
 _SEEDED = re.compile(r"^\s*(\d+)\s*\|\s*(.*)$")
 # The settings a video depends on: a record that differs in any of them is redone.
-_SETTINGS = ("model", "arch", "attention", "dtype", "motion_adapter", "prior", "prior_strength", "frames", "steps",
+_SETTINGS = ("model", "arch", "frame_mode", "dtype", "motion_adapter", "prior", "prior_strength", "frames", "steps",
              "guidance", "noise", "noise_alpha", "video", "height", "width")
 
 
@@ -165,7 +166,6 @@ def _video_model_sampler(args, model_dir: str, device: torch.device, dtype: torc
     """Tune-A-Video / LAMP / Video Adapter: the model loads once, then one call per prompt."""
     from ..sampling import sample_video
     from ..video_io import frames_to_tensor
-    from .sample import load_video_models
 
     model, prior, height, width = load_video_models(args, model_dir, device, dtype)
     source = None
@@ -188,9 +188,8 @@ def _video_model_sampler(args, model_dir: str, device: torch.device, dtype: torc
 
 def _animatediff_sampler(args, model_dir: str, device: torch.device, dtype: torch.dtype):
     """AnimateDiff: the pipeline loads and is patched once, then one call per prompt."""
-    from ..patching import patch
+    from ..integration.patch import patch
     from ..sampling import initial_noise
-    from .sample import load_animatediff
 
     pipe, height, width = load_animatediff(args, model_dir, device, dtype)
     patch(pipe)
@@ -207,14 +206,11 @@ def _animatediff_sampler(args, model_dir: str, device: torch.device, dtype: torc
     return sample
 
 
-def run(args, jobs: list[PromptJob], model_dir_for, dtype_for) -> int:
-    """Sample this process's share of ``jobs`` (skipping finished ones); returns the exit status.
-
-    ``model_dir_for(args)`` and ``dtype_for(args)`` resolve the model folder and dtype as the
-    single-prompt path does (called once the device is known)."""
+def run(args, jobs: list[PromptJob]) -> int:
+    """Sample this process's share of ``jobs`` (skipping finished ones); returns the exit status."""
     rank, world, local_rank = _process()
     args.device = str(_device_for(args.device, local_rank, world))
-    device, dtype = torch.device(args.device), dtype_for(args)
+    device, dtype = torch.device(args.device), resolve_dtype(args)
     mine = [job for job in jobs if job.index % world == rank]
     todo = []
     for job in mine:
@@ -224,7 +220,7 @@ def run(args, jobs: list[PromptJob], model_dir_for, dtype_for) -> int:
         else:
             todo.append((job, path))
     if todo:  # a process with nothing left to do loads no model
-        model_dir = model_dir_for(args)
+        model_dir = resolve_model_dir(args)
         build = _animatediff_sampler if args.motion_adapter else _video_model_sampler
         sample = build(args, model_dir, device, dtype)
         for job, path in todo:

@@ -3,12 +3,10 @@
 Each benchmark writes CSV + JSON + PNG to ``benchmarks/results/``, tagged with the GPU, clocks,
 driver, versions and commit, with the ceilings (copy bandwidth, bf16 matmul) measured in the run.
 ``--report`` then regenerates README's results section and speedup plot from those files
-(``benchmarks/report.py``); ``--report-only`` does that alone, without a GPU.
+(``python -m tools.report``); ``--report-only`` does that alone, without a GPU.
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
 import subprocess
 import sys
@@ -17,10 +15,10 @@ import torch
 
 
 def _checkout() -> str:
-    """The source checkout this vidgen is installed from (editable install), which holds ``benchmarks/``."""
+    """The source checkout this vidgen is installed from (editable install), which holds ``benchmarks/`` and ``tools/``."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    if not os.path.isfile(os.path.join(root, "benchmarks", "__init__.py")):
-        raise SystemExit("vidgen bench: the benchmarks/ folder of a vidgen source checkout is needed "
+    if not all(os.path.isfile(os.path.join(root, package, "__init__.py")) for package in ("benchmarks", "tools")):
+        raise SystemExit("vidgen bench: the benchmarks/ and tools/ folders of a vidgen source checkout are needed "
                          "(pip install -e . from the repository)")
     return root
 
@@ -32,9 +30,9 @@ def available() -> list[str]:
 
 
 def _run_module(module: str, args: list[str]) -> int:
-    """``python -m benchmarks.<module>`` in the checkout, in its own process: this process's import path
-    stays the installed package's, and a benchmark that loses its CUDA context ends alone."""
-    return subprocess.call([sys.executable, "-m", f"benchmarks.{module}", *args], cwd=_checkout())
+    """``python -m <module>`` in the checkout, in its own process: the checkout's packages are imported
+    there, never into this one, and a benchmark that loses its CUDA context ends alone."""
+    return subprocess.call([sys.executable, "-m", module, *args], cwd=_checkout())
 
 
 def build_parser():
@@ -70,29 +68,13 @@ def main(argv=None) -> int:
     for name in names:
         print(f"== {name}", flush=True)
         # keep going: one broken benchmark must not hide the others' results
-        if _run_module(f"bench_{name}", ["--quick"] if args.quick else []) != 0:
+        if _run_module(f"benchmarks.bench_{name}", ["--quick"] if args.quick else []) != 0:
             failed.append(name)
             print(f"bench_{name} failed (its output above says why)", file=sys.stderr)
     report_status = _report() if args.report else 0  # also after a failure: the others' results are new
     return 1 if failed else report_status
 
 
-def _benchmarks_package():
-    """The checkout's ``benchmarks`` package, loaded from its folder (sys.path is left as it is)."""
-    folder = os.path.join(_checkout(), "benchmarks")
-    loaded = sys.modules.get("benchmarks")
-    if loaded is not None and os.path.dirname(os.path.abspath(loaded.__file__)) == folder:
-        return loaded
-    spec = importlib.util.spec_from_file_location("benchmarks", os.path.join(folder, "__init__.py"),
-                                                  submodule_search_locations=[folder])
-    package = importlib.util.module_from_spec(spec)
-    sys.modules["benchmarks"] = package
-    spec.loader.exec_module(package)
-    return package
-
-
 def _report() -> int:
-    """README's results section and speedup plot from ``benchmarks/results/`` (``benchmarks/report.py``):
-    pure Python, no GPU, so it runs in this process."""
-    _benchmarks_package()
-    return importlib.import_module("benchmarks.report").main([])
+    """README's status and results sections and speedup plot from ``benchmarks/results/`` (no GPU needed)."""
+    return _run_module("tools.report", [])

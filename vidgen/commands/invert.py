@@ -10,8 +10,9 @@ import torch
 
 from . import _args
 from ._args import UsageError
-from .sample import (add_model_arguments, check_model_arguments, check_steps, check_vocabulary, model_pixel_size,
-                     resolve_dtype, resolve_model_dir, save_latents)
+from ._models import (add_model_arguments, check_model_arguments, check_steps, check_vocabulary, model_pixel_size,
+                      resolve_dtype, resolve_model_dir)
+from .sample import save_latents
 
 
 def build_parser():
@@ -54,7 +55,7 @@ def main(argv=None) -> int:
     device, dtype = torch.device(args.device), resolve_dtype(args)
     with _args.quiet_libraries(args.quiet):
         try:
-            model = VideoModel.from_pretrained(resolve_model_dir(args), frame_attention=args.attention,
+            model = VideoModel.from_pretrained(resolve_model_dir(args), frame_mode=args.frame_mode,
                                                torch_dtype=dtype, device=device)
             default_height, default_width = model_pixel_size(model)
             size = (args.height or default_height, args.width or default_width)

@@ -19,75 +19,12 @@ import torch
 
 from .. import _timing, default_model
 from ..video_io import frames_to_tensor, write_video
-from ..vocabulary import folder_vocabulary, vocabulary_problem
 from . import _args, _prompts
 from ._args import UsageError
+from ._models import (add_model_arguments, check_model_arguments, check_steps, check_vocabulary, load_animatediff,
+                      load_video_models, resolve_dtype, resolve_model_dir)
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DEFAULT_FRAMES = 8
-
-
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", help="a local diffusers Stable Diffusion folder (SD 1.x/2.x), or a saved "
-                                        "vidgen VideoUNet model folder (default: the built-in model, --arch)")
-    parser.add_argument("--arch", choices=default_model.ARCHS, default=default_model.DEFAULT_ARCH,
-                        help="the built-in model when --model is not given: shapes (trained on moving shapes), "
-                             "tiny or sd15 (random weights, for timings)")
-    parser.add_argument("--attention", choices=("sparse_causal", "first_frame"), default="sparse_causal",
-                        help="frame attention of the inflated UNet (Tune-A-Video / LAMP)")
-    parser.add_argument("--dtype", choices=tuple(DTYPES), default=None, help="default: fp16 on CUDA, fp32 on CPU")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="cpu, cuda or cuda:N")
-    parser.add_argument("--height", type=_args.pixels, default=None,
-                        help="pixels, a multiple of 8 (default: the model's sample size)")
-    parser.add_argument("--width", type=_args.pixels, default=None,
-                        help="pixels, a multiple of 8 (default: the model's sample size)")
-    parser.add_argument("--quiet", action="store_true",
-                        help="no progress bars, and no loading bars or info logs from diffusers/transformers")
-
-
-def check_model_arguments(args) -> None:
-    """What every command built on :func:`add_model_arguments` checks before loading anything."""
-    _args.check_backend()
-    _args.check_device(args.device)
-    if args.model is not None:
-        _args.check_model_folder("--model", args.model)
-
-
-def check_steps(args) -> None:
-    """DDIM cannot take more steps than the model has training timesteps (diffusers would refuse,
-    after the model loaded): read the count from the scheduler's configuration file instead."""
-    limit = default_model.SD15_SCHEDULER["num_train_timesteps"]  # the built-in models'
-    if args.model is not None:
-        config = _args.check_config_folder("--model", os.path.join(args.model, "scheduler"),
-                                           "a diffusers scheduler folder", "scheduler_config.json")
-        limit = config.get("num_train_timesteps", limit)
-    if args.steps > limit:
-        raise UsageError(f"--steps: {args.steps} is more than the model's {limit} training timesteps")
-
-
-def resolve_model_dir(args) -> str:
-    if args.model is None:
-        return default_model.ensure(args.arch)
-    _args.check_model_folder("--model", args.model)
-    return args.model
-
-
-def resolve_dtype(args) -> torch.dtype:
-    if args.dtype:
-        return DTYPES[args.dtype]
-    return torch.float16 if torch.device(args.device).type == "cuda" else torch.float32
-
-
-def load_source_video(path: str, num_frames: int, height: int, width: int) -> torch.Tensor:
-    """(1, F, 3, H, W) in [-1, 1] from a video file or frame folder, resized and centre-cropped."""
-    return frames_to_tensor(_args.read_video_for("--video", path, num_frames), size=(height, width))[None]
-
-
-def model_pixel_size(model) -> tuple[int, int]:
-    """(height, width) in pixels the model's UNet was trained at."""
-    side = model.unet.config.sample_size * 2 ** (len(model.vae.config.block_out_channels) - 1)
-    return side, side
 
 
 # ----------------------------------------------------------------------------------------------
@@ -175,20 +112,6 @@ def _from_latents(model, args, latents: torch.Tensor, prior) -> tuple[torch.Tens
     return video, _SecondsTable(seconds)
 
 
-def load_video_models(args, model_dir: str, device: torch.device, dtype: torch.dtype):
-    """(model, --prior's UNet or None, height, width) of a Tune-A-Video / LAMP / Video Adapter run;
-    the pixel size is --height/--width, else the model's own."""
-    from ..sampling import VideoModel
-
-    model = VideoModel.from_pretrained(model_dir, frame_attention=args.attention, torch_dtype=dtype, device=device)
-    prior = None
-    if args.prior:
-        prior = VideoModel.from_pretrained(args.prior, frame_attention=args.attention, torch_dtype=dtype,
-                                           device=device).unet
-    default_height, default_width = model_pixel_size(model)
-    return model, prior, args.height or default_height, args.width or default_width
-
-
 def _sample_video_model(args, model_dir: str, device: torch.device, dtype: torch.dtype):
     from ..integration.video_unet import VideoUNet
     from ..sampling import sample_video
@@ -225,20 +148,6 @@ def _sample_video_model(args, model_dir: str, device: torch.device, dtype: torch
         return side
 
     return _timed_pair(with_ops(True), with_ops(False), "reference", args.rounds)
-
-
-def load_animatediff(args, model_dir: str, device: torch.device, dtype: torch.dtype):
-    """(AnimateDiff pipeline with --motion-adapter and a DDIM scheduler, unpatched, height, width);
-    the pixel size is --height/--width, else the UNet's own."""
-    from diffusers import AnimateDiffPipeline, DDIMScheduler, MotionAdapter
-
-    adapter = MotionAdapter.from_pretrained(args.motion_adapter, torch_dtype=dtype)
-    pipe = AnimateDiffPipeline.from_pretrained(model_dir, motion_adapter=adapter, torch_dtype=dtype)
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    pipe.to(device)
-    pipe.set_progress_bar_config(disable=args.quiet)
-    default_size = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    return pipe, args.height or default_size, args.width or default_size
 
 
 def _sample_animatediff(args, model_dir: str, device: torch.device, dtype: torch.dtype):
@@ -376,18 +285,6 @@ def resolve_sampling_defaults(args) -> None:
     args.noise = args.noise or own.get("noise", "iid")
 
 
-def check_vocabulary(args, prompts: list[tuple[str, str]]) -> None:
-    """Refuse prompts with words outside the model's closed vocabulary (the built-in shapes model's
-    grammar), read from its tokenizer's configuration before anything loads. ``prompts``: (flag, text)."""
-    folder = args.model if args.model is not None else (
-        default_model.shapes_dir() if args.arch == "shapes" else None)
-    words = folder_vocabulary(folder) if folder else None
-    for flag, prompt in prompts:
-        problem = vocabulary_problem(words, prompt, flag)
-        if problem:
-            raise UsageError(problem)
-
-
 def check_arguments(args) -> None:
     """Everything knowable before a model loads; raises :class:`UsageError` naming the flag."""
     check_model_arguments(args)
@@ -438,7 +335,7 @@ def main(argv=None) -> int:
     if jobs is not None:
         try:
             with _args.quiet_libraries(args.quiet):
-                return _prompts.run(args, jobs, resolve_model_dir, resolve_dtype)
+                return _prompts.run(args, jobs)
         except (UsageError, OSError, ValueError) as exc:  # OSError: a model file missing or unreadable
             return _args.fail(parser, exc)
     device, dtype = torch.device(args.device), resolve_dtype(args)

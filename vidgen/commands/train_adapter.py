@@ -25,6 +25,8 @@ def _channels(text: str) -> tuple[int, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ..integration.video_unet import INFLATION_MODES
+
     parser = _args.parser("vidgen train-adapter", __doc__)
     parser.add_argument("--model", help="the prior's local diffusers folder (VAE, text encoder, scheduler) "
                                         "(default: the built-in random-weight model)")
@@ -37,8 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--layers-per-block", type=_args.positive_int, default=1, help="ResNet layers per UNet level")
     parser.add_argument("--heads", type=_args.positive_int, default=4, help="attention heads of the small UNet")
     parser.add_argument("--norm-groups", type=_args.positive_int, default=32, help="GroupNorm groups")
-    parser.add_argument("--attention", choices=("sparse_causal", "first_frame"), default="sparse_causal",
-                        help="frame attention of the small model")
+    parser.add_argument("--frame-mode", choices=INFLATION_MODES, default="sparse_causal",
+                        help="frame attention of the small model: Tune-A-Video's sparse_causal or LAMP's first_frame")
     parser.add_argument("--batch-size", type=_args.positive_int, default=1, help="videos per step per process")
     parser.add_argument("--uncond-prob", type=_args.probability, default=0.1, help="caption dropout, for guidance")
     add_training_arguments(parser, steps=1000, lr=1e-4, checkpointing=False)
@@ -46,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_arguments(args) -> None:
-    from ..ops.frame_attention import MAX_HEAD_DIM, MIN_HEAD_DIM
+    from ..ops.frame_attention import frame_attention_unsupported_reason
+    from ..ops.temporal_attention import temporal_attention_unsupported_reason
 
     check_training_arguments(args)
     _args.check_folder("--data", args.data, "a folder of videos with captions")
@@ -59,9 +62,11 @@ def check_arguments(args) -> None:
     # The attention of every level but the deepest, and of the middle block at the deepest width,
     # runs on vidgen's kernels: each head dim must be one they take.
     head_dims = sorted({c // args.heads for c in args.channels})
-    if not MIN_HEAD_DIM <= head_dims[0] <= head_dims[-1] <= MAX_HEAD_DIM:
-        raise UsageError(f"--heads: {args.heads} heads give attention head dims {head_dims} at widths "
-                         f"{list(args.channels)}; vidgen's kernels run {MIN_HEAD_DIM} to {MAX_HEAD_DIM}")
+    for head_dim in head_dims:
+        reason = frame_attention_unsupported_reason(head_dim) or temporal_attention_unsupported_reason(head_dim)
+        if reason is not None:
+            raise UsageError(f"--heads: {args.heads} heads give attention head dims {head_dims} at widths "
+                             f"{list(args.channels)}: {reason}")
     check_training_output(args)
 
 
@@ -78,7 +83,7 @@ def main(argv=None) -> int:
         with _args.quiet_libraries(args.quiet), _args.removing_new_empty_folders(args.out):
             settings = settings_from_args(args)
             config = AdapterConfig(channels=args.channels, layers_per_block=args.layers_per_block, heads=args.heads,
-                                   norm_groups=args.norm_groups, frame_attention=args.attention)
+                                   norm_groups=args.norm_groups, frame_mode=args.frame_mode)
             model_dir = args.model or default_model.ensure(args.arch)
             result = train_adapter(model_dir, args.data, args.out, captions=args.captions, frames=args.frames,
                                    height=args.height, width=args.width, stride=args.stride, config=config,

@@ -8,7 +8,7 @@ the graph, and returns a copy of the static outputs: the same kernels on the sam
 the same values as eager, bit for bit, with one launch instead of hundreds.
 
 What a graph cannot reproduce runs the module's own forward instead, said once per reason
-(:class:`~vidgen.KernelFallbackWarning`): tensors off CUDA, autograd recording (training), a
+(:class:`~vidgen.FallbackWarning`): tensors off CUDA, autograd recording (training), a
 module in training mode with active dropout, a call inside torch.compile or inside another capture,
 an argument that cannot be part of a key (an unhashable non-tensor), more signatures than
 :data:`MAX_GRAPHS`. Capture itself needs a forward that never reads a device value on the host;
@@ -31,7 +31,7 @@ from collections.abc import Callable
 import torch
 import torch.utils._pytree as pytree
 
-from .processors import warn_once
+from ..ops._fallback import warn_once
 
 # Signatures one module may keep graphs for before further ones run eagerly: each graph keeps
 # its static inputs and outputs alive (the activations live in the shared pool).
@@ -39,10 +39,11 @@ MAX_GRAPHS = 8
 
 
 class CudaGraphs:
-    """How graphs are made and replayed: ``torch.cuda.CUDAGraph``. Tests swap in a recorder with
-    the same methods to check the bookkeeping around it on the CPU."""
+    """How graphs are made and replayed: ``torch.cuda.CUDAGraph``, for the patched denoiser's forward
+    and for the samplers' captured step (``vidgen.sampling``). Tests swap in a recorder with the
+    same methods to check the bookkeeping around it on the CPU."""
 
-    def why_not(self, tensors: list[torch.Tensor]) -> str | None:
+    def unsupported_reason(self, tensors: list[torch.Tensor]) -> str | None:
         """Why these call arguments cannot be replayed from a graph on this backend, or None."""
         if not tensors or any(t.device.type != "cuda" for t in tensors):
             return "its inputs are not CUDA tensors"
@@ -62,8 +63,9 @@ class CudaGraphs:
             run()
         torch.cuda.current_stream(device).wait_stream(side)
 
-    def capture(self, run: Callable[[], object], pool) -> tuple[Callable[[], None], object]:
-        """(replay, outputs): ``run`` captured once; ``replay()`` reruns it into ``outputs``."""
+    def capture(self, run: Callable[[], object], pool=None) -> tuple[Callable[[], None], object]:
+        """(replay, outputs): ``run`` captured once (into memory ``pool``, a fresh one if None);
+        ``replay()`` reruns it into ``outputs``."""
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=pool):
             outputs = run()
@@ -100,7 +102,8 @@ class GraphedForward:
         self.captured: dict[tuple, _Captured | None] = {}  # None: that signature failed to capture
         self._pool = None
 
-    def _eager_reason(self, tensors: list[torch.Tensor]) -> str | None:
+    def unsupported_reason(self, tensors: list[torch.Tensor]) -> str | None:
+        """Why this call cannot be replayed from a graph, or None."""
         if torch.is_grad_enabled() and (any(t.requires_grad for t in tensors)
                                         or any(p.requires_grad for p in self.module.parameters())):
             return "autograd is recording (a graph replays inference only)"
@@ -108,12 +111,12 @@ class GraphedForward:
             return "it is in training mode with active dropout (a replay would repeat the captured draws)"
         if torch.compiler.is_compiling():
             return "it is being traced by torch.compile"
-        return self.graphs.why_not(tensors)
+        return self.graphs.unsupported_reason(tensors)
 
     def __call__(self, *args, **kwargs):
         leaves, spec = pytree.tree_flatten((args, kwargs))
         tensors = [leaf for leaf in leaves if isinstance(leaf, torch.Tensor)]
-        reason = self._eager_reason(tensors)
+        reason = self.unsupported_reason(tensors)
         key = None
         if reason is None:
             try:

@@ -7,22 +7,27 @@ copies SDPA's head split makes). Here the attention reads the projections where 
 ``vidgen.ops.temporal_attention`` takes (B, F, N, H, D) with any strides, so every tensor stays
 in the image layout and only the matmuls and norms touch memory.
 
-* :func:`~vidgen.integration.processors.temporal_self_attention` (with the other processors):
-  a diffusers ``Attention`` as self-attention over frames (Tune-A-Video's ``attn_temp``;
-  AnimateDiff's ``attn1``/``attn2``).
-* :func:`patch_temporal_transformer`: instance-level patch of ``AnimateDiffTransformer3D`` /
-  ``TransformerTemporalModel`` (AnimateDiff motion modules) with :class:`FusedTemporalTransformer`'s
-  forward; :func:`unpatch_temporal_transformer` restores the module's own.
+* :func:`motion_module_unsupported_reason`: whether the fused forward reproduces a module (its
+  structure and head dims), and if not why; the one check, asked by :func:`patch_motion_module`.
+* :func:`patch_motion_module`: instance-level patch of ``AnimateDiffTransformer3D`` /
+  ``TransformerTemporalModel`` (AnimateDiff motion modules) with :class:`FusedMotionForward`;
+  :func:`unpatch_motion_module` restores the module's own forward.
+
+The attention itself is :func:`vidgen.integration.temporal.attend_over_frames`, the GroupNorm over
+frames :func:`vidgen.integration.frame_norm.group_norm_over_frames`.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from ..ops.temporal_attention import temporal_attention_gap
-from .processors import attend_over_frames, head_dim_of, videos_in, warn_once
+from ..ops._fallback import warn_once
+from ..ops.temporal_attention import temporal_attention_unsupported_reason
+from .frame_norm import group_norm_over_frames
+from .layout import head_dim_of, videos_in
+from .temporal import attend_over_frames
 
-__all__ = ["FusedTemporalTransformer", "patch_temporal_transformer", "unpatch_temporal_transformer"]
+__all__ = ["FusedMotionForward", "motion_module_unsupported_reason", "patch_motion_module", "unpatch_motion_module"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -42,41 +47,38 @@ def _motion_module_types() -> tuple[type, ...]:
     return AnimateDiffTransformer3D, TransformerTemporalModel
 
 
-def _check_fusable(module: nn.Module) -> None:
-    """Raise (naming the part) unless the module's structure is the one the fused forward computes."""
+def motion_module_unsupported_reason(module: nn.Module) -> str | None:
+    """Why the fused forward cannot reproduce this motion module (naming the part), or None: its
+    structure must be the one the fused forward computes, and every attention's head dim one the
+    temporal kernel serves. Calls are checked again at run time for what a call may change
+    (dtype, processors, chunked feed-forward; see :meth:`FusedMotionForward.__call__`)."""
     from diffusers.models.attention import BasicTransformerBlock
     from diffusers.models.embeddings import SinusoidalPositionalEmbedding
 
     name = type(module).__name__
     if not isinstance(module, _motion_module_types()):
-        raise TypeError(f"module: expected an AnimateDiffTransformer3D or TransformerTemporalModel, got {name}")
+        return f"expected an AnimateDiffTransformer3D or TransformerTemporalModel, got {name}"
     if not isinstance(module.norm, nn.GroupNorm) or not module.norm.affine:
-        raise ValueError(f"{name}.norm: expected an affine nn.GroupNorm")
+        return f"{name}.norm: expected an affine nn.GroupNorm"
     for i, block in enumerate(module.transformer_blocks):
         where = f"{name}.transformer_blocks[{i}]"
         if not isinstance(block, BasicTransformerBlock) or block.norm_type != "layer_norm":
-            raise ValueError(f"{where}: expected a BasicTransformerBlock with norm_type='layer_norm'")
+            return f"{where}: expected a BasicTransformerBlock with norm_type='layer_norm'"
         if block.only_cross_attention or hasattr(block, "fuser"):
-            raise ValueError(f"{where}: cross-attention-only and gated blocks are not temporal self-attention")
+            return f"{where}: cross-attention-only and gated blocks are not temporal self-attention"
         if block.pos_embed is not None and not isinstance(block.pos_embed, SinusoidalPositionalEmbedding):
-            raise ValueError(f"{where}.pos_embed: expected None or SinusoidalPositionalEmbedding, "
-                             f"got {type(block.pos_embed).__name__}")
+            return (f"{where}.pos_embed: expected None or SinusoidalPositionalEmbedding, "
+                    f"got {type(block.pos_embed).__name__}")
         for attn_name in ("attn1", "attn2"):
             attn = getattr(block, attn_name)
-            if attn is not None and attn.is_cross_attention:
-                raise ValueError(f"{where}.{attn_name}: expected self-attention, got cross-attention")
-
-
-def _group_norm_channels_first(x: torch.Tensor, norm: nn.GroupNorm, batch: int, num_frames: int) -> torch.Tensor:
-    """GroupNorm of (B*F, C, h, w) with statistics pooled over (F, h, w), as diffusers' motion modules
-    apply it to the (B, C, F, h, w) video; returns (B*F, C, h*w) without moving frames around."""
-    groups = norm.num_groups
-    video = x.unflatten(0, (batch, num_frames)).unflatten(2, (groups, -1)).flatten(-2)  # (B, F, G, C/G, N)
-    x32 = video.float()  # fp32 statistics and affine, rounded once, like torch's GroupNorm kernels
-    var, mean = torch.var_mean(x32, dim=(1, 3, 4), keepdim=True, correction=0)  # (B, 1, G, 1, 1)
-    scale = torch.rsqrt(var + norm.eps) * norm.weight.float().view(groups, -1, 1)  # (B, 1, G, C/G, 1)
-    shift = norm.bias.float().view(groups, -1, 1) - mean * scale
-    return torch.addcmul(shift, x32, scale).to(x.dtype).flatten(2, 3).flatten(0, 1)
+            if attn is None:
+                continue
+            if attn.is_cross_attention:
+                return f"{where}.{attn_name}: expected self-attention, got cross-attention"
+            reason = temporal_attention_unsupported_reason(head_dim_of(attn))
+            if reason is not None:
+                return reason
+    return None
 
 
 def _pag_parts(processor) -> int:
@@ -131,7 +133,7 @@ def _project_out_residual(proj: nn.Module, tokens: torch.Tensor, residual: torch
     return out if proj.bias is None else out + proj.bias.view(-1, 1)
 
 
-class FusedTemporalTransformer:
+class FusedMotionForward:
     """The forward of an AnimateDiff motion module without the (B*h*w, F, C) permuted copies.
 
     Computes exactly what ``AnimateDiffTransformer3D.forward`` / ``TransformerTemporalModel.forward``
@@ -139,8 +141,8 @@ class FusedTemporalTransformer:
     image layout throughout. GroupNorm statistics are pooled over frames in place; ``proj_in``
     is a batched matmul that reads the channels-first map as its transposed operand and writes
     (B*F, N, C) tokens; the transformer blocks run on those tokens with
-    :func:`temporal_self_attention` (the sinusoidal table added to the attention input along
-    frames); ``proj_out`` is the matmul the other way round, written channels-first on top of the
+    :func:`~vidgen.integration.temporal.attend_over_frames` (the sinusoidal table added to the attention input
+    along frames); ``proj_out`` is the matmul the other way round, written channels-first on top of the
     residual. LoRA layers loaded after patching (PEFT wrappers of ``proj_in``/``proj_out``, the
     attention projections or the feed-forward) are honoured: every wrapped layer is called as
     the module it is. Calls the fused path cannot reproduce (an ``encoder_hidden_states``,
@@ -149,11 +151,11 @@ class FusedTemporalTransformer:
     module's original forward, and so do calls the temporal kernel does not serve (a dtype or
     head dim outside its range), with a warning once.
 
-    Install with :func:`patch_temporal_transformer`; this object becomes the instance's ``forward``.
+    Install with :func:`patch_motion_module` (which checks the module); this object becomes the
+    instance's ``forward``.
     """
 
     def __init__(self, module: nn.Module):
-        _check_fusable(module)
         self.module = module
         self.original_forward = module.__dict__.get("forward")  # an instance-level forward, if any
         self.returns_output_class = isinstance(module, _motion_module_types()[1])  # TransformerTemporalModel
@@ -185,9 +187,9 @@ class FusedTemporalTransformer:
                     warn_once(type(self.module).__name__, f"its attention processor is {name}, "
                               "which the fused forward does not reproduce", "diffusers' forward")
                     return False
-                gap = temporal_attention_gap(head_dim_of(attn), hidden_states.dtype)
-                if gap is not None:
-                    warn_once(f"{type(self.module).__name__}", gap, "diffusers' forward")
+                reason = temporal_attention_unsupported_reason(head_dim_of(attn), hidden_states.dtype)
+                if reason is not None:
+                    warn_once(f"{type(self.module).__name__}", reason, "diffusers' forward")
                     return False
         return True
 
@@ -202,8 +204,8 @@ class FusedTemporalTransformer:
 
         m = self.module
         batch_frames, channels, height, width = hidden_states.shape
-        videos = videos_in(batch_frames, num_frames, type(m).__name__)  # the one check: the blocks trust it
-        normed = _group_norm_channels_first(hidden_states, m.norm, videos, num_frames)
+        videos_in(batch_frames, num_frames, type(m).__name__)  # the one check of the frame count: the blocks trust it
+        normed = group_norm_over_frames(hidden_states, m.norm, num_frames).flatten(2)  # (B*F, C, h*w)
         tokens = _project_in(m.proj_in, normed)
         for block in m.transformer_blocks:
             tokens = _block_forward(block, tokens, num_frames)
@@ -218,23 +220,29 @@ class FusedTemporalTransformer:
         return TransformerTemporalModelOutput(sample=out)
 
 
-def patch_temporal_transformer(module: nn.Module) -> nn.Module:
+def patch_motion_module(module: nn.Module) -> nn.Module:
     """Give this motion-module instance the copy-free forward (idempotent); returns the module.
 
     Only the instance changes (its class and every other instance keep diffusers' forward);
-    parameters, buffers and the state dict are untouched. Raises ``TypeError``/``ValueError``
-    naming the part when the module is not a structure the fused forward reproduces.
+    parameters, buffers and the state dict are untouched. Raises ``TypeError`` for a module that
+    is no motion module and ``ValueError`` naming the part for one whose structure or head dims
+    the fused forward does not reproduce (:func:`motion_module_unsupported_reason`).
     """
-    if isinstance(module.__dict__.get("forward"), FusedTemporalTransformer):
+    if isinstance(module.__dict__.get("forward"), FusedMotionForward):
         return module
-    module.forward = FusedTemporalTransformer(module)
+    reason = motion_module_unsupported_reason(module)
+    if reason is not None:
+        if not isinstance(module, _motion_module_types()):
+            raise TypeError(f"module: {reason}")
+        raise ValueError(reason)  # names the part
+    module.forward = FusedMotionForward(module)
     return module
 
 
-def unpatch_temporal_transformer(module: nn.Module) -> nn.Module:
-    """Restore the forward the module had before :func:`patch_temporal_transformer` (no-op if unpatched)."""
+def unpatch_motion_module(module: nn.Module) -> nn.Module:
+    """Restore the forward the module had before :func:`patch_motion_module` (no-op if unpatched)."""
     fused = module.__dict__.get("forward")
-    if isinstance(fused, FusedTemporalTransformer):
+    if isinstance(fused, FusedMotionForward):
         del module.forward
         if fused.original_forward is not None:
             module.forward = fused.original_forward

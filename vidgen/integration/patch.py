@@ -6,7 +6,7 @@ by blanket-replacing every processor):
 * temporal attention (``temporal_attention=True``): every AnimateDiff motion module
   (``AnimateDiffTransformer3D``, in ``UNetMotionModel`` and in the SparseCtrl ControlNet) and
   every ``TransformerTemporalModel`` (``UNet3DConditionModel``) runs through vidgen's copy-free
-  temporal attention (:func:`vidgen.integration.motion.patch_temporal_transformer`), PAG's perturbed
+  temporal attention (:func:`vidgen.integration.motion.patch_motion_module`), PAG's perturbed
   attention included (``AnimateDiffPAGPipeline`` puts it on the mid block's motion module);
   a :class:`~vidgen.VideoUNet`'s ``attn_temp`` runs vidgen's kernel.
 * frame attention (``frame_attention=True``): Text2Video-Zero's cross-frame processors
@@ -26,7 +26,7 @@ reproduce, or whose head dim the temporal kernel does not serve, keeps diffusers
 Text2Video-Zero processor on a module whose head dim the first-frame kernel does not serve
 stays diffusers'. :func:`patch_report` lists what was replaced and what was left, with why.
 At run time the same goes per call: a processor handed a shape or dtype its kernel does not
-serve computes the same attention in PyTorch and says so once (:class:`~vidgen.KernelFallbackWarning`).
+serve computes the same attention in PyTorch and says so once (:class:`~vidgen.FallbackWarning`).
 
 Patching is per instance (no diffusers class is modified), idempotent, and undone exactly by
 :func:`unpatch`: original forwards, processors and schedulers come back. ``print(model)`` shows
@@ -48,9 +48,9 @@ from diffusers.models.transformers.transformer_temporal import TransformerTempor
 from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D, MotionAdapter
 from diffusers.schedulers import DDIMInverseScheduler, DDIMScheduler
 
-from ..ops.frame_attention import PRECISIONS, frame_attention_gap
-from ..ops.temporal_attention import temporal_attention_gap
-from .processors import FirstFrameAttnProcessor, head_dim_of
+from ..ops.frame_attention import PRECISIONS, frame_attention_unsupported_reason
+from .layout import head_dim_of
+from .processors import FirstFrameAttnProcessor
 from .video_unet import VideoUNet
 
 __all__ = ["PatchEntry", "PatchReport", "is_patched", "patch",
@@ -365,24 +365,8 @@ def _motion_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
             if isinstance(m, (AnimateDiffTransformer3D, TransformerTemporalModel))]
 
 
-def _motion_module_gap(module: nn.Module) -> str | None:
-    """Why vidgen's fused forward cannot serve this motion module, or None."""
-    from .motion import _check_fusable
-
-    try:
-        _check_fusable(module)
-    except (TypeError, ValueError) as exc:
-        return str(exc)
-    for block in module.transformer_blocks:
-        for attn in (block.attn1, block.attn2):
-            gap = temporal_attention_gap(head_dim_of(attn)) if attn is not None else None
-            if gap is not None:
-                return gap
-    return None
-
-
 def _patch_motion_modules(model: nn.Module, record: PatchRecord, covered: set[int]) -> None:
-    from .motion import patch_temporal_transformer, unpatch_temporal_transformer
+    from .motion import patch_motion_module, unpatch_motion_module
 
     motion_modules = _motion_modules(model)
     for _, module in motion_modules:
@@ -393,12 +377,12 @@ def _patch_motion_modules(model: nn.Module, record: PatchRecord, covered: set[in
     patched = 0
     for path, module in motion_modules:
         covered.update(id(m) for m in module.modules())
-        gap = _motion_module_gap(module)
-        if gap is not None:
-            record.report.kept.append(PatchEntry(path, "motion module", gap))
+        try:
+            patch_motion_module(module)
+        except ValueError as unsupported:  # motion_module_unsupported_reason's answer, asked once
+            record.report.kept.append(PatchEntry(path, "motion module", str(unsupported)))
             continue
-        patch_temporal_transformer(module)
-        record.undo.append(lambda m=module: unpatch_temporal_transformer(m))
+        record.undo.append(lambda m=module: unpatch_motion_module(m))
         _mark(module, "vidgen: copy-free temporal attention", record)
         record.report.replaced.append(PatchEntry(path, "copy-free temporal attention (motion module)"))
         patched += 1
@@ -438,9 +422,9 @@ def _swap_cross_frame_processors(model: nn.Module, precision: str) -> tuple[list
     swapped, left = [], []
     for path, attn in _self_attention_modules(model):
         if isinstance(attn.processor, kinds):
-            gap = frame_attention_gap(head_dim_of(attn))
-            if gap is not None:  # diffusers' processor keeps running here, exactly as unpatched
-                left.append((path, gap))
+            reason = frame_attention_unsupported_reason(head_dim_of(attn))
+            if reason is not None:  # diffusers' processor keeps running here, exactly as unpatched
+                left.append((path, reason))
                 continue
             attn.set_processor(FirstFrameAttnProcessor(attn.processor, precision))
             _mark(attn, "vidgen: first-frame attention (Text2Video-Zero)", None)
@@ -466,9 +450,9 @@ def _patch_cross_frame_attention(model: nn.Module, record: PatchRecord, covered:
     for path in swapped:
         covered.add(id(modules[path]))
         report.replaced.append(PatchEntry(path, "first-frame attention kernel (Text2Video-Zero)"))
-    for path, gap in left:
+    for path, reason in left:
         covered.add(id(modules[path]))
-        report.kept.append(PatchEntry(path, "Text2Video-Zero cross-frame attention", gap))
+        report.kept.append(PatchEntry(path, "Text2Video-Zero cross-frame attention", reason))
     if swapped:
         record.summary.append(f"frame_attention ({len(swapped)} Text2Video-Zero cross-frame processors)")
     # Text2Video-Zero's pipeline installs its processors inside __call__ via set_attn_processor:
@@ -482,7 +466,7 @@ def _patch_cross_frame_attention(model: nn.Module, record: PatchRecord, covered:
         record.undo.append(lambda: model.__dict__.pop("set_attn_processor", None))
         # Modules whose head dim the kernel does not serve will keep diffusers' processor then.
         served = [path for path, attn in _self_attention_modules(model) if id(attn) not in covered
-                  and frame_attention_gap(head_dim_of(attn)) is None]
+                  and frame_attention_unsupported_reason(head_dim_of(attn)) is None]
         if served:
             report.replaced.append(PatchEntry(
                 "set_attn_processor", f"Text2Video-Zero cross-frame processors installed later run the first-frame "

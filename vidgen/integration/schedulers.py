@@ -18,7 +18,7 @@ from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 from diffusers.schedulers.scheduling_ddim_inverse import DDIMSchedulerOutput as DDIMInverseSchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..ops.guidance import compose_reference, guided_step as _guided_step
+from ..ops.guidance import Guidance, compose_reference, guided_step as _guided_step
 from ..ops.noise import DEFAULT_ALPHA, resolve_seed
 
 
@@ -140,9 +140,9 @@ class FusedDDIMScheduler(_AlphaLookup, DDIMScheduler):
                 variance_noise = randn_tensor(eps_cond.shape, generator=generator, device=eps_cond.device,
                                               dtype=eps_cond.dtype)
         if self.config.thresholding:
-            return self._thresholded_step(eps_cond, timestep, sample, eps_uncond, prior_cond, guidance_scale,
-                                          prior_strength, guidance_rescale, eta, use_clipped_model_output,
-                                          variance_noise, return_dict)
+            guidance = Guidance(guidance_scale, prior_strength, guidance_rescale)
+            return self._thresholded_step(eps_cond, timestep, sample, eps_uncond, prior_cond, guidance, eta,
+                                          use_clipped_model_output, variance_noise, return_dict)
         result = _guided_step(
             sample, eps_cond, eps_uncond, prior_cond, guidance_scale=guidance_scale, prior_strength=prior_strength,
             guidance_rescale=guidance_rescale, alpha_prod_t=a_t, alpha_prod_prev=a_p, eta=eta,
@@ -155,11 +155,10 @@ class FusedDDIMScheduler(_AlphaLookup, DDIMScheduler):
             return prev_sample, pred_original_sample
         return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
 
-    def _thresholded_step(self, eps_cond, timestep, sample, eps_uncond, prior_cond, guidance_scale, prior_strength,
-                          guidance_rescale, eta, use_clipped_model_output, variance_noise, return_dict):
+    def _thresholded_step(self, eps_cond, timestep, sample, eps_uncond, prior_cond, guidance: Guidance, eta,
+                          use_clipped_model_output, variance_noise, return_dict):
         """Dynamic thresholding needs a per-sample quantile of x0: compose here, step in diffusers."""
-        model_output = compose_reference(eps_cond, eps_uncond, prior_cond, guidance_scale, prior_strength,
-                                          guidance_rescale)
+        model_output = compose_reference(eps_cond, eps_uncond, prior_cond, guidance)
         return DDIMScheduler.step(self, model_output, timestep, sample, eta=eta,
                                   use_clipped_model_output=use_clipped_model_output, variance_noise=variance_noise,
                                   return_dict=return_dict)

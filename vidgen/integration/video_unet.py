@@ -9,7 +9,8 @@ three things in place, right after construction:
   ``norm_temp``/``attn_temp``; its forward is Tune-A-Video's: frame attention, text
   cross-attention per frame, feed-forward, temporal attention);
 * every ResNet GroupNorm and ``conv_norm_out`` becomes a :class:`FramePooledGroupNorm`
-  (statistics over the frames of a video as well, like the reference's 5-D GroupNorm);
+  (statistics over the frames of a video as well, like the reference's 5-D GroupNorm:
+  :func:`~vidgen.integration.frame_norm.group_norm_over_frames`);
 * the ``attn1``/``attn_temp`` processors are vidgen's (or, unpatched, the reference's).
 
 Convolutions, up/down-sampling, the transformer's own GroupNorm and the time embedding need no
@@ -35,10 +36,11 @@ from diffusers.models.attention_processor import Attention
 from diffusers.models.resnet import ResnetBlock2D
 from diffusers.models.unets.unet_3d_condition import UNet3DConditionOutput
 
-from ..ops.frame_attention import MAX_HEAD_DIM as FRAME_MAX_HEAD_DIM
-from ..ops.frame_attention import MIN_HEAD_DIM as FRAME_MIN_HEAD_DIM
-from ..ops.temporal_attention import MAX_HEAD_DIM as TEMPORAL_MAX_HEAD_DIM
-from .processors import FRAME_MODES, frame_processor, temporal_processor
+from ..ops.frame_attention import FRAME_MODES, frame_attention_unsupported_reason
+from ..ops.temporal_attention import temporal_attention_unsupported_reason
+from .frame_norm import group_norm_over_frames
+from .layout import head_dim_of
+from .processors import frame_processor, temporal_processor
 
 __all__ = ["INFLATION_MODES", "TEMPORAL_KEY", "FrameCount", "FramePooledGroupNorm", "KeyReport", "VideoTransformerBlock",
            "VideoUNet", "inflate"]
@@ -61,9 +63,8 @@ class FramePooledGroupNorm(nn.GroupNorm):
     """GroupNorm on ``(B*F, C, h, w)`` whose statistics pool over the F frames of each video.
 
     Equals ``nn.GroupNorm`` applied to the 5-D ``(B, C, F, h, w)`` tensor (what Tune-A-Video's
-    ResNet blocks do) without permuting it there and back: one statistics pass, one apply pass
-    (plus an fp32 copy of the input for fp16/bf16, for fp32 statistics).
-    Same parameters (``weight``, ``bias``) as the ``nn.GroupNorm`` it replaces.
+    ResNet blocks do; :func:`~vidgen.integration.frame_norm.group_norm_over_frames`). Same
+    parameters (``weight``, ``bias``) as the ``nn.GroupNorm`` it replaces.
     """
 
     def __init__(self, norm: nn.GroupNorm, frames: FrameCount):
@@ -76,20 +77,7 @@ class FramePooledGroupNorm(nn.GroupNorm):
         frames = self.frames.value
         if frames == 1:
             return super().forward(x)
-        batch_frames, channels, height, width = x.shape
-        groups = self.num_groups
-        # (B, F, G, C/G, h*w): a group's statistics are over dims 1, 3 and 4. At least fp32 math,
-        # rounded once at the end, like torch's GroupNorm kernels (no copy for fp32/fp64 inputs).
-        math_dtype = torch.promote_types(x.dtype, torch.float32)
-        grouped = x.reshape(batch_frames // frames, frames, groups, channels // groups, height * width).to(math_dtype)
-        var, mean = torch.var_mean(grouped, dim=(1, 3, 4), keepdim=True, correction=0)
-        scale = torch.rsqrt(var + self.eps)  # (B, 1, G, 1, 1)
-        if self.affine:
-            scale = scale * self.weight.to(math_dtype).view(groups, channels // groups, 1)
-            shift = self.bias.to(math_dtype).view(groups, channels // groups, 1) - mean * scale
-        else:
-            shift = -mean * scale
-        return torch.addcmul(shift, grouped, scale).to(x.dtype).view(batch_frames, channels, height, width)
+        return group_norm_over_frames(x, self, frames)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", statistics pooled over frames"
@@ -158,10 +146,10 @@ class VideoTransformerBlock(BasicTransformerBlock):
 
 
 def _init_signature() -> inspect.Signature:
-    """UNet2DConditionModel's constructor signature plus ``frame_attention`` (diffusers' config
+    """UNet2DConditionModel's constructor signature plus ``frame_mode`` (diffusers' config
     machinery reads a model's config keys from its ``__init__`` signature)."""
     base = inspect.signature(UNet2DConditionModel.__init__)
-    extra = inspect.Parameter("frame_attention", inspect.Parameter.KEYWORD_ONLY, default="sparse_causal")
+    extra = inspect.Parameter("frame_mode", inspect.Parameter.KEYWORD_ONLY, default="sparse_causal")
     params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) if p.name != "self" else p
               for p in base.parameters.values()]
     return base.replace(parameters=params + [extra])
@@ -185,7 +173,7 @@ class VideoUNet(UNet2DConditionModel):
 
     Build it with :func:`vidgen.inflate` (from a 2-D UNet in memory), :meth:`from_pretrained_2d`
     (from a diffusers image-model folder) or :meth:`from_pretrained` (a folder saved by
-    :meth:`save_pretrained`, safetensors). ``frame_attention`` is ``"sparse_causal"``
+    :meth:`save_pretrained`, safetensors). ``frame_mode`` is ``"sparse_causal"``
     (Tune-A-Video) or ``"first_frame"`` (LAMP).
 
     A VideoUNet is born patched: ``attn1`` and ``attn_temp`` run vidgen's kernels.
@@ -193,11 +181,11 @@ class VideoUNet(UNet2DConditionModel):
     the reference PyTorch formulation and back; both compute the same function.
     """
 
-    def __init__(self, *args, frame_attention: str = "sparse_causal", **kwargs):
-        if frame_attention not in INFLATION_MODES:
-            raise ValueError(f"frame_attention: expected one of {', '.join(INFLATION_MODES)}, got {frame_attention!r}")
+    def __init__(self, *args, frame_mode: str = "sparse_causal", **kwargs):
+        if frame_mode not in INFLATION_MODES:
+            raise ValueError(f"frame_mode: expected one of {', '.join(INFLATION_MODES)}, got {frame_mode!r}")
         super().__init__(*args, **kwargs)
-        self.register_to_config(frame_attention=frame_attention)
+        self.register_to_config(frame_mode=frame_mode)
         self.frames = FrameCount()
         self._inflate_layers()
 
@@ -226,7 +214,7 @@ class VideoUNet(UNet2DConditionModel):
                        attention_precision: str = "auto") -> "VideoUNet":
         """Run ``attn1`` / ``attn_temp`` on vidgen's kernels (True) or the reference formulation;
         ``attention_precision="fp8"`` gives vidgen's frame attention fp8 scores (inference)."""
-        mode = self.config.frame_attention
+        mode = self.config.frame_mode
         for block in self.video_blocks():
             block.attn1.set_processor(frame_processor(mode, frame_attention, attention_precision))
             block.attn_temp.set_processor(temporal_processor(temporal_attention))
@@ -264,7 +252,7 @@ class VideoUNet(UNet2DConditionModel):
     def extra_repr(self) -> str:
         ops = self._vidgen_ops
         used = [role for role, on in ops.items() if on]
-        return (f"frame_attention={self.config.frame_attention!r}, "
+        return (f"frame_mode={self.config.frame_mode!r}, "
                 f"vidgen: {', '.join(used) if used else 'unpatched (reference PyTorch attention)'}")
 
     # -- forward ---------------------------------------------------------------------------------
@@ -303,7 +291,7 @@ class VideoUNet(UNet2DConditionModel):
 
     # -- construction and loading ----------------------------------------------------------------
     @classmethod
-    def from_unet2d(cls, unet2d: UNet2DConditionModel, *, frame_attention: str = "sparse_causal") -> "VideoUNet":
+    def from_unet2d(cls, unet2d: UNet2DConditionModel, *, frame_mode: str = "sparse_causal") -> "VideoUNet":
         """Inflate a 2-D UNet. The 2-D weights are shared with ``unet2d`` (no copy); the temporal
         layers are freshly initialised on its device and dtype."""
         if isinstance(unet2d, VideoUNet):
@@ -319,7 +307,7 @@ class VideoUNet(UNet2DConditionModel):
             raise ValueError(f"unet2d: {len(uninitialised)} tensors hold no data (meta), e.g. {uninitialised[:3]}: "
                              "its checkpoint lacked them")
         with torch.device("meta"):
-            model = cls.from_config(config, frame_attention=frame_attention)
+            model = cls.from_config(config, frame_mode=frame_mode)
         missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
         not_temporal = [k for k in missing if TEMPORAL_KEY not in k]
         if not_temporal or unexpected:
@@ -337,7 +325,7 @@ class VideoUNet(UNet2DConditionModel):
 
     @classmethod
     def from_pretrained_2d(cls, path: str | os.PathLike, subfolder: str | None = "unet", *,
-                           frame_attention: str = "sparse_causal", torch_dtype: torch.dtype | None = None) -> "VideoUNet":
+                           frame_mode: str = "sparse_causal", torch_dtype: torch.dtype | None = None) -> "VideoUNet":
         """Load a local diffusers image UNet (strictly) and inflate it; ``_temp.`` layers are new."""
         folder = os.path.join(path, subfolder) if subfolder else os.fspath(path)
         if not os.path.isfile(os.path.join(folder, "config.json")):
@@ -351,7 +339,7 @@ class VideoUNet(UNet2DConditionModel):
             raise ValueError(f"path: the UNet checkpoint in {folder} does not fit its config: missing {missing[:5]}"
                              f"{' ...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
                              f"{' ...' if len(unexpected) > 5 else ''} (a 2-D SD 1.x/2.x UNet is expected)")
-        return cls.from_unet2d(unet2d, frame_attention=frame_attention)
+        return cls.from_unet2d(unet2d, frame_mode=frame_mode)
 
     def load_reference_state_dict(self, state_dict: dict[str, torch.Tensor], strict: bool = True) -> KeyReport:
         """Load a state dict saved by the reference Tune-A-Video implementation (same names).
@@ -387,7 +375,7 @@ class VideoUNet(UNet2DConditionModel):
 
     @classmethod
     def from_tuneavideo(cls, path: str | os.PathLike, subfolder: str | None = "unet", *,
-                        frame_attention: str = "sparse_causal", strict: bool = True) -> "VideoUNet":
+                        frame_mode: str = "sparse_causal", strict: bool = True) -> "VideoUNet":
         """Load a folder saved by the reference Tune-A-Video code (its ``UNet3DConditionModel``)."""
         folder = os.path.join(path, subfolder) if subfolder else os.fspath(path)
         with open(os.path.join(folder, "config.json")) as f:
@@ -400,22 +388,22 @@ class VideoUNet(UNet2DConditionModel):
         mid = config.get("mid_block_type", "UNetMidBlock3DCrossAttn")
         config["mid_block_type"] = rename.get(mid, mid)
         known = set(inspect.signature(cls.__init__).parameters) - {"self"}
-        model = cls.from_config({k: v for k, v in config.items() if k in known}, frame_attention=frame_attention)
+        model = cls.from_config({k: v for k, v in config.items() if k in known}, frame_mode=frame_mode)
         model.load_reference_state_dict(_read_weights(folder), strict=strict)
         return model
 
 
-def inflate(unet2d, *, attention: str = "sparse_causal") -> "VideoUNet":
+def inflate(unet2d, *, frame_mode: str = "sparse_causal") -> "VideoUNet":
     """Tune-A-Video's video UNet from a diffusers ``UNet2DConditionModel`` (SD 1.x/2.x style).
 
-    ``attention`` is the self-attention across frames: ``"sparse_causal"`` (Tune-A-Video: frame f
+    ``frame_mode`` is the self-attention across frames: ``"sparse_causal"`` (Tune-A-Video: frame f
     attends to frames 0 and f-1) or ``"first_frame"`` (LAMP). The 2-D weights are shared with
     ``unet2d``; every ``_temp.`` layer is new (zero-initialised output weight). The result runs
     vidgen's kernels for frame and temporal attention (see :meth:`VideoUNet.use_vidgen_ops`).
     """
-    if attention not in INFLATION_MODES:
-        raise ValueError(f"attention: expected one of {', '.join(map(repr, INFLATION_MODES))}, got {attention!r}")
-    return VideoUNet.from_unet2d(unet2d, frame_attention=attention)
+    if frame_mode not in INFLATION_MODES:
+        raise ValueError(f"frame_mode: expected one of {', '.join(map(repr, INFLATION_MODES))}, got {frame_mode!r}")
+    return VideoUNet.from_unet2d(unet2d, frame_mode=frame_mode)
 
 
 def _check_inflatable(config: dict) -> None:
@@ -433,15 +421,13 @@ def _check_inflatable(config: dict) -> None:
 def _check_head_dims(unet2d: UNet2DConditionModel) -> None:
     """Every inflated block's frame (``attn1``) and temporal (``attn_temp``, same heads) attention runs
     on vidgen's kernels: refuse a head dim they cannot run now, not at the first forward."""
-    low, high = FRAME_MIN_HEAD_DIM, min(FRAME_MAX_HEAD_DIM, TEMPORAL_MAX_HEAD_DIM)
     for name, module in unet2d.named_modules():
         if isinstance(module, BasicTransformerBlock):
-            head_dim = module.attn1.inner_dim // module.attn1.heads
-            if not low <= head_dim <= high:
-                raise ValueError(
-                    f"unet2d: attention head dim {head_dim} ({module.attn1.heads} heads of width "
-                    f"{module.attn1.inner_dim}, in {name}) is outside what vidgen's frame and temporal attention "
-                    f"kernels run ({low} to {high}); a UNet with fewer heads per width inflates")
+            attn, head_dim = module.attn1, head_dim_of(module.attn1)
+            reason = frame_attention_unsupported_reason(head_dim) or temporal_attention_unsupported_reason(head_dim)
+            if reason is not None:
+                raise ValueError(f"unet2d: attention head dim {head_dim} ({attn.heads} heads of width {attn.inner_dim}, "
+                                 f"in {name}): {reason}; a UNet with fewer heads per width inflates")
 
 
 def _explain_unexpected(key: str) -> str:

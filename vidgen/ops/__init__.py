@@ -1,4 +1,5 @@
 """vidgen's ops: each dispatches to the CUDA library, Triton or its PyTorch reference (see ``vidgen.ops._backend``)."""
+from ..kernels._cache import cache_dir  # noqa: F401  ($VIDGEN_CACHE, for the default models; not an op)
 from ._backend import BackendUnavailable, use_backend
 from .frame_attention import (first_frame_attention, frame_attention, full_frame_attention,
                               sparse_causal_attention)

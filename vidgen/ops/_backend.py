@@ -84,7 +84,7 @@ def use_backend(name: str):
         _override.name = previous
 
 
-def why_not(backend: str, op: OpInfo, device: torch.device) -> str | None:
+def unsupported_reason(backend: str, op: OpInfo, device: torch.device) -> str | None:
     """None when ``backend`` can run ``op`` on ``device``, else the reason it cannot."""
     if backend not in op.backends:
         return f"op {op.name!r} has no {backend} implementation (it has: {', '.join(op.backends)})"
@@ -131,11 +131,11 @@ def select(op: OpInfo, device: torch.device) -> str:
     """The backend this call runs on (see the module docstring)."""
     forced = requested()
     if forced != "auto":
-        reason = why_not(forced, op, device)
+        reason = unsupported_reason(forced, op, device)
         if reason:
             raise BackendUnavailable(f"{_ENV}={forced} cannot run {op.name} here: {reason}")
         return forced
     for backend in op.backends:
-        if why_not(backend, op, device) is None:
+        if unsupported_reason(backend, op, device) is None:
             return backend
     raise AssertionError("unreachable: torch is always available")

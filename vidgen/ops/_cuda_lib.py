@@ -12,10 +12,10 @@ import ctypes
 import functools
 import glob
 import os
-import warnings
 
 import torch
 
+from ._fallback import warn_once
 from ..kernels import guidance as _guidance_kernels
 from ..kernels import noise as _noise_kernels
 
@@ -127,13 +127,8 @@ def load_error() -> str | None:
     """None when the library is loaded, else why it is not (warns once)."""
     lib, reason = _load()
     if lib is None:
-        _warn_once(reason)
+        warn_once("each CUDA-library op", f"the library is not loaded ({reason})", "on Triton")
     return reason
-
-
-@functools.lru_cache(maxsize=None)
-def _warn_once(reason: str) -> None:
-    warnings.warn(f"vidgen: CUDA library not used ({reason}); falling back to Triton", stacklevel=3)
 
 
 def path() -> str | None:
@@ -152,45 +147,52 @@ def check(status: int, what: str) -> None:
 _DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}  # enum VidgenDtype
 
 
-def guided_step(sample, eps_cond, eps_uncond, prior_cond, guidance_scale, prior_strength, guidance_rescale,
-                      alpha_t, alpha_t_tensor, alpha_p, alpha_p_tensor, eta, noise, noise_kind, noise_alpha, seed,
-                      seeds, prediction_type, clip_sample_range, use_clipped_model_output, inverse,
-                      return_pred_original):
+def guided_step_args(out, pred_original, sample, eps_cond, eps_uncond, prior_cond, partials,
+                     guidance: _guidance_kernels.Guidance, step: _guidance_kernels.DDIMStep,
+                     noise: torch.Tensor | _guidance_kernels.NoiseDraw | None) -> GuidedStepArgs:
+    """``VidgenGuidedStepArgs`` of one step: the tensors' raw pointers and the three setting groups
+    as the header's fields (``device`` is left for the launch). Touches no device."""
+    mode = _guidance_kernels.noise_mode(step, noise)
+    generated = mode == _guidance_kernels.NOISE_GENERATED
+    batch = sample.shape[0]
+    if generated:
+        _, pre, frames, post = _noise_kernels.video_layout(tuple(sample.shape), 2)
+    else:
+        pre, frames, post = 1, 1, sample.numel() // batch
+    draw = noise if generated else _guidance_kernels.NoiseDraw("iid")  # unread unless generated
+    keep, new = _noise_kernels.mixing_coefficients(draw.kind, draw.alpha)
+    alpha_t, alpha_t_values, alpha_t_stride = _guidance_kernels.alpha_arguments(step.alpha_prod_t)
+    alpha_p, alpha_p_values, alpha_p_stride = _guidance_kernels.alpha_arguments(step.alpha_prod_prev)
+    clip_range = step.clip_sample_range
+    ptr = (lambda t: None if t is None else t.data_ptr())  # noqa: E731
+    return GuidedStepArgs(
+        out=ptr(out), pred_original=ptr(pred_original), sample=ptr(sample), eps_cond=ptr(eps_cond),
+        eps_uncond=ptr(eps_uncond), prior_cond=ptr(prior_cond),
+        noise=ptr(noise) if mode == _guidance_kernels.NOISE_GIVEN else None, partials=ptr(partials),
+        alpha_t_values=ptr(alpha_t_values), alpha_p_values=ptr(alpha_p_values), seeds=ptr(draw.seeds),
+        batch=batch, pre=pre, frames=frames, post=post, seed=draw.seed,
+        alpha_t=alpha_t, alpha_p=alpha_p, alpha_t_stride=alpha_t_stride, alpha_p_stride=alpha_p_stride,
+        guidance_scale=guidance.scale, prior_strength=guidance.prior_strength, guidance_rescale=guidance.rescale,
+        eta=step.eta, clip_range=float("inf") if clip_range is None else clip_range,
+        coef_keep=keep, coef_new=new, dtype=_DTYPE_CODES[sample.dtype],
+        prediction=_guidance_kernels.PREDICTION_TYPES.index(step.prediction_type),
+        use_clipped=int(step.use_clipped_model_output and clip_range is not None), inverse=int(step.inverse),
+        noise_mode=mode, noise_kind=_noise_kernels.KINDS.index(draw.kind),
+    )
+
+
+def guided_step(sample, eps_cond, eps_uncond, prior_cond, guidance: _guidance_kernels.Guidance,
+                step: _guidance_kernels.DDIMStep, noise: torch.Tensor | _guidance_kernels.NoiseDraw | None, *,
+                return_pred_original: bool):
     """The CUDA library's step on the current stream: raw pointers through the C ABI, no host sync."""
     lib = library()
     out = torch.empty_like(sample)
     x0 = torch.empty_like(sample) if return_pred_original else None
-    generated = eta > 0 and not inverse and noise is None
-    batch = sample.shape[0]
-    if generated:
-        _, pre, frames, post = _noise_guidance_kernels.video_layout(tuple(sample.shape), 2)
-    else:
-        pre, frames, post = 1, 1, sample.numel() // batch
-    rescale = guidance_rescale > 0 and eps_uncond is not None
-    partials = (torch.empty((batch, NUM_PARTIALS, 4), dtype=torch.float32, device=sample.device)
-                if rescale else None)
-    keep, new = _noise_guidance_kernels.mixing_coefficients(noise_kind, noise_alpha) if generated else (0.0, 1.0)
-    ptr = (lambda t: None if t is None else t.data_ptr())  # noqa: E731
-    args = GuidedStepArgs(
-        out=ptr(out), pred_original=ptr(x0), sample=ptr(sample), eps_cond=ptr(eps_cond),
-        eps_uncond=ptr(eps_uncond), prior_cond=ptr(prior_cond),
-        noise=ptr(noise) if eta > 0 and not inverse else None, partials=ptr(partials),
-        alpha_t_values=ptr(alpha_t_tensor), alpha_p_values=ptr(alpha_p_tensor),
-        seeds=ptr(seeds) if generated else None,
-        batch=batch, pre=pre, frames=frames, post=post, seed=seed,
-        alpha_t=alpha_t, alpha_p=alpha_p,
-        alpha_t_stride=-1 if alpha_t_tensor is None else int(alpha_t_tensor.numel() > 1),
-        alpha_p_stride=-1 if alpha_p_tensor is None else int(alpha_p_tensor.numel() > 1),
-        guidance_scale=guidance_scale, prior_strength=prior_strength, guidance_rescale=guidance_rescale,
-        eta=eta, clip_range=float("inf") if clip_sample_range is None else clip_sample_range,
-        coef_keep=keep, coef_new=new, dtype=_DTYPE_CODES[sample.dtype],
-        prediction=_guidance_kernels.PREDICTION_TYPES.index(prediction_type),
-        use_clipped=int(use_clipped_model_output and clip_sample_range is not None), inverse=int(inverse),
-        noise_mode=(_guidance_kernels.NOISE_NONE if eta == 0 or inverse else
-                    _guidance_kernels.NOISE_GENERATED if generated else _guidance_kernels.NOISE_GIVEN),
-        noise_kind=_noise_guidance_kernels.KINDS.index(noise_kind) if generated else 0,
-        device=sample.device.index if sample.device.index is not None else torch.cuda.current_device(),
-    )
+    partials = None
+    if guidance.rescale > 0 and eps_uncond is not None:
+        partials = torch.empty((sample.shape[0], NUM_PARTIALS, 4), dtype=torch.float32, device=sample.device)
+    args = guided_step_args(out, x0, sample, eps_cond, eps_uncond, prior_cond, partials, guidance, step, noise)
+    args.device = sample.device.index if sample.device.index is not None else torch.cuda.current_device()
     stream = torch.cuda.current_stream(sample.device).cuda_stream
     check(lib.vidgen_guided_step(ctypes.byref(args), ctypes.c_void_p(stream)), "guided_step")
     return out, x0

@@ -7,23 +7,23 @@ same op (the named modes, :data:`FRAME_MODES` and :func:`key_frames_for`). Diffe
 
 Layout: the custom ops ``vidgen::frame_attention_fwd`` / ``_bwd`` (the Triton kernels or the
 PyTorch reference), the key tables they take, the public functions, and what a caller needs to
-decide whether the op serves a call (:func:`frame_attention_gap`, the head-dim range, the reference
+decide whether the op serves a call (:func:`frame_attention_unsupported_reason`, and the reference
 to compute it otherwise), so the diffusers integration never imports ``vidgen.kernels``.
 """
 from __future__ import annotations
 
 import functools
-import warnings
 
 import torch
 
 from . import _backend, _checks
+from ._fallback import warn_once
 from ..kernels import frame_attention as _kernels
-from ..kernels.frame_attention import (FRAME_MODES, MAX_HEAD_DIM, MIN_HEAD_DIM, frame_attention_reference,
-                                       key_frames_for)
+from ..kernels import frame_attention_fp8 as _fp8_kernels
+from ..kernels.frame_attention import FRAME_MODES, frame_attention_reference, key_frames_for
 
-__all__ = ["FRAME_MODES", "MAX_HEAD_DIM", "MIN_HEAD_DIM", "PRECISIONS", "first_frame_attention", "frame_attention",
-           "frame_attention_gap", "frame_attention_reference", "full_frame_attention", "key_frames_for",
+__all__ = ["FRAME_MODES", "PRECISIONS", "first_frame_attention", "frame_attention", "frame_attention_reference",
+           "frame_attention_unsupported_reason", "full_frame_attention", "key_frames_for",
            "sparse_causal_attention"]
 
 FRAME_ATTENTION = _backend.declare("frame_attention", ("triton", "torch"), differentiable=True)
@@ -116,10 +116,10 @@ def _frame_attention_fp8_forward_impl(q: torch.Tensor, k: torch.Tensor, v: torch
     kernel of the inputs' dtype, said once; on the reference backend its PyTorch emulation."""
     if _run_triton(q):
         if q.device.type == "cpu" or _kernels.device_arch(q.device) >= 90:
-            return _kernels.frame_attention_forward_fp8_triton(q, k, v, table, counts, scale)[0]
+            return _fp8_kernels.frame_attention_forward_fp8_triton(q, k, v, table, counts, scale)[0]
         _warn_fp8_unavailable(torch.cuda.get_device_capability(q.device))
         return _kernels.frame_attention_forward_triton(q, k, v, table, counts, scale)[0]
-    out, _ = _kernels.frame_attention_fp8_reference(q, k, v, _listed_rows(table, counts), scale)
+    out, _ = _fp8_kernels.frame_attention_fp8_reference(q, k, v, _listed_rows(table, counts), scale)
     return out.contiguous()
 
 
@@ -132,11 +132,10 @@ def _frame_attention_fp8_forward_fake(q, k, v, table, counts, scale):
     return torch.empty(q.shape, dtype=q.dtype, device=q.device)
 
 
-@functools.lru_cache(maxsize=None)
 def _warn_fp8_unavailable(capability: tuple[int, int]) -> None:
-    warnings.warn(f"frame_attention: precision='fp8' needs e4m3 tensor cores (sm_90); this GPU is sm_"
-                  f"{capability[0]}{capability[1]}, so it runs in the inputs' precision (said once)",
-                  UserWarning, stacklevel=4)
+    warn_once("frame attention at precision='fp8'",
+              f"it needs e4m3 tensor cores (sm_90) and this GPU is sm_{capability[0]}{capability[1]}",
+              "in the inputs' precision")
 
 
 def _listed_rows(table: torch.Tensor, counts: torch.Tensor) -> list[list[int]]:
@@ -238,8 +237,8 @@ def _check_inputs(q, k, v, scale) -> float:
     if (Bk, Fk, Hk, Dk) != (B, F, H, D):
         raise ValueError(f"k: expected (B, F, M, H, D) = ({B}, {F}, M, {H}, {D}) to match q (B, F, N, H, D) "
                          f"{tuple(q.shape)}, got {tuple(k.shape)}")
-    if not MIN_HEAD_DIM <= D <= MAX_HEAD_DIM:
-        raise ValueError(f"q: head dim D={D} is not supported, expected {MIN_HEAD_DIM} <= D <= {MAX_HEAD_DIM}")
+    if (reason := frame_attention_unsupported_reason(D)) is not None:
+        raise ValueError(f"q: head dim D={D} is not supported ({reason})")
     if min(B, F, N, H, M) == 0:
         raise ValueError(f"q, k: expected non-empty tensors, got q {tuple(q.shape)}, k {tuple(k.shape)}")
     return D ** -0.5 if scale is None else _checks.scale("scale", scale)
@@ -297,7 +296,7 @@ def frame_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_frame
 
 
 def _check_fp8(q, k, v) -> None:
-    if q.dtype not in _kernels.FP8_DTYPES:
+    if q.dtype not in _fp8_kernels.FP8_DTYPES:
         raise TypeError(f"precision: 'fp8' takes fp16 or bf16 inputs (it rounds them to e4m3), got {q.dtype}")
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         raise ValueError("precision: 'fp8' is a forward for inference and has no backward; call it under "
@@ -335,10 +334,12 @@ def _frames_of(q) -> int:
 # Capabilities: what a caller (the diffusers processors) asks before it calls the op. Two host
 # integers and a dtype comparison: no device synchronisation.
 # ----------------------------------------------------------------------------------------------
-def frame_attention_gap(head_dim: int, dtype: torch.dtype | None = None) -> str | None:
-    """Why :func:`frame_attention` cannot run heads of ``head_dim`` (and ``dtype``), or None."""
-    if not MIN_HEAD_DIM <= head_dim <= MAX_HEAD_DIM:
-        return f"head dim {head_dim} is outside the frame-attention kernels' range [{MIN_HEAD_DIM}, {MAX_HEAD_DIM}]"
+def frame_attention_unsupported_reason(head_dim: int, dtype: torch.dtype | None = None) -> str | None:
+    """Why :func:`frame_attention` cannot run heads of ``head_dim`` (and ``dtype``), or None: the one
+    place that decides which head dims the op serves (the range is the kernels' own constants)."""
+    low, high = _kernels.MIN_HEAD_DIM, _kernels.MAX_HEAD_DIM
+    if not low <= head_dim <= high:
+        return f"head dim {head_dim} is outside the frame-attention kernels' range [{low}, {high}]"
     if dtype is not None and dtype not in _DTYPES:
         return f"frame attention takes fp16, bf16, fp32 or fp64, not {dtype}"
     return None

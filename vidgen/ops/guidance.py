@@ -5,51 +5,47 @@ import torch
 
 from . import _backend, _checks, _cuda_lib
 from ..kernels import guidance as _kernels
-from ..kernels.guidance import compose_reference  # noqa: F401  (the composition alone, eager: for diffusers' own step)
 from ..kernels import noise as _noise_kernels
+# The composition alone, eager, and its settings: for diffusers' own step (dynamic thresholding).
+from ..kernels.guidance import Guidance, compose_reference  # noqa: F401
 from .noise import resolve_seed
 
 GUIDED_STEP = _backend.declare("guided_step", ("cuda", "triton", "torch"))
 
 
 # Custom op: opaque to torch.compile and safe under CUDA-graph capture (alphas may be device
-# tensors, so replays can take new timesteps; the seed is an int resolved before the call).
+# tensors, so replays can take new timesteps; the seed is an int resolved before the call). Its
+# schema takes tensors and scalars, so the step's settings arrive flat and are grouped here, once:
+# every implementation below takes the groups (kernels/guidance.py: Guidance, DDIMStep, NoiseDraw).
 @torch.library.custom_op("vidgen::guided_step", mutates_args=())
-def _guided_step_op(sample: torch.Tensor, eps_cond: torch.Tensor, eps_uncond: torch.Tensor | None,
-                    prior_cond: torch.Tensor | None, guidance_scale: float, prior_strength: float,
-                    guidance_rescale: float, alpha_t: float, alpha_t_tensor: torch.Tensor | None, alpha_p: float,
-                    alpha_p_tensor: torch.Tensor | None, eta: float, noise: torch.Tensor | None,
-                    noise_kind: str | None, noise_alpha: float, seed: int, seeds: torch.Tensor | None,
-                    prediction_type: str, clip_sample_range: float | None, use_clipped_model_output: bool,
-                    inverse: bool, return_pred_original: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _guided_step_op(sample: torch.Tensor, return_pred_original: bool, eps_cond: torch.Tensor,
+                    eps_uncond: torch.Tensor | None, prior_cond: torch.Tensor | None, noise: torch.Tensor | None,
+                    seeds: torch.Tensor | None, alpha_t_tensor: torch.Tensor | None,
+                    alpha_p_tensor: torch.Tensor | None, guidance_scale: float, prior_strength: float,
+                    guidance_rescale: float, alpha_t: float, alpha_p: float, eta: float, prediction_type: str,
+                    clip_sample_range: float | None, use_clipped_model_output: bool, inverse: bool,
+                    noise_kind: str | None, noise_alpha: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    guidance = _kernels.Guidance(guidance_scale, prior_strength, guidance_rescale)
+    step = _kernels.DDIMStep(alpha_t if alpha_t_tensor is None else alpha_t_tensor,
+                             alpha_p if alpha_p_tensor is None else alpha_p_tensor, eta, prediction_type,
+                             clip_sample_range, use_clipped_model_output, inverse)
+    z = noise if noise_kind is None else _kernels.NoiseDraw(noise_kind, noise_alpha, seed, seeds)
     backend = _backend.select(GUIDED_STEP, sample.device)
-    a_t = alpha_t if alpha_t_tensor is None else alpha_t_tensor
-    a_p = alpha_p if alpha_p_tensor is None else alpha_p_tensor
     if backend == "cuda":
-        out, x0 = _cuda_lib.guided_step(sample, eps_cond, eps_uncond, prior_cond, guidance_scale, prior_strength,
-                                      guidance_rescale, alpha_t, alpha_t_tensor, alpha_p, alpha_p_tensor, eta, noise,
-                                    noise_kind, noise_alpha, seed, seeds, prediction_type, clip_sample_range,
-                                    use_clipped_model_output, inverse, return_pred_original)
+        out, x0 = _cuda_lib.guided_step(sample, eps_cond, eps_uncond, prior_cond, guidance, step, z,
+                                        return_pred_original=return_pred_original)
     elif backend == "triton":
-        out, x0 = _kernels.guided_step_triton(sample, eps_cond, eps_uncond, prior_cond, guidance_scale,
-                                              prior_strength, guidance_rescale, a_t, a_p, eta, noise, noise_kind,
-                                              noise_alpha, seed, seeds, prediction_type, clip_sample_range,
-                                              use_clipped_model_output, inverse, return_pred_original)
+        out, x0 = _kernels.guided_step_triton(sample, eps_cond, eps_uncond, prior_cond, guidance, step, z,
+                                              return_pred_original=return_pred_original)
     else:
-        if eta > 0 and not inverse and noise is None:
-            noise = _kernels.generated_noise_reference(sample.shape, noise_kind, noise_alpha, seed, seeds,
-                                                       sample.device)
-        out, x0 = _kernels.guided_step_reference(sample, eps_cond, eps_uncond, prior_cond, guidance_scale,
-                                                 prior_strength, guidance_rescale, a_t, a_p, eta, noise,
-                                                 prediction_type, clip_sample_range, use_clipped_model_output,
-                                                 inverse)
+        if isinstance(z, _kernels.NoiseDraw):
+            z = _kernels.generated_noise_reference(sample.shape, z, sample.device)
+        out, x0 = _kernels.guided_step_reference(sample, eps_cond, eps_uncond, prior_cond, guidance, step, z)
     return out, (x0 if return_pred_original else out.new_empty(0))
 
 
 @_guided_step_op.register_fake
-def _(sample, eps_cond, eps_uncond, prior_cond, guidance_scale, prior_strength, guidance_rescale, alpha_t,
-      alpha_t_tensor, alpha_p, alpha_p_tensor, eta, noise, noise_kind, noise_alpha, seed, seeds, prediction_type,
-      clip_sample_range, use_clipped_model_output, inverse, return_pred_original):
+def _guided_step_fake(sample, return_pred_original, *settings):
     out = torch.empty_like(sample, memory_format=torch.contiguous_format)
     return out, (torch.empty_like(out) if return_pred_original else out.new_empty(0))
 
@@ -168,8 +164,8 @@ def guided_step(sample: torch.Tensor, eps_cond: torch.Tensor, eps_uncond: torch.
         raise ValueError(f"sample: batch {batch} exceeds 65535 videos per call")
     contiguous = (lambda t: None if t is None else t.contiguous())  # noqa: E731
     out, x0 = _guided_step_op(
-        sample.contiguous(), eps_cond.contiguous(), contiguous(eps_uncond), contiguous(prior_cond), guidance_scale,
-        prior_strength, guidance_rescale, a_t, a_t_tensor, a_p, a_p_tensor, eta, contiguous(noise), noise_kind,
-        float(noise_alpha), seed_int, seeds, prediction_type, clip_sample_range, bool(use_clipped_model_output),
-        bool(inverse), bool(return_pred_original))
+        sample.contiguous(), bool(return_pred_original), eps_cond.contiguous(), contiguous(eps_uncond),
+        contiguous(prior_cond), contiguous(noise), seeds, a_t_tensor, a_p_tensor, guidance_scale, prior_strength,
+        guidance_rescale, a_t, a_p, eta, prediction_type, clip_sample_range, bool(use_clipped_model_output),
+        bool(inverse), noise_kind, float(noise_alpha), seed_int)
     return (out, x0) if return_pred_original else out

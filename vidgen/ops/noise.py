@@ -26,7 +26,7 @@ def _correlated_noise_op(shape: list[int], kind: str, alpha: float, frame_dim: i
 
 
 @_correlated_noise_op.register_fake
-def _(shape, kind, alpha, frame_dim, seed, seeds, dtype, device):
+def _correlated_noise_fake(shape, kind, alpha, frame_dim, seed, seeds, dtype, device):
     return torch.empty(shape, dtype=dtype, device=device)
 
 
@@ -107,7 +107,7 @@ def _add_noise_op(x0: torch.Tensor, timesteps: torch.Tensor, alphas_cumprod: tor
 
 
 @_add_noise_op.register_fake
-def _(x0, timesteps, alphas_cumprod, kind, alpha, frame_dim, seed, seeds):
+def _add_noise_fake(x0, timesteps, alphas_cumprod, kind, alpha, frame_dim, seed, seeds):
     return torch.empty_like(x0, memory_format=torch.contiguous_format), torch.empty_like(x0, memory_format=torch.contiguous_format)
 
 

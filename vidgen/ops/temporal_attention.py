@@ -2,7 +2,7 @@
 
 Layout: the custom ops ``vidgen::temporal_attention_fwd`` / ``_bwd`` (the Triton kernels or the
 PyTorch reference), the public function, and what a caller needs to decide whether the op serves
-a call (:func:`temporal_attention_gap`, the head-dim limit, the reference to compute it otherwise),
+a call (:func:`temporal_attention_unsupported_reason`, and the reference to compute it otherwise),
 so the diffusers integration never imports ``vidgen.kernels``.
 """
 from __future__ import annotations
@@ -11,9 +11,9 @@ import torch
 
 from . import _backend, _checks
 from ..kernels import temporal_attention as _kernels
-from ..kernels.temporal_attention import MAX_HEAD_DIM, temporal_attention_reference
+from ..kernels.temporal_attention import temporal_attention_reference
 
-__all__ = ["MAX_HEAD_DIM", "temporal_attention", "temporal_attention_gap", "temporal_attention_reference"]
+__all__ = ["temporal_attention", "temporal_attention_reference", "temporal_attention_unsupported_reason"]
 
 TEMPORAL_ATTENTION = _backend.declare("temporal_attention", ("triton", "torch"), differentiable=True)
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -98,8 +98,8 @@ def _check_inputs(q, k, v, scale) -> float:
     B, F, N, H, D = q.shape
     if q.numel() == 0:
         raise ValueError(f"q: expected non-empty (B, F, N, H, D), got {tuple(q.shape)}")
-    if D > MAX_HEAD_DIM:
-        raise ValueError(f"q: head dim D={D} is not supported; expected D <= {MAX_HEAD_DIM}")
+    if (reason := temporal_attention_unsupported_reason(D)) is not None:
+        raise ValueError(f"q: head dim D={D} is not supported ({reason})")
     return D ** -0.5 if scale is None else _checks.scale("scale", scale)
 
 
@@ -134,10 +134,12 @@ def temporal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, sca
 # Capabilities: what a caller (the diffusers processors) asks before it calls the op. Two host
 # integers and a dtype comparison: no device synchronisation.
 # ----------------------------------------------------------------------------------------------
-def temporal_attention_gap(head_dim: int, dtype: torch.dtype | None = None) -> str | None:
-    """Why :func:`temporal_attention` cannot run heads of ``head_dim`` (and ``dtype``), or None."""
-    if not 1 <= head_dim <= MAX_HEAD_DIM:
-        return f"head dim {head_dim} is outside the temporal-attention kernels' range [1, {MAX_HEAD_DIM}]"
+def temporal_attention_unsupported_reason(head_dim: int, dtype: torch.dtype | None = None) -> str | None:
+    """Why :func:`temporal_attention` cannot run heads of ``head_dim`` (and ``dtype``), or None: the one
+    place that decides which head dims the op serves (the range is the kernels' own constants)."""
+    low, high = _kernels.MIN_HEAD_DIM, _kernels.MAX_HEAD_DIM
+    if not low <= head_dim <= high:
+        return f"head dim {head_dim} is outside the temporal-attention kernels' range [{low}, {high}]"
     if dtype is not None and dtype not in _DTYPES:
         return f"temporal attention takes fp16, bf16 or fp32, not {dtype}"
     return None

@@ -177,7 +177,7 @@ def inflated_unet(prior_dir: str, seed: int):
     from .. import VideoUNet
 
     torch.manual_seed(seed)
-    return VideoUNet.from_pretrained_2d(prior_dir, frame_attention="sparse_causal")
+    return VideoUNet.from_pretrained_2d(prior_dir, frame_mode="sparse_causal")
 
 
 def video_trainable(arch: str, unet: torch.nn.Module) -> list[str]:

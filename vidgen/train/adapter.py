@@ -32,7 +32,7 @@ class AdapterConfig:
     layers_per_block: int = 1
     heads: int = 4
     norm_groups: int = 32
-    frame_attention: str = "sparse_causal"
+    frame_mode: str = "sparse_causal"
 
     def __post_init__(self):
         if len(self.channels) < 2 or any(c < 1 for c in self.channels):
@@ -62,7 +62,7 @@ def build_small_unet(model_dir: str, config: AdapterConfig, latent_size: int, se
         down_block_types=("CrossAttnDownBlock2D",) * (levels - 1) + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (levels - 1),
         cross_attention_dim=text["hidden_size"], attention_head_dim=config.heads, norm_num_groups=config.norm_groups,
-        frame_attention=config.frame_attention)
+        frame_mode=config.frame_mode)
 
 
 def dataset_loss(dataset: LatentDataset, alphas_cumprod: torch.Tensor, *, seed: int, batch_size: int,

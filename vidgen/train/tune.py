@@ -107,10 +107,10 @@ def tune(model: str | os.PathLike, video: str | os.PathLike, prompt: str, out: s
     accelerator = make_accelerator(settings.device)
     mode = "first_frame" if lamp else "sparse_causal"
     torch.manual_seed(settings.seed)  # the fresh temporal layers' initialisation is part of the run
-    loaded = VideoModel.from_pretrained(model_dir, frame_attention=mode, device=accelerator.device)
+    loaded = VideoModel.from_pretrained(model_dir, frame_mode=mode, device=accelerator.device)
     unet = loaded.unet
-    if unet.config.frame_attention != mode:
-        raise ValueError(f"model: its saved VideoUNet uses {unet.config.frame_attention} attention; "
+    if unet.config.frame_mode != mode:
+        raise ValueError(f"model: its saved VideoUNet uses {unet.config.frame_mode} frame attention; "
                          f"{'LAMP' if lamp else 'Tune-A-Video'} tuning needs {mode}")
     default_height, default_width = model_pixel_size(loaded)
     spec = ClipSpec(frames, height or default_height, width or default_width, stride, start)

@@ -1,12 +1,12 @@
 """Check and time every declared frame-attention tile config at real UNet shapes; write the tuned table.
 
-    python -m benchmarks.sweep_frame_attention [--quick] [--budget-s 240] [--dtypes bf16 fp16]
+    python -m tools.sweep_frame_attention [--quick] [--budget-s 240] [--dtypes bf16 fp16]
                                                [--suites sd15 sdxl] [--table PATH] [--tiny]
 
 For each case -- a self-attention level of SD1.5 (N = 4096/1024/256/64 tokens per frame with
 D = 40/80/160/160, 8 heads) or SDXL (N = 4096 with 10 heads, 1024 with 20, D = 64), batch 2 (CFG),
 16 frames, sparse-causal (Tune-A-Video), fp16 and bf16 -- and each pass (forward, backward dq,
-backward dk/dv), every candidate of ``frame_attention.tile_candidates`` is
+backward dk/dv), every candidate of ``frame_attention_tuning.tile_candidates`` is
 
 1. checked: fresh random inputs per run (``--seed`` replays one), every output from poisoned
    memory (each ``torch.empty`` filled with NaN, as ``tests/conftest.py`` does), compared with
@@ -26,15 +26,14 @@ dq candidate is judged on dq, dk and dv; a dk/dv candidate on dk and dv.
 
 A (case, pass) whose candidates all ran enters the table: the fastest correct one, keyed by
 GPU arch, blocked head width, dtype, pass and N bucket (``kernels/frame_attention_tuning.py``
-documents the format and reads it), merged into ``kernels/frame_attention_tuned.json`` (other
-archs' and keys' entries kept) and replaced atomically. Every trial is also a row of
-``benchmarks/results/sweep_frame_attention-<GPU>-<date>.{csv,json}``.
+documents the format and reads it; this script is its only writer), merged into
+``kernels/frame_attention_tuned.json`` (other archs' and keys' entries kept) and replaced
+atomically. Every trial is also a row of ``benchmarks/results/sweep_frame_attention-<GPU>-<date>.{csv,json}``.
 
 Bounded: ``--budget-s`` (default 240) is a wall-clock cap; no candidate starts after it, and what
-was measured is written. SIGINT (``benchmarks/gpu_check.py`` stops an overrunning phase that
-way) also ends the run with everything measured so far written. The first H200 run ended the
-D = 160 launches in illegal memory accesses, after which a process's CUDA context is unusable,
-so the trials run in a worker process that appends each result to a file as it finishes; when a
+was measured is written. SIGINT (``tools.gpu_check`` stops an overrunning phase that
+way) also ends the run with everything measured so far written. A kernel that faults leaves its
+process's CUDA context unusable, so the trials run in a worker process that appends each result to a file as it finishes; when a
 worker dies, the candidate it was running is reported failed and a fresh worker runs the rest.
 ``--in-process`` skips the worker (the tests use it, with a fake timer).
 """
@@ -62,14 +61,14 @@ from benchmarks.bench_frame_attention import SD15_LEVELS, SDXL_LEVELS  # noqa: E
 BATCH, FRAMES = 2, 16          # classifier-free guidance; a 16-frame clip
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 SUITES = {"sd15": SD15_LEVELS, "sdxl": SDXL_LEVELS}
-# Relative L2 error allowed per dtype: as tests/test_real_shapes.py, about five times what the
-# first H200 run measured for correct kernels (fp16 2.9e-4, bf16 2.4e-3); the D = 160 fault it
-# found was of order one. lse is fp32 arithmetic on exact products of the rounded inputs.
+# Relative L2 error allowed per dtype: as tests/test_real_shapes.py, about five times what correct
+# kernels measured on an H200 (fp16 2.9e-4, bf16 2.4e-3); a wrong kernel errs by order one. lse is
+# fp32 arithmetic on exact products of the rounded inputs.
 TOLERANCE = {"fp16": 1.5e-3, "bf16": 1.2e-2}
 LSE_TOLERANCE = 1e-4
 # Timing per candidate: (warm-up ms, repeat ms) of triton.testing.do_bench.
 TIMING = {"full": (25, 150), "quick": (10, 40)}
-DEFAULT_BUDGET_S = 240         # the issue's bound on an H200
+DEFAULT_BUDGET_S = 240         # about 4 minutes: one device call beside make gpu-check's
 WRITE_RESERVE_S = 8            # kept back from the budget: stopping a worker (<= 6 s) and writing
 TRIAL_RESERVE_S = 10           # no trial starts this close to the end (a compile, a check, a timing)
 EXIT_CUDA_ERROR = 3
@@ -99,8 +98,8 @@ TINY_LEVELS = [(17, 40, 2), (9, 80, 1)]
 
 
 def plan(suites: list[str], dtypes: list[str], tiny: bool = False) -> list[Case]:
-    """The cases in the order they run: the most telling first (SD1.5's D = 40 level, the issue's
-    headline; then D = 80 and SDXL), D = 160 last -- it faulted on the first H200 run."""
+    """The cases in the order they run: the most telling first (SD1.5's D = 40 level, the most
+    used; then D = 80 and SDXL), D = 160 last: the widest tiles, the likeliest to fault."""
     if tiny:
         return [Case("tiny", n, d, h, dtype, batch=1, frames=3) for n, d, h in TINY_LEVELS for dtype in dtypes]
     levels = [(suite, level) for suite in suites for level in SUITES[suite]]
@@ -119,11 +118,11 @@ def device_arch(device: torch.device) -> int:
 def trials(case: Case, arch: int) -> list[tuple[str, str]]:
     """(pass, config text) of every declared candidate of every pass, defaults first."""
     from vidgen.kernels import frame_attention as fa
-    from vidgen.kernels.frame_attention_tuning import config_text
+    from vidgen.kernels import frame_attention_tuning as tuning
 
     d0, d1, _ = fa.head_blocks(case.head_dim)
-    return [(kernel_pass, config_text(cfg)) for kernel_pass in fa.PASSES
-            for cfg in fa.tile_candidates(kernel_pass, d0 + d1, case.dtype, arch)]
+    return [(kernel_pass, str(cfg)) for kernel_pass in tuning.PASSES
+            for cfg in tuning.tile_candidates(kernel_pass, d0 + d1, case.dtype, arch)]
 
 
 def trial_id(case: Case, kernel_pass: str, config: str) -> str:
@@ -235,12 +234,6 @@ def wall_clock_timer(fn: Callable[[], object], repeats: int = 3) -> dict:
     return {"ms": times[len(times) // 2], "ms_p20": times[0], "ms_p80": times[-1]}
 
 
-def _is_cuda_error(exc: BaseException) -> bool:
-    from benchmarks.sanitize_kernels import _is_cuda_error as is_cuda_error
-
-    return is_cuda_error(exc)
-
-
 def _append(rows_path: str, row: dict) -> None:
     """One JSON line, flushed: a worker that dies leaves every earlier line for the parent."""
     with open(rows_path, "a", encoding="utf-8") as f:
@@ -271,7 +264,7 @@ def sweep(cases: list[Case], rows_path: str, *, device: torch.device, timer, dea
                                     "pass": kernel_pass, "config": config, "arch": f"sm{arch}", "seed": case_seed,
                                     "status": NOT_RUN, "problem": message[:300]})
             print(f"{case.name}: {message}", flush=True)
-            if _is_cuda_error(exc):
+            if harness.is_cuda_error(exc):
                 return EXIT_CUDA_ERROR
             continue
         for kernel_pass, config in todo:
@@ -290,7 +283,7 @@ def sweep(cases: list[Case], rows_path: str, *, device: torch.device, timer, dea
             except Exception as exc:  # noqa: BLE001 - a candidate that raises is a failed candidate
                 message = str(exc).splitlines()[0] if str(exc) else ""
                 row.update(status=FAILED, problem=f"{type(exc).__name__}: {message}"[:300])
-                if _is_cuda_error(exc):
+                if harness.is_cuda_error(exc):
                     row["problem"] += " (CUDA context lost)"
                     _append(rows_path, row)
                     print(_trial_line(row), flush=True)
@@ -385,6 +378,41 @@ def choose(cases: list[Case], rows: dict[str, dict], arch: int, env: dict) -> tu
     return result_rows, entries
 
 
+def merge_entries(existing: dict, measured: dict[tuple[str, ...], dict]) -> dict:
+    """``existing`` entries with each ``measured`` entry (keyed by ``tuning.entry_path``) set or
+    replaced; every other entry -- other archs, widths, dtypes, passes, buckets -- is kept."""
+    merged = json.loads(json.dumps(existing))  # a deep copy: the caller's dict stays as it was
+    for where, entry in measured.items():
+        node = merged
+        for key in where[:-1]:
+            child = node.get(key)
+            node[key] = child = child if isinstance(child, dict) else {}
+            node = child
+        node[where[-1]] = entry
+    return merged
+
+
+def write_table(path: str, measured: dict[tuple[str, ...], dict]) -> dict:
+    """Merges ``measured`` into the tuned table at ``path`` (the format ``frame_attention_tuning``
+    reads) as it is on disk now and replaces the file atomically: a reader sees the old table or
+    the new one, never half of one. Returns the entries."""
+    from vidgen.kernels import frame_attention_tuning as tuning
+
+    entries = merge_entries(tuning.read_entries(path), measured)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, temporary = tempfile.mkstemp(dir=folder, prefix=".frame_attention_tuned-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump({"format": tuning.FORMAT, "entries": entries}, f, indent=1, sort_keys=True)
+            f.write("\n")
+        os.chmod(temporary, 0o644)  # mkstemp's 0600 would make the shipped table private
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+    return entries
+
+
 # ----------------------------------------------------------------------------------------------
 # Worker processes
 # ----------------------------------------------------------------------------------------------
@@ -402,7 +430,7 @@ def _stop(process: subprocess.Popen) -> None:
 def worker_command(args: argparse.Namespace, rows_path: str, deadline: float, seed: int) -> list[str]:
     """The worker's command line: the parent's choices, and a deadline for starting trials that
     leaves the last one time to finish before the parent's."""
-    command = [sys.executable, "-m", "benchmarks.sweep_frame_attention", "--worker", rows_path,
+    command = [sys.executable, "-m", "tools.sweep_frame_attention", "--worker", rows_path,
                "--deadline-epoch", repr(deadline - TRIAL_RESERVE_S), "--seed", str(seed), "--device", args.device,
                "--dtypes", *args.dtypes, "--suites", *args.suites]
     return command + ["--quick"] * args.quick + ["--tiny"] * args.tiny
@@ -438,9 +466,7 @@ def write_outputs(cases: list[Case], rows_path: str, arch: int, table_path: str 
     result_rows, entries = choose(cases, read_rows(rows_path), arch, env)
     stem = harness.write_results("sweep_frame_attention", result_rows, env)
     if table_path and entries:
-        from vidgen.kernels import frame_attention_tuning as tuning
-
-        tuning.write_table(table_path, entries)
+        write_table(table_path, entries)
     counts = {status: sum(r["status"] == status for r in result_rows) for status in (PASSED, FAILED, NOT_RUN)}
     for row in result_rows:
         if row["status"] == FAILED:
@@ -459,7 +485,7 @@ def write_outputs(cases: list[Case], rows_path: str, arch: int, table_path: str 
 def build_parser() -> argparse.ArgumentParser:
     from vidgen.kernels import frame_attention_tuning as tuning
 
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.sweep_frame_attention",
+    parser = argparse.ArgumentParser(prog="python -m tools.sweep_frame_attention",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S,
                         help=f"wall-clock cap in seconds; what was measured is written (default {DEFAULT_BUDGET_S})")

@@ -1,18 +1,18 @@
 """One call of every vidgen kernel, forward and backward, for ``compute-sanitizer`` to watch.
 
-    compute-sanitizer --tool memcheck python3 -m benchmarks.sanitize_kernels [--kernel NAME ...]
-    python3 -m benchmarks.sanitize_kernels --list
+    compute-sanitizer --tool memcheck python3 -m tools.sanitize_kernels [--kernel NAME ...]
+    python3 -m tools.sanitize_kernels --list
 
 Each entry runs one op once at a real Stable Diffusion 1.5 shape: the latents of a 16-frame
 512x512 video (2x4x16x64x64) for the noise and guidance ops, the SD1.5 head dims (40, 80, 160)
 and a 16-frame key table for the attention ops. The attention token count is modest (N = 256,
-one video) because the sanitizer slows kernels 10-100x; N = 256 is itself the 16x16 level of
-SD1.5, the shape at which the first H200 run ended the D = 160 launches in illegal accesses.
+one video) because the sanitizer slows kernels 10-100x; N = 256 is SD1.5's 16x16 level, where
+D = 160 has faulted on a GPU before.
 
 Between entries it prints ``[sanitize] begin NAME`` and ``[sanitize] end NAME ok|FAILED ...``
 (flushed, after a device synchronisation), so the sanitizer's reports, which it prints when a
 kernel ends, fall between the markers of the entry that launched it
-(``benchmarks/gpu_check.py`` attributes them that way). Outputs come from poisoned memory (every
+(``tools/gpu_check/evidence.py`` attributes them that way). Outputs come from poisoned memory (every
 ``torch.empty`` is NaN) and must come back finite. After a CUDA error the context is unusable,
 so the script stops there (exit 3) and a caller reruns the entries not yet begun; any other
 failure is reported and the next entry runs (exit 1 at the end).
@@ -25,6 +25,8 @@ import sys
 from typing import Callable
 
 import torch
+
+from benchmarks import harness
 
 BEGIN, END, SKIP = "[sanitize] begin", "[sanitize] end", "[sanitize] skip"
 EXIT_FAILED, EXIT_CUDA_ERROR = 1, 3
@@ -129,12 +131,6 @@ ENTRIES = [
 NAMES = [entry.name for entry in ENTRIES]
 
 
-def _is_cuda_error(exc: BaseException) -> bool:
-    """Errors after which the process's CUDA context is unusable (illegal address, launch failure...)."""
-    accelerator_error = getattr(torch, "AcceleratorError", ())
-    return isinstance(exc, accelerator_error) or "CUDA error" in str(exc) or "CUDA driver error" in str(exc)
-
-
 def run_entry(entry: Entry, shapes: Shapes, device: torch.device) -> str | None:
     """Runs one entry; None when every output came back finite, else what went wrong."""
     from vidgen import ops
@@ -149,7 +145,7 @@ def run_entry(entry: Entry, shapes: Shapes, device: torch.device) -> str | None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.sanitize_kernels", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.sanitize_kernels", description=__doc__.splitlines()[0])
     parser.add_argument("--kernel", nargs="+", choices=NAMES, metavar="NAME",
                         help="run only these entries, in this order (default: all; --list names them)")
     parser.add_argument("--list", action="store_true", help="print the entry names and exit")
@@ -172,9 +168,9 @@ def main(argv=None) -> int:
 
     failed = 0
     for entry in (e for name in (args.kernel or NAMES) for e in ENTRIES if e.name == name):
-        why_not = _backend.why_not(entry.backend, _backend.REGISTRY[entry.op], device)
-        if why_not:
-            print(f"{SKIP} {entry.name}: {why_not}", flush=True)
+        reason = _backend.unsupported_reason(entry.backend, _backend.REGISTRY[entry.op], device)
+        if reason:
+            print(f"{SKIP} {entry.name}: {reason}", flush=True)
             continue
         print(f"{BEGIN} {entry.name}", flush=True)
         try:
@@ -182,7 +178,7 @@ def main(argv=None) -> int:
         except Exception as exc:  # noqa: BLE001 - reported, then the next entry (or the exit) follows
             print(f"{END} {entry.name} FAILED: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
                   flush=True)
-            if _is_cuda_error(exc):
+            if harness.is_cuda_error(exc):
                 return EXIT_CUDA_ERROR
             failed += 1
             continue

@@ -1,6 +1,6 @@
 """The README's status and results sections and speedup plot, generated from the files in benchmarks/results/.
 
-    python -m benchmarks.report [--results DIR] [--readme PATH] [--check]
+    python -m tools.report [--results DIR] [--readme PATH] [--check]
 
 Reads the newest result file (by the date tag of its run) of every benchmark in the results
 folder (default ``benchmarks/results/``), and summarises every op and end-to-end case in one
@@ -13,7 +13,7 @@ results, and rewrites the part of the README between ``<!-- results:begin -->`` 
 says that no GPU result exists yet.
 
 The status section (between ``<!-- status:begin -->`` and ``<!-- status:end -->``) comes from
-the newest validation report of ``make gpu-check`` (``benchmarks/gpu_check.py``,
+the newest validation report of ``make gpu-check`` (``tools/gpu_check/``,
 ``validation-<GPU>-<date>.json`` beside the result files; dry runs are not evidence and are
 skipped): which kernels ran correct on which GPU and toolchain, and when, with their test and
 compute-sanitizer verdicts. Without one it says that no kernel has been validated on a GPU.
@@ -21,7 +21,8 @@ compute-sanitizer verdicts. Without one it says that no kernel has been validate
 guard against a stale README).
 
 Which rows make a line, and which of their fields hold the numbers, is declared per benchmark
-in ``LINES``: the scripts name their fields differently and compare against different peers.
+in ``LINES``: the scripts' rows differ in shape (one per implementation, per pass or per case)
+and compare against different peers; the field names follow ``benchmarks/harness.py``'s schema.
 """
 from __future__ import annotations
 
@@ -37,12 +38,13 @@ import sys
 from typing import Callable
 
 from benchmarks import harness
+from tools import ROOT
 
 BEGIN_MARKER = "<!-- results:begin -->"
 END_MARKER = "<!-- results:end -->"
 STATUS_BEGIN_MARKER = "<!-- status:begin -->"
 STATUS_END_MARKER = "<!-- status:end -->"
-README_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+README_PATH = os.path.join(ROOT, "README.md")
 PLOT_NAME = "summary_speedups.png"
 
 
@@ -152,30 +154,28 @@ def _field_is(**expected) -> Callable[[dict], bool]:
     return lambda row: all(row.get(key) == value for key, value in expected.items())
 
 
+COPY_CEILING = ("copy_fraction", "copy bandwidth")  # harness.bandwidth's field, and its name in the table
+
 # Benchmark (the name a script passes to harness.write_results, before any "-<variant>") -> its lines.
 LINES: dict[str, list[Line]] = {
     "noise": [
         Line("correlated_noise", _from_rows(_field_is(op="correlated_noise", impl="vidgen"), "speedup_vs_",
-                                            ceiling=("copy_fraction", "copy bandwidth"))),
-        Line("add_noise", _from_rows(_field_is(op="add_noise", impl="vidgen"), "speedup_vs_",
-                                     ceiling=("copy_fraction", "copy bandwidth"))),
+                                            COPY_CEILING)),
+        Line("add_noise", _from_rows(_field_is(op="add_noise", impl="vidgen"), "speedup_vs_", COPY_CEILING)),
     ],
     "guidance": [
-        Line("guided_step, CUDA library", _from_rows(_field_is(impl="vidgen_cuda"), "speedup_vs_",
-                                                     ceiling=("fraction_of_copy", "copy bandwidth"))),
-        Line("guided_step, Triton", _from_rows(_field_is(impl="vidgen_triton"), "speedup_vs_",
-                                               ceiling=("fraction_of_copy", "copy bandwidth"))),
+        Line("guided_step, CUDA library", _from_rows(_field_is(impl="vidgen_cuda"), "speedup_vs_", COPY_CEILING)),
+        Line("guided_step, Triton", _from_rows(_field_is(impl="vidgen_triton"), "speedup_vs_", COPY_CEILING)),
     ],
     "frame_attention": [
         Line(f"frame_attention {label}",
-             _from_rows(_field_is(impl="vidgen"), f"{phase}_speedup_vs_", ceiling=(f"{phase}_frac_matmul", "bf16 matmul"),
+             _from_rows(_field_is(impl="vidgen"), f"{phase}_speedup_vs_", ceiling=(f"{phase}_matmul_fraction", "bf16 matmul"),
                         not_peers=("vidgen_pad64",)))
         for phase, label in (("fwd", "fwd"), ("fwdbwd", "fwd+bwd"))
     ],
     "temporal_attention": [
         *(Line(f"temporal_attention {direction}",
-               _from_rows(_field_is(bench="op", **{"pass": direction}), "speedup_vs_",
-                          ceiling=("fraction_of_copy_bw", "copy bandwidth")))
+               _from_rows(_field_is(bench="op", **{"pass": direction}), "speedup_vs_", COPY_CEILING))
           for direction in ("fwd", "fwd+bwd")),
         *(Line(f"AnimateDiff motion module {direction}", _motion_module(direction)) for direction in ("fwd", "fwd+bwd")),
     ],
@@ -230,7 +230,7 @@ def _is_validation(data) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class Validation:
-    """One report of ``make gpu-check`` (``benchmarks/gpu_check.py: validation_report``)."""
+    """One report of ``make gpu-check`` (``tools/gpu_check/validation.py``)."""
 
     path: str
     environment: dict
@@ -251,7 +251,7 @@ def newest_validation(results_dir: str) -> Validation | None:
         if not _is_validation(data) or data.get("dry_run"):
             continue
         if not {"environment", "kernels"} <= data.keys() or "date" not in data["environment"]:
-            raise ValueError(f"{path}: expected a validation report of benchmarks/gpu_check.py, with "
+            raise ValueError(f"{path}: expected a validation report of tools/gpu_check, with "
                              f"'environment' (and its 'date') and 'kernels'")
         report = Validation(path, data["environment"], data.get("tests"), data["kernels"])
         if newest is None or (report.measured_at, report.path) > (newest.measured_at, newest.path):
@@ -283,7 +283,7 @@ def summarise(results: list[ResultFile]) -> list[Summary]:
                     summaries.append(Summary(f"{line.label}, {variant}" if variant else line.label, result, cases))
     unknown = sorted({r.benchmark for r in results} - {s.source.benchmark for s in summaries})
     if unknown:
-        print(f"benchmarks.report: no table line for {', '.join(unknown)} (add one to LINES in benchmarks/report.py)",
+        print(f"tools.report: no table line for {', '.join(unknown)} (add one to LINES in tools/report.py)",
               file=sys.stderr)
     return summaries
 
@@ -353,14 +353,14 @@ def render_table(summaries: list[Summary]) -> str:
 def render_section(results: list[ResultFile], summaries: list[Summary], plot_link: str | None,
                    results_link: str) -> str:
     """The Markdown between the markers (deterministic: the same files give the same text)."""
-    note = (f"_Generated by `python -m benchmarks.report` from the newest result file of each benchmark in "
+    note = (f"_Generated by `python -m tools.report` from the newest result file of each benchmark in "
             f"`{results_link}`; edit the generator, not this text._")
     if not results:
         return (f"{note}\n\nNo GPU results yet: no benchmark has produced a result file, so no speed is claimed. "
                 f"`vidgen bench --report` on a GPU machine measures them and regenerates this section.")
     if not summaries:
         return (f"{note}\n\n" + "\n".join(_provenance(results))
-                + "\n\nNo table line summarises these benchmarks yet (`LINES` in `benchmarks/report.py`).")
+                + "\n\nNo table line summarises these benchmarks yet (`LINES` in `tools/report.py`).")
     parts = [note, "\n".join(_provenance(results)), render_table(summaries),
              "Speedup: a peer's time over vidgen's, in the same run on the same GPU. Fraction of a ceiling: "
              "vidgen's effective rate over the copy bandwidth or bf16 matmul rate measured in that run. Peak "
@@ -382,7 +382,7 @@ def _sanitizer_cell(verdicts: dict[str, str]) -> str:
 
 def render_status(validation: Validation | None, has_results: bool, results_link: str) -> str:
     """The Markdown between the status markers (deterministic: the same files give the same text)."""
-    note = (f"_Generated by `python -m benchmarks.report` from the newest validation report of `make gpu-check` "
+    note = (f"_Generated by `python -m tools.report` from the newest validation report of `make gpu-check` "
             f"in `{results_link}`; edit the generator, not this text._")
     cpu = ("On a CPU every Triton kernel is tested through the interpreter and compiles ahead of time for sm_80 "
            "and sm_90 on the oldest supported Triton and the newest, the fp16/bf16 attention kernels without a "
@@ -391,9 +391,8 @@ def render_status(validation: Validation | None, has_results: bool, results_link
              " No benchmark result is committed; no speed is claimed until one is.")
     if validation is None:
         return (f"{note}\n\nNo kernel has been validated on a GPU yet: there is no validation report of "
-                f"`make gpu-check` in `{results_link}`. (A first, unscripted H200 run, before `make gpu-check` "
-                f"existed, found frame attention at head dim 160 wrong or faulting and CUDA-graph sampling "
-                f"failing on a host sync; both are addressed here and wait for a GPU to confirm them.) {cpu}{speed}")
+                f"`make gpu-check` in `{results_link}`. (Frame attention at head dim 160 and CUDA-graph sampling "
+                f"have failed on an H200 before; both are fixed here and wait for a GPU to confirm it.) {cpu}{speed}")
     env = validation.environment
     lines = ["| kernel | status | tests passed / failed | compute-sanitizer memcheck | racecheck |",
              "| --- | --- | --- | --- | --- |"]
@@ -498,7 +497,7 @@ def generate(results_dir: str, readme: str, *, check: bool = False) -> bool:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.report", description=__doc__.splitlines()[0])
     parser.add_argument("--results", help=f"folder of result files (default {harness.RESULTS_DIR})")
     parser.add_argument("--readme", help=f"README to update between its markers (default {README_PATH})")
     parser.add_argument("--check", action="store_true",
@@ -510,11 +509,11 @@ def main(argv=None) -> int:
     try:
         up_to_date = generate(results_dir, readme, check=args.check)
     except (OSError, ValueError) as exc:
-        print(f"benchmarks.report: {exc}", file=sys.stderr)
+        print(f"tools.report: {exc}", file=sys.stderr)
         return 2
     if args.check:
         if not up_to_date:
-            print(f"{readme}: the status or results section is stale; run `python -m benchmarks.report`",
+            print(f"{readme}: the status or results section is stale; run `python -m tools.report`",
                   file=sys.stderr)
         return 0 if up_to_date else 1
     print(f"{readme}: status and results sections {'already up to date' if up_to_date else 'rewritten'}")
