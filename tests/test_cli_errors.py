@@ -79,6 +79,7 @@ CASES = {
     "tune": [
         (TUNE[1:] + ["--steps", "0"], "--steps: expected a positive integer, got 0"),
         (TUNE[1:] + ["--lr", "0"], "--lr: expected a number > 0"),
+        (TUNE[1:] + ["--arch", "shapes"], "--arch: invalid choice: 'shapes'"),
         (TUNE[1:] + ["--frames", "0"], "--frames: expected a positive integer"),
         (TUNE[1:] + ["--stride", "0"], "--stride: expected a positive integer"),
         (TUNE[1:] + ["--checkpoint-every", "0"], "--checkpoint-every: expected a positive integer"),
@@ -126,6 +127,7 @@ CASES = {
         (["--parity", "--rounds", "0"], "--rounds: expected a positive integer"),
         (["--parity", "--model", "empty"], "--model: empty is not a diffusers Stable Diffusion folder"),
         (["--parity", "--arch", "big"], "--arch: invalid choice"),
+        (["--parity", "--arch", "shapes"], "--arch: invalid choice: 'shapes'"),  # parity times random weights
         (["--parity", "src.gif"], "VIDEO: --parity samples its own videos"),
     ],
     "demo": [

@@ -48,3 +48,15 @@ def test_the_generated_block_replaces_the_old_one_and_keeps_the_prose(tmp_path):
     assert row.startswith("|  |  | Tune-A-Video inflation: progressive vs i.i.d. |")  # claim named once, above
     assert row.endswith("| 0.61 (0.60-0.62) | 0.21 (0.20-0.22) | better, every seed |")
     assert report.choose_shipped(results)["job"] == "pyoco/inflated-progressive-1"
+
+
+def test_tables_keep_their_configuration_order_for_results_read_back_from_json():
+    """Results read back from JSON (keys sorted, as a resumed run reads its finished jobs) keep the
+    tables' order: the small model, the compositions, the prior; the one-shot configurations as run."""
+    from vidgen.shapes.experiments import ONESHOT_CONFIGS
+
+    names = ["small model alone", "small + prior, lambda 0.1", "small + prior, lambda 0.5", "prior alone"]
+    adapter = {"experiment": "adapter", "scores": {"in-domain": {n: {"caption": 0.0} for n in sorted(names)}}}
+    assert list(report.adapter_rows([adapter], "in-domain")) == names
+    oneshot = {"experiment": "oneshot", "scores": {n: {"caption": 0.0} for n in sorted(ONESHOT_CONFIGS)}}
+    assert list(report.oneshot_rows([oneshot])) == list(ONESHOT_CONFIGS)

@@ -3,8 +3,9 @@ folders with random weights.
 
 ``shapes`` (the default) is a tiny text-to-video model trained here on procedural moving shapes
 (``make reproduce``, docs/RESULTS.md); its weights ship with the package, so ``vidgen sample``
-without ``--model`` draws what its prompt says ("a red square moves left"). Its captions come
-from a small grammar, and other words are refused (:mod:`vidgen.vocabulary`).
+without ``--model`` draws the colour and shape its prompt names ("a red square moves left"; the
+direction word it does not follow yet). Its captions come from a small grammar, and other words
+are refused (:mod:`vidgen.vocabulary`).
 
 No weights are downloaded, ever: ``tiny`` is a random-weight SD layout small enough for a CPU
 run of the whole sampling path in about a minute; ``sd15`` has the full SD1.5 architecture
@@ -103,9 +104,13 @@ def build(path: str, arch: str = "tiny", seed: int = 0) -> str:
 def atomic_folder(path: str):
     """Yields a fresh folder beside ``path`` to write into; on success it replaces ``path`` (a
     reader sees the old folder or the complete new one), on failure it is removed."""
+    import uuid
+
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".building-", dir=parent)
+    # os.mkdir applies the umask, as a folder save_pretrained makes would have it (mkdtemp's is 0700).
+    staging = os.path.join(parent, f".building-{os.path.basename(path)}-{uuid.uuid4().hex[:12]}")
+    os.mkdir(staging)
     try:
         yield staging
         if os.path.exists(path):

@@ -40,6 +40,9 @@ DOMAIN_MOTION = data.Motion(size=(12.0, 14.0), speed=(1.5, 2.0))
 DOMAIN = dict(colours=("blue",), directions=("up",))
 # One-shot sources (one per seed) and what the edits change.
 ONESHOT_SOURCES = ("a red square moves left", "a green circle moves right", "a yellow triangle moves down")
+# The one-shot configurations: (model, captions, start), in the order the tables list them.
+ONESHOT_CONFIGS = ("tuned, inverted source, source caption", "tuned, inverted source, edited captions",
+                   "untuned, inverted source, edited captions", "tuned, from noise, edited captions")
 
 
 @dataclass(frozen=True)
@@ -345,12 +348,8 @@ def oneshot_job(work: str, budget: Budget, out: str, seed: int) -> dict:
     source = data.to_model_range(data.render([spec]))                  # (1, F, 3, H, W)
     truth = data.trajectory(spec)
     edits = edits_of(source_caption)
-    configs = {
-        "tuned, inverted source, source caption": (tuned, [source_caption], True),
-        "tuned, inverted source, edited captions": (tuned, edits, True),
-        "untuned, inverted source, edited captions": (untuned, edits, True),
-        "tuned, from noise, edited captions": (tuned, edits, False),
-    }
+    configs = dict(zip(ONESHOT_CONFIGS, [(tuned, [source_caption], True), (tuned, edits, True),
+                                         (untuned, edits, True), (tuned, edits, False)]))
     results, keep = {}, {"source": _uint8(data.render([spec]))}
     for name, (model, captions, inverted) in configs.items():
         videos = sample(model, captions, budget, seed=seed, guidance=budget.edit_guidance,

@@ -95,19 +95,30 @@ def pyoco_rows(results: list[dict]) -> dict[str, list[dict]]:
 
 
 def adapter_rows(results: list[dict], split: str) -> dict[str, list[dict]]:
-    rows: dict[str, list[dict]] = {}
-    for r in _by(results, experiment="adapter"):
-        for name, row in r["scores"][split].items():
-            rows.setdefault(name, []).append(row)
-    return rows
+    """Config name -> per-seed score dicts: the small model alone, composed (by lambda), the prior alone."""
+    def order(name: str):
+        return (name != "small model alone", name == "prior alone", name)
+
+    return _rows_of(_by(results, experiment="adapter"), lambda r: r["scores"][split], order)
 
 
 def oneshot_rows(results: list[dict]) -> dict[str, list[dict]]:
+    from .experiments import ONESHOT_CONFIGS
+
+    def order(name: str):
+        return (ONESHOT_CONFIGS.index(name) if name in ONESHOT_CONFIGS else len(ONESHOT_CONFIGS), name)
+
+    return _rows_of(_by(results, experiment="oneshot"), lambda r: r["scores"], order)
+
+
+def _rows_of(jobs: list[dict], configs, order) -> dict[str, list[dict]]:
+    """Config name -> its score dict in every job, in ``order`` (not the order of a results file,
+    whose keys are sorted)."""
     rows: dict[str, list[dict]] = {}
-    for r in _by(results, experiment="oneshot"):
-        for name, row in r["scores"].items():
+    for job in jobs:
+        for name, row in configs(job).items():
             rows.setdefault(name, []).append(row)
-    return rows
+    return {name: rows[name] for name in sorted(rows, key=order)}
 
 
 def _config_table(rows: dict[str, list[dict]], columns) -> list[str]:
