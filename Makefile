@@ -11,7 +11,7 @@ PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.vidgen-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test install aot clean gpu-check
+.PHONY: demo test install aot clean gpu-check reproduce
 
 install: $(STAMP)
 
@@ -40,6 +40,14 @@ aot: $(STAMP)
 GPU_CHECK_ARGS ?=
 gpu-check:
 	$(PYTHON) -m tools.gpu_check $(GPU_CHECK_ARGS)
+
+# docs/RESULTS.md: trains the moving-shapes models and reruns every experiment on the CPU (about an
+# hour on 2 cores; not part of the tests), then rewrites RESULTS.md's tables, docs/results/ and the
+# built-in model's weights (vidgen/shapes/model/). Resumable: the work folder reproduce_out/ keeps
+# every finished stage (delete it to start over). REPRODUCE_ARGS=--help lists the options.
+REPRODUCE_ARGS ?=
+reproduce: $(STAMP)
+	nice -n 10 $(PY) -m vidgen.shapes.reproduce $(REPRODUCE_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info vidgen/_lib

@@ -54,6 +54,10 @@ CASES = {
         (["--latents", "wrong_key.pt"], "--latents: wrong_key.pt holds no (B, C, F, h, w) float tensor"),
         (["--latents", "x_T.pt", "--height", "64"], "--height: 64 asked for, but --latents x_T.pt holds 32"),
         (["--latents", "x_T.pt", "--video", "src.gif"], "--video: not allowed with argument --latents"),
+        (["--motion-adapter", "fakeclip"], "--motion-adapter: goes on an image model (--model DIR, or --arch tiny"),
+        (["--prompt", "a red horse"], "--prompt: 'a red horse' has words the model does not know ('horse'); its "
+                                      "vocabulary is a, blue, circle, down, green, left, moves, red, right, square, "
+                                      "triangle, up, yellow"),
     ],
     "invert": [
         (INVERT[1:] + ["--steps", "0"], "--steps: expected a positive integer, got 0"),
@@ -66,6 +70,8 @@ CASES = {
         (INVERT[1:] + ["--out", "x.npy"], "--out: expected a .safetensors, .pt, .pth file, got 'x.npy'"),
         (INVERT[1:] + ["--reconstruct", "back.avi"], "--reconstruct: cannot write .avi videos"),
         (INVERT[1:] + ["--guidance", "-1"], "--guidance: expected a number >= 0"),
+        (INVERT[1:] + ["--reconstruct", "back.gif", "--prompt", "a big red square"],
+         "--prompt: 'a big red square' has words the model does not know ('big'); its vocabulary is a, blue"),
         (INVERT[1:] + ["--frames", "5"], "--video: src.gif has 4 frames, --frames asks for 5"),
         (["--video", "missing.gif"], "--video: missing.gif does not exist"),
         (["--steps", "4"], "--video"),  # required
@@ -73,6 +79,7 @@ CASES = {
     "tune": [
         (TUNE[1:] + ["--steps", "0"], "--steps: expected a positive integer, got 0"),
         (TUNE[1:] + ["--lr", "0"], "--lr: expected a number > 0"),
+        (TUNE[1:] + ["--arch", "shapes"], "--arch: invalid choice: 'shapes'"),
         (TUNE[1:] + ["--frames", "0"], "--frames: expected a positive integer"),
         (TUNE[1:] + ["--stride", "0"], "--stride: expected a positive integer"),
         (TUNE[1:] + ["--checkpoint-every", "0"], "--checkpoint-every: expected a positive integer"),
@@ -120,6 +127,7 @@ CASES = {
         (["--parity", "--rounds", "0"], "--rounds: expected a positive integer"),
         (["--parity", "--model", "empty"], "--model: empty is not a diffusers Stable Diffusion folder"),
         (["--parity", "--arch", "big"], "--arch: invalid choice"),
+        (["--parity", "--arch", "shapes"], "--arch: invalid choice: 'shapes'"),  # parity times random weights
         (["--parity", "src.gif"], "VIDEO: --parity samples its own videos"),
     ],
     "demo": [

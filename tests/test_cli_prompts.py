@@ -17,7 +17,7 @@ from vidgen.commands._prompts import read_prompts
 from vidgen.ops import use_backend
 from vidgen.video_io import read_video
 
-SMALL = ["--frames", "2", "--steps", "1", "--height", "32", "--width", "32", "--quiet", "--device", "cpu"]
+SMALL = ["--arch", "tiny", "--frames", "2", "--steps", "1", "--height", "32", "--width", "32", "--quiet", "--device", "cpu"]
 PROMPTS = "# five videos\na red square\n7 | a blue circle\n\na green field\n  a grey cat  \n123|a white dog\n"
 
 

@@ -1,4 +1,5 @@
-"""The sampling CLI end to end on the built-in tiny model: real video files, inversion, errors."""
+"""The sampling CLI end to end on the built-in models (the random-weight tiny one for the plumbing,
+the trained moving-shapes one as the default): real video files, inversion, errors."""
 import os
 
 import numpy as np
@@ -23,8 +24,8 @@ def test_sample_with_the_builtin_model_writes_a_video(tmp_path, capsys, out_name
     """The gif run goes through vidgen's Triton kernels (interpreter), the mp4 run through the reference."""
     out = tmp_path / out_name
     with use_backend(backend):
-        status = sample.main(["--frames", "3", "--steps", "2", "--out", str(out), "--quiet", "--device", "cpu",
-                              "--noise", "progressive", "--rounds", "1"])
+        status = sample.main(["--arch", "tiny", "--frames", "3", "--steps", "2", "--out", str(out), "--quiet",
+                              "--device", "cpu", "--noise", "progressive", "--rounds", "1"])
     assert status == 0
     frames = read_video(str(out))
     assert frames.shape == (3, 128, 128, 3)
@@ -37,12 +38,12 @@ def test_sample_with_the_builtin_model_writes_a_video(tmp_path, capsys, out_name
 def test_sample_from_an_inverted_source_video_and_invert_command(tmp_path):
     src = source_video(tmp_path / "src.gif")
     out = tmp_path / "frames"
-    assert sample.main(["--video", src, "--frames", "3", "--steps", "2", "--out", str(out), "--quiet",
-                        "--no-compare", "--device", "cpu"]) == 0
+    assert sample.main(["--arch", "tiny", "--video", src, "--frames", "3", "--steps", "2", "--out", str(out),
+                        "--quiet", "--no-compare", "--device", "cpu"]) == 0
     assert len(os.listdir(out)) == 3
     latents = tmp_path / "x_T.safetensors"
-    assert invert.main(["--video", src, "--frames", "3", "--steps", "2", "--out", str(latents), "--quiet",
-                        "--device", "cpu"]) == 0
+    assert invert.main(["--arch", "tiny", "--video", src, "--frames", "3", "--steps", "2", "--out", str(latents),
+                        "--quiet", "--device", "cpu"]) == 0
     x_t = load_file(str(latents))["latents"]
     assert x_t.shape == (1, 4, 3, 16, 16) and torch.isfinite(x_t).all()
 
@@ -51,13 +52,13 @@ def test_sample_from_an_inverted_source_video_and_invert_command(tmp_path):
 def test_invert_to_a_pt_file_at_a_chosen_size_then_sample_from_it(tmp_path, capsys):
     src = source_video(tmp_path / "src.gif", frames=3)
     latents = tmp_path / "x_T.pt"
-    assert invert.main(["--video", src, "--frames", "2", "--steps", "2", "--height", "32", "--width", "48",
-                        "--out", str(latents), "--quiet", "--device", "cpu"]) == 0
+    assert invert.main(["--arch", "tiny", "--video", src, "--frames", "2", "--steps", "2", "--height", "32",
+                        "--width", "48", "--out", str(latents), "--quiet", "--device", "cpu"]) == 0
     x_t = torch.load(latents, weights_only=True)["latents"]  # torch.save, as the extension asks
     assert x_t.shape == (1, 4, 2, 4, 6)
     out = tmp_path / "from_inversion.gif"
-    assert sample.main(["--latents", str(latents), "--steps", "2", "--out", str(out), "--quiet", "--no-compare",
-                        "--device", "cpu"]) == 0
+    assert sample.main(["--arch", "tiny", "--latents", str(latents), "--steps", "2", "--out", str(out), "--quiet",
+                        "--no-compare", "--device", "cpu"]) == 0
     assert read_video(str(out)).shape == (2, 32, 48, 3)  # frames and size come from the latents
     assert "denoising" in capsys.readouterr().out
 
@@ -69,7 +70,8 @@ def test_clear_errors_for_a_wrong_model_folder_and_a_short_video(tmp_path, capsy
     assert sample.main(["--model", str(tmp_path / "not_a_model"), "--quiet"]) == 2
     assert "not a diffusers Stable Diffusion folder" in capsys.readouterr().err
     src = source_video(tmp_path / "short.gif", frames=2)
-    assert sample.main(["--video", src, "--frames", "5", "--steps", "1", "--quiet", "--device", "cpu"]) == 2
+    assert sample.main(["--arch", "tiny", "--video", src, "--frames", "5", "--steps", "1", "--quiet",
+                        "--device", "cpu"]) == 2
     assert "has 2 frames" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         sample.main(["--frames", "0"])

@@ -1,12 +1,21 @@
-"""The built-in default model: a Stable-Diffusion-layout diffusers folder with random weights.
+"""The built-in default models: the trained moving-shapes model, and Stable-Diffusion-layout
+folders with random weights.
 
-No weights are downloaded, ever: ``tiny`` is small enough for a CPU run of the whole sampling
-path in about a minute; ``sd15`` has the full SD1.5 architecture (UNet, VAE, CLIP text encoder)
-for realistic timings on a GPU. Both are written once as an ordinary diffusers folder (the
-same loading path as a user's model) under ``$VIDGEN_CACHE`` (default ``~/.cache/vidgen``).
+``shapes`` (the default) is a tiny text-to-video model trained here on procedural moving shapes
+(``make reproduce``, docs/RESULTS.md); its weights ship with the package, so ``vidgen sample``
+without ``--model`` draws the colour and shape its prompt names ("a red square moves left"; the
+direction word it does not follow yet). Its captions come from a small grammar, and other words
+are refused (:mod:`vidgen.vocabulary`).
+
+No weights are downloaded, ever: ``tiny`` is a random-weight SD layout small enough for a CPU
+run of the whole sampling path in about a minute; ``sd15`` has the full SD1.5 architecture
+(UNet, VAE, CLIP text encoder) for realistic timings on a GPU. Both are written once as an
+ordinary diffusers folder (the same loading path as a user's model) under ``$VIDGEN_CACHE``
+(default ``~/.cache/vidgen``). All three load as any diffusers folder does.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -16,7 +25,11 @@ import torch
 
 from .ops import cache_dir
 
-ARCHS = ("tiny", "sd15")
+ARCHS = ("shapes", "tiny", "sd15")
+DEFAULT_ARCH = "shapes"
+RANDOM_ARCHS = ("tiny", "sd15")  # built on first use, random weights
+# The trained moving-shapes model, package data (written by make reproduce: vidgen/shapes/report.py).
+SHAPES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shapes", "model")
 _FORMAT_VERSION = 2
 
 # SD1.5's scheduler configuration (METHODS.md section 5).
@@ -68,14 +81,11 @@ def build(path: str, arch: str = "tiny", seed: int = 0) -> str:
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    if arch not in ARCHS:
-        raise ValueError(f"arch: expected one of {', '.join(ARCHS)}, got {arch!r}")
+    if arch not in RANDOM_ARCHS:
+        raise ValueError(f"arch: expected one of {', '.join(RANDOM_ARCHS)} (random weights), got {arch!r}")
     config = _CONFIGS[arch]
     torch.manual_seed(seed)
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".building-", dir=parent)
-    try:
+    with atomic_folder(path) as staging:
         _write_tokenizer(os.path.join(staging, "tokenizer"))
         tokenizer = CLIPTokenizer.from_pretrained(os.path.join(staging, "tokenizer"))
         text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
@@ -87,19 +97,39 @@ def build(path: str, arch: str = "tiny", seed: int = 0) -> str:
         pipe.save_pretrained(staging, safe_serialization=True)
         with open(os.path.join(staging, "vidgen_default_model.json"), "w") as f:
             json.dump({"arch": arch, "seed": seed, "format": _FORMAT_VERSION}, f)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str):
+    """Yields a fresh folder beside ``path`` to write into; on success it replaces ``path`` (a
+    reader sees the old folder or the complete new one), on failure it is removed."""
+    import uuid
+
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    # os.mkdir applies the umask, as a folder save_pretrained makes would have it (mkdtemp's is 0700).
+    staging = os.path.join(parent, f".building-{os.path.basename(path)}-{uuid.uuid4().hex[:12]}")
+    os.mkdir(staging)
+    try:
+        yield staging
         if os.path.exists(path):
             shutil.rmtree(path)
         os.replace(staging, path)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return path
 
 
-def ensure(arch: str = "tiny") -> str:
-    """The cached default model folder for ``arch``, built on first use."""
+def ensure(arch: str = DEFAULT_ARCH) -> str:
+    """The default model folder for ``arch``: the shipped trained model, or a random-weight one
+    built in the cache on first use."""
     from filelock import FileLock  # a dependency of huggingface_hub, hence of diffusers
 
+    if arch == "shapes":
+        return shapes_dir()
+    if arch not in RANDOM_ARCHS:
+        raise ValueError(f"arch: expected one of {', '.join(ARCHS)}, got {arch!r}")
     path = os.path.join(cache_dir(), f"default-{arch}-v{_FORMAT_VERSION}")
     marker = os.path.join(path, "vidgen_default_model.json")
     if not os.path.exists(marker):
@@ -112,9 +142,9 @@ def ensure(arch: str = "tiny") -> str:
 
 
 def unet_config(arch: str) -> dict:
-    """The UNet2DConditionModel configuration of the built-in model ``arch`` (a copy)."""
-    if arch not in ARCHS:
-        raise ValueError(f"arch: expected one of {', '.join(ARCHS)}, got {arch!r}")
+    """The UNet2DConditionModel configuration of the random-weight built-in model ``arch`` (a copy)."""
+    if arch not in RANDOM_ARCHS:
+        raise ValueError(f"arch: expected one of {', '.join(RANDOM_ARCHS)}, got {arch!r}")
     return dict(_CONFIGS[arch]["unet"])
 
 
@@ -133,6 +163,23 @@ def motion_adapter(config, dtype: torch.dtype = torch.float32, seed: int = 0):
         if type(module).__name__ == "AnimateDiffTransformer3D":
             torch.nn.init.normal_(module.proj_out.weight, std=0.02)
     return adapter
+
+
+def shapes_dir() -> str:
+    """The shipped moving-shapes model's folder (nothing to build)."""
+    if not os.path.isfile(os.path.join(SHAPES_DIR, "model_index.json")):
+        raise FileNotFoundError(f"arch: the moving-shapes model's weights are missing from {SHAPES_DIR} "
+                                "(an install without package data?); make reproduce writes them")
+    return SHAPES_DIR
+
+
+def sampling_defaults(arch: str) -> dict:
+    """What the built-in model samples best with: ``steps``, and for ``shapes`` also ``guidance`` and
+    ``noise`` (the kind it was trained with), read from its folder without loading it."""
+    if arch != "shapes":
+        return {"steps": 10 if arch == "tiny" else 50}
+    with open(os.path.join(shapes_dir(), "vidgen_model.json")) as f:
+        return json.load(f)["sampling"]
 
 
 def animatediff_pipeline(model_dir: str, dtype: torch.dtype = torch.float32, seed: int = 0):

@@ -1,9 +1,10 @@
 """``vidgen demo`` (``make demo``): the main job on the built-in default model, then an op table.
 
-1. ``vidgen sample`` with no ``--model``: the built-in random-weight video model (``--arch``
-   tiny by default; ``sd15`` for the full SD1.5 architecture on a GPU) samples a video, writes
-   it to ``--out``, and prints the per-stage timing of vidgen against the reference
-   formulation of the same model.
+1. ``vidgen sample`` with no ``--model``: the built-in video model (``--arch shapes`` by default,
+   the moving-shapes model trained by ``make reproduce``: "a red square moves left"; ``tiny``
+   or ``sd15`` for random weights, ``sd15`` being the full SD1.5 architecture for GPU timings)
+   samples a video, writes it to ``--out``, and prints the per-stage timing of vidgen against
+   the reference formulation of the same model.
 2. Every available op on built-in shapes, with the backend it ran on and its median time: an
    AnimateDiff-style video at 512x512 on a GPU (B=2, F=16, latents 64x64), a small one on a CPU,
    where the ops run their PyTorch reference (or the Triton interpreter).
@@ -83,7 +84,8 @@ def build_parser():
     parser = _args.parser("vidgen demo", __doc__)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--repeats", type=_args.positive_int, default=5, help="timed calls per op (after a warm-up)")
-    parser.add_argument("--arch", default="tiny", choices=default_model.ARCHS, help="built-in model architecture")
+    parser.add_argument("--arch", default=default_model.DEFAULT_ARCH, choices=default_model.ARCHS,
+                        help="the built-in model: shapes (trained), tiny or sd15 (random weights, for timings)")
     parser.add_argument("--out", default="demo_out/sample.mp4",
                         help="the sampled video: .mp4 or .gif file, or a folder (no extension) of PNG frames")
     parser.add_argument("--rounds", type=_args.positive_int, default=3,

@@ -32,6 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .integration.graphs import CudaGraphs
+from .vocabulary import closed_vocabulary, vocabulary_problem
 from .integration.schedulers import FusedDDIMInverseScheduler, FusedDDIMScheduler
 from .ops import correlated_noise
 
@@ -144,7 +145,13 @@ def _synchronize(device: torch.device) -> None:
 # ----------------------------------------------------------------------------------------------
 @torch.no_grad()
 def encode_prompt(model: VideoModel, prompts: list[str]) -> torch.Tensor:
-    """CLIP text embeddings ``(len(prompts), L, C)`` (padded to the tokenizer's max length)."""
+    """CLIP text embeddings ``(len(prompts), L, C)`` (padded to the tokenizer's max length).
+
+    A model whose tokenizer declares a closed vocabulary refuses prompts with other words."""
+    for prompt in prompts:
+        problem = vocabulary_problem(closed_vocabulary(model.tokenizer), prompt)
+        if problem:
+            raise ValueError(problem)
     # A tokenizer saved without model_max_length reports a huge one: the encoder's positions bound it.
     length = min(model.tokenizer.model_max_length, model.text_encoder.config.max_position_embeddings)
     tokens = model.tokenizer(prompts, padding="max_length", max_length=length, truncation=True, return_tensors="pt")

@@ -9,6 +9,7 @@ import os
 import torch
 
 from .. import default_model
+from ..vocabulary import folder_vocabulary, vocabulary_problem
 from . import _args
 from ._args import UsageError
 
@@ -19,9 +20,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     from ..integration.video_unet import INFLATION_MODES
 
     parser.add_argument("--model", help="a local diffusers Stable Diffusion folder (SD 1.x/2.x), or a saved "
-                                        "vidgen VideoUNet model folder (default: the built-in random-weight model)")
-    parser.add_argument("--arch", choices=default_model.ARCHS, default="tiny",
-                        help="architecture of the built-in model when --model is not given")
+                                        "vidgen VideoUNet model folder (default: the built-in model, --arch)")
+    parser.add_argument("--arch", choices=default_model.ARCHS, default=default_model.DEFAULT_ARCH,
+                        help="the built-in model when --model is not given: shapes (trained on moving shapes), "
+                             "tiny or sd15 (random weights, for timings)")
     parser.add_argument("--frame-mode", choices=INFLATION_MODES, default="sparse_causal",
                         help="frame attention of the inflated UNet: Tune-A-Video's sparse_causal or LAMP's first_frame")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default=None, help="default: fp16 on CUDA, fp32 on CPU")
@@ -53,6 +55,18 @@ def check_steps(args) -> None:
         limit = config.get("num_train_timesteps", limit)
     if args.steps > limit:
         raise UsageError(f"--steps: {args.steps} is more than the model's {limit} training timesteps")
+
+
+def check_vocabulary(args, prompts: list[tuple[str, str]]) -> None:
+    """Refuse prompts with words outside the model's closed vocabulary (the built-in shapes model's
+    grammar), read from its tokenizer's configuration before anything loads. ``prompts``: (flag, text)."""
+    folder = args.model if args.model is not None else (
+        default_model.shapes_dir() if args.arch == "shapes" else None)
+    words = folder_vocabulary(folder) if folder else None
+    for flag, prompt in prompts:
+        problem = vocabulary_problem(words, prompt, flag)
+        if problem:
+            raise UsageError(problem)
 
 
 def resolve_model_dir(args) -> str:

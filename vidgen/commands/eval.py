@@ -73,8 +73,8 @@ def build_parser():
                                        "--parity: also score both videos (default: no CLIP metrics)")
     parser.add_argument("--parity", action="store_true", help="compare diffusers' default modules with vidgen")
     parser.add_argument("--model", help="--parity: a local SD-layout diffusers folder (default: the built-in model)")
-    parser.add_argument("--arch", default="tiny", choices=default_model.ARCHS,
-                        help="--parity: the built-in model's architecture")
+    parser.add_argument("--arch", default="tiny", choices=default_model.RANDOM_ARCHS,
+                        help="--parity: the built-in random-weight model's architecture")
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS,
                         help="--parity: the model kinds (default: all)")
     parser.add_argument("--frames", type=_args.positive_int, default=8, help="--parity: video length")

@@ -10,8 +10,8 @@ import torch
 
 from . import _args
 from ._args import UsageError
-from ._models import (add_model_arguments, check_model_arguments, check_steps, model_pixel_size, resolve_dtype,
-                      resolve_model_dir)
+from ._models import (add_model_arguments, check_model_arguments, check_steps, check_vocabulary, model_pixel_size,
+                      resolve_dtype, resolve_model_dir)
 from .sample import save_latents
 
 
@@ -38,6 +38,7 @@ def check_arguments(args) -> None:
     _args.check_latents_path("--out", args.out)
     if args.reconstruct:
         _args.check_video_out("--reconstruct", args.reconstruct)
+        check_vocabulary(args, [("--prompt", args.prompt)])
     args.source_frames = _args.read_video_for("--video", args.video, args.frames)
 
 

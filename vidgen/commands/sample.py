@@ -1,10 +1,12 @@
 """``vidgen sample``: text-to-video with a Tune-A-Video/LAMP model, AnimateDiff, or Video Adapter.
 
-With no ``--model``, the built-in random-weight default model (``--arch tiny``, or ``sd15`` for
-the full SD1.5 architecture) runs the whole path, and ``--compare`` (on by default then) also
-runs it with the reference PyTorch formulation of the same model: both are warmed up, then
-timed in rounds of alternating order, so the per-stage table shows vidgen against the default
-modules on identical weights and inputs, with the speedup's median and range over the rounds.
+With no ``--model``, a built-in model runs the whole path: the trained moving-shapes model
+(``--arch shapes``, the default: "a red square moves left"; its prompts use its grammar's words
+only), or a random-weight SD layout (``--arch tiny``, or ``sd15`` for the full SD1.5
+architecture). ``--compare`` (on by default then) also runs it with the reference PyTorch
+formulation of the same model: both are warmed up, then timed in rounds of alternating order, so
+the per-stage table shows vidgen against the default modules on identical weights and inputs,
+with the speedup's median and range over the rounds.
 """
 from __future__ import annotations
 
@@ -15,12 +17,12 @@ import time
 
 import torch
 
-from .. import _timing
+from .. import _timing, default_model
 from ..video_io import frames_to_tensor, write_video
 from . import _args, _prompts
 from ._args import UsageError
-from ._models import (add_model_arguments, check_model_arguments, check_steps, load_animatediff, load_video_models,
-                      resolve_dtype, resolve_model_dir)
+from ._models import (add_model_arguments, check_model_arguments, check_steps, check_vocabulary, load_animatediff,
+                      load_video_models, resolve_dtype, resolve_model_dir)
 
 DEFAULT_FRAMES = 8
 
@@ -235,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prior", help="Video Adapter: a local folder of the large prior model (same VAE/text encoder)")
     parser.add_argument("--prior-strength", type=_args.non_negative_float, default=0.1,
                         help="Video Adapter: the prior's weight lambda")
-    parser.add_argument("--prompt", default="a red horse runs in the sky", help="what the video shows")
+    parser.add_argument("--prompt", default="a red square moves left", help="what the video shows")
     parser.add_argument("--prompts", metavar="FILE",
                         help="one video per line of FILE ('SEED | prompt', or a prompt seeded --seed + its index), "
                              "written as --out with _0000, _0001... before the extension; split across the "
@@ -244,12 +246,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--frames", type=_args.positive_int, default=None,
                         help=f"video length (default: {DEFAULT_FRAMES}; with --latents, the file's)")
     parser.add_argument("--steps", type=_args.positive_int, default=None,
-                        help="DDIM steps (default: 50; 10 for the tiny built-in model)")
-    parser.add_argument("--guidance", type=_args.non_negative_float, default=12.5,
-                        help="classifier-free guidance scale w (1: no guidance)")
+                        help="DDIM steps (default: 50; the built-in models: their own, 10 for tiny)")
+    parser.add_argument("--guidance", type=_args.non_negative_float, default=None,
+                        help="classifier-free guidance scale w, 1: no guidance (default: 12.5; the built-in "
+                             "shapes model: its own)")
     parser.add_argument("--seed", type=_args.seed, default=0, help="seed of the starting noise")
-    parser.add_argument("--noise", choices=("iid", "mixed", "progressive"), default="iid",
-                        help="starting noise (PYoCo: mixed, progressive)")
+    parser.add_argument("--noise", choices=("iid", "mixed", "progressive"), default=None,
+                        help="starting noise, PYoCo: mixed, progressive (default: iid; the built-in shapes model: "
+                             "the kind it was trained with)")
     parser.add_argument("--noise-alpha", type=_args.non_negative_float, default=None,
                         help="PYoCo alpha (default: 1 mixed, 2 progressive)")
     start = parser.add_mutually_exclusive_group()
@@ -267,13 +271,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def resolve_sampling_defaults(args) -> None:
+    """Fill --steps, --guidance and --noise left unset: the built-in model's own settings, else
+    Tune-A-Video's (50 steps, guidance 12.5, i.i.d. noise)."""
+    own = {}
+    if args.model is None:
+        try:
+            own = default_model.sampling_defaults(args.arch)
+        except OSError as exc:
+            raise UsageError(f"--arch: {exc}") from None
+    args.steps = args.steps or own.get("steps", 50)
+    args.guidance = own.get("guidance", 12.5) if args.guidance is None else args.guidance
+    args.noise = args.noise or own.get("noise", "iid")
+
+
 def check_arguments(args) -> None:
     """Everything knowable before a model loads; raises :class:`UsageError` naming the flag."""
     check_model_arguments(args)
+    resolve_sampling_defaults(args)
     check_steps(args)
+    if not args.prompts:
+        check_vocabulary(args, [("--prompt", args.prompt)])
     _args.check_video_out("--out", args.out)
     if args.motion_adapter:
         _args.check_config_folder("--motion-adapter", args.motion_adapter, "a local diffusers MotionAdapter folder")
+        if args.model is None and args.arch == "shapes":
+            raise UsageError("--motion-adapter: goes on an image model (--model DIR, or --arch tiny or sd15); the "
+                             "built-in shapes model is a video model already")
         ignored = [flag for flag, value in (("--video", args.video), ("--latents", args.latents),
                                             ("--prior", args.prior)) if value]
         if ignored:
@@ -299,13 +323,13 @@ def check_arguments(args) -> None:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.steps is None:
-        args.steps = 10 if args.model is None and args.arch == "tiny" else 50
     if args.compare is None:
         args.compare = args.model is None
     try:
         check_arguments(args)
         jobs = _prompts.check(args) if args.prompts else None
+        if jobs:
+            check_vocabulary(args, [(f"--prompts: {args.prompts} line {job.line}", job.prompt) for job in jobs])
     except UsageError as exc:
         return _args.fail(parser, exc)
     if jobs is not None:

@@ -30,8 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _args.parser("vidgen train-adapter", __doc__)
     parser.add_argument("--model", help="the prior's local diffusers folder (VAE, text encoder, scheduler) "
                                         "(default: the built-in random-weight model)")
-    parser.add_argument("--arch", choices=default_model.ARCHS, default="tiny",
-                        help="architecture of the built-in model when --model is not given")
+    parser.add_argument("--arch", choices=default_model.RANDOM_ARCHS, default="tiny",
+                        help="the built-in random-weight model when --model is not given")
     parser.add_argument("--data", required=True, help="folder of videos with sidecar .txt captions")
     parser.add_argument("--captions", help="JSON file: video name -> caption (instead of sidecar files)")
     parser.add_argument("--channels", type=_channels, default=(64, 128),

@@ -104,8 +104,8 @@ def report(result) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _args.parser("vidgen tune", __doc__)
     parser.add_argument("--model", help="a local diffusers SD 1.x/2.x folder (default: the built-in random-weight model)")
-    parser.add_argument("--arch", choices=default_model.ARCHS, default="tiny",
-                        help="architecture of the built-in model when --model is not given")
+    parser.add_argument("--arch", choices=default_model.RANDOM_ARCHS, default="tiny",
+                        help="the built-in random-weight model when --model is not given")
     parser.add_argument("--video", required=True, help="source video: .mp4/.gif or a folder of frames")
     parser.add_argument("--prompt", required=True, help="the source video's caption")
     parser.add_argument("--lamp", action="store_true",

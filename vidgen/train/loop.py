@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from ..default_model import atomic_folder
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, restore, save_checkpoint
 
 MIXED_PRECISION = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -240,13 +241,9 @@ def save_video_model(unet: torch.nn.Module, source_dir: str, out: str, predictio
             shutil.copytree(source, target, copy_function=_link_or_copy)
         else:
             _link_or_copy(source, target)
-    staging = os.path.join(out, ".unet-staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    unet.save_pretrained(staging, safe_serialization=True)
     final = os.path.join(out, "unet")
-    if os.path.exists(final):
-        shutil.rmtree(final)
-    os.replace(staging, final)
+    with atomic_folder(final) as staging:
+        unet.save_pretrained(staging, safe_serialization=True)
     return final
 
 
