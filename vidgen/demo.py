@@ -34,6 +34,9 @@ def _cases(device: torch.device, small: bool) -> list[tuple[str, str, torch.dtyp
     tokens = torch.randn(B * F, h * w, 3, heads * head_dim, device=device, dtype=dtype)  # a fused qkv projection
     q, k, v = (tokens[:, :, i].view(B, F, h * w, heads, head_dim) for i in range(3))
     video, attn = "x".join(map(str, shape)), f"{B}x{F}x{h * w}x{heads}x{head_dim}"
+    channels, groups = (32, 8) if small else (heads * head_dim, 32)
+    frames = torch.randn(B * F, channels, h, w, device=device, dtype=dtype)  # a ResNet's (b f) c h w input
+    norm = f"{B * F}x{channels}x{h}x{w} F={F} G={groups} +SiLU"
     return [
         ("correlated_noise", video, dtype,
          lambda: ops.correlated_noise(shape, kind="progressive", alpha=2.0, seed=0, device=device, dtype=dtype)),
@@ -43,6 +46,7 @@ def _cases(device: torch.device, small: bool) -> list[tuple[str, str, torch.dtyp
          lambda: ops.guided_step(x0, eps_cond, eps_uncond, guidance_scale=7.5, alpha_prod_t=0.5, alpha_prod_prev=0.6)),
         ("frame_attention", attn + " sparse-causal", dtype, lambda: ops.sparse_causal_attention(q, k, v)),
         ("temporal_attention", attn, dtype, lambda: ops.temporal_attention(q, k, v)),
+        ("frame_group_norm", norm, dtype, lambda: ops.frame_group_norm(frames, F, groups, silu=True)),
     ]
 
 

@@ -139,3 +139,16 @@ def select(op: OpInfo, device: torch.device) -> str:
         if unsupported_reason(backend, op, device) is None:
             return backend
     raise AssertionError("unreachable: torch is always available")
+
+
+def runs_triton(op: OpInfo, x: torch.Tensor) -> bool:
+    """Whether a call of ``op`` on ``x`` runs its Triton kernels: Triton is the backend :func:`select`
+    picks and ``x`` is not float64 (the kernels take fp16, bf16 or fp32; float64 runs the PyTorch
+    reference, and forcing Triton on it is an error)."""
+    backend = select(op, x.device)
+    if backend == "triton" and x.dtype == torch.float64:
+        if requested() == "triton":
+            raise BackendUnavailable(f"{_ENV}=triton cannot run {op.name} on float64 inputs: the kernels take "
+                                     "fp16, bf16 or fp32 (float64 runs the PyTorch reference)")
+        return False
+    return backend == "triton"

@@ -37,22 +37,11 @@ PRECISIONS = ("auto", "fp8")
 # safe; the reference path reads the table on the host). The prepared key table travels as tensors
 # and sizes are unspecialised kernel arguments, so a new F, N or table never recompiles anything.
 # ----------------------------------------------------------------------------------------------
-def _run_triton(q: torch.Tensor) -> bool:
-    backend = _backend.select(FRAME_ATTENTION, q.device)
-    if backend == "triton" and q.dtype == torch.float64:
-        if _backend.requested() == "triton":
-            raise _backend.BackendUnavailable(
-                "VIDGEN_BACKEND=triton cannot run frame_attention on float64 inputs: the kernels take "
-                "fp16, bf16 or fp32 (float64 runs the PyTorch reference)")
-        return False
-    return backend == "triton"
-
-
 def _frame_attention_forward_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor,
                                   counts: torch.Tensor, readers: torch.Tensor, reader_counts: torch.Tensor,
                                   scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(out, lse). ``readers``/``reader_counts`` (the reverse table) are only saved for the backward."""
-    if _run_triton(q):
+    if _backend.runs_triton(FRAME_ATTENTION, q):
         return _kernels.frame_attention_forward_triton(q, k, v, table, counts, scale)
     out, lse = frame_attention_reference(q, k, v, _listed_rows(table, counts), scale)
     return out.contiguous(), lse.contiguous()
@@ -78,7 +67,7 @@ def _frame_attention_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tens
                               readers: torch.Tensor, reader_counts: torch.Tensor,
                               scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv), each contiguous in its input's shape."""
-    if _run_triton(q):
+    if _backend.runs_triton(FRAME_ATTENTION, q):
         return _kernels.frame_attention_backward_triton(dout, q, k, v, out, lse, table, counts, readers,
                                                         reader_counts, scale)
     grads = _kernels.frame_attention_backward_reference(dout, q, k, v, _listed_rows(table, counts), scale)
@@ -114,7 +103,7 @@ def _frame_attention_fp8_forward_impl(q: torch.Tensor, k: torch.Tensor, v: torch
                                       counts: torch.Tensor, scale: float) -> torch.Tensor:
     """The FP8 forward's output: the e4m3 kernel on sm_90 (and the interpreter); on an older GPU the
     kernel of the inputs' dtype, said once; on the reference backend its PyTorch emulation."""
-    if _run_triton(q):
+    if _backend.runs_triton(FRAME_ATTENTION, q):
         if q.device.type == "cpu" or _kernels.device_arch(q.device) >= 90:
             return _fp8_kernels.frame_attention_forward_fp8_triton(q, k, v, table, counts, scale)[0]
         _warn_fp8_unavailable(torch.cuda.get_device_capability(q.device))

@@ -22,26 +22,16 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # fp64:
 
 
 # ----------------------------------------------------------------------------------------------
-# Custom ops: opaque to torch.compile, no host synchronisation (CUDA-graph safe). ``statistics`` is
+# Custom ops: no host synchronisation (CUDA-graph safe); opaque to torch.compile, which
+# frame_group_norm does not hand them (it traces the reference's ATen ops). ``statistics`` is
 # (B, S, G, 3) fp32 (float64 for float64 inputs): partial (count, sum, sum of squares) per video and
 # group, S = F as the statistics pass writes them.
 # ----------------------------------------------------------------------------------------------
-def _run_triton(x: torch.Tensor) -> bool:
-    backend = _backend.select(FRAME_GROUP_NORM, x.device)
-    if backend == "triton" and x.dtype == torch.float64:
-        if _backend.requested() == "triton":
-            raise _backend.BackendUnavailable(
-                "VIDGEN_BACKEND=triton cannot run frame_group_norm on float64 inputs: the kernels take "
-                "fp16, bf16 or fp32 (float64 runs the PyTorch reference)")
-        return False
-    return backend == "triton"
-
-
 def _frame_group_norm_forward_impl(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, num_frames: int,
                                    num_groups: int, eps: float, silu: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(y contiguous in x's dtype, statistics (B, F, G, 3))."""
     x = x.contiguous()
-    if _run_triton(x):
+    if _backend.runs_triton(FRAME_GROUP_NORM, x):
         return _kernels.frame_group_norm_forward_triton(x, num_frames, num_groups, weight, bias, eps, silu)
     return frame_group_norm_reference(x, num_frames, num_groups, weight, bias, eps, silu)
 
@@ -72,7 +62,7 @@ def _frame_group_norm_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.
                                silu: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dx contiguous in x's dtype, dweight, dbias in their parameters' dtypes)."""
     dy, x = dy.contiguous(), x.contiguous()
-    if _run_triton(x):
+    if _backend.runs_triton(FRAME_GROUP_NORM, x):
         return _kernels.frame_group_norm_backward_triton(dy, x, weight, bias, statistics, num_frames, eps, silu)
     return frame_group_norm_backward_reference(dy, x, weight, bias, statistics, num_frames, eps, silu)
 
@@ -103,7 +93,7 @@ _frame_group_norm_forward.register_autograd(_frame_group_norm_autograd_backward,
 @torch.library.custom_op("vidgen::frame_group_norm_statistics", mutates_args=())
 def _frame_group_norm_statistics_op(x: torch.Tensor, num_frames: int, num_groups: int) -> torch.Tensor:
     x = x.contiguous()
-    if _run_triton(x):
+    if _backend.runs_triton(FRAME_GROUP_NORM, x):
         return _kernels.frame_group_norm_statistics_triton(x, num_frames, num_groups)
     return frame_group_norm_statistics_reference(x, num_frames, num_groups)
 
@@ -117,7 +107,7 @@ def _frame_group_norm_statistics_fake(x, num_frames, num_groups):
 def _frame_group_norm_apply_op(x: torch.Tensor, statistics: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                                num_frames: int, eps: float, silu: bool) -> torch.Tensor:
     x = x.contiguous()
-    if _run_triton(x):
+    if _backend.runs_triton(FRAME_GROUP_NORM, x):
         return _kernels.frame_group_norm_apply_triton(x, statistics.contiguous(), num_frames, weight, bias, eps, silu)
     return frame_group_norm_apply_reference(x, statistics, num_frames, weight, bias, eps, silu)
 
