@@ -282,6 +282,15 @@ def readme_section(predictions: list[Prediction], ceilings: Ceilings, plot_link:
                               f"{_ms(s.ms)} | {s.share:.1%} | {left} |")
     parts.append(f"Fusions that pay (each predicted to save >= {PAYS:.0%} of the patched step; "
                  "`benchmarks/roofline_fusions.py` says what each one fuses):\n\n" + "\n".join(paying))
+    parts.append("Built: the GroupNorm over frames with its SiLU (`vidgen.ops.frame_group_norm`: Tune-A-Video's "
+                 "5-D GroupNorm and the motion modules' input GroupNorm on the image layout, fp32 statistics, "
+                 "one store), which the patched step above runs; it was the largest fusion for Tune-A-Video and "
+                 "the Video Adapter (10-16% of their patched step) and cost AnimateDiff's patched step its fp32 "
+                 "norm path. Under torch.compile it is ATen ops that Inductor fuses itself. Left: the matmul "
+                 "epilogues (GEGLU, residual adds), which default-mode Inductor does not fuse into cuBLAS or "
+                 "cuDNN; they need a matmul kernel with the epilogue (Inductor's max-autotune Triton templates "
+                 "fuse pointwise epilogues such as a residual add: `vidgen.patch(pipe, compile={\"mode\": "
+                 "\"max-autotune\"})`, not modelled here).")
     first = first_comparison(predictions)
     if first:
         parts.append("First comparison with a GPU: the H200 run of 2026-11-30 timed whole 10-step runs, not roles "
