@@ -1,0 +1,167 @@
+"""vidgen.patch(pipe, frame_parallel=True): one video on several gloo processes, equal to one process.
+
+Each multi-process test starts one process per rank (tests/frame_parallel_worker.py) under a
+deadline, so a bug that hangs a collective fails the test instead of hanging CI. Ranks run several
+scenarios in one process group to pay the start-up (imports, model load) once.
+"""
+import datetime
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+
+import vidgen
+from frame_parallel_worker import SCENARIOS, animatediff_pipeline, sample
+from vidgen import default_model
+
+WORKER = os.path.join(os.path.dirname(__file__), "frame_parallel_worker.py")
+
+
+@pytest.fixture(scope="module")
+def sd_dir(tmp_path_factory):
+    return default_model.build(str(tmp_path_factory.mktemp("sd") / "model"), "tiny")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(world: int, scenarios: list[str], sd_dir: str, out_dir, timeout: float) -> list[tuple[int, str]]:
+    """Run the worker on ``world`` ranks; (exit code, output) per rank. Kills every rank at the deadline."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "VIDGEN_BACKEND": "torch"}
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, WORKER, str(rank), str(world), str(port), sd_dir, str(out_dir),
+                               ",".join(scenarios)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for rank in range(world)]
+    deadline = time.monotonic() + timeout
+    results = []
+    try:
+        for proc in procs:
+            output, _ = proc.communicate(timeout=max(deadline - time.monotonic(), 0.1))
+            results.append((proc.returncode, output))
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"frame-parallel ranks still running after {timeout} s (a hang)")
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return results
+
+
+def assert_matches_one_process(sd_dir, out_dir, world: int, name: str) -> None:
+    frames, _, scale = SCENARIOS[name]
+    with vidgen.ops.use_backend("torch"):
+        latents, video = sample(vidgen.patch(animatediff_pipeline(sd_dir)), frames, scale)
+    for rank in range(world):
+        got = torch.load(os.path.join(out_dir, f"{name}.rank{rank}.pt"))
+        for key, expected in (("latents", latents), ("frames", video)):
+            assert got[key].shape == expected.shape, (name, rank, key)
+            scale_of = expected.abs().max().item()
+            torch.testing.assert_close(got[key], expected, rtol=1e-5, atol=1e-5 * scale_of, msg=f"{name} rank {rank} {key}")
+
+
+def _check(results) -> None:
+    for rank, (code, output) in enumerate(results):
+        assert code == 0, f"rank {rank} failed:\n{output[-4000:]}"
+
+
+@pytest.fixture(scope="module")
+def two_ranks(sd_dir, tmp_path_factory):
+    """One 2-rank run: 16 frames (8 per rank); 7 frames (4 + 3) with guidance-parallel, one rank per
+    branch of CFG; a 1-frame video (refused); then rank 1 raises inside a motion module in step 2."""
+    out_dir = tmp_path_factory.mktemp("two_ranks")
+    start = time.monotonic()
+    results = launch(2, ["animatediff", "animatediff_uneven_guidance_parallel", "too_many_ranks", "raise"],
+                     sd_dir, out_dir, timeout=300)
+    return results, out_dir, time.monotonic() - start
+
+
+def test_animatediff_two_ranks_match_one_process(sd_dir, two_ranks):
+    results, out_dir, _ = two_ranks
+    for name in ("animatediff", "animatediff_uneven_guidance_parallel"):
+        assert all((out_dir / f"{name}.rank{rank}.pt").exists() for rank in range(2)), results[0][1][-4000:]
+        assert_matches_one_process(sd_dir, out_dir, 2, name)
+    for rank in range(2):  # 2 ranks for a 1-frame video: refused clearly on both
+        assert (out_dir / f"too_many_ranks.rank{rank}.txt").read_text() == (
+            "frame_parallel: 2 ranks share the frames of each video, more than its 1 frames; run on at most 1 ranks")
+
+
+def test_a_rank_that_raises_mid_step_ends_every_rank_with_an_error(two_ranks):
+    (code0, out0), (code1, out1) = two_ranks[0]
+    assert code1 != 0 and "rank 1 fails in the middle of step 2" in out1, out1[-3000:]
+    # rank 0 was exchanging frames with rank 1 inside the same motion module: its collective fails
+    # (gloo: the peer closed the connection) long before the launch's deadline
+    assert code0 != 0 and ("Connection closed by peer" in out0 or "Timed out" in out0), out0[-3000:]
+    assert not any(f.name.startswith("raise.") for f in two_ranks[1].iterdir())
+
+
+@pytest.mark.slow
+def test_animatediff_four_ranks_match_one_process(sd_dir, tmp_path):
+    # 14 frames on 4 ranks (4, 4, 3, 3), and on 2 guidance halves of 2 ranks (7 + 7 frames each)
+    names = ["animatediff_14", "animatediff_14_guidance_parallel"]
+    _check(launch(4, names, sd_dir, tmp_path, timeout=600))
+    for name in names:
+        assert_matches_one_process(sd_dir, tmp_path, 4, name)
+
+
+@pytest.mark.slow
+def test_animatediff_guidance_parallel_16_frames_and_uneven_shards(sd_dir, tmp_path):
+    names = ["animatediff_guidance_parallel", "animatediff_uneven"]
+    _check(launch(2, names, sd_dir, tmp_path, timeout=400))
+    for name in names:
+        assert_matches_one_process(sd_dir, tmp_path, 2, name)
+
+
+@pytest.fixture
+def one_rank_group():
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1,
+                            timeout=datetime.timedelta(seconds=30))
+    yield
+    dist.destroy_process_group()
+
+
+def test_bad_settings_are_refused_naming_the_argument(sd_dir):
+    pipe = animatediff_pipeline(sd_dir)
+    with pytest.raises(ValueError, match="frame_parallel: torch.distributed is not initialised"):
+        vidgen.patch(pipe, frame_parallel=True)
+    with pytest.raises(ValueError, match="guidance_parallel: .*frame_parallel=True"):
+        vidgen.patch(pipe, guidance_parallel=True)
+    with pytest.raises(TypeError, match="frame_parallel: expected True or a torch.distributed.ProcessGroup"):
+        _with_group(lambda: vidgen.patch(pipe, frame_parallel="yes"))
+    with pytest.raises(ValueError, match="guidance_parallel: needs an even number of ranks, the group has 1"):
+        _with_group(lambda: vidgen.patch(pipe, frame_parallel=True, guidance_parallel=True))
+    with pytest.raises(ValueError, match="cuda_graph"):
+        _with_group(lambda: vidgen.patch(pipe, frame_parallel=True, cuda_graph=True))
+    with pytest.raises(ValueError, match="frame_parallel: needs every motion module on vidgen's forward"):
+        _with_group(lambda: vidgen.patch(pipe, frame_parallel=True, temporal_attention=False))
+    assert not vidgen.is_patched(pipe) and "forward" not in pipe.unet.__dict__
+
+
+def _with_group(fn):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    try:
+        return fn()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_one_rank_group_is_the_single_process_result_and_unpatch_restores(sd_dir, one_rank_group):
+    pipe = animatediff_pipeline(sd_dir)
+    with vidgen.ops.use_backend("torch"):
+        vidgen.patch(pipe)
+        expected, _ = sample(pipe, 3, 3.0)
+        vidgen.patch(pipe, frame_parallel=True)
+        report = str(vidgen.patch_report(pipe))
+        assert "forward on this rank's frames (FrameParallel(1 ranks))" in report and "decode_latents" in report
+        got, _ = sample(pipe, 3, 3.0)
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+        vidgen.unpatch(pipe)
+        assert "forward" not in pipe.unet.__dict__ and "decode_latents" not in pipe.__dict__

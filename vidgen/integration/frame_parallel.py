@@ -1,0 +1,317 @@
+"""One video on many processes: exact frame-parallel sampling over ``torch.distributed``.
+
+``vidgen.patch(pipe, frame_parallel=True)`` (or a process group instead of ``True``) makes every
+rank of the group run the denoiser on a contiguous shard of the video's frames; every rank calls
+the pipeline with the same arguments and returns the whole video, equal to what one process
+computes. The spatial layers of a video UNet see each frame alone; what mixes frames communicates:
+
+* the transformer blocks of a motion module (temporal attention, its layer norms and feed-forward
+  are all per position along the frames): one **all-to-all** from the frame-sharded layout
+  ``(B, F_r, N, C)`` to the position-sharded ``(B, F, N_r, C)`` after ``proj_in``, the blocks run
+  on whole columns of frames, and one all-to-all back before ``proj_out``. Each rank sends
+  ``(P-1)/P`` of its shard twice per module, ``2 (P-1)/P^2`` of the activation in all; an
+  all-gather of K and V instead would receive ``(P-1)/P`` of K and of V for each of the block's two
+  attentions, ``4 (P-1)/P`` of the activation: 2P times the bytes. So all-to-all.
+* the motion module's GroupNorm, whose statistics span the frames: an **all-reduce** of per-(video,
+  group) count, sum and sum of squares (float64, 3 B G numbers) between the statistics pass and the
+  apply pass (:func:`vidgen.integration.frame_norm.statistics_summed_across`).
+* the denoiser's output: an **all-gather** of each rank's shard of the prediction per step (one
+  latent-sized tensor, B C F h w numbers: ~1/300 of one motion module's exchange at 512x512), so
+  the pipeline's own sampler step, callbacks and guidance run unchanged and identically on every
+  rank (cheap elementwise work, computed redundantly).
+* the VAE decode (pipelines with ``decode_latents``): each rank decodes its frames, then one
+  **all-gather** of the decoded frames: the one gather of the video at the end.
+
+The initial noise needs nothing: every rank draws the whole x_T from the same generator (or
+:func:`vidgen.ops.correlated_noise`'s seed), so each frame's noise is the one a single process
+draws, by construction.
+
+Guidance-parallel (``guidance_parallel=True``, an even number of ranks): the first half of the
+ranks computes the first half of the batch (the unconditional branch of classifier-free guidance),
+the second half the rest, each half frame-parallel over its P/2 ranks; the same all-gather
+assembles the prediction on every rank before the sampler's guidance step. A batch that does not
+split in two (no guidance) is computed by both halves.
+
+Collectives run on the whole group: with guidance-parallel, the all-to-all sends nothing to the
+ranks of the other half and the statistics all-reduce carries a slot per half, so no sub-group is
+created (creating one is a collective over the whole world, in the same order on every rank).
+
+Failure: every collective is bounded by the group's timeout (``init_process_group(timeout=)``);
+a rank that raises exits, its peers' next collective fails with the transport's error (gloo and
+NCCL report a closed peer), so no rank hangs silently. At every denoiser call the ranks compare a
+fingerprint of its inputs (3 float64 numbers per input: one tiny all-gather and one host
+synchronisation per step) and refuse to run on a mismatch, so arguments that differ across ranks
+(prompt, seed, guidance scale) or latents that drift apart stop the run within a step; a group larger than the frame count is
+refused; frames that do not divide evenly give the first ``F % P`` ranks one frame more.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from ..ops._fallback import warn_once
+from .frame_norm import statistics_summed_across
+
+__all__ = ["FrameParallel", "active_shard", "balanced_split", "resolve_group"]
+
+
+def balanced_split(total: int, parts: int) -> list[int]:
+    """``total`` items in ``parts`` contiguous runs, the first ``total % parts`` one longer."""
+    return [total // parts + (i < total % parts) for i in range(parts)]
+
+
+def resolve_group(frame_parallel, guidance_parallel: bool):
+    """The process group of ``patch(frame_parallel=...)``: True -> the default group; a ProcessGroup as
+    given. Refuses, naming the argument, when torch.distributed is not initialised or guidance-parallel
+    is asked of an odd number of ranks."""
+    if not dist.is_available() or not dist.is_initialized():
+        raise ValueError("frame_parallel: torch.distributed is not initialised; launch with `torchrun "
+                         "--nproc-per-node N` (or `accelerate launch`) and call "
+                         "torch.distributed.init_process_group() before patching")
+    group = dist.group.WORLD if frame_parallel is True else frame_parallel
+    if not isinstance(group, dist.ProcessGroup):
+        raise TypeError(f"frame_parallel: expected True or a torch.distributed.ProcessGroup, got "
+                        f"{type(frame_parallel).__name__}")
+    size = dist.get_world_size(group)
+    if guidance_parallel and size % 2:
+        raise ValueError(f"guidance_parallel: needs an even number of ranks, the group has {size}")
+    return group
+
+
+@dataclass(frozen=True)
+class _Shard:
+    """The frame shard of this rank in one denoiser call, and the exchanges the layers inside need."""
+
+    group: object
+    rank: int                 # in the group
+    lane_ranks: list[int]     # the group ranks sharing this rank's batch part (its guidance half, or all)
+    frame_counts: list[int]   # frames of each rank of the lane
+    num_frames: int           # F of the whole video
+
+    @property
+    def lane_index(self) -> int:
+        return self.lane_ranks.index(self.rank)
+
+    def _splits(self, per_peer: list[int]) -> list[int]:
+        """Split sizes over every rank of the group: ``per_peer`` for the lane, 0 for the others."""
+        sizes = [0] * dist.get_world_size(self.group)
+        for peer, size in zip(self.lane_ranks, per_peer):
+            sizes[peer] = size
+        return sizes
+
+    def to_positions(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``(B*F_r, N, C)`` tokens of this rank's frames -> ``(B*F, N_r, C)``: every frame of this rank's
+        positions (an all-to-all over the lane)."""
+        frames = self.frame_counts[self.lane_index]
+        videos, positions, channels = tokens.shape[0] // frames, tokens.shape[1], tokens.shape[2]
+        position_counts = balanced_split(positions, len(self.lane_ranks))
+        by_position = tokens.view(videos, frames, positions, channels).split(position_counts, dim=2)
+        send = torch.cat([part.reshape(-1) for part in by_position])
+        mine = position_counts[self.lane_index]
+        receive_sizes = [videos * f * mine * channels for f in self.frame_counts]
+        received = send.new_empty(sum(receive_sizes))
+        dist.all_to_all_single(received, send, self._splits(receive_sizes),
+                               self._splits([videos * frames * n * channels for n in position_counts]),
+                               group=self.group)
+        parts = [part.view(videos, f, mine, channels) for part, f in zip(received.split(receive_sizes), self.frame_counts)]
+        return torch.cat(parts, dim=1).flatten(0, 1)
+
+    def to_frames(self, tokens: torch.Tensor, positions: int) -> torch.Tensor:
+        """The inverse of :meth:`to_positions`: ``(B*F, N_r, C)`` -> ``(B*F_r, N, C)``."""
+        position_counts = balanced_split(positions, len(self.lane_ranks))
+        mine = position_counts[self.lane_index]
+        channels = tokens.shape[-1]
+        videos = tokens.shape[0] // self.num_frames
+        by_frame = tokens.view(videos, self.num_frames, mine, channels).split(self.frame_counts, dim=1)
+        send = torch.cat([part.reshape(-1) for part in by_frame])
+        frames = self.frame_counts[self.lane_index]
+        receive_sizes = [videos * frames * n * channels for n in position_counts]
+        received = send.new_empty(sum(receive_sizes))
+        dist.all_to_all_single(received, send, self._splits(receive_sizes),
+                               self._splits([videos * f * mine * channels for f in self.frame_counts]),
+                               group=self.group)
+        parts = [part.view(videos, frames, n, channels) for part, n in zip(received.split(receive_sizes), position_counts)]
+        return torch.cat(parts, dim=2).flatten(0, 1)
+
+    def sum_statistics(self, partial: torch.Tensor) -> None:
+        """Sum a (3, B, G) tensor of partial GroupNorm moments over the lane, in place (one all-reduce;
+        with two lanes, a slot per lane so each sums only its own)."""
+        lanes = dist.get_world_size(self.group) // len(self.lane_ranks)
+        if lanes == 1:
+            dist.all_reduce(partial, group=self.group)
+            return
+        slots = partial.new_zeros((lanes, *partial.shape))
+        slots[self.rank // len(self.lane_ranks)] = partial
+        dist.all_reduce(slots, group=self.group)
+        partial.copy_(slots[self.rank // len(self.lane_ranks)])
+
+
+_ACTIVE: contextvars.ContextVar[_Shard | None] = contextvars.ContextVar("vidgen_frame_shard", default=None)
+
+
+def active_shard() -> _Shard | None:
+    """The frame shard of the denoiser call in progress on this rank, or None (whole videos)."""
+    return _ACTIVE.get()
+
+
+@contextlib.contextmanager
+def _sharded(shard: _Shard):
+    token = _ACTIVE.set(shard)
+    try:
+        with statistics_summed_across(shard.sum_statistics):
+            yield
+    finally:
+        _ACTIVE.reset(token)
+
+
+def _all_gather_frames(piece: torch.Tensor, frame_counts_by_rank: list[int], group, frame_dim: int) -> list[torch.Tensor]:
+    """Every rank's ``piece`` (their frame counts differ: padded to the longest along ``frame_dim``)."""
+    longest = max(frame_counts_by_rank)
+    padded = piece
+    if piece.shape[frame_dim] < longest:
+        pad_shape = list(piece.shape)
+        pad_shape[frame_dim] = longest - piece.shape[frame_dim]
+        padded = torch.cat([piece, piece.new_zeros(pad_shape)], dim=frame_dim)
+    gathered = [torch.empty_like(padded) for _ in frame_counts_by_rank]
+    dist.all_gather(gathered, padded.contiguous(), group=group)
+    return [g.narrow(frame_dim, 0, f) for g, f in zip(gathered, frame_counts_by_rank)]
+
+
+class FrameParallel:
+    """The frame-parallel runtime of one patched object: the group, the guidance split, and the wrappers
+    :func:`vidgen.patch` installs on the denoiser (sharded forward), the pipeline's ``decode_latents``
+    (sharded decode, one gather)."""
+
+    def __init__(self, group, guidance_parallel: bool):
+        self.group = group
+        self.guidance_parallel = guidance_parallel
+        self.rank = dist.get_rank(group)
+        self.size = dist.get_world_size(group)
+
+    def __eq__(self, other) -> bool:  # patch() with equal options is a no-op
+        return (isinstance(other, FrameParallel) and other.group is self.group
+                and other.guidance_parallel == self.guidance_parallel)
+
+    __hash__ = object.__hash__
+
+    def __repr__(self) -> str:
+        return (f"FrameParallel({self.size} ranks"
+                + (", guidance-parallel" if self.guidance_parallel else "") + ")")
+
+    # -- the layout of a call ----------------------------------------------------------------------
+    def _lanes(self, batch: int) -> tuple[int, bool]:
+        """(ranks per lane, whether the batch splits between two lanes)."""
+        if not self.guidance_parallel:
+            return self.size, False
+        return self.size // 2, batch % 2 == 0
+
+    def _shard(self, num_frames: int, batch: int) -> _Shard:
+        lane_size, _ = self._lanes(batch)
+        if num_frames < lane_size:
+            raise ValueError(f"frame_parallel: {lane_size} ranks share the frames of each video, more than its "
+                             f"{num_frames} frames; run on at most {num_frames} ranks"
+                             + (" per guidance half" if self.guidance_parallel else ""))
+        first = self.rank // lane_size * lane_size
+        return _Shard(self.group, self.rank, list(range(first, first + lane_size)),
+                      balanced_split(num_frames, lane_size), num_frames)
+
+    def check_same_inputs(self, *tensors) -> None:
+        """Refuse a denoiser call whose inputs differ across the ranks: a float64 fingerprint of each
+        (sum, sum of squares, index-weighted sum) is all-gathered and compared exactly."""
+        prints = []
+        for t in tensors:
+            if isinstance(t, torch.Tensor):
+                flat = t.detach().reshape(-1).double()
+                weights = torch.arange(1, flat.numel() + 1, device=flat.device, dtype=torch.float64).remainder_(7919)
+                prints += [flat.sum(), flat.square().sum(), (flat * weights).sum()]
+        mine = torch.stack(prints)
+        everyone = [torch.empty_like(mine) for _ in range(self.size)]
+        dist.all_gather(everyone, mine, group=self.group)
+        differing = [r for r, other in enumerate(everyone) if not torch.equal(other, everyone[0])]
+        if differing:
+            raise ValueError(f"frame_parallel: every rank must call the pipeline with the same arguments; the "
+                             f"denoiser inputs of rank(s) {differing} differ from rank 0's (prompt, seed or "
+                             "generator state, sizes, latents, guidance scale...)")
+
+    # -- the denoiser ----------------------------------------------------------------------------
+    def denoiser_forward(self, model, forward):
+        """A forward for ``model`` that runs ``forward`` on this rank's frames (and batch part) and returns
+        the whole prediction, assembled on every rank."""
+
+        def sharded_forward(sample, timestep, encoder_hidden_states, *args, **kwargs):
+            reason = _unsharded_reason(sample, args, kwargs)
+            if reason is not None:
+                warn_once(f"frame-parallel {type(model).__name__}", reason, "whole on every rank")
+                return forward(sample, timestep, encoder_hidden_states, *args, **kwargs)
+            self.check_same_inputs(sample, timestep, encoder_hidden_states)
+            batch, num_frames = sample.shape[0], sample.shape[2]
+            shard = self._shard(num_frames, batch)
+            lane_size, split_batch = self._lanes(batch)
+            lane = self.rank // lane_size
+            lo = sum(shard.frame_counts[:shard.lane_index])
+            hi = lo + shard.frame_counts[shard.lane_index]
+            videos = slice(lane * batch // 2, (lane + 1) * batch // 2) if split_batch else slice(0, batch)
+            local = sample[videos, :, lo:hi]
+            timestep = _batch_part(timestep, videos, batch)
+            encoder_hidden_states = _text_part(encoder_hidden_states, videos, batch, num_frames, lo, hi)
+            with _sharded(shard):
+                out = forward(local, timestep, encoder_hidden_states, *args, **kwargs)
+            prediction = out[0] if isinstance(out, tuple) else out.sample
+            pieces = _all_gather_frames(prediction, shard.frame_counts * (self.size // lane_size), self.group,
+                                        frame_dim=2)
+            lanes = [torch.cat(pieces[i:i + lane_size], dim=2) for i in range(0, self.size, lane_size)]
+            whole = torch.cat(lanes) if split_batch else lanes[0]
+            if isinstance(out, tuple):
+                return (whole, *out[1:])
+            out.sample = whole
+            return out
+
+        return sharded_forward
+
+    # -- the pipeline ----------------------------------------------------------------------------
+    def decode_latents(self, decode):
+        """``pipe.decode_latents`` on this rank's frames, then one all-gather of the decoded frames."""
+
+        def sharded_decode(latents, *args, **kwargs):
+            num_frames = latents.shape[2]
+            if num_frames < self.size:
+                return decode(latents, *args, **kwargs)
+            counts = balanced_split(num_frames, self.size)
+            lo = sum(counts[:self.rank])
+            video = decode(latents[:, :, lo:lo + counts[self.rank]], *args, **kwargs)
+            return torch.cat(_all_gather_frames(video, counts, self.group, frame_dim=2), dim=2)
+
+        return sharded_decode
+
+
+def _unsharded_reason(sample, args, kwargs) -> str | None:
+    if not isinstance(sample, torch.Tensor) or sample.dim() != 5:
+        return "its sample is not a (B, C, F, h, w) video"
+    if torch.is_grad_enabled() and sample.requires_grad:
+        return "it needs gradients; frame-parallel sampling is inference"
+    extra = [name for name in ("down_block_additional_residuals", "mid_block_additional_residual", "added_cond_kwargs",
+                               "timestep_cond", "attention_mask", "cross_attention_kwargs")
+             if kwargs.get(name) is not None]
+    if args or extra:
+        return f"it passes {', '.join(extra) or 'positional extras'}, which the sharded forward does not split"
+    return None
+
+
+def _batch_part(value, videos: slice, batch: int):
+    if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch:
+        return value[videos]
+    return value
+
+
+def _text_part(text, videos: slice, batch: int, num_frames: int, lo: int, hi: int):
+    """The text embeddings of this rank's videos and frames: (B, L, C) per video or (B*F, L, C) per frame
+    (diffusers' motion UNet takes them per frame)."""
+    if not isinstance(text, torch.Tensor):
+        return text
+    if text.shape[0] == batch * num_frames and num_frames > 1:
+        return text.unflatten(0, (batch, num_frames))[videos, lo:hi].flatten(0, 1)
+    return _batch_part(text, videos, batch)
