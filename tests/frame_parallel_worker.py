@@ -24,6 +24,8 @@ SCENARIOS = {
     "animatediff_14_guidance_parallel": (14, True, 3.0),
     "raise": (4, False, 3.0),
     "too_many_ranks": (1, False, 3.0),
+    "tuneavideo": (8, False, 3.0),
+    "tuneavideo_guidance_parallel": (8, True, 3.0),
 }
 SIZE = 64  # pixels: 8x8 latents
 
@@ -59,6 +61,32 @@ def sample(pipe, frames: int, guidance_scale: float) -> tuple[torch.Tensor, torc
     return final["latents"], video
 
 
+def tuneavideo_unet(sd_dir: str):
+    """Tune-A-Video's video UNet (sparse-causal attn1), its temporal attention's output made non-zero."""
+    from vidgen.sampling import VideoModel
+
+    torch.manual_seed(4)  # inflation draws the new temporal layers' weights
+    model = VideoModel.from_pretrained(sd_dir, frame_mode="sparse_causal")
+    with torch.no_grad():
+        for name, param in model.unet.named_parameters():
+            if "attn_temp.to_out.0.weight" in name:
+                param.normal_(0, 0.2)
+    return model
+
+
+def invert_then_sample(model, frames: int, guidance_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_T of a 2-step DDIM inversion of a clean video, x_0 of 2 guided steps from it)."""
+    from vidgen.sampling import denoise, encode_prompt, invert
+
+    gen = torch.Generator().manual_seed(5)
+    clean = torch.randn(1, 4, frames, SIZE // 8, SIZE // 8, generator=gen)
+    empty, cond = encode_prompt(model, [""]), encode_prompt(model, ["a cat"])
+    x_t = invert(model.unet, clean, empty, scheduler=model.scheduler, num_inference_steps=2, progress=False)
+    x_0 = denoise(model.unet, x_t, cond, empty, scheduler=model.scheduler, num_inference_steps=2,
+                  guidance_scale=guidance_scale, progress=False)
+    return x_t, x_0
+
+
 def main(rank: int, world: int, port: int, sd_dir: str, out_dir: str, scenarios: list[str]) -> None:
     import torch.distributed as dist
 
@@ -71,6 +99,12 @@ def main(rank: int, world: int, port: int, sd_dir: str, out_dir: str, scenarios:
         with vidgen.ops.use_backend("torch"):
             for name in scenarios:
                 frames, guidance_parallel, scale = SCENARIOS[name]
+                if name.startswith("tuneavideo"):
+                    model = tuneavideo_unet(sd_dir)
+                    vidgen.patch(model.unet, frame_parallel=True, guidance_parallel=guidance_parallel)
+                    inverted, latents = invert_then_sample(model, frames, scale)
+                    torch.save({"inverted": inverted, "latents": latents}, os.path.join(out_dir, f"{name}.rank{rank}.pt"))
+                    continue
                 pipe = vidgen.patch(animatediff_pipeline(sd_dir), frame_parallel=True,
                                     guidance_parallel=guidance_parallel)
                 if name == "raise" and rank == 1:  # in the middle of the UNet, while rank 0 exchanges frames

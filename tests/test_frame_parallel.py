@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 import vidgen
-from frame_parallel_worker import SCENARIOS, animatediff_pipeline, sample
+from frame_parallel_worker import SCENARIOS, animatediff_pipeline, invert_then_sample, sample, tuneavideo_unet
 from vidgen import default_model
 
 WORKER = os.path.join(os.path.dirname(__file__), "frame_parallel_worker.py")
@@ -59,10 +59,14 @@ def launch(world: int, scenarios: list[str], sd_dir: str, out_dir, timeout: floa
 def assert_matches_one_process(sd_dir, out_dir, world: int, name: str) -> None:
     frames, _, scale = SCENARIOS[name]
     with vidgen.ops.use_backend("torch"):
-        latents, video = sample(vidgen.patch(animatediff_pipeline(sd_dir)), frames, scale)
+        if name.startswith("tuneavideo"):
+            expected_by_key = dict(zip(("inverted", "latents"), invert_then_sample(tuneavideo_unet(sd_dir), frames, scale)))
+        else:
+            expected_by_key = dict(zip(("latents", "frames"),
+                                       sample(vidgen.patch(animatediff_pipeline(sd_dir)), frames, scale)))
     for rank in range(world):
         got = torch.load(os.path.join(out_dir, f"{name}.rank{rank}.pt"))
-        for key, expected in (("latents", latents), ("frames", video)):
+        for key, expected in expected_by_key.items():
             assert got[key].shape == expected.shape, (name, rank, key)
             scale_of = expected.abs().max().item()
             torch.testing.assert_close(got[key], expected, rtol=1e-5, atol=1e-5 * scale_of, msg=f"{name} rank {rank} {key}")
@@ -73,20 +77,24 @@ def _check(results) -> None:
         assert code == 0, f"rank {rank} failed:\n{output[-4000:]}"
 
 
+TWO_RANK_MATCHES = ["animatediff", "animatediff_uneven_guidance_parallel", "tuneavideo"]
+
+
 @pytest.fixture(scope="module")
 def two_ranks(sd_dir, tmp_path_factory):
-    """One 2-rank run: 16 frames (8 per rank); 7 frames (4 + 3) with guidance-parallel, one rank per
-    branch of CFG; a 1-frame video (refused); then rank 1 raises inside a motion module in step 2."""
+    """One 2-rank run: AnimateDiff 16 frames (8 per rank); 7 frames (4 + 3) with guidance-parallel, one
+    rank per branch of CFG; Tune-A-Video's UNet, 8 frames sparse-causal, DDIM inversion then guided
+    sampling; a 1-frame video (refused); then rank 1 raises inside a motion module in step 2."""
     out_dir = tmp_path_factory.mktemp("two_ranks")
     start = time.monotonic()
-    results = launch(2, ["animatediff", "animatediff_uneven_guidance_parallel", "too_many_ranks", "raise"],
+    results = launch(2, [*TWO_RANK_MATCHES, "too_many_ranks", "raise"],
                      sd_dir, out_dir, timeout=300)
     return results, out_dir, time.monotonic() - start
 
 
-def test_animatediff_two_ranks_match_one_process(sd_dir, two_ranks):
+def test_two_ranks_match_one_process(sd_dir, two_ranks):
     results, out_dir, _ = two_ranks
-    for name in ("animatediff", "animatediff_uneven_guidance_parallel"):
+    for name in TWO_RANK_MATCHES:
         assert all((out_dir / f"{name}.rank{rank}.pt").exists() for rank in range(2)), results[0][1][-4000:]
         assert_matches_one_process(sd_dir, out_dir, 2, name)
     for rank in range(2):  # 2 ranks for a 1-frame video: refused clearly on both
@@ -104,9 +112,10 @@ def test_a_rank_that_raises_mid_step_ends_every_rank_with_an_error(two_ranks):
 
 
 @pytest.mark.slow
-def test_animatediff_four_ranks_match_one_process(sd_dir, tmp_path):
-    # 14 frames on 4 ranks (4, 4, 3, 3), and on 2 guidance halves of 2 ranks (7 + 7 frames each)
-    names = ["animatediff_14", "animatediff_14_guidance_parallel"]
+def test_four_ranks_match_one_process(sd_dir, tmp_path):
+    # 14 frames on 4 ranks (4, 4, 3, 3), and on 2 guidance halves of 2 ranks (7 + 7 frames each);
+    # Tune-A-Video on 2 halves (inversion: an odd batch, both halves compute it; sampling: one branch each)
+    names = ["animatediff_14", "animatediff_14_guidance_parallel", "tuneavideo_guidance_parallel"]
     _check(launch(4, names, sd_dir, tmp_path, timeout=600))
     for name in names:
         assert_matches_one_process(sd_dir, tmp_path, 4, name)
@@ -165,3 +174,49 @@ def test_one_rank_group_is_the_single_process_result_and_unpatch_restores(sd_dir
         torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
         vidgen.unpatch(pipe)
         assert "forward" not in pipe.unet.__dict__ and "decode_latents" not in pipe.__dict__
+
+
+# ----------------------------------------------------------------------------------------------
+# vidgen sample --frame-parallel: refused by flag (exit 2) before any model loads
+# ----------------------------------------------------------------------------------------------
+ANIMATEDIFF = ["sample", "--motion-adapter", "adapter", "--frames", "4"]
+CLI_CASES = [
+    ({}, ANIMATEDIFF + ["--frame-parallel"], "--frame-parallel: needs a launcher that starts one process per rank"),
+    ({"WORLD_SIZE": "8", "RANK": "0"}, ANIMATEDIFF + ["--frame-parallel"],
+     "--frame-parallel: 8 processes share the 4 frames of --frames; at most one process per frame"),
+    ({"WORLD_SIZE": "2", "RANK": "5"}, ANIMATEDIFF + ["--frame-parallel"],
+     "--frame-parallel: the launcher set RANK=5 outside WORLD_SIZE=2"),
+    ({"WORLD_SIZE": "3", "RANK": "0"}, ANIMATEDIFF + ["--frame-parallel", "--guidance-parallel"],
+     "--guidance-parallel: needs an even number of processes, WORLD_SIZE=3"),
+    ({"WORLD_SIZE": "2", "RANK": "0"}, ANIMATEDIFF + ["--guidance-parallel"],
+     "--guidance-parallel: splits the processes of --frame-parallel; pass --frame-parallel too"),
+    ({"WORLD_SIZE": "2", "RANK": "0"}, ["sample", "--frame-parallel"],
+     "--frame-parallel: supports AnimateDiff sampling (--motion-adapter)"),
+    ({"WORLD_SIZE": "2", "RANK": "0"}, ANIMATEDIFF + ["--frame-parallel", "--compare"],
+     "--compare: not with --frame-parallel"),
+]
+
+
+@pytest.mark.parametrize("env,argv,expected", CLI_CASES)
+def test_cli_frame_parallel_bad_input_is_refused_by_flag_before_any_model_loads(env, argv, expected, tmp_path,
+                                                                                 monkeypatch, capsys):
+    from diffusers import AnimateDiffPipeline
+
+    from vidgen import cli
+
+    def forbidden(*args, **kwargs):
+        pytest.fail("a model was loaded before the bad input was refused")
+
+    monkeypatch.setattr(AnimateDiffPipeline, "from_pretrained", forbidden)
+    monkeypatch.setattr(default_model, "ensure", forbidden)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "config.json").write_text("{}")
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err
+    assert not dist.is_initialized()

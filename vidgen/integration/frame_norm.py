@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-__all__ = ["group_norm_of_video", "group_norm_over_frames", "statistics_summed_across"]
+__all__ = ["group_norm_of_video", "group_norm_over_frames", "pools_across_processes", "statistics_summed_across"]
 
 # In-place sum of a (3, B, G) float64 tensor of partial (count, sum, sum of squares) over the
 # processes that hold the rest of each video; None: this process holds whole videos.
@@ -39,6 +39,12 @@ def statistics_summed_across(sum_in_place: Callable[[torch.Tensor], None] | None
         yield
     finally:
         _SUM_ACROSS.reset(token)
+
+
+def pools_across_processes() -> bool:
+    """Whether GroupNorms over frames pool with other processes here (a video's frames may be here as
+    few as one: the statistics still span the whole video)."""
+    return _SUM_ACROSS.get() is not None
 
 
 def group_norm_over_frames(x: torch.Tensor, norm: nn.GroupNorm, num_frames: int) -> torch.Tensor:

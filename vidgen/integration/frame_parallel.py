@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -137,6 +138,38 @@ class _Shard:
         parts = [part.view(videos, frames, n, channels) for part, n in zip(received.split(receive_sizes), position_counts)]
         return torch.cat(parts, dim=2).flatten(0, 1)
 
+    def keys_for(self, rows, k: torch.Tensor, v: torch.Tensor):
+        """Frame attention on a shard: ``rows`` is the whole video's (F, K) key-frame table, ``k``/``v`` the
+        ``(B, F_r, M, H, D)`` keys and values of this rank's frames. Starts the exchange of the key frames
+        other ranks hold (one asynchronous all-to-all of K and V: only the frames a table row names, e.g.
+        sparse-causal's frame 0 from rank 0 and frame lo-1 from the left neighbour) and returns a function
+        that waits for it and gives ``(k, v, rows)`` for the local queries, ``rows`` indexing the local
+        frames then the received ones. Whatever runs between the two (the query projection) overlaps it."""
+        plan = _key_exchange_plan(tuple(tuple(row) for row in rows), tuple(self.frame_counts), self.lane_index)
+        local_rows, sends, receives = plan
+        if not any(sends) and not any(receives):
+            return lambda: (k, v, local_rows)
+        lo = sum(self.frame_counts[:self.lane_index])
+        per_frame = 2 * k.shape[0] * k[0, 0].numel()  # K and V of one frame of every video
+        pairs = torch.stack([k, v])  # (2, B, F_r, M, H, D)
+        send = torch.cat([pairs[:, :, [g - lo for g in frames]].reshape(-1) for frames in sends])
+        received = send.new_empty(per_frame * sum(len(frames) for frames in receives))
+        work = dist.all_to_all_single(received, send, self._splits([per_frame * len(f) for f in receives]),
+                                      self._splits([per_frame * len(f) for f in sends]), group=self.group,
+                                      async_op=True)
+
+        def wait():
+            work.wait()
+            if not any(receives):  # this rank only sends (rank 0 of sparse-causal: its frame 0)
+                return k, v, local_rows
+            blocks = [part.view(2, k.shape[0], len(frames), *k.shape[2:])
+                      for part, frames in zip(received.split([per_frame * len(f) for f in receives]), receives)
+                      if frames]
+            remote_pairs = torch.cat(blocks, dim=2)
+            return torch.cat([k, remote_pairs[0]], dim=1), torch.cat([v, remote_pairs[1]], dim=1), local_rows
+
+        return wait
+
     def sum_statistics(self, partial: torch.Tensor) -> None:
         """Sum a (3, B, G) tensor of partial GroupNorm moments over the lane, in place (one all-reduce;
         with two lanes, a slot per lane so each sums only its own)."""
@@ -148,6 +181,30 @@ class _Shard:
         slots[self.rank // len(self.lane_ranks)] = partial
         dist.all_reduce(slots, group=self.group)
         partial.copy_(slots[self.rank // len(self.lane_ranks)])
+
+
+@functools.lru_cache(maxsize=64)
+def _key_exchange_plan(rows: tuple[tuple[int, ...], ...], counts: tuple[int, ...], me: int):
+    """(local rows, frames this rank sends to each lane rank, frames it receives from each) for the
+    key-frame table ``rows`` of the whole video split as ``counts``. Local rows index this rank's
+    frames, then the received frames in ascending order."""
+    starts = [sum(counts[:r]) for r in range(len(counts))]
+
+    def needed_by(r: int) -> list[int]:
+        lo, hi = starts[r], starts[r] + counts[r]
+        return sorted({g for f in range(lo, hi) for g in rows[f] if not lo <= g < hi})
+
+    def owner(g: int) -> int:
+        return max(r for r in range(len(counts)) if starts[r] <= g)
+
+    lo, hi = starts[me], starts[me] + counts[me]
+    sends = [[g for g in needed_by(r) if lo <= g < hi] if r != me else [] for r in range(len(counts))]
+    mine = needed_by(me)
+    receives = [[g for g in mine if owner(g) == r] for r in range(len(counts))]
+    index = {g: g - lo for g in range(lo, hi)}
+    index.update({g: counts[me] + i for i, g in enumerate(mine)})
+    local_rows = [[index[g] for g in rows[f]] for f in range(lo, hi)]
+    return local_rows, sends, receives
 
 
 _ACTIVE: contextvars.ContextVar[_Shard | None] = contextvars.ContextVar("vidgen_frame_shard", default=None)

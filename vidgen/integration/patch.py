@@ -157,8 +157,8 @@ def patch(obj, *, frame_attention: bool = True, temporal_attention: bool = True,
         frame_parallel: ``True`` (the default process group) or a ``torch.distributed`` process group:
             every rank runs the denoiser on its contiguous shard of the frames and returns the whole
             video, equal to one process's (:mod:`vidgen.integration.frame_parallel`). Every rank calls
-            the pipeline with the same arguments. AnimateDiff's ``UNetMotionModel`` (needs
-            ``temporal_attention``).
+            the pipeline with the same arguments. AnimateDiff's ``UNetMotionModel`` and Tune-A-Video's
+            :class:`~vidgen.VideoUNet` (on vidgen's temporal and frame attention).
         guidance_parallel: with ``frame_parallel`` on an even number of ranks, the two halves of the
             batch (classifier-free guidance's unconditional and conditional branches) run on the two
             halves of the ranks.
@@ -382,9 +382,15 @@ def _shard_denoiser(model: nn.Module, record: PatchRecord) -> None:
         return
     from diffusers import UNetMotionModel
 
-    if not isinstance(model, UNetMotionModel):
-        raise ValueError(f"frame_parallel: supports AnimateDiff's UNetMotionModel; {type(model).__name__} is not "
-                         "frame-parallel yet (its other frame-mixing layers do not communicate)")
+    if isinstance(model, VideoUNet):
+        off = [role for role, on in model.vidgen_ops.items() if not on]
+        if off:  # the reference processors would attend over this rank's frames only
+            raise ValueError(f"frame_parallel: needs the VideoUNet's attn1 and attn_temp on vidgen's processors, "
+                             f"which exchange frames between ranks; {' and '.join(off)}=False")
+    elif not isinstance(model, UNetMotionModel):
+        raise ValueError(f"frame_parallel: supports AnimateDiff's UNetMotionModel and Tune-A-Video's VideoUNet; "
+                         f"{type(model).__name__} is not frame-parallel yet (its other frame-mixing layers do not "
+                         "communicate)")
     left = [f"{e.where} ({e.why})" for e in record.report.kept if e.what == "motion module"]
     if left:
         raise ValueError("frame_parallel: needs every motion module on vidgen's forward, which exchanges the "
