@@ -26,6 +26,8 @@ SCENARIOS = {
     "too_many_ranks": (1, False, 3.0),
     "tuneavideo": (8, False, 3.0),
     "tuneavideo_guidance_parallel": (8, True, 3.0),
+    "unet3d": (8, False, 3.0),
+    "unet3d_guidance_parallel": (6, True, 3.0),
 }
 SIZE = 64  # pixels: 8x8 latents
 
@@ -87,6 +89,37 @@ def invert_then_sample(model, frames: int, guidance_scale: float) -> tuple[torch
     return x_t, x_0
 
 
+def unet3d() -> torch.nn.Module:
+    """A tiny UNet3DConditionModel (ModelScope text-to-video's UNet: temporal
+    convolutions, temporal transformers, transformer_in), every temporal weight non-zero."""
+    from diffusers import UNet3DConditionModel
+
+    torch.manual_seed(6)
+    unet = UNet3DConditionModel(
+        sample_size=8, block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32, attention_head_dim=8,
+        norm_num_groups=8, down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D")).eval()  # no dropout, as from_pretrained gives it
+    with torch.no_grad():
+        for name, param in unet.named_parameters():
+            if "conv4.3" in name or ("temp_attentions" in name and "proj_out" in name):
+                param.normal_(0, 0.05)  # non-zero, small enough that fp32 rounding is not amplified
+    return unet
+
+
+def unet3d_run(unet, frames: int, guidance_scale: float) -> torch.Tensor:
+    """x_0 of 2 guided DDIM steps."""
+    from diffusers import DDIMScheduler
+
+    from vidgen.sampling import denoise
+
+    gen = torch.Generator().manual_seed(7)
+    x_t = torch.randn(1, 4, frames, 8, 8, generator=gen)
+    cond, uncond = torch.randn(1, 5, 32, generator=gen), torch.randn(1, 5, 32, generator=gen)
+    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)  # SD's, as ModelScope's
+    return denoise(unet, x_t, cond, uncond, scheduler=scheduler, num_inference_steps=2,
+                   guidance_scale=guidance_scale, progress=False)
+
+
 def main(rank: int, world: int, port: int, sd_dir: str, out_dir: str, scenarios: list[str]) -> None:
     import torch.distributed as dist
 
@@ -99,6 +132,10 @@ def main(rank: int, world: int, port: int, sd_dir: str, out_dir: str, scenarios:
         with vidgen.ops.use_backend("torch"):
             for name in scenarios:
                 frames, guidance_parallel, scale = SCENARIOS[name]
+                if name.startswith("unet3d"):
+                    unet = vidgen.patch(unet3d(), frame_parallel=True, guidance_parallel=guidance_parallel)
+                    torch.save({"latents": unet3d_run(unet, frames, scale)}, os.path.join(out_dir, f"{name}.rank{rank}.pt"))
+                    continue
                 if name.startswith("tuneavideo"):
                     model = tuneavideo_unet(sd_dir)
                     vidgen.patch(model.unet, frame_parallel=True, guidance_parallel=guidance_parallel)

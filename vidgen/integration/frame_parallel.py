@@ -55,9 +55,9 @@ import torch
 import torch.distributed as dist
 
 from ..ops._fallback import warn_once
-from .frame_norm import statistics_summed_across
+from .frame_norm import group_norm_of_video, statistics_summed_across
 
-__all__ = ["FrameParallel", "active_shard", "balanced_split", "resolve_group"]
+__all__ = ["FrameParallel", "ShardedTemporalConv", "active_shard", "balanced_split", "resolve_group"]
 
 
 def balanced_split(total: int, parts: int) -> list[int]:
@@ -169,6 +169,27 @@ class _Shard:
             return torch.cat([k, remote_pairs[0]], dim=1), torch.cat([v, remote_pairs[1]], dim=1), local_rows
 
         return wait
+
+    def with_halo(self, video: torch.Tensor) -> torch.Tensor:
+        """``(B, C, F_r, h, w)`` -> ``(B, C, F_r + 2, h, w)``: the left neighbour's last frame before, the right
+        neighbour's first frame after (zeros at the ends of the video, a temporal convolution's padding);
+        one all-to-all of two frames."""
+        me, ranks = self.lane_index, len(self.lane_ranks)
+        frame = video[:, :, :1]
+        size = frame.numel()
+        to_peer = [0] * ranks
+        if me > 0:
+            to_peer[me - 1] = size  # my first frame is the left neighbour's right halo
+        if me < ranks - 1:
+            to_peer[me + 1] = size  # my last frame is the right neighbour's left halo
+        parts = ([video[:, :, :1].reshape(-1)] if me > 0 else []) + ([video[:, :, -1:].reshape(-1)] if me < ranks - 1 else [])
+        send = torch.cat(parts) if parts else video.new_empty(0)
+        received = video.new_empty(sum(to_peer))
+        dist.all_to_all_single(received, send, self._splits(to_peer), self._splits(to_peer), group=self.group)
+        halves = list(received.split([n for n in to_peer if n]))
+        left = halves.pop(0).view_as(frame) if me > 0 else torch.zeros_like(frame)
+        right = halves.pop(0).view_as(frame) if me < ranks - 1 else torch.zeros_like(frame)
+        return torch.cat([left, video, right], dim=2)
 
     def sum_statistics(self, partial: torch.Tensor) -> None:
         """Sum a (3, B, G) tensor of partial GroupNorm moments over the lane, in place (one all-reduce;
@@ -343,6 +364,42 @@ class FrameParallel:
             return torch.cat(_all_gather_frames(video, counts, self.group, frame_dim=2), dim=2)
 
         return sharded_decode
+
+
+class ShardedTemporalConv:
+    """The forward of a diffusers ``TemporalConvLayer`` (UNet3DConditionModel's convolutions over frames:
+    four GroupNorm-SiLU-Conv3d (3, 1, 1) stages and a residual). Without an active shard it is the
+    module's own forward; on a shard each GroupNorm pools its statistics across ranks
+    (:func:`~vidgen.integration.frame_norm.group_norm_of_video`) and each convolution reads a halo of one
+    frame each side (:meth:`_Shard.with_halo`)."""
+
+    def __init__(self, module):
+        self.module = module
+
+    @staticmethod
+    def unsupported_reason(module) -> str | None:
+        for name in ("conv1", "conv2", "conv3", "conv4"):
+            stage = list(getattr(module, name))
+            conv = stage[-1]
+            if not (isinstance(stage[0], torch.nn.GroupNorm) and isinstance(conv, torch.nn.Conv3d)
+                    and conv.kernel_size == (3, 1, 1) and conv.stride == (1, 1, 1) and conv.padding == (1, 0, 0)
+                    and conv.dilation == (1, 1, 1) and conv.groups == 1):
+                return f"{name}: expected GroupNorm, ..., Conv3d(kernel (3, 1, 1), padding (1, 0, 0))"
+        return None
+
+    def __call__(self, hidden_states: torch.Tensor, num_frames: int = 1) -> torch.Tensor:
+        shard = active_shard()
+        if shard is None:
+            return type(self.module).forward(self.module, hidden_states, num_frames)
+        video = hidden_states.unflatten(0, (-1, num_frames)).transpose(1, 2)  # (B, C, F_r, h, w) view
+        x = video
+        for name in ("conv1", "conv2", "conv3", "conv4"):
+            norm, *middle, conv = getattr(self.module, name)
+            x = group_norm_of_video(x, norm)
+            for layer in middle:  # SiLU, dropout
+                x = layer(x)
+            x = torch.nn.functional.conv3d(shard.with_halo(x), conv.weight, conv.bias)
+        return (video + x).transpose(1, 2).flatten(0, 1)
 
 
 def _unsharded_reason(sample, args, kwargs) -> str | None:

@@ -380,17 +380,19 @@ def _shard_denoiser(model: nn.Module, record: PatchRecord) -> None:
     parallel = record.options.get("frame_parallel")
     if not parallel or not _is_denoiser(model):
         return
-    from diffusers import UNetMotionModel
+    from diffusers import UNet3DConditionModel, UNetMotionModel
 
     if isinstance(model, VideoUNet):
         off = [role for role, on in model.vidgen_ops.items() if not on]
         if off:  # the reference processors would attend over this rank's frames only
             raise ValueError(f"frame_parallel: needs the VideoUNet's attn1 and attn_temp on vidgen's processors, "
                              f"which exchange frames between ranks; {' and '.join(off)}=False")
+    elif isinstance(model, UNet3DConditionModel):
+        _shard_temporal_convolutions(model, record)
     elif not isinstance(model, UNetMotionModel):
-        raise ValueError(f"frame_parallel: supports AnimateDiff's UNetMotionModel and Tune-A-Video's VideoUNet; "
-                         f"{type(model).__name__} is not frame-parallel yet (its other frame-mixing layers do not "
-                         "communicate)")
+        raise ValueError(f"frame_parallel: supports AnimateDiff's UNetMotionModel, UNet3DConditionModel and "
+                         f"Tune-A-Video's VideoUNet; {type(model).__name__} is not frame-parallel (its other "
+                         "frame-mixing layers do not communicate)")
     left = [f"{e.where} ({e.why})" for e in record.report.kept if e.what == "motion module"]
     if left:
         raise ValueError("frame_parallel: needs every motion module on vidgen's forward, which exchanges the "
@@ -401,6 +403,22 @@ def _shard_denoiser(model: nn.Module, record: PatchRecord) -> None:
                        else model.__dict__.pop("forward", None))
     record.summary.append("frame_parallel")
     record.report.replaced.append(PatchEntry("", f"forward on this rank's frames ({parallel!r})"))
+
+
+def _shard_temporal_convolutions(model: nn.Module, record: PatchRecord) -> None:
+    from diffusers.models.resnet import TemporalConvLayer
+
+    from .frame_parallel import ShardedTemporalConv
+
+    layers = [(path, m) for path, m in model.named_modules() if isinstance(m, TemporalConvLayer)]
+    for path, layer in layers:
+        reason = ShardedTemporalConv.unsupported_reason(layer)
+        if reason is not None:
+            raise ValueError(f"frame_parallel: {path}: {reason}")
+    for path, layer in layers:
+        layer.forward = ShardedTemporalConv(layer)
+        record.undo.append(lambda m=layer: m.__dict__.pop("forward", None))
+        record.report.replaced.append(PatchEntry(path, "temporal convolution with a one-frame halo (frame-parallel)"))
 
 
 def _report_video_unet(model: VideoUNet, report: PatchReport) -> None:
