@@ -24,6 +24,7 @@ SCENARIOS = {
     "animatediff_14_guidance_parallel": (14, True, 3.0),
     "raise": (4, False, 3.0),
     "too_many_ranks": (1, False, 3.0),
+    "mismatched_prompts": (4, False, 3.0),
     "tuneavideo": (8, False, 3.0),
     "tuneavideo_guidance_parallel": (8, True, 3.0),
     "unet3d": (8, False, 3.0),
@@ -49,7 +50,7 @@ def animatediff_pipeline(sd_dir: str):
     return pipe
 
 
-def sample(pipe, frames: int, guidance_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def sample(pipe, frames: int, guidance_scale: float, prompt: str = "a cat") -> tuple[torch.Tensor, torch.Tensor]:
     """(final latents, decoded frames) of a 2-step run."""
     final = {}
 
@@ -57,7 +58,7 @@ def sample(pipe, frames: int, guidance_scale: float) -> tuple[torch.Tensor, torc
         final["latents"] = tensors["latents"]
         return tensors
 
-    video = pipe("a cat", num_frames=frames, height=SIZE, width=SIZE, num_inference_steps=2,
+    video = pipe(prompt, num_frames=frames, height=SIZE, width=SIZE, num_inference_steps=2,
                  guidance_scale=guidance_scale, generator=torch.Generator().manual_seed(0), output_type="pt",
                  callback_on_step_end=keep_latents).frames
     return final["latents"], video
@@ -154,9 +155,9 @@ def main(rank: int, world: int, port: int, sd_dir: str, out_dir: str, scenarios:
                         return _forward(*args, **kwargs)
 
                     module.forward = failing_forward
-                if name == "too_many_ranks":  # refused on every rank, before the UNet runs
+                if name in ("too_many_ranks", "mismatched_prompts"):  # refused on every rank, before the UNet runs
                     try:
-                        sample(pipe, frames, scale)
+                        sample(pipe, frames, scale, prompt="a dog" if name == "mismatched_prompts" and rank else "a cat")
                     except ValueError as refusal:
                         with open(os.path.join(out_dir, f"{name}.rank{rank}.txt"), "w") as f:
                             f.write(str(refusal))

@@ -95,10 +95,11 @@ def two_ranks(sd_dir, tmp_path_factory):
     """One 2-rank run: AnimateDiff 16 frames (8 per rank); 7 frames (4 + 3) with guidance-parallel, one
     rank per branch of CFG; Tune-A-Video's UNet, 8 frames sparse-causal, DDIM inversion then guided
     sampling; a UNet3DConditionModel (temporal convolutions' halos), 8 frames; a 1-frame video
-    (refused); then rank 1 raises inside a motion module in step 2."""
+    and a call whose prompt differs on rank 1 (both refused); then rank 1 raises inside a motion
+    module in step 2."""
     out_dir = tmp_path_factory.mktemp("two_ranks")
     start = time.monotonic()
-    results = launch(2, [*TWO_RANK_MATCHES, "too_many_ranks", "raise"],
+    results = launch(2, [*TWO_RANK_MATCHES, "too_many_ranks", "mismatched_prompts", "raise"],
                      sd_dir, out_dir, timeout=300)
     return results, out_dir, time.monotonic() - start
 
@@ -111,6 +112,10 @@ def test_two_ranks_match_one_process(sd_dir, two_ranks):
     for rank in range(2):  # 2 ranks for a 1-frame video: refused clearly on both
         assert (out_dir / f"too_many_ranks.rank{rank}.txt").read_text() == (
             "frame_parallel: 2 ranks share the frames of each video, more than its 1 frames; run on at most 1 ranks")
+        # rank 1 asked for another prompt: both ranks refuse at the first denoiser call
+        assert (out_dir / f"mismatched_prompts.rank{rank}.txt").read_text().startswith(
+            "frame_parallel: every rank must call the pipeline with the same arguments; the denoiser inputs of "
+            "rank(s) [1] differ from rank 0's")
 
 
 def test_a_rank_that_raises_mid_step_ends_every_rank_with_an_error(two_ranks):

@@ -5,16 +5,25 @@ rank of the group run the denoiser on a contiguous shard of the video's frames; 
 the pipeline with the same arguments and returns the whole video, equal to what one process
 computes. The spatial layers of a video UNet see each frame alone; what mixes frames communicates:
 
-* the transformer blocks of a motion module (temporal attention, its layer norms and feed-forward
-  are all per position along the frames): one **all-to-all** from the frame-sharded layout
+* the transformer blocks of a motion module (AnimateDiff's, and UNet3DConditionModel's temporal
+  transformers: temporal attention, its layer norms and feed-forward are all per position along
+  the frames), and a Tune-A-Video ``attn_temp``: one **all-to-all** from the frame-sharded layout
   ``(B, F_r, N, C)`` to the position-sharded ``(B, F, N_r, C)`` after ``proj_in``, the blocks run
   on whole columns of frames, and one all-to-all back before ``proj_out``. Each rank sends
   ``(P-1)/P`` of its shard twice per module, ``2 (P-1)/P^2`` of the activation in all; an
   all-gather of K and V instead would receive ``(P-1)/P`` of K and of V for each of the block's two
   attentions, ``4 (P-1)/P`` of the activation: 2P times the bytes. So all-to-all.
-* the motion module's GroupNorm, whose statistics span the frames: an **all-reduce** of per-(video,
-  group) count, sum and sum of squares (float64, 3 B G numbers) between the statistics pass and the
-  apply pass (:func:`vidgen.integration.frame_norm.statistics_summed_across`).
+* frame attention (Tune-A-Video's sparse-causal, first-frame, any key-frame table): the K and V of
+  exactly the frames a local row names that another rank holds (sparse-causal: frame 0 from rank 0,
+  frame lo-1 from the left neighbour), in one asynchronous **all-to-all** started before the query
+  projection and awaited after it (the one overlap of communication with compute here; the motion
+  modules' exchanges sit between dependent steps).
+* every GroupNorm whose statistics span the frames (motion modules', Tune-A-Video's ResNet norms,
+  UNet3D's temporal convolutions'): an **all-reduce** of per-(video, group) count, sum and sum of
+  squares (float64, 3 B G numbers) between the statistics pass and the apply pass
+  (:func:`vidgen.integration.frame_norm.statistics_summed_across`).
+* UNet3D's temporal convolutions (kernel 3 over frames): a **halo** of one frame from each
+  neighbour (one all-to-all of two frames per convolution; zeros at the video's ends).
 * the denoiser's output: an **all-gather** of each rank's shard of the prediction per step (one
   latent-sized tensor, B C F h w numbers: ~1/300 of one motion module's exchange at 512x512), so
   the pipeline's own sampler step, callbacks and guidance run unchanged and identically on every
@@ -36,13 +45,14 @@ Collectives run on the whole group: with guidance-parallel, the all-to-all sends
 ranks of the other half and the statistics all-reduce carries a slot per half, so no sub-group is
 created (creating one is a collective over the whole world, in the same order on every rank).
 
-Failure: every collective is bounded by the group's timeout (``init_process_group(timeout=)``);
-a rank that raises exits, its peers' next collective fails with the transport's error (gloo and
-NCCL report a closed peer), so no rank hangs silently. At every denoiser call the ranks compare a
+Failure: every collective is bounded by the group's timeout (``init_process_group(timeout=)``;
+``vidgen sample --frame-parallel`` sets 10 minutes); a rank that raises exits, and its peers'
+next collective fails: at once on gloo (the peer closed its connection), at the timeout on NCCL
+(its watchdog aborts the communicator), so no rank hangs silently. At every denoiser call the ranks compare a
 fingerprint of its inputs (3 float64 numbers per input: one tiny all-gather and one host
 synchronisation per step) and refuse to run on a mismatch, so arguments that differ across ranks
-(prompt, seed, guidance scale) or latents that drift apart stop the run within a step; a group larger than the frame count is
-refused; frames that do not divide evenly give the first ``F % P`` ranks one frame more.
+(prompt, seed, guidance scale) or latents that drift apart stop the run within a step; a group
+larger than the frame count is refused; frames that do not divide evenly give the first ``F % P`` ranks one frame more.
 """
 from __future__ import annotations
 
