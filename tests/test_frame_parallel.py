@@ -238,3 +238,29 @@ def test_cli_frame_parallel_bad_input_is_refused_by_flag_before_any_model_loads(
     err = capsys.readouterr().err
     assert expected in err and "Traceback" not in err
     assert not dist.is_initialized()
+
+
+@pytest.mark.slow
+def test_cli_frame_parallel_under_torchrun_writes_the_single_process_video(sd_dir, tmp_path):
+    import numpy as np
+    from diffusers import MotionAdapter
+
+    from vidgen.video_io import read_video
+
+    MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=1, motion_num_attention_heads=2,
+                  motion_norm_num_groups=8, motion_max_seq_length=32).save_pretrained(tmp_path / "adapter")
+    common = ["-m", "vidgen.cli", "sample", "--model", sd_dir, "--motion-adapter", str(tmp_path / "adapter"),
+              "--frames", "4", "--steps", "2", "--height", "64", "--width", "64", "--device", "cpu", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "VIDGEN_BACKEND": "torch"}
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        env.pop(name, None)
+    parallel = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                               "--master-port", str(_free_port()), *common, "--out", str(tmp_path / "two"),
+                               "--frame-parallel"], env=env, capture_output=True, text=True, timeout=400)
+    assert parallel.returncode == 0, parallel.stdout[-3000:] + parallel.stderr[-3000:]
+    assert parallel.stdout.count("wrote ") == 1  # rank 0 writes the video
+    single = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one")], env=env, capture_output=True,
+                            text=True, timeout=400)
+    assert single.returncode == 0, single.stderr[-3000:]
+    two, one = (np.asarray(read_video(str(tmp_path / name))).astype(int) for name in ("two", "one"))
+    assert two.shape == one.shape and np.abs(two - one).max() <= 1  # 8-bit rounding of equal fp32 frames
