@@ -38,7 +38,7 @@ from diffusers.models.unets.unet_3d_condition import UNet3DConditionOutput
 
 from ..ops.frame_attention import FRAME_MODES, frame_attention_unsupported_reason
 from ..ops.temporal_attention import temporal_attention_unsupported_reason
-from .frame_norm import group_norm_over_frames
+from .frame_norm import group_norm_over_frames, pools_across_processes
 from .layout import head_dim_of
 from .processors import frame_processor, temporal_processor
 
@@ -75,7 +75,7 @@ class FramePooledGroupNorm(nn.GroupNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         frames = self.frames.value
-        if frames == 1:
+        if frames == 1 and not pools_across_processes():
             return super().forward(x)
         return group_norm_over_frames(x, self, frames)
 
