@@ -38,3 +38,19 @@ def test_gpu_benchmarks_refuse_without_a_gpu(name):
     with pytest.raises(SystemExit) as exc:
         module.main([])
     assert "GPU" in str(exc.value) or "CUDA" in str(exc.value)
+
+
+def test_parallel_model_counts_what_each_collective_moves():
+    from benchmarks.parallel_model import bytes_per_step
+
+    # one motion module (2 videos, 16 frames, 64 positions, 8 channels) and its GroupNorm (4 groups), 4 ranks
+    layers = [{"kind": "temporal_attention", "videos": 2, "frames": 16, "positions": 64, "channels": 8, "blocks": 1},
+              {"kind": "group_norm", "videos": 2, "groups": 4},
+              {"kind": "halo", "videos": 2, "frame_elements": 100}]
+    counted = bytes_per_step(layers, (2, 4, 16, 8, 8), ranks=4)
+    activation = 2 * 16 * 64 * 8 * 2  # fp16 bytes
+    assert counted["bytes"]["all_to_all"] == 2 * activation / 4 * 3 / 4  # a shard's 3/4, there and back
+    assert counted["bytes"]["all_reduce"] == 3 * 2 * 4 * 8 * 2 * 3 / 4  # ring all-reduce of float64 moments
+    assert counted["bytes"]["halo"] == 2 * 2 * 100 * 2
+    assert counted["bytes"]["all_gather"] == 2 * 2 * 4 * 16 * 8 * 8 / 4 * 3 + 9 * 8 * 3
+    assert counted["collectives"] == {"all_to_all": 2, "all_reduce": 1, "halo": 1, "all_gather": 2}

@@ -143,6 +143,23 @@ def test_sparse_causal_is_tune_a_video_gather_concat_sdpa(device):
     _assert_close("out", ops.sparse_causal_attention(q, k, v), expected.double(), torch.float32)
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_keys_of_more_frames_than_queries_for_a_frame_parallel_shard(backend, device):
+    """A shard's queries (frames 2..4 of 5) read its own keys and frames 0 and 1 received from other
+    processes, appended after its own: the table indexes that key tensor (inference only)."""
+    B, F, N, H, D = 1, 5, 7, 2, 8
+    q, k, v = _inputs(B, F, N, N, H, D, torch.float32, "contiguous", device)
+    whole = ops.sparse_causal_attention(q, k, v)
+    order = [2, 3, 4, 0, 1]  # local frames first, then the received ones
+    with ops.use_backend(backend):
+        part = ops.frame_attention(q[:, 2:], k[:, order], v[:, order], [[3, 4], [3, 0], [3, 1]])
+    _assert_close("out", part, whole[:, 2:].double(), torch.float32)
+    with pytest.raises(ValueError, match="row 0 lists frame"):
+        ops.frame_attention(q[:, 2:], k[:, order], v[:, order], [[5], [0], [1]])
+    with pytest.raises(ValueError, match="has no backward"):
+        ops.frame_attention(q[:, 2:].requires_grad_(), k[:, order], v[:, order], [[3], [3], [3]])
+
+
 def test_presets_and_duplicate_rows(device):
     B, F, N, H, D = 1, 4, 9, 1, 16
     q, k, v = _inputs(B, F, N, N, H, D, torch.float32, "contiguous", device)
@@ -221,7 +238,7 @@ def test_custom_op_registration_passes_opcheck(device):
 
 
 @pytest.mark.parametrize("bad,error,match", [
-    (lambda q, k, v: (q, k[:, :, :, :1], v[:, :, :, :1], [[0]] * 3), ValueError, r"k: expected \(B, F, M, H, D\)"),
+    (lambda q, k, v: (q, k[:, :, :, :1], v[:, :, :, :1], [[0]] * 3), ValueError, r"k: expected \(B, Fk, M, H, D\)"),
     (lambda q, k, v: (q, k, v[:, :, :4], [[0]] * 3), ValueError, "v: expected the shape of k"),
     (lambda q, k, v: (q[0], k, v, [[0]] * 3), ValueError, "q: expected a 5-D tensor"),
     (lambda q, k, v: (q, k, v, [[0], [1], [3]]), ValueError, r"row 2 lists frame\(s\) \[3\]"),

@@ -155,7 +155,10 @@ def _sample_animatediff(args, model_dir: str, device: torch.device, dtype: torch
 
     from ..sampling import initial_noise
 
+    if args.frame_parallel:
+        device = _init_frame_parallel(args, device)
     pipe, height, width = load_animatediff(args, model_dir, device, dtype)
+    parallel = {"frame_parallel": True, "guidance_parallel": args.guidance_parallel} if args.frame_parallel else {}
     latents = initial_noise((1, pipe.unet.config.in_channels, args.frames, height // pipe.vae_scale_factor,
                              width // pipe.vae_scale_factor), kind=args.noise, alpha=args.noise_alpha,
                             seed=args.seed, device=device, dtype=dtype)
@@ -163,7 +166,7 @@ def _sample_animatediff(args, model_dir: str, device: torch.device, dtype: torch
 
     def run(use_vidgen: bool):
         def side():
-            (vidgen.patch if use_vidgen else vidgen.unpatch)(pipe)
+            vidgen.patch(pipe, **parallel) if use_vidgen else vidgen.unpatch(pipe)
             sync()
             start = time.perf_counter()
             out = pipe(args.prompt, num_frames=args.frames, height=height, width=width,
@@ -263,6 +266,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="vidgen_sample.mp4",
                         help=".mp4 or .gif file, or a folder (no extension) of one PNG per frame")
     parser.add_argument("--fps", type=_args.positive_int, default=8, help="frames per second of the video file")
+    parser.add_argument("--frame-parallel", action="store_true",
+                        help="AnimateDiff: one video over all processes of `torchrun --nproc-per-node N` (or "
+                             "accelerate launch), each denoising its share of the frames; the same video as one "
+                             "process (NCCL on GPUs, gloo on CPU)")
+    parser.add_argument("--guidance-parallel", action="store_true",
+                        help="with --frame-parallel on an even number of processes: the conditional and "
+                             "unconditional branches of guidance on different halves of them")
     parser.add_argument("--compare", action=argparse.BooleanOptionalAction, default=None,
                         help="also time the same model with the default (reference) modules "
                              "(default: on for the built-in model)")
@@ -306,6 +316,8 @@ def check_arguments(args) -> None:
         _args.check_model_folder("--prior", args.prior)
     args.frames_given = args.frames is not None
     args.frames = args.frames or DEFAULT_FRAMES
+    if args.frame_parallel or args.guidance_parallel:
+        check_frame_parallel(args)
     args.source_frames = _args.read_video_for("--video", args.video, args.frames) if args.video else None
     args.latents_tensor = None
     if args.latents:
@@ -320,11 +332,54 @@ def check_arguments(args) -> None:
         args.latents_tensor = latents
 
 
+def check_frame_parallel(args) -> None:
+    """--frame-parallel/--guidance-parallel before any model loads: the launcher's processes and the frames."""
+    if not args.frame_parallel:
+        raise UsageError("--guidance-parallel: splits the processes of --frame-parallel; pass --frame-parallel too")
+    if not args.motion_adapter:
+        raise UsageError("--frame-parallel: supports AnimateDiff sampling (--motion-adapter)")
+    if args.prompts:
+        raise UsageError("--frame-parallel: spreads one video over the processes, --prompts spreads videos over "
+                         "them; use one of the two")
+    if args.compare:
+        raise UsageError("--compare: not with --frame-parallel (every process would time both sides)")
+    world, rank = os.environ.get("WORLD_SIZE", ""), os.environ.get("RANK", "")
+    if not (world.isdigit() and rank.isdigit()):
+        raise UsageError("--frame-parallel: needs a launcher that starts one process per rank and sets WORLD_SIZE "
+                         "and RANK: torchrun --nproc-per-node N -m vidgen.cli sample ... (or accelerate launch)")
+    world, rank = int(world), int(rank)
+    if not 0 <= rank < world:
+        raise UsageError(f"--frame-parallel: the launcher set RANK={rank} outside WORLD_SIZE={world}")
+    if args.guidance_parallel and world % 2:
+        raise UsageError(f"--guidance-parallel: needs an even number of processes, WORLD_SIZE={world}")
+    sharing = world // 2 if args.guidance_parallel else world
+    if sharing > args.frames:
+        raise UsageError(f"--frame-parallel: {sharing} processes share the {args.frames} frames of --frames; "
+                         "at most one process per frame")
+    args.rank = rank
+
+
+def _init_frame_parallel(args, device: torch.device) -> torch.device:
+    """The process group of --frame-parallel (NCCL on GPUs, gloo on CPU) and this process's device."""
+    import datetime
+
+    import torch.distributed as dist
+
+    if device.type == "cuda" and device.index is None:
+        local_rank = int(os.environ.get("LOCAL_RANK", args.rank))
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        # A rank that fails or hangs ends the others' collectives within the timeout, not never.
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(minutes=10))
+    return device
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.compare is None:
-        args.compare = args.model is None
+        args.compare = args.model is None and not args.frame_parallel
     try:
         check_arguments(args)
         jobs = _prompts.check(args) if args.prompts else None
@@ -346,6 +401,8 @@ def main(argv=None) -> int:
             video, tables, comparison = run(args, model_dir, device, dtype)
     except (UsageError, OSError, ValueError) as exc:  # OSError: a model file missing or unreadable
         return _args.fail(parser, exc)
+    if getattr(args, "rank", 0):  # frame-parallel: every process holds the video, the first writes it
+        return 0
     for path in _save(video, args.out, args.fps):
         print(f"wrote {path}")
     if comparison is None:

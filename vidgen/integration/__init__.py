@@ -10,6 +10,7 @@
 * :mod:`.video_unet`: the Tune-A-Video inflated UNet (``vidgen.inflate``);
 * :mod:`.schedulers`: DDIM and DDIM-inverse schedulers whose step is one fused kernel;
 * :mod:`.graphs`: the denoiser's forward (and the samplers' step) replayed from CUDA graphs;
+* :mod:`.frame_parallel`: one video over ``torch.distributed`` ranks, exact (``patch(frame_parallel=)``);
 * :mod:`.layout`: the frame count and head dims read off diffusers activations and modules.
 
 Below it, :mod:`vidgen.ops` (the public ops, the only importer of ``vidgen.kernels``, and the

@@ -14,7 +14,9 @@ in the image layout and only the matmuls and norms touch memory.
   :func:`unpatch_motion_module` restores the module's own forward.
 
 The attention itself is :func:`vidgen.integration.temporal.attend_over_frames`, the GroupNorm over
-frames :func:`vidgen.integration.frame_norm.group_norm_over_frames`.
+frames :func:`vidgen.integration.frame_norm.group_norm_over_frames`. Under frame-parallel sampling
+(:mod:`vidgen.integration.frame_parallel`) the blocks run between an all-to-all to whole columns of
+frames and one back.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from torch import nn
 from ..ops._fallback import warn_once
 from ..ops.temporal_attention import temporal_attention_unsupported_reason
 from .frame_norm import group_norm_over_frames
+from .frame_parallel import active_shard
 from .layout import head_dim_of, videos_in
 from .temporal import attend_over_frames
 
@@ -195,7 +198,12 @@ class FusedMotionForward:
 
     def __call__(self, hidden_states, encoder_hidden_states=None, timestep=None, class_labels=None,
                  num_frames: int = 1, cross_attention_kwargs=None, return_dict: bool = True):
+        shard = active_shard()
         if not self._fusable_call(hidden_states, encoder_hidden_states, cross_attention_kwargs, num_frames):
+            if shard is not None:  # diffusers' forward would attend over this rank's frames only
+                raise ValueError(f"frame_parallel: this call of {type(self.module).__name__} needs diffusers' own "
+                                 "forward (see the warning above), which sees only this rank's frames; run it "
+                                 "without frame_parallel")
             kwargs = dict(encoder_hidden_states=encoder_hidden_states, timestep=timestep, class_labels=class_labels,
                           num_frames=num_frames, cross_attention_kwargs=cross_attention_kwargs)
             if self.returns_output_class:
@@ -207,8 +215,14 @@ class FusedMotionForward:
         videos_in(batch_frames, num_frames, type(m).__name__)  # the one check of the frame count: the blocks trust it
         normed = group_norm_over_frames(hidden_states, m.norm, num_frames).flatten(2)  # (B*F, C, h*w)
         tokens = _project_in(m.proj_in, normed)
-        for block in m.transformer_blocks:
-            tokens = _block_forward(block, tokens, num_frames)
+        block_frames, positions = num_frames, tokens.shape[1]
+        if shard is not None:  # frame-parallel: the blocks see every frame of this rank's positions
+            tokens, block_frames = shard.to_positions(tokens), shard.num_frames
+        if tokens.shape[1]:  # a rank may hold no position of a tiny map
+            for block in m.transformer_blocks:
+                tokens = _block_forward(block, tokens, block_frames)
+        if shard is not None:
+            tokens = shard.to_frames(tokens, positions)
         out = _project_out_residual(m.proj_out, tokens, hidden_states.flatten(2))
         out = out.reshape(batch_frames, channels, height, width)  # a view on the plain-Linear path
         if not self.returns_output_class:

@@ -149,7 +149,8 @@ class PatchRecord:
 
 
 def patch(obj, *, frame_attention: bool = True, temporal_attention: bool = True, guidance: bool = True,
-          cuda_graph: bool = False, compile: bool | dict = False, attention_precision: str = "auto"):
+          cuda_graph: bool = False, compile: bool | dict = False, attention_precision: str = "auto",
+          frame_parallel=False, guidance_parallel: bool = False):
     """Make a diffusers pipeline or model run on vidgen's kernels; returns ``obj`` (patched in place).
 
     Args:
@@ -166,6 +167,14 @@ def patch(obj, *, frame_attention: bool = True, temporal_attention: bool = True,
             happens on the first call of each block. ``unpatch`` restores the eager blocks.
         attention_precision: ``"auto"`` (the activations' precision) or ``"fp8"``: frame attention's
             scores on e4m3 tensor cores (sm_90, inference; see :func:`vidgen.ops.frame_attention`).
+        frame_parallel: ``True`` (the default process group) or a ``torch.distributed`` process group:
+            every rank runs the denoiser on its contiguous shard of the frames and returns the whole
+            video, equal to one process's (:mod:`vidgen.integration.frame_parallel`). Every rank calls
+            the pipeline with the same arguments. AnimateDiff's ``UNetMotionModel`` and Tune-A-Video's
+            :class:`~vidgen.VideoUNet` (on vidgen's temporal and frame attention).
+        guidance_parallel: with ``frame_parallel`` on an even number of ranks, the two halves of the
+            batch (classifier-free guidance's unconditional and conditional branches) run on the two
+            halves of the ranks.
 
     What was replaced, and what stays on diffusers' path and why (a head dim the kernels do not
     serve, a scheduler other than DDIM, a motion module of another structure, ...), is in
@@ -193,6 +202,18 @@ def patch(obj, *, frame_attention: bool = True, temporal_attention: bool = True,
         options["compile"] = compile_kwargs or True
     if attention_precision != "auto":
         options["attention_precision"] = attention_precision
+    if frame_parallel is not False and frame_parallel is not None:
+        from .frame_parallel import FrameParallel, resolve_group
+
+        if cuda_graph:
+            raise ValueError("cuda_graph: a captured forward cannot hold frame_parallel's collectives; "
+                             "use one of the two")
+        if compile_kwargs is not None:
+            raise ValueError("compile: the compiled blocks would hold frame_parallel's collectives, which vidgen "
+                             "does not compile; use one of the two")
+        options["frame_parallel"] = FrameParallel(resolve_group(frame_parallel, guidance_parallel), guidance_parallel)
+    elif guidance_parallel:
+        raise ValueError("guidance_parallel: splits the ranks of frame_parallel; pass frame_parallel=True too")
     existing = getattr(obj, _RECORD, None)
     if existing is not None:
         if existing.options == options:
@@ -295,6 +316,11 @@ def _patch_pipeline(pipe: DiffusionPipeline, record: PatchRecord) -> None:
 
         pipe.__dict__["enable_free_noise"] = types.MethodType(enable_free_noise, pipe)
         record.undo.append(lambda: pipe.__dict__.pop("enable_free_noise", None))
+    if record.options.get("frame_parallel") and hasattr(pipe, "decode_latents"):
+        pipe.__dict__["decode_latents"] = record.options["frame_parallel"].decode_latents(pipe.decode_latents)
+        record.undo.append(lambda: pipe.__dict__.pop("decode_latents", None))
+        report.replaced.append(PatchEntry("decode_latents", "frame-parallel VAE decode (each rank its frames, "
+                                                            "one all-gather)"))
     if record.options.get("cuda_graph") and not any("CUDA graphs" in e.what for e in report.replaced):
         report.kept.append(PatchEntry("", "cuda_graph", "no UNet in this pipeline to capture"))
     if "compile" in record.options and not any("torch.compile" in e.what for e in report.replaced):
@@ -335,6 +361,7 @@ def _patch_model(model: nn.Module, record: PatchRecord) -> None:
         record.summary += [role for role in ("frame_attention", "temporal_attention") if options[role]]
         _report_video_unet(model, report)
         _graph_denoiser(model, record)
+        _shard_denoiser(model, record)
         _compile_denoiser(model, record)
         return
     covered: set[int] = set()  # attention modules a motion module entry already accounts for
@@ -348,6 +375,7 @@ def _patch_model(model: nn.Module, record: PatchRecord) -> None:
         _patch_cross_frame_attention(model, record, covered)
     _report_image_attention(model, report, covered)
     _graph_denoiser(model, record)
+    _shard_denoiser(model, record)
     _compile_denoiser(model, record)
     if not report.replaced and not report.kept:
         report.kept.append(PatchEntry("", type(model).__name__, "no motion module, Text2Video-Zero processor or "
@@ -381,6 +409,52 @@ def _compile_denoiser(model: nn.Module, record: PatchRecord) -> None:
     record.undo.append(lambda: uncompile_blocks(blocks))
     record.summary.append("torch.compile")
     record.report.replaced.append(PatchEntry("", f"repeated blocks compiled by torch.compile ({len(blocks)} blocks)"))
+
+
+def _shard_denoiser(model: nn.Module, record: PatchRecord) -> None:
+    """frame_parallel: the denoiser's forward runs on this rank's frames and returns the whole prediction."""
+    parallel = record.options.get("frame_parallel")
+    if not parallel or not _is_denoiser(model):
+        return
+    from diffusers import UNet3DConditionModel, UNetMotionModel
+
+    if isinstance(model, VideoUNet):
+        off = [role for role, on in model.vidgen_ops.items() if not on]
+        if off:  # the reference processors would attend over this rank's frames only
+            raise ValueError(f"frame_parallel: needs the VideoUNet's attn1 and attn_temp on vidgen's processors, "
+                             f"which exchange frames between ranks; {' and '.join(off)}=False")
+    elif isinstance(model, UNet3DConditionModel):
+        _shard_temporal_convolutions(model, record)
+    elif not isinstance(model, UNetMotionModel):
+        raise ValueError(f"frame_parallel: supports AnimateDiff's UNetMotionModel, UNet3DConditionModel and "
+                         f"Tune-A-Video's VideoUNet; {type(model).__name__} is not frame-parallel (its other "
+                         "frame-mixing layers do not communicate)")
+    left = [f"{e.where} ({e.why})" for e in record.report.kept if e.what == "motion module"]
+    if left:
+        raise ValueError("frame_parallel: needs every motion module on vidgen's forward, which exchanges the "
+                         f"frames between ranks; left on diffusers' path: {'; '.join(left)}")
+    previous = model.__dict__.get("forward")
+    model.forward = parallel.denoiser_forward(model, model.forward)
+    record.undo.append(lambda: model.__dict__.update(forward=previous) if previous is not None
+                       else model.__dict__.pop("forward", None))
+    record.summary.append("frame_parallel")
+    record.report.replaced.append(PatchEntry("", f"forward on this rank's frames ({parallel!r})"))
+
+
+def _shard_temporal_convolutions(model: nn.Module, record: PatchRecord) -> None:
+    from diffusers.models.resnet import TemporalConvLayer
+
+    from .frame_parallel import ShardedTemporalConv
+
+    layers = [(path, m) for path, m in model.named_modules() if isinstance(m, TemporalConvLayer)]
+    for path, layer in layers:
+        reason = ShardedTemporalConv.unsupported_reason(layer)
+        if reason is not None:
+            raise ValueError(f"frame_parallel: {path}: {reason}")
+    for path, layer in layers:
+        layer.forward = ShardedTemporalConv(layer)
+        record.undo.append(lambda m=layer: m.__dict__.pop("forward", None))
+        record.report.replaced.append(PatchEntry(path, "temporal convolution with a one-frame halo (frame-parallel)"))
 
 
 def _report_video_unet(model: VideoUNet, report: PatchReport) -> None:

@@ -33,6 +33,7 @@ from diffusers.models.attention_processor import Attention
 from ..ops._fallback import warn_once
 from ..ops.frame_attention import (FRAME_MODES, PRECISIONS, frame_attention, frame_attention_reference,
                                    frame_attention_unsupported_reason, key_frames_for)
+from .frame_parallel import active_shard
 from .layout import head_dim_of, videos_in
 from .temporal import temporal_self_attention
 
@@ -116,6 +117,17 @@ class FrameAttnProcessor:
                              f"{len(self.key_frames)} rows")
         return self.key_frames
 
+    def key_frames_of(self, k: torch.Tensor, v: torch.Tensor, num_frames: int):
+        """What the queries of a call read: a function returning ``(k, v, key_frames)``, the keys and values
+        of this call's own frames and the table into them. A frame-parallel shard's processor
+        (:mod:`vidgen.integration.frame_parallel`) adds frames other processes hold, starting their
+        transfer here and waiting for it in the returned function, after the query projection."""
+        shard = active_shard()
+        if shard is not None:  # frame-parallel: the table is the whole video's, some key frames are elsewhere
+            return shard.keys_for(self._key_frames(shard.num_frames), k, v)
+        key_frames = self._key_frames(num_frames)
+        return lambda: (k, v, key_frames)
+
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None,
                  num_frames: int | None = None) -> torch.Tensor:
@@ -138,18 +150,19 @@ class FrameAttnProcessor:
         if attn.group_norm is not None:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
 
-        query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        key, value = attn.to_k(hidden_states), attn.to_v(hidden_states)
         heads = attn.heads
         head_dim = key.shape[-1] // heads
-        q = query.view(videos, num_frames, tokens, heads, head_dim)   # views, no copies
-        k = key.view(videos, num_frames, tokens, heads, head_dim)
+        k = key.view(videos, num_frames, tokens, heads, head_dim)   # views, no copies
         v = value.view(videos, num_frames, tokens, heads, head_dim)
-        if attn.norm_q is not None:
-            q = attn.norm_q(q)
         if attn.norm_k is not None:
             k = attn.norm_k(k)
+        keys = self.key_frames_of(k, v, num_frames)  # may start a transfer that the query projection overlaps
+        q = attn.to_q(hidden_states).view(videos, num_frames, tokens, heads, head_dim)
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
 
-        key_frames = self._key_frames(num_frames)
+        k, v, key_frames = keys()
         reason = frame_attention_unsupported_reason(head_dim, q.dtype)
         if reason is None:
             out = frame_attention(q, k, v, key_frames, scale=attn.scale, precision=self._precision_for(q))
@@ -241,7 +254,15 @@ class TemporalAttnProcessor:
                  attention_mask=None, temb=None, num_frames: int | None = None) -> torch.Tensor:
         if encoder_hidden_states is not None or attention_mask is not None:
             raise ValueError("temporal attention is self-attention: encoder_hidden_states and attention_mask must be None")
-        return temporal_self_attention(attn, hidden_states, num_frames)
+        shard = active_shard()
+        if shard is None:
+            return temporal_self_attention(attn, hidden_states, num_frames)
+        # frame-parallel: attend over whole columns of frames of this rank's positions, then back
+        positions = hidden_states.shape[1]
+        columns = shard.to_positions(hidden_states)
+        if columns.shape[1]:  # a rank may hold no position of a tiny map
+            columns = temporal_self_attention(attn, columns, shard.num_frames)
+        return shard.to_frames(columns, positions)
 
 
 class ReferenceTemporalAttnProcessor:

@@ -41,7 +41,7 @@ from diffusers.models.unets.unet_3d_condition import UNet3DConditionOutput
 
 from ..ops.frame_attention import FRAME_MODES, frame_attention_unsupported_reason
 from ..ops.temporal_attention import temporal_attention_unsupported_reason
-from .frame_norm import group_norm_over_frames, group_norm_over_frames_reference
+from .frame_norm import group_norm_over_frames, group_norm_over_frames_reference, pools_across_processes
 from .layout import head_dim_of
 from .processors import frame_processor, temporal_processor
 
@@ -81,7 +81,7 @@ class FramePooledGroupNorm(nn.GroupNorm):
 
     def forward(self, x: torch.Tensor, silu: bool = False) -> torch.Tensor:
         frames = self.frames.value
-        if self.fused:
+        if self.fused or pools_across_processes():  # frame-parallel: the statistics span every process
             return group_norm_over_frames(x, self, frames, silu=silu)
         out = super().forward(x) if frames == 1 else group_norm_over_frames_reference(x, self, frames)
         return F.silu(out) if silu else out

@@ -136,8 +136,9 @@ def _listed_rows(table: torch.Tensor, counts: torch.Tensor) -> list[list[int]]:
 # Key tables: validated on the host, prepared once per (content, device) and cached, so repeated
 # calls (every UNet layer, every step) copy nothing to the device and never synchronise.
 # ----------------------------------------------------------------------------------------------
-def _key_rows(key_frames, num_frames: int) -> tuple[tuple[int, ...], ...]:
-    """Validate ``key_frames`` against F; returns it as a tuple of rows (a hashable cache key).
+def _key_rows(key_frames, num_frames: int, key_count: int | None = None) -> tuple[tuple[int, ...], ...]:
+    """Validate ``key_frames``: F = ``num_frames`` rows of indices below ``key_count`` (default F), the
+    frames of k; returns it as a tuple of rows (a hashable cache key).
 
     A list or tuple of rows of plain ints (what every processor passes, in every layer and step) is
     validated once per distinct content: the check costs tens of microseconds, the lookup one."""
@@ -149,17 +150,19 @@ def _key_rows(key_frames, num_frames: int) -> tuple[tuple[int, ...], ...]:
         # type(g) is int: a bool (or a tensor) hashes like an int and must still be refused below.
         if rows is not None and all(type(g) is int for row in rows for g in row):
             if torch.compiler.is_compiling():  # traced once per graph: no cache to consult
-                return _validated_rows(rows, num_frames)
-            return _validated_int_rows(rows, num_frames)
-    return _validated_rows(key_frames, num_frames)
+                return _validated_rows(rows, num_frames, key_count)
+            return _validated_int_rows(rows, num_frames, key_count)
+    return _validated_rows(key_frames, num_frames, key_count)
 
 
 @functools.lru_cache(maxsize=256)
-def _validated_int_rows(rows: tuple[tuple[int, ...], ...], num_frames: int) -> tuple[tuple[int, ...], ...]:
-    return _validated_rows(rows, num_frames)
+def _validated_int_rows(rows: tuple[tuple[int, ...], ...], num_frames: int,
+                        key_count: int | None) -> tuple[tuple[int, ...], ...]:
+    return _validated_rows(rows, num_frames, key_count)
 
 
-def _validated_rows(key_frames, num_frames: int) -> tuple[tuple[int, ...], ...]:
+def _validated_rows(key_frames, num_frames: int, key_count: int | None = None) -> tuple[tuple[int, ...], ...]:
+    key_count = num_frames if key_count is None else key_count
     if isinstance(key_frames, torch.Tensor):
         if key_frames.dtype.is_floating_point or key_frames.dtype.is_complex or key_frames.dtype == torch.bool:
             raise TypeError(f"key_frames: expected an integer tensor, got {key_frames.dtype}")
@@ -186,9 +189,9 @@ def _validated_rows(key_frames, num_frames: int) -> tuple[tuple[int, ...], ...]:
     width = max(len(row) for row in rows)
     rows = [row + row[:1] * (width - len(row)) for row in rows]  # ragged lists: pad with repeats (free)
     for f, row in enumerate(rows):
-        bad = [g for g in row if not 0 <= g < num_frames]
+        bad = [g for g in row if not 0 <= g < key_count]
         if bad:
-            raise ValueError(f"key_frames: row {f} lists frame(s) {bad}, expected indices in [0, {num_frames})")
+            raise ValueError(f"key_frames: row {f} lists frame(s) {bad}, expected indices in [0, {key_count})")
     return tuple(tuple(row) for row in rows)
 
 
@@ -223,9 +226,13 @@ def _check_inputs(q, k, v, scale) -> float:
     if k.shape != v.shape:
         raise ValueError(f"v: expected the shape of k {tuple(k.shape)} (B, F, M, H, D), got {tuple(v.shape)}")
     Bk, Fk, M, Hk, Dk = k.shape
-    if (Bk, Fk, Hk, Dk) != (B, F, H, D):
-        raise ValueError(f"k: expected (B, F, M, H, D) = ({B}, {F}, M, {H}, {D}) to match q (B, F, N, H, D) "
+    if (Bk, Hk, Dk) != (B, H, D) or Fk < F:
+        raise ValueError(f"k: expected (B, Fk, M, H, D) = ({B}, Fk >= {F}, M, {H}, {D}) to match q (B, F, N, H, D) "
                          f"{tuple(q.shape)}, got {tuple(k.shape)}")
+    if Fk != F and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        raise ValueError(f"k: keys of {Fk} frames for queries of {F} is a forward for inference (a frame-parallel "
+                         "shard reading frames other processes hold) and has no backward; call it under "
+                         "torch.no_grad(), or pass keys of the queries' own F frames")
     if (reason := frame_attention_unsupported_reason(D)) is not None:
         raise ValueError(f"q: head dim D={D} is not supported ({reason})")
     if min(B, F, N, H, M) == 0:
@@ -247,9 +254,12 @@ def frame_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_frame
             PyTorch reference.
         k, v: (B, F, M, H, D) keys and values of every frame. Any strides with unit stride on
             D: e.g. a projection output (B*F, N, H*D) viewed as (B, F, N, H, D) is read in place.
+            For inference k and v may hold more frames than q, (B, Fk, M, H, D) with Fk > F: the
+            table then indexes k's frames (a frame-parallel shard whose queries also read frames
+            that other processes computed, :mod:`vidgen.integration.frame_parallel`).
         key_frames: (F, K) table (integer tensor, or list of F non-empty lists, which may be
             ragged): query frame f attends to the union of the tokens of frames
-            ``key_frames[f]``. A frame listed twice counts once, in the result and in the cost.
+            ``key_frames[f]`` (indices into k's frames). A frame listed twice counts once, in the result and in the cost.
             Lists and CPU tensors are validated on the host and cached on the device; a CUDA
             tensor costs one host synchronisation.
         scale: score scale, ``D ** -0.5`` by default.
@@ -272,7 +282,7 @@ def frame_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_frame
     _checks.choice("precision", precision, PRECISIONS)
     if precision == "fp8":
         _check_fp8(q, k, v)
-    rows = _key_rows(key_frames, q.shape[1])
+    rows = _key_rows(key_frames, q.shape[1], k.shape[1])
     tables = _prepared_table(rows, q.device)
     if precision == "fp8":
         if _backend.direct_call_ok(q, k, v):
