@@ -47,10 +47,16 @@ def statistics_summed_across(sum_in_place: Callable[[torch.Tensor], None] | None
         _SUM_ACROSS.reset(token)
 
 
+def _sum_across() -> Callable[[torch.Tensor], None] | None:
+    """The active sum, or None. torch.compile cannot trace a ContextVar read (a graph break in every
+    block): compiled code holds whole videos (``vidgen.patch`` refuses compile with frame_parallel)."""
+    return None if torch.compiler.is_compiling() else _SUM_ACROSS.get()
+
+
 def pools_across_processes() -> bool:
     """Whether GroupNorms over frames pool with other processes here (a video's frames may be here as
     few as one: the statistics still span the whole video)."""
-    return _SUM_ACROSS.get() is not None
+    return _sum_across() is not None
 
 
 def group_norm_over_frames(x: torch.Tensor, norm: nn.GroupNorm, num_frames: int, *, silu: bool = False) -> torch.Tensor:
@@ -62,7 +68,7 @@ def group_norm_over_frames(x: torch.Tensor, norm: nn.GroupNorm, num_frames: int,
     :func:`statistics_summed_across` the statistics also pool over the frames (or positions) other
     processes hold (sampling: the op's two passes with the sums added up between them).
     """
-    sum_across = _SUM_ACROSS.get()
+    sum_across = _sum_across()
     if sum_across is None:
         return frame_group_norm(x, num_frames, norm.num_groups, norm.weight, norm.bias, norm.eps, silu=silu)
     return _pooled_group_norm(x, norm, num_frames, sum_across, silu)

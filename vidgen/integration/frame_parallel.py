@@ -242,8 +242,10 @@ _ACTIVE: contextvars.ContextVar[_Shard | None] = contextvars.ContextVar("vidgen_
 
 
 def active_shard() -> _Shard | None:
-    """The frame shard of the denoiser call in progress on this rank, or None (whole videos)."""
-    return _ACTIVE.get()
+    """The frame shard of the denoiser call in progress on this rank, or None (whole videos). None
+    inside torch.compile, which cannot trace the ContextVar read (``vidgen.patch`` refuses compile
+    with frame_parallel)."""
+    return None if torch.compiler.is_compiling() else _ACTIVE.get()
 
 
 @contextlib.contextmanager
