@@ -19,7 +19,8 @@ def source_video(path, frames=3, size=40):
     return write_video(str(path), video)
 
 
-@pytest.mark.parametrize("out_name,backend", [("clip.gif", "auto"), ("clip.mp4", "torch")])
+@pytest.mark.parametrize("out_name,backend", [pytest.param("clip.gif", "auto", marks=pytest.mark.slow),  # minutes
+                                               ("clip.mp4", "torch")])
 def test_sample_with_the_builtin_model_writes_a_video(tmp_path, capsys, out_name, backend):
     """The gif run goes through vidgen's Triton kernels (interpreter), the mp4 run through the reference."""
     out = tmp_path / out_name

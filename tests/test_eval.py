@@ -87,12 +87,16 @@ def test_cli_explains_a_missing_clip_folder(tmp_path):
     assert proc.returncode == 2 and "local CLIP model folder" in proc.stderr
 
 
-def test_parity_on_the_tiny_models_is_above_60_db(clip_dir, tmp_path):
-    """Same prompt and seed, default modules vs vidgen (Triton kernels through the interpreter), fp32."""
+@pytest.mark.parametrize("backend", ["torch", pytest.param("auto", marks=pytest.mark.slow)])
+def test_parity_on_the_tiny_models_is_above_60_db(clip_dir, tmp_path, backend):
+    """Same prompt and seed, default modules vs vidgen, fp32: vidgen's patched modules on the ops' references,
+    and (slow: minutes on 2 cores) on the Triton kernels through the interpreter."""
     from vidgen import default_model
+    from vidgen.ops import use_backend
     from vidgen.parity import parity_report, psnr_per_frame
 
-    rows = parity_report(default_model.ensure("tiny"), frames=3, steps=2, clip_dir=clip_dir)
+    with use_backend(backend):
+        rows = parity_report(default_model.ensure("tiny"), frames=3, steps=2, clip_dir=clip_dir, rounds=1)
     assert [r["kind"] for r in rows] == ["tune-a-video", "animatediff", "text2video-zero"]
     for row in rows:
         assert len(row["psnr_per_frame"]) == 3 and row["min_psnr"] > 60, row

@@ -197,7 +197,7 @@ def test_one_rank_group_is_the_single_process_result_and_unpatch_restores(sd_dir
 # ----------------------------------------------------------------------------------------------
 # vidgen sample --frame-parallel: refused by flag (exit 2) before any model loads
 # ----------------------------------------------------------------------------------------------
-ANIMATEDIFF = ["sample", "--motion-adapter", "adapter", "--frames", "4"]
+ANIMATEDIFF = ["sample", "--arch", "tiny", "--motion-adapter", "adapter", "--frames", "4"]
 CLI_CASES = [
     ({}, ANIMATEDIFF + ["--frame-parallel"], "--frame-parallel: needs a launcher that starts one process per rank"),
     ({"WORLD_SIZE": "8", "RANK": "0"}, ANIMATEDIFF + ["--frame-parallel"],
