@@ -10,7 +10,9 @@ Cases, on the SD1.5-size random model (``vidgen.default_model``), fp16,
   step): diffusers' default modules against ``vidgen.patch(pipe)``;
 * ``tune-a-video``: Tune-A-Video, 8 frames, CFG 12.5: the reference formulation (gathered K/V on
   SDPA, permute copies: ``VideoUNet.use_vidgen_ops(False, False)``) against vidgen's kernels,
-  both through ``vidgen.sampling`` as ``benchmarks/bench_e2e.py`` runs them.
+  both through ``vidgen.sampling`` as ``benchmarks/bench_e2e.py`` runs them;
+* ``animatediff-free-noise``: AnimateDiff with FreeNoise (windows of 16 frames, stride 4) making
+  64 frames: diffusers' FreeNoise blocks against vidgen's fused motion module.
 
 A step is the time from one UNet call to the next: the UNet, the guidance arithmetic, the
 scheduler step and the preparation of the next input, as the sampling loop runs them. For each
@@ -48,7 +50,7 @@ import torch
 from benchmarks import harness
 from benchmarks.step_roles import GAP, ROLES, RoleScopes, kernel_role, parse_scope, scope_role
 
-CASES = ("animatediff", "tune-a-video")
+CASES = ("animatediff", "tune-a-video", "animatediff-free-noise")
 SIDES = ("default", "vidgen")
 PROMPT = "a red horse runs in the sky"
 
@@ -62,10 +64,11 @@ class Shape:
     size: int
     animatediff_frames: int
     tuneavideo_frames: int
+    free_noise: tuple[int, int, int] = (64, 16, 4)  # AnimateDiff+FreeNoise: frames, context length, stride
 
 
 FULL = Shape("sd15", torch.float16, 512, 16, 8)
-TINY = Shape("tiny", torch.float32, 64, 4, 4)
+TINY = Shape("tiny", torch.float32, 64, 4, 4, free_noise=(6, 4, 2))
 
 
 @dataclass
@@ -81,15 +84,20 @@ class Case:
     models: list[torch.nn.Module]
 
 
-def animatediff_case(model_dir: str, shape: Shape, device: torch.device) -> Case:
+def animatediff_case(model_dir: str, shape: Shape, device: torch.device, free_noise: bool = False) -> Case:
+    """AnimateDiff, or with ``free_noise`` AnimateDiff+FreeNoise (enabled before patching, ``shape.free_noise``)."""
     import vidgen
     from vidgen.default_model import animatediff_pipeline
 
     pipe = animatediff_pipeline(model_dir, shape.dtype).to(device)
     pipe.set_progress_bar_config(disable=True)
+    frames = shape.animatediff_frames
+    if free_noise:
+        frames, context_length, context_stride = shape.free_noise
+        pipe.enable_free_noise(context_length=context_length, context_stride=context_stride)
 
     def run(steps: int) -> torch.Tensor:
-        return pipe(PROMPT, num_frames=shape.animatediff_frames, height=shape.size, width=shape.size,
+        return pipe(PROMPT, num_frames=frames, height=shape.size, width=shape.size,
                     num_inference_steps=steps, guidance_scale=7.5, output_type="latent",
                     generator=torch.Generator(device).manual_seed(0)).frames
 
@@ -100,7 +108,7 @@ def animatediff_case(model_dir: str, shape: Shape, device: torch.device) -> Case
             vidgen.unpatch(pipe)
 
     # pipe.unet is read at each use: patching keeps the module and changes its parts in place
-    return Case("animatediff", shape.animatediff_frames, run, use, pipe.unet, [pipe.unet])
+    return Case("animatediff-free-noise" if free_noise else "animatediff", frames, run, use, pipe.unet, [pipe.unet])
 
 
 def tuneavideo_case(model_dir: str, shape: Shape, device: torch.device) -> Case:
@@ -118,7 +126,8 @@ def tuneavideo_case(model_dir: str, shape: Shape, device: torch.device) -> Case:
     return Case("tune-a-video", shape.tuneavideo_frames, run, use, model.unet, [model.unet])
 
 
-BUILDERS = {"animatediff": animatediff_case, "tune-a-video": tuneavideo_case}
+BUILDERS = {"animatediff": animatediff_case, "tune-a-video": tuneavideo_case,
+            "animatediff-free-noise": lambda *args: animatediff_case(*args, free_noise=True)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -365,7 +374,7 @@ def main(argv=None) -> int:
                 events, profiled_ms = profile_one_step(case, device)
                 breakdown = attribute(events, device.type)
                 rows += rows_of(name, side, case.frames, shape, wall_ms, profiled_ms, breakdown, args.top)
-                print(f"{name:<13} {side:<8} F={case.frames:<3} step {wall_ms or profiled_ms:9.2f} ms, kernels "
+                print(f"{name:<22} {side:<8} F={case.frames:<3} step {wall_ms or profiled_ms:9.2f} ms, kernels "
                       f"{breakdown.total_us / 1e3:9.2f} ms, under the profiler {profiled_ms:9.2f} ms")
             case.use("default")
             del case
@@ -378,7 +387,7 @@ def main(argv=None) -> int:
                                    f"{shape.arch}, {str(shape.dtype)[6:]}, {shape.size}px)")
     for row in rows:
         if row["kind"] == "role":
-            print(f"  {row['case']:<13} {row['side']:<8} {row['role']:<24} {row['ms']:9.2f} ms "
+            print(f"  {row['case']:<22} {row['side']:<8} {row['role']:<24} {row['ms']:9.2f} ms "
                   f"{100 * row['share']:5.1f}%")
     print(f"results: {stem}.csv/.json/.png")
     return 0

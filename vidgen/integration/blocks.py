@@ -27,10 +27,12 @@ from ..ops.temporal_attention import temporal_attention_unsupported_reason
 from .layout import head_dim_of
 from .temporal import attend_over_frames
 
-__all__ = ["Modulation", "block_over_frames", "block_unsupported_reason", "feed_forward",
+__all__ = ["REPRODUCED_PROCESSORS", "Modulation", "block_over_frames", "block_unsupported_reason", "feed_forward",
            "self_attentions_over_frames"]
 
 NORM_TYPES = ("layer_norm", "ada_norm_single")
+# diffusers' default attention processors: the math the blocks here reproduce (any other processor's is its own)
+REPRODUCED_PROCESSORS = ("AttnProcessor2_0", "AttnProcessor")
 
 
 def _block_types() -> tuple[type, ...]:

@@ -21,12 +21,10 @@ from torch import nn
 
 from ..ops._fallback import warn_once
 from ..ops.temporal_attention import temporal_attention_unsupported_reason
-from .blocks import Modulation, block_over_frames, block_unsupported_reason
+from .blocks import REPRODUCED_PROCESSORS, Modulation, block_over_frames, block_unsupported_reason
 from .layout import head_dim_of
 
 __all__ = ["FusedLatteForward", "latte_unsupported_reason", "patch_latte", "unpatch_latte"]
-
-_DEFAULT_PROCESSORS = ("AttnProcessor2_0", "AttnProcessor")  # the ones whose math attend_over_frames reproduces
 
 
 def _latte_type() -> type:
@@ -99,7 +97,7 @@ class FusedLatteForward:
                 warn_once(owner, "a hook (a cache, offloading) replaced a temporal block's forward", "diffusers' forward")
                 return False
             name = type(attn.processor).__name__
-            if name not in _DEFAULT_PROCESSORS:
+            if name not in REPRODUCED_PROCESSORS:
                 warn_once(owner, f"its temporal attention processor is {name}, which the fused forward does not "
                                  "reproduce", "diffusers' forward")
                 return False

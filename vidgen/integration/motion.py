@@ -24,7 +24,7 @@ from torch import nn
 
 from ..ops._fallback import warn_once
 from ..ops.temporal_attention import temporal_attention_unsupported_reason
-from .blocks import block_unsupported_reason
+from .blocks import REPRODUCED_PROCESSORS, block_unsupported_reason
 from .frame_norm import group_norm_over_frames
 from .free_noise import diffusers_fails_on, is_free_noise_block, run_block, split_size_of, split_unsupported_reason, unwrap_split
 from .layout import head_dim_of, videos_in
@@ -35,7 +35,6 @@ __all__ = ["FusedMotionForward", "motion_module_unsupported_reason", "patch_moti
 # ----------------------------------------------------------------------------------------------
 # AnimateDiff motion modules
 # ----------------------------------------------------------------------------------------------
-_DEFAULT_PROCESSORS = ("AttnProcessor2_0", "AttnProcessor")  # the ones whose math we reproduce
 # PAG's identity processors (diffusers' perturbed-attention guidance): the batch is split in equal
 # chunks, [cond, perturbed] or with CFG [uncond, cond, perturbed]; the last chunk's attention is
 # the identity and the others' is the default processor's.
@@ -199,7 +198,7 @@ class FusedMotionForward:
                     warn_once(owner, f"{name} splits a batch of {videos} videos into {parts} "
                               + ("parts inside split inference" if split else "unequal parts"), "diffusers' forward")
                     return False
-                if not parts and name not in _DEFAULT_PROCESSORS:
+                if not parts and name not in REPRODUCED_PROCESSORS:
                     # e.g. xformers, fused QKV projections, a user's processor: their math is theirs
                     warn_once(owner, f"its attention processor is {name}, "
                               "which the fused forward does not reproduce", "diffusers' forward")
