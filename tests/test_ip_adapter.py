@@ -11,11 +11,11 @@ import torch
 from diffusers.models.attention_processor import IPAdapterAttnProcessor
 from diffusers.models.embeddings import ImageProjection
 from PIL import Image
+from test_free_noise import close, op_calls  # noqa: F401  (a fixture)
 from test_patching import FRAMES, _animatediff_pipeline, sd_dir  # noqa: F401
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
 import vidgen
-from vidgen.integration import temporal
 
 
 def ip_adapter_state_dict(unet) -> dict:
@@ -70,14 +70,7 @@ def generate(pipe, *, image=True, guidance=3.0):
                 output_type="latent").frames
 
 
-def close(actual, expected, tol=1e-4):
-    torch.testing.assert_close(actual, expected, rtol=0, atol=tol * expected.abs().max().item())
-
-
-def test_ip_adapter_loaded_scaled_and_unloaded_after_patching(sd_dir, ip_adapter_dir, monkeypatch):
-    calls = []
-    real = temporal.temporal_attention
-    monkeypatch.setattr(temporal, "temporal_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
+def test_ip_adapter_loaded_scaled_and_unloaded_after_patching(sd_dir, ip_adapter_dir, op_calls):
     pipe = _animatediff_pipeline(sd_dir)
     plain = generate(pipe, image=False)
     load(pipe, ip_adapter_dir)
@@ -98,7 +91,7 @@ def test_ip_adapter_loaded_scaled_and_unloaded_after_patching(sd_dir, ip_adapter
         assert any("IP-Adapter" in e.what for e in report.kept if e.where.endswith("attn2"))
         assert not [e for e in report.kept if "motion" in e.what]
         close(generate(pipe), reference)
-        assert calls  # the motion modules ran on vidgen's op
+        assert op_calls  # the motion modules ran on vidgen's op
         pipe.unload_ip_adapter()
         assert vidgen.is_patched(pipe)
         assert not any("IP-Adapter" in e.what for e in vidgen.patch_report(pipe).kept)

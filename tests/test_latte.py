@@ -12,22 +12,10 @@ import pytest
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, LattePipeline, LatteTransformer3DModel
 from diffusers.models.attention_processor import AttnProcessor2_0
+from test_free_noise import close, op_calls  # noqa: F401  (a fixture)
 
 import vidgen
-from vidgen.integration import temporal
 from vidgen.integration.latte import FusedLatteForward, latte_unsupported_reason
-
-
-def close(actual, expected, tol=1e-4):
-    torch.testing.assert_close(actual, expected, rtol=0, atol=tol * expected.abs().max().item())
-
-
-@pytest.fixture
-def op_calls(monkeypatch):
-    calls = []
-    real = temporal.temporal_attention
-    monkeypatch.setattr(temporal, "temporal_attention", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))
-    return calls
 
 
 def tiny_latte(frames: int, num_layers: int = 1, heads: int = 3, head_dim: int = 8) -> LatteTransformer3DModel:

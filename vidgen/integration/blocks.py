@@ -27,8 +27,8 @@ from ..ops.temporal_attention import temporal_attention_unsupported_reason
 from .layout import head_dim_of
 from .temporal import attend_over_frames
 
-__all__ = ["REPRODUCED_PROCESSORS", "Modulation", "block_over_frames", "block_unsupported_reason", "feed_forward",
-           "self_attentions_over_frames"]
+__all__ = ["REPRODUCED_PROCESSORS", "Modulation", "attention_call_reason", "block_over_frames", "block_unsupported_reason",
+           "feed_forward", "self_attentions_over_frames"]
 
 NORM_TYPES = ("layer_norm", "ada_norm_single")
 # diffusers' default attention processors: the math the blocks here reproduce (any other processor's is its own)
@@ -71,6 +71,20 @@ def block_unsupported_reason(block: nn.Module, where: str = "block") -> str | No
         if reason is not None:
             return f"{where}.{name}: {reason}"
     return None
+
+
+def attention_call_reason(attn: nn.Module, dtype: torch.dtype, also_reproduced: tuple[str, ...] = ()) -> str | None:
+    """Why a call of a block's attention ``attn`` on ``dtype`` activations must run diffusers' forward
+    instead (asked at each call: processors and hooks may change after patching), or None: a hook
+    replaced its forward (only calling the module runs the hook), its processor is one whose math
+    is not reproduced here (xformers, fused QKV projections, a user's; ``also_reproduced`` names
+    more that the caller computes), or the temporal kernel does not take the head dim or dtype."""
+    if "forward" in attn.__dict__:
+        return "a hook (a cache, offloading) replaced an attention module's forward"
+    name = type(attn.processor).__name__
+    if name not in REPRODUCED_PROCESSORS + also_reproduced:
+        return f"its attention processor is {name}, which the fused forward does not reproduce"
+    return temporal_attention_unsupported_reason(head_dim_of(attn), dtype)
 
 
 class Modulation(NamedTuple):

@@ -20,9 +20,8 @@ import torch
 from torch import nn
 
 from ..ops._fallback import warn_once
-from ..ops.temporal_attention import temporal_attention_unsupported_reason
-from .blocks import REPRODUCED_PROCESSORS, Modulation, block_over_frames, block_unsupported_reason
-from .layout import head_dim_of
+from .blocks import Modulation, attention_call_reason, block_over_frames, block_unsupported_reason
+from .forwards import InstanceForward, install_forward, restore_forward
 
 __all__ = ["FusedLatteForward", "latte_unsupported_reason", "patch_latte", "unpatch_latte"]
 
@@ -50,7 +49,7 @@ def latte_unsupported_reason(model: nn.Module) -> str | None:
     return None
 
 
-class FusedLatteForward:
+class FusedLatteForward(InstanceForward):
     """``LatteTransformer3DModel.forward`` without the (b f) n c <-> (b n) f c copies around its
     temporal blocks (see the module docstring); same signature, same outputs.
 
@@ -65,17 +64,8 @@ class FusedLatteForward:
     Install with :func:`patch_latte`; this object becomes the instance's ``forward``.
     """
 
-    def __init__(self, model: nn.Module):
-        self.model = model
-        self.original_forward = model.__dict__.get("forward")
-
-    def unfused(self, *args, **kwargs):
-        if self.original_forward is not None:
-            return self.original_forward(*args, **kwargs)
-        return type(self.model).forward(self.model, *args, **kwargs)
-
     def _fusable_call(self, hidden_states, enable_temporal_attentions: bool) -> bool:
-        m = self.model
+        m = self.module
         owner = type(m).__name__
         if not enable_temporal_attentions or not isinstance(hidden_states, torch.Tensor) or hidden_states.dim() != 5:
             return False
@@ -92,16 +82,8 @@ class FusedLatteForward:
             if reason is not None:
                 warn_once(owner, reason, "diffusers' forward")
                 return False
-            attn = block.attn1
-            if "forward" in attn.__dict__ or "forward" in block.__dict__:
-                warn_once(owner, "a hook (a cache, offloading) replaced a temporal block's forward", "diffusers' forward")
-                return False
-            name = type(attn.processor).__name__
-            if name not in REPRODUCED_PROCESSORS:
-                warn_once(owner, f"its temporal attention processor is {name}, which the fused forward does not "
-                                 "reproduce", "diffusers' forward")
-                return False
-            reason = temporal_attention_unsupported_reason(head_dim_of(attn), hidden_states.dtype)
+            reason = ("a hook (a cache, offloading) replaced a temporal block's forward" if "forward" in block.__dict__
+                      else attention_call_reason(block.attn1, hidden_states.dtype))
             if reason is not None:
                 warn_once(owner, reason, "diffusers' forward")
                 return False
@@ -114,7 +96,7 @@ class FusedLatteForward:
             return self.unfused(hidden_states, timestep=timestep, encoder_hidden_states=encoder_hidden_states,
                                 encoder_attention_mask=encoder_attention_mask,
                                 enable_temporal_attentions=enable_temporal_attentions, return_dict=return_dict)
-        m = self.model
+        m = self.module
         patch = m.config.patch_size
         videos, channels, frames, height, width = hidden_states.shape
         # the latents' frames folded into the batch, as the patch embedding (a 2-D convolution) takes them
@@ -156,22 +138,9 @@ def patch_latte(model: nn.Module) -> nn.Module:
     ``TypeError`` for another kind of model and ``ValueError`` naming the part for one the fused
     forward does not reproduce (:func:`latte_unsupported_reason`).
     """
-    if isinstance(model.__dict__.get("forward"), FusedLatteForward):
-        return model
-    reason = latte_unsupported_reason(model)
-    if reason is not None:
-        if not isinstance(model, _latte_type()):
-            raise TypeError(f"model: {reason}")
-        raise ValueError(reason)
-    model.forward = FusedLatteForward(model)
-    return model
+    return install_forward(model, FusedLatteForward, latte_unsupported_reason(model), (_latte_type(),), "model")
 
 
 def unpatch_latte(model: nn.Module) -> nn.Module:
     """Restore the forward the model had before :func:`patch_latte` (no-op if unpatched)."""
-    fused = model.__dict__.get("forward")
-    if isinstance(fused, FusedLatteForward):
-        del model.forward
-        if fused.original_forward is not None:
-            model.forward = fused.original_forward
-    return model
+    return restore_forward(model, FusedLatteForward)

@@ -23,11 +23,11 @@ import torch
 from torch import nn
 
 from ..ops._fallback import warn_once
-from ..ops.temporal_attention import temporal_attention_unsupported_reason
-from .blocks import REPRODUCED_PROCESSORS, block_unsupported_reason
+from .blocks import attention_call_reason, block_unsupported_reason
+from .forwards import InstanceForward, install_forward, restore_forward
 from .frame_norm import group_norm_over_frames
 from .free_noise import diffusers_fails_on, is_free_noise_block, run_block, split_size_of, split_unsupported_reason, unwrap_split
-from .layout import head_dim_of, videos_in
+from .layout import videos_in
 
 __all__ = ["FusedMotionForward", "motion_module_unsupported_reason", "patch_motion_module", "unpatch_motion_module"]
 
@@ -120,7 +120,7 @@ def _project_out_residual(proj: nn.Module, tokens: torch.Tensor, residual: torch
     return out if proj.bias is None else out + proj.bias.view(-1, 1)
 
 
-class FusedMotionForward:
+class FusedMotionForward(InstanceForward):
     """The forward of an AnimateDiff motion module without the (B*h*w, F, C) permuted copies.
 
     Computes exactly what ``AnimateDiffTransformer3D.forward`` / ``TransformerTemporalModel.forward``
@@ -146,16 +146,10 @@ class FusedMotionForward:
     """
 
     def __init__(self, module: nn.Module):
-        self.module = module
-        self.original_forward = module.__dict__.get("forward")  # an instance-level forward, if any
+        super().__init__(module)
         self.returns_output_class = isinstance(module, _motion_module_types()[1])  # TransformerTemporalModel
         self._checked_parts: tuple[nn.Module, ...] = (module.proj_in, module.proj_out, *module.transformer_blocks)
         self._structure: str | None = None  # patch_motion_module checked these parts
-
-    def unfused(self, *args, **kwargs):
-        if self.original_forward is not None:
-            return self.original_forward(*args, **kwargs)
-        return type(self.module).forward(self.module, *args, **kwargs)
 
     def _structure_reason(self) -> str | None:
         """:func:`motion_module_unsupported_reason` of the module as it stands now, asked again only
@@ -186,24 +180,14 @@ class FusedMotionForward:
             for attn in (block.attn1, block.attn2):
                 if attn is None:
                     continue
-                name = type(attn.processor).__name__
-                if "forward" in attn.__dict__:
-                    # a diffusers hook (a cache, offloading) replaced its forward: only calling it runs the hook
-                    warn_once(owner, "a hook replaced an attention module's forward", "diffusers' forward")
-                    return False
                 parts = _pag_parts(attn.processor)
                 if parts and (videos % parts or split):
                     # diffusers' chunks would then cut through a video (under split inference they
                     # split groups of positions): only its own forward does that
-                    warn_once(owner, f"{name} splits a batch of {videos} videos into {parts} "
+                    warn_once(owner, f"{type(attn.processor).__name__} splits a batch of {videos} videos into {parts} "
                               + ("parts inside split inference" if split else "unequal parts"), "diffusers' forward")
                     return False
-                if not parts and name not in REPRODUCED_PROCESSORS:
-                    # e.g. xformers, fused QKV projections, a user's processor: their math is theirs
-                    warn_once(owner, f"its attention processor is {name}, "
-                              "which the fused forward does not reproduce", "diffusers' forward")
-                    return False
-                reason = temporal_attention_unsupported_reason(head_dim_of(attn), hidden_states.dtype)
+                reason = attention_call_reason(attn, hidden_states.dtype, tuple(_PAG_PROCESSORS))
                 if reason is not None:
                     warn_once(owner, reason, "diffusers' forward")
                     return False
@@ -248,22 +232,9 @@ def patch_motion_module(module: nn.Module) -> nn.Module:
     is no motion module and ``ValueError`` naming the part for one whose structure or head dims
     the fused forward does not reproduce (:func:`motion_module_unsupported_reason`).
     """
-    if isinstance(module.__dict__.get("forward"), FusedMotionForward):
-        return module
-    reason = motion_module_unsupported_reason(module)
-    if reason is not None:
-        if not isinstance(module, _motion_module_types()):
-            raise TypeError(f"module: {reason}")
-        raise ValueError(reason)  # names the part
-    module.forward = FusedMotionForward(module)
-    return module
+    return install_forward(module, FusedMotionForward, motion_module_unsupported_reason(module), _motion_module_types())
 
 
 def unpatch_motion_module(module: nn.Module) -> nn.Module:
     """Restore the forward the module had before :func:`patch_motion_module` (no-op if unpatched)."""
-    fused = module.__dict__.get("forward")
-    if isinstance(fused, FusedMotionForward):
-        del module.forward
-        if fused.original_forward is not None:
-            module.forward = fused.original_forward
-    return module
+    return restore_forward(module, FusedMotionForward)
