@@ -144,6 +144,20 @@ def test_free_noise_calls_diffusers_fails_on_stay_diffusers(sd_dir):
     vidgen.unpatch(pipe)
 
 
+def test_a_split_vidgen_does_not_serve_stays_diffusers_with_a_reason(sd_dir):
+    # a SplitInferenceModule splitting frames (not positions) changes what the block computes: that
+    # motion module stays on diffusers' path, the report says why, and the call runs.
+    pipe = _animatediff_pipeline(sd_dir)
+    module = pipe.unet.down_blocks[0].motion_modules[0]
+    module.transformer_blocks[0] = SplitInferenceModule(module.transformer_blocks[0], 2, 1, ["hidden_states"])
+    reference = generate(pipe, 3, guidance=1.0, steps=1)[0]
+    vidgen.patch(pipe)
+    kept = [e for e in vidgen.patch_report(pipe).kept if e.where == "unet.down_blocks.0.motion_modules.0"]
+    assert kept and "splitting dim 1" in kept[0].why
+    close(generate(pipe, 3, guidance=1.0, steps=1)[0], reference, tol=2e-4)
+    vidgen.unpatch(pipe)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["torch", "auto"])
 @pytest.mark.parametrize("frames, length, stride, scheme, videos, guidance", [
