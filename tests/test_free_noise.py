@@ -101,6 +101,23 @@ def test_free_noise_enabled_after_patching_runs_fused(sd_dir, op_calls):
     assert "enable_free_noise" not in pipe.__dict__ and torch.equal(generate(pipe, 5, guidance=1.0)[0], plain)
 
 
+def test_blocks_swapped_under_a_patched_unet_are_noticed_at_call_time(sd_dir, op_calls):
+    # only the UNet is patched (no pipeline method re-patches): the fused forward sees the new
+    # FreeNoise blocks and split wrappers when it is called.
+    pipe = _animatediff_pipeline(sd_dir)
+    pipe.enable_free_noise(context_length=2, context_stride=1, weighting_scheme="pyramid")
+    pipe.enable_free_noise_split_inference(spatial_split_size=16, temporal_split_size=2)
+    reference = generate(pipe, 3, steps=1)[0]
+    pipe = _animatediff_pipeline(sd_dir)
+    with vidgen.ops.use_backend("torch"):
+        vidgen.patch(pipe.unet)
+        pipe.enable_free_noise(context_length=2, context_stride=1, weighting_scheme="pyramid")
+        pipe.enable_free_noise_split_inference(spatial_split_size=16, temporal_split_size=2)
+        close(generate(pipe, 3, steps=1)[0], reference)
+    assert op_calls and {s[1] for s in op_calls} == {2}
+    vidgen.unpatch(pipe.unet)
+
+
 def test_free_noise_split_inference_matches(sd_dir, op_calls):
     # SplitInferenceModule wraps the motion modules' blocks and projections (and the spatial
     # parts): the fused forward runs each wrapped block on bands of spatial positions.
