@@ -15,6 +15,7 @@ def test_full_run_is_the_issue_s_configuration():
     assert full.cases == bench_e2e.CASES
     assert (full.arch, full.dtype, full.size, full.device) == ("sd15", torch.float16, 512, "cuda")
     assert (full.animatediff_frames, full.tuneavideo_frames, full.adapter_frames) == (16, (8, 24), 8)
+    assert full.free_noise == (64, 16, 4)  # AnimateDiff+FreeNoise: 64 frames in windows of 16, stride 4
     assert (full.animatediff_steps, full.tuneavideo_steps) == (25, 50)
     assert full.compile and full.repeats == 2 and full.write
 
