@@ -35,7 +35,9 @@ def svd_scheduler(**overrides) -> EulerDiscreteScheduler:
     return EulerDiscreteScheduler(**{**config, **overrides})
 
 
-def tiny_svd_pipeline() -> StableVideoDiffusionPipeline:
+def tiny_svd_pipeline(clip_size: int = 32, patch_size: int = 1) -> StableVideoDiffusionPipeline:
+    """diffusers' test components. A PIL image reaches the image encoder at 224x224 (the pipeline
+    resizes it, as for the real CLIP): ``clip_size=224, patch_size=14`` builds one that takes it."""
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
     torch.manual_seed(0)
@@ -43,10 +45,10 @@ def tiny_svd_pipeline() -> StableVideoDiffusionPipeline:
                                        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"], latent_channels=4)
     torch.manual_seed(0)
     encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
-        hidden_size=32, projection_dim=32, num_hidden_layers=5, num_attention_heads=4, image_size=32,
-        intermediate_size=37, patch_size=1))
+        hidden_size=32, projection_dim=32, num_hidden_layers=5, num_attention_heads=4, image_size=clip_size,
+        intermediate_size=37, patch_size=patch_size))
     return StableVideoDiffusionPipeline(unet=tiny_svd_unet(), image_encoder=encoder, scheduler=svd_scheduler(), vae=vae,
-                                        feature_extractor=CLIPImageProcessor(crop_size=32, size=32))
+                                        feature_extractor=CLIPImageProcessor(crop_size=clip_size, size=clip_size))
 
 
 @pytest.fixture(scope="module")
@@ -258,3 +260,23 @@ def test_pipeline_patch_matches_on_frames_and_latents(svd_dir, temporal_calls, f
     vidgen.unpatch(pipe)
     assert type(pipe.scheduler) is EulerDiscreteScheduler
     assert torch.equal(run_pipeline(pipe, frames, image, **guidance)[0], expected)
+
+
+# ---- the command line ----------------------------------------------------------------------------
+def test_sample_animates_an_image_with_a_stable_video_diffusion_folder(tmp_path, capsys, monkeypatch):
+    import imageio.v3 as iio
+
+    from vidgen import cli
+
+    monkeypatch.setenv("VIDGEN_BACKEND", "torch")  # the plumbing; the kernels are tested above
+    svd_dir = tmp_path / "svd"
+    tiny_svd_pipeline(clip_size=224, patch_size=14).save_pretrained(svd_dir)
+
+    image = tmp_path / "frame.png"
+    iio.imwrite(image, (torch.rand(32, 32, 3, generator=torch.Generator().manual_seed(0)) * 255).byte().numpy())
+    out = tmp_path / "video.gif"
+    status = cli.main(["sample", "--model", str(svd_dir), "--image", str(image), "--frames", "2", "--steps", "1",
+                       "--height", "32", "--width", "32", "--out", str(out), "--quiet"])
+    assert status == 0, capsys.readouterr().err
+    assert f"wrote {out}" in capsys.readouterr().out
+    assert iio.imread(out).shape[:3] == (2, 32, 32)

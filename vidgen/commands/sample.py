@@ -1,4 +1,7 @@
-"""``vidgen sample``: text-to-video with a Tune-A-Video/LAMP model, AnimateDiff, or Video Adapter.
+"""``vidgen sample``: text-to-video with a Tune-A-Video/LAMP model, AnimateDiff, or Video Adapter; image-to-video with Stable Video Diffusion.
+
+``--image IMG --model SVD_FOLDER`` animates an image with a Stable Video Diffusion folder (told
+apart by its model_index.json); the image is read before any model loads.
 
 With no ``--model``, the built-in random-weight default model (``--arch tiny``, or ``sd15`` for
 the full SD1.5 architecture) runs the whole path, and ``--compare`` (on by default then) also
@@ -19,10 +22,12 @@ from .. import _timing
 from ..video_io import frames_to_tensor, write_video
 from . import _args, _prompts
 from ._args import UsageError
-from ._models import (add_model_arguments, check_model_arguments, check_steps, load_animatediff, load_video_models,
-                      resolve_dtype, resolve_model_dir)
+from ._models import (add_model_arguments, check_model_arguments, check_steps, is_svd_folder, load_animatediff,
+                      load_svd, load_video_models, resolve_dtype, resolve_model_dir)
 
 DEFAULT_FRAMES = 8
+DEFAULT_GUIDANCE = 12.5
+SVD_MAX_GUIDANCE = 3.0  # the Stable Video Diffusion pipeline's own max_guidance_scale
 
 
 # ----------------------------------------------------------------------------------------------
@@ -177,6 +182,32 @@ def _sample_animatediff(args, model_dir: str, device: torch.device, dtype: torch
     return _timed_pair(run(True), run(False), "diffusers", args.rounds)
 
 
+def _sample_svd(args, model_dir: str, device: torch.device, dtype: torch.dtype):
+    """Stable Video Diffusion from ``--image``: guidance grows from 1 at the first frame to --guidance
+    at the last (the pipeline's per-frame scale); the starting noise comes from --seed."""
+    import vidgen
+
+    pipe, height, width = load_svd(args, model_dir, device, dtype)
+    sync = _timing.device_synchronizer(device) or (lambda: None)
+
+    def run(use_vidgen: bool):
+        def side():
+            (vidgen.patch if use_vidgen else vidgen.unpatch)(pipe)
+            sync()
+            start = time.perf_counter()
+            out = pipe(args.image_rgb, num_frames=args.frames, height=height, width=width,
+                       num_inference_steps=args.steps, min_guidance_scale=1.0, max_guidance_scale=args.guidance,
+                       fps=args.fps, generator=torch.Generator(device).manual_seed(args.seed), output_type="pt")
+            sync()
+            return out.frames, _SecondsTable({"pipeline": time.perf_counter() - start})
+        return side
+
+    if not args.compare:
+        video, times = run(True)()
+        return video, {"vidgen": [times]}, None
+    return _timed_pair(run(True), run(False), "diffusers", args.rounds)
+
+
 def _timed_pair(vidgen_run, reference_run, reference_name: str, rounds: int):
     """Both sides warmed up, then ``rounds`` alternating timed rounds (see :mod:`vidgen._timing`).
 
@@ -245,8 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"video length (default: {DEFAULT_FRAMES}; with --latents, the file's)")
     parser.add_argument("--steps", type=_args.positive_int, default=None,
                         help="DDIM steps (default: 50; 10 for the tiny built-in model)")
-    parser.add_argument("--guidance", type=_args.non_negative_float, default=12.5,
-                        help="classifier-free guidance scale w (1: no guidance)")
+    parser.add_argument("--guidance", type=_args.non_negative_float, default=None,
+                        help=f"classifier-free guidance scale w (1: no guidance; default: {DEFAULT_GUIDANCE}); with "
+                             f"--image, the last frame's (default: {SVD_MAX_GUIDANCE}), growing from 1 at the first")
+    parser.add_argument("--image", help="image-to-video: the image a Stable Video Diffusion --model animates "
+                                        "(replaces --prompt)")
     parser.add_argument("--seed", type=_args.seed, default=0, help="seed of the starting noise")
     parser.add_argument("--noise", choices=("iid", "mixed", "progressive"), default="iid",
                         help="starting noise (PYoCo: mixed, progressive)")
@@ -269,9 +303,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_arguments(args) -> None:
     """Everything knowable before a model loads; raises :class:`UsageError` naming the flag."""
-    check_model_arguments(args)
+    check_model_arguments(args, image_to_video=True)
     check_steps(args)
     _args.check_video_out("--out", args.out)
+    args.svd = is_svd_folder(args.model)
+    if args.image or args.svd:
+        _check_image_to_video(args)
+        return
+    args.guidance = DEFAULT_GUIDANCE if args.guidance is None else args.guidance
     if args.motion_adapter:
         _args.check_config_folder("--motion-adapter", args.motion_adapter, "a local diffusers MotionAdapter folder")
         ignored = [flag for flag, value in (("--video", args.video), ("--latents", args.latents),
@@ -296,6 +335,27 @@ def check_arguments(args) -> None:
         args.latents_tensor = latents
 
 
+def _check_image_to_video(args) -> None:
+    """--image with a Stable Video Diffusion --model, and none of the text-to-video options."""
+    if not args.image:
+        raise UsageError(f"--image: {args.model} is a Stable Video Diffusion folder, which animates an image; "
+                         "give --image")
+    if not args.svd:
+        raise UsageError("--image: image-to-video needs a Stable Video Diffusion --model folder (its "
+                         f"model_index.json names {_args.SVD_PIPELINE}), got "
+                         + (f"{args.model}" if args.model else "the built-in text-to-video model"))
+    text_only = [flag for flag, value in (("--motion-adapter", args.motion_adapter), ("--prior", args.prior),
+                                          ("--video", args.video), ("--latents", args.latents),
+                                          ("--prompts", args.prompts)) if value]
+    if text_only:
+        raise UsageError(f"{', '.join(text_only)}: not used by image-to-video sampling (--image)")
+    args.image_rgb = _args.read_image("--image", args.image)
+    args.guidance = SVD_MAX_GUIDANCE if args.guidance is None else args.guidance
+    if args.frames is None:  # the model's own length (14 for SVD, 25 for SVD-XT)
+        config = _args.check_config_folder("--model", os.path.join(args.model, "unet"), "a diffusers UNet folder")
+        args.frames = config.get("num_frames", DEFAULT_FRAMES)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -317,9 +377,11 @@ def main(argv=None) -> int:
     device, dtype = torch.device(args.device), resolve_dtype(args)
     try:
         with _args.quiet_libraries(args.quiet):
-            model_dir = resolve_model_dir(args)
-            run = _sample_animatediff if args.motion_adapter else _sample_video_model
-            video, tables, comparison = run(args, model_dir, device, dtype)
+            if args.svd:
+                video, tables, comparison = _sample_svd(args, args.model, device, dtype)
+            else:
+                run = _sample_animatediff if args.motion_adapter else _sample_video_model
+                video, tables, comparison = run(args, resolve_model_dir(args), device, dtype)
     except (UsageError, OSError, ValueError) as exc:  # OSError: a model file missing or unreadable
         return _args.fail(parser, exc)
     for path in _save(video, args.out, args.fps):
