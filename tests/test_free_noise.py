@@ -175,6 +175,43 @@ def test_a_split_vidgen_does_not_serve_stays_diffusers_with_a_reason(sd_dir):
     vidgen.unpatch(pipe)
 
 
+def test_free_noise_motion_module_on_the_test_device(device):
+    # One motion module made FreeNoise by diffusers' own helper: on a CPU a tiny one through the
+    # interpreter; with VIDGEN_TEST_DEVICE=cuda an SD1.5-size one (C = 320, 8 heads of 40) in fp16,
+    # 26 frames in windows of 16, stride 4 (the partial last window included), compiled kernels.
+    from types import SimpleNamespace
+
+    from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
+    from diffusers.pipelines.free_noise_utils import AnimateDiffFreeNoiseMixin
+
+    from vidgen.integration.motion import patch_motion_module, unpatch_motion_module
+
+    gpu = device.type == "cuda"
+    channels, heads, frames, size, length, stride = (320, 8, 26, 16, 16, 4) if gpu else (32, 2, 7, 3, 4, 2)
+    dtype = torch.float16 if gpu else torch.float32
+    torch.manual_seed(0)
+    module = AnimateDiffTransformer3D(num_attention_heads=heads, attention_head_dim=channels // heads,
+                                      in_channels=channels, norm_num_groups=8, double_self_attention=True,
+                                      positional_embeddings="sinusoidal", num_positional_embeddings=32,
+                                      activation_fn="geglu")
+    with torch.no_grad():
+        for param in module.parameters():
+            param.add_(0.1 * torch.randn_like(param))
+    pipeline_state = SimpleNamespace(_free_noise_context_length=length, _free_noise_context_stride=stride,
+                                     _free_noise_weighting_scheme="pyramid", device=device, dtype=dtype)
+    AnimateDiffFreeNoiseMixin._enable_free_noise_in_block(pipeline_state, SimpleNamespace(motion_modules=[module]))
+    module = module.to(device, dtype)
+    assert isinstance(module.transformer_blocks[0], FreeNoiseTransformerBlock)
+    x = torch.randn(2 * frames, channels, size, size, generator=torch.Generator().manual_seed(1)).to(device, dtype)
+    with torch.no_grad():
+        want = module(x, num_frames=frames)
+        patch_motion_module(module)
+        got = module(x, num_frames=frames)
+        unpatch_motion_module(module)
+        assert torch.equal(module(x, num_frames=frames), want)
+    close(got.float(), want.float(), tol=1e-2 if gpu else 2e-4)  # fp16 on the GPU: rounding differs
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["torch", "auto"])
 @pytest.mark.parametrize("frames, length, stride, scheme, videos, guidance", [
