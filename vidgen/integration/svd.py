@@ -27,7 +27,8 @@ from torch import nn
 
 from ..ops._fallback import warn_once
 from ..ops.temporal_attention import temporal_attention_unsupported_reason
-from .blocks import REPRODUCED_PROCESSORS
+from .blocks import attention_call_reason
+from .forwards import InstanceForward, install_forward, restore_forward
 from .layout import head_dim_of, videos_in
 from .temporal import attend_over_frames
 
@@ -94,7 +95,7 @@ def temporal_block_over_frames(block: nn.Module, hidden_states: torch.Tensor, nu
     return ff_output + hidden_states if block.is_res else ff_output
 
 
-class FusedSpatioTemporalForward:
+class FusedSpatioTemporalForward(InstanceForward):
     """``TransformerSpatioTemporalModel.forward`` with the temporal blocks on the image layout.
 
     Computes what diffusers' forward computes, with the model's own modules: GroupNorm,
@@ -110,42 +111,30 @@ class FusedSpatioTemporalForward:
     """
 
     def __init__(self, model: nn.Module):
-        self.model = model
-        self.original_forward = model.__dict__.get("forward")  # an instance-level forward, if any
+        super().__init__(model)
         self._checked_blocks = tuple(model.temporal_transformer_blocks)
-
-    def unfused(self, *args, **kwargs):
-        if self.original_forward is not None:
-            return self.original_forward(*args, **kwargs)
-        return type(self.model).forward(self.model, *args, **kwargs)
+        self._structure: str | None = None  # patch_spatio_temporal checked these blocks
 
     def _unfusable_reason(self, hidden_states, encoder_hidden_states, image_only_indicator) -> str | None:
         """Why this call runs diffusers' forward ("" for a reason not worth a warning), or None."""
-        m = self.model
+        m = self.module
         if encoder_hidden_states is None or image_only_indicator is None or hidden_states.dim() != 4:
             return ""  # diffusers' forward says what is wrong
         if torch.is_grad_enabled() and m.gradient_checkpointing:
             return ""  # training with checkpointing: diffusers' own recompute schedule
-        if tuple(m.temporal_transformer_blocks) != self._checked_blocks:
-            reason = spatio_temporal_unsupported_reason(m)
-            if reason is not None:
-                return reason
+        blocks = tuple(m.temporal_transformer_blocks)
+        if len(blocks) != len(self._checked_blocks) or any(a is not b for a, b in zip(blocks, self._checked_blocks)):
+            self._checked_blocks, self._structure = blocks, spatio_temporal_unsupported_reason(m)  # swapped since
+        if self._structure is not None:
+            return self._structure
         for i, block in enumerate(m.temporal_transformer_blocks):
             if block._chunk_size is not None:
                 return f"temporal_transformer_blocks[{i}] chunks its feed-forward"
             for name in ("attn1", "attn2"):
                 attn = getattr(block, name)
-                if attn is None:
-                    continue
-                if "forward" in attn.__dict__:  # only calling the module runs the hook
-                    return f"a hook replaced temporal_transformer_blocks[{i}].{name}'s forward"
-                processor = type(attn.processor).__name__
-                if processor not in REPRODUCED_PROCESSORS:
-                    return (f"temporal_transformer_blocks[{i}].{name}'s attention processor is {processor}, "
-                            "which the fused forward does not reproduce")
-            reason = temporal_attention_unsupported_reason(head_dim_of(block.attn1), hidden_states.dtype)
-            if reason is not None:
-                return reason
+                reason = None if attn is None else attention_call_reason(attn, hidden_states.dtype)
+                if reason is not None:
+                    return f"temporal_transformer_blocks[{i}].{name}: {reason}"
         return None
 
     def __call__(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
@@ -153,10 +142,10 @@ class FusedSpatioTemporalForward:
         reason = self._unfusable_reason(hidden_states, encoder_hidden_states, image_only_indicator)
         if reason is not None:
             if reason:
-                warn_once(type(self.model).__name__, reason, "diffusers' forward")
+                warn_once(type(self.module).__name__, reason, "diffusers' forward")
             return self.unfused(hidden_states, encoder_hidden_states=encoder_hidden_states,
                                 image_only_indicator=image_only_indicator, return_dict=return_dict)
-        m = self.model
+        m = self.module
         batch_frames, _, height, width = hidden_states.shape
         num_frames = image_only_indicator.shape[-1]
         videos = videos_in(batch_frames, num_frames, type(m).__name__)
@@ -197,20 +186,10 @@ def patch_spatio_temporal(model: nn.Module) -> nn.Module:
     ``TypeError`` for another kind of module and ``ValueError`` naming the part for one the fused
     forward does not reproduce (:func:`spatio_temporal_unsupported_reason`).
     """
-    if isinstance(model.__dict__.get("forward"), FusedSpatioTemporalForward):
-        return model
-    reason = spatio_temporal_unsupported_reason(model)
-    if reason is not None:
-        raise (TypeError if not isinstance(model, _types()[0]) else ValueError)(reason)
-    model.forward = FusedSpatioTemporalForward(model)
-    return model
+    return install_forward(model, FusedSpatioTemporalForward, spatio_temporal_unsupported_reason(model),
+                           (_types()[0],), "model")
 
 
 def unpatch_spatio_temporal(model: nn.Module) -> nn.Module:
     """Restore the forward the model had before :func:`patch_spatio_temporal` (no-op if unpatched)."""
-    fused = model.__dict__.get("forward")
-    if isinstance(fused, FusedSpatioTemporalForward):
-        del model.forward
-        if fused.original_forward is not None:
-            model.forward = fused.original_forward
-    return model
+    return restore_forward(model, FusedSpatioTemporalForward)
