@@ -319,6 +319,7 @@ def test_profile_step_end_to_end_on_the_tiny_model(tmp_path, capsys):
     # vidgen's attention ops run on the vidgen side only, inside the scope of the role they serve
     assert sides_running("vidgen::temporal_attention") == {("animatediff", "vidgen", TEMPORAL),
                                                            ("tune-a-video", "vidgen", TEMPORAL),
-                                                           ("animatediff-free-noise", "vidgen", TEMPORAL)}
+                                                           ("animatediff-free-noise", "vidgen", TEMPORAL),
+                                                           ("svd", "vidgen", TEMPORAL), ("svd-xt", "vidgen", TEMPORAL)}
     assert sides_running("vidgen::frame_attention") == {("tune-a-video", "vidgen", SPATIAL)}
     assert "launch gaps / CPU-bound" in capsys.readouterr().out
