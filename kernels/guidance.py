@@ -51,6 +51,7 @@ from .noise import (KINDS, correlate, correlated_noise_reference, frame_normals,
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 NUM_PARTIALS = 64  # partial sums per video written by the rescale reduction
 NOISE_NONE, NOISE_GIVEN, NOISE_GENERATED = 0, 1, 2
+MAX_PER_FRAME_SCALED = 2**31  # elements per video a per-frame guidance scale serves (its frame index is 32-bit)
 RULE_DDIM, RULE_EULER = 0, 1  # the step rule the kernels take (their noise levels: alphas or sigmas)
 _BLOCK, _NUM_WARPS = 1024, 4
 _INT32_LIMIT = 2**31
@@ -221,7 +222,10 @@ def _compose(cond_ptr, uncond_ptr, prior_ptr, offs, in_video, mask, guidance_sca
         uncond = tl.load(uncond_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         scale = tl.zeros(text.shape, tl.float32) + guidance_scale
         if scale_frames > 0:
-            scale = tl.load(scales_ptr + (in_video // scale_post) % scale_frames, mask=mask, other=0.0)
+            # 32-bit: a video with a per-frame scale holds < 2**31 elements (MAX_PER_FRAME_SCALED), and
+            # a second 64-bit division next to the step kernel's own made ptxas outline both (24 B stack)
+            frame = (in_video.to(tl.int32) // scale_post.to(tl.int32)) % scale_frames
+            scale = tl.load(scales_ptr + frame, mask=mask, other=0.0)
         eps = uncond + scale * (text - uncond)
     return text, eps
 
