@@ -470,11 +470,23 @@ def _spatio_temporal_models(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 def _patch_spatio_temporal(model: nn.Module, record: PatchRecord, covered: set[int]) -> None:
     """Stable Video Diffusion's TransformerSpatioTemporalModels: their temporal blocks copy-free."""
-    from .svd import patch_spatio_temporal, unpatch_spatio_temporal
+    from .blocks import REPRODUCED_PROCESSORS
+    from .processors import SingleTokenCrossAttnProcessor
+    from .svd import cross_attentions, patch_spatio_temporal, unpatch_spatio_temporal
 
     patched = 0
     for path, module in _spatio_temporal_models(model):
         covered.update(id(m) for block in module.temporal_transformer_blocks for m in block.modules())
+        prefix = f"{path}." if path else ""
+        for where, attn in cross_attentions(module):  # SVD's image-embedding context: one token
+            if type(attn.processor).__name__ not in REPRODUCED_PROCESSORS:
+                continue  # a processor of its own (IP-Adapter, a user's) keeps its math; reported as it is
+            covered.add(id(attn))
+            original = attn.processor
+            attn.set_processor(SingleTokenCrossAttnProcessor(original))
+            record.undo.append(lambda a=attn, p=original: a.set_processor(p))
+            record.report.replaced.append(PatchEntry(prefix + where, "single-token cross-attention: the context's "
+                                                     "value projection, no scores (other contexts: diffusers' processor)"))
         try:
             patch_spatio_temporal(module)
         except ValueError as unsupported:  # spatio_temporal_unsupported_reason's answer
@@ -482,7 +494,6 @@ def _patch_spatio_temporal(model: nn.Module, record: PatchRecord, covered: set[i
             continue
         record.undo.append(lambda m=module: unpatch_spatio_temporal(m))
         _mark(module, "vidgen: copy-free temporal attention (SVD)", record)
-        prefix = f"{path}." if path else ""
         record.report.replaced += [
             PatchEntry(f"{prefix}temporal_transformer_blocks.{i}", "copy-free temporal attention (SVD temporal block: "
                        "attention over frames on the image layout, cross-attention once per video)")

@@ -32,8 +32,8 @@ from .forwards import InstanceForward, install_forward, restore_forward
 from .layout import head_dim_of, videos_in
 from .temporal import attend_over_frames
 
-__all__ = ["FusedSpatioTemporalForward", "patch_spatio_temporal", "spatio_temporal_unsupported_reason",
-           "temporal_block_over_frames", "unpatch_spatio_temporal"]
+__all__ = ["FusedSpatioTemporalForward", "cross_attentions", "patch_spatio_temporal",
+           "spatio_temporal_unsupported_reason", "temporal_block_over_frames", "unpatch_spatio_temporal"]
 
 
 def _types() -> tuple[type, type]:
@@ -88,9 +88,11 @@ def temporal_block_over_frames(block: nn.Module, hidden_states: torch.Tensor, nu
     hidden_states = attend_over_frames(block.attn1, block.norm1(hidden_states), num_frames, None, 0) + hidden_states
     if block.attn2 is not None:
         # every query attends to its own video's context: queries of one video in one row
-        normed = block.norm2(hidden_states)
-        queries = normed.reshape(context.shape[0], -1, normed.shape[-1])
-        hidden_states = block.attn2(queries, encoder_hidden_states=context).view_as(normed) + hidden_states
+        videos = context.shape[0]
+        queries = block.norm2(hidden_states).reshape(videos, -1, hidden_states.shape[-1])
+        # (B, F*N, C); a broadcast view when the context is one token (SingleTokenCrossAttnProcessor)
+        attended = block.attn2(queries, encoder_hidden_states=context).unflatten(1, (num_frames, -1))
+        hidden_states = (attended + hidden_states.unflatten(0, (videos, num_frames))).flatten(0, 1)
     ff_output = block.ff(block.norm3(hidden_states))
     return ff_output + hidden_states if block.is_res else ff_output
 
@@ -132,7 +134,9 @@ class FusedSpatioTemporalForward(InstanceForward):
                 return f"temporal_transformer_blocks[{i}] chunks its feed-forward"
             for name in ("attn1", "attn2"):
                 attn = getattr(block, name)
-                reason = None if attn is None else attention_call_reason(attn, hidden_states.dtype)
+                # attn2 may run SingleTokenCrossAttnProcessor: it is called as the module either way
+                reason = None if attn is None else attention_call_reason(attn, hidden_states.dtype,
+                                                                          ("SingleTokenCrossAttnProcessor",))
                 if reason is not None:
                     return f"temporal_transformer_blocks[{i}].{name}: {reason}"
         return None
@@ -177,6 +181,20 @@ class FusedSpatioTemporalForward(InstanceForward):
         from diffusers.models.transformers.transformer_temporal import TransformerTemporalModelOutput
 
         return TransformerTemporalModelOutput(sample=output)
+
+
+def cross_attentions(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(path inside ``model``, module) of a ``TransformerSpatioTemporalModel``'s cross-attentions:
+    the spatial blocks' against the image embedding and the temporal blocks' against the time
+    context, one token each in SVD (which :class:`~vidgen.integration.processors.SingleTokenCrossAttnProcessor`
+    serves; it checks each call)."""
+    found = []
+    for name in ("transformer_blocks", "temporal_transformer_blocks"):
+        for i, block in enumerate(getattr(model, name)):
+            attn = getattr(block, "attn2", None)
+            if attn is not None and attn.is_cross_attention:
+                found.append((f"{name}.{i}.attn2", attn))
+    return found
 
 
 def patch_spatio_temporal(model: nn.Module) -> nn.Module:
