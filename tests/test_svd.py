@@ -168,6 +168,22 @@ def test_unsupported_structure_and_calls_stay_on_diffusers_path_and_say_why(svd_
 
 
 # ---- cross-attention against one token -----------------------------------------------------------
+def test_cross_attention_false_keeps_diffusers_processors(svd_unet_dir):
+    unet = UNetSpatioTemporalConditionModel.from_pretrained(svd_unet_dir)
+    vidgen.patch(unet, cross_attention=False)
+    report = vidgen.patch_report(unet)
+    assert report.options["cross_attention"] is False and "cross_attention=False" in str(report)
+    assert not any("single-token" in e.what for e in report.replaced)
+    assert any("SVD temporal block" in e.what for e in report.replaced)
+    assert not any(isinstance(m.processor, SingleTokenCrossAttnProcessor) for m in unet.modules()
+                   if isinstance(m, Attention))
+    vidgen.patch(unet)  # other options: re-patched
+    assert any(isinstance(m.processor, SingleTokenCrossAttnProcessor) for m in unet.modules()
+               if isinstance(m, Attention))
+    vidgen.unpatch(unet)
+    assert all(type(m.processor) is AttnProcessor2_0 for m in unet.modules() if isinstance(m, Attention))
+
+
 def test_single_token_cross_attention_is_the_value_projection_and_defers_otherwise():
     torch.manual_seed(0)
     attn = Attention(query_dim=16, cross_attention_dim=12, heads=2, dim_head=8, residual_connection=True,

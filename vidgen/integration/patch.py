@@ -10,15 +10,22 @@ by blanket-replacing every processor):
   attention included (``AnimateDiffPAGPipeline`` puts it on the mid block's motion module), and
   FreeNoise's windowed blocks and split inference (:mod:`vidgen.integration.free_noise`), enabled
   before or after patching; Latte's temporal blocks (``LatteTransformer3DModel``,
-  :mod:`vidgen.integration.latte`); a :class:`~vidgen.VideoUNet`'s ``attn_temp`` runs vidgen's kernel.
+  :mod:`vidgen.integration.latte`); Stable Video Diffusion's temporal blocks
+  (``TransformerSpatioTemporalModel``, :mod:`vidgen.integration.svd`); a :class:`~vidgen.VideoUNet`'s
+  ``attn_temp`` runs vidgen's kernel.
+* cross-attention against one token (``cross_attention=True``): in Stable Video Diffusion's
+  spatio-temporal transformers (patched with the temporal blocks), the image-embedding
+  cross-attentions run :class:`~vidgen.integration.processors.SingleTokenCrossAttnProcessor`
+  (the context's value projection, no scores; any other call: the module's own processor).
 * frame attention (``frame_attention=True``): Text2Video-Zero's cross-frame processors
   (``CrossFrameAttnProcessor``/``2_0``: every frame attends to frame 0) on self-attention
   modules become vidgen's first-frame kernel, including processors the pipeline installs later
   through ``unet.set_attn_processor`` (it does so inside ``__call__``); a VideoUNet's ``attn1``
   runs vidgen's sparse-causal/first-frame kernel. Spatial self-attention of plain image layers
   and text cross-attention stay on PyTorch SDPA.
-* guidance (``guidance=True``): a pipeline's ``DDIMScheduler``/``DDIMInverseScheduler`` is
-  swapped for vidgen's fused drop-in (same results, one fused kernel per step).
+* guidance (``guidance=True``): a pipeline's ``DDIMScheduler``/``DDIMInverseScheduler``/
+  ``EulerDiscreteScheduler`` is swapped for vidgen's fused drop-in (same results, one fused kernel
+  per step).
 * CUDA graphs (``cuda_graph=True``, off by default): the denoiser's forward (the UNet of a
   pipeline, or the patched UNet itself) is captured once per call signature and replayed
   (:mod:`vidgen.integration.graphs`): the same values, one launch per step instead of hundreds.
@@ -143,7 +150,7 @@ class PatchRecord:
 
 
 def patch(obj, *, frame_attention: bool = True, temporal_attention: bool = True, guidance: bool = True,
-          cuda_graph: bool = False, attention_precision: str = "auto"):
+          cuda_graph: bool = False, attention_precision: str = "auto", cross_attention: bool = True):
     """Make a diffusers pipeline or model run on vidgen's kernels; returns ``obj`` (patched in place).
 
     Args:
@@ -155,6 +162,8 @@ def patch(obj, *, frame_attention: bool = True, temporal_attention: bool = True,
             signature (inference on CUDA only: other calls run the eager forward and say why once).
         attention_precision: ``"auto"`` (the activations' precision) or ``"fp8"``: frame attention's
             scores on e4m3 tensor cores (sm_90, inference; see :func:`vidgen.ops.frame_attention`).
+        cross_attention: with ``temporal_attention``, Stable Video Diffusion's single-token
+            cross-attentions without scores (see the module docstring).
 
     What was replaced, and what stays on diffusers' path and why (a head dim the kernels do not
     serve, a scheduler other than DDIM, a motion module of another structure, ...), is in
@@ -178,6 +187,8 @@ def patch(obj, *, frame_attention: bool = True, temporal_attention: bool = True,
         options["cuda_graph"] = True
     if attention_precision != "auto":
         options["attention_precision"] = attention_precision
+    if not cross_attention:
+        options["cross_attention"] = False
     existing = getattr(obj, _RECORD, None)
     if existing is not None:
         if existing.options == options:
@@ -478,7 +489,8 @@ def _patch_spatio_temporal(model: nn.Module, record: PatchRecord, covered: set[i
     for path, module in _spatio_temporal_models(model):
         covered.update(id(m) for block in module.temporal_transformer_blocks for m in block.modules())
         prefix = f"{path}." if path else ""
-        for where, attn in cross_attentions(module):  # SVD's image-embedding context: one token
+        for where, attn in cross_attentions(module) if record.options.get("cross_attention", True) else ():
+            # SVD's image-embedding context: one token
             if type(attn.processor).__name__ not in REPRODUCED_PROCESSORS:
                 continue  # a processor of its own (IP-Adapter, a user's) keeps its math; reported as it is
             covered.add(id(attn))
