@@ -36,9 +36,9 @@ def svd_scheduler(**overrides) -> EulerDiscreteScheduler:
     return EulerDiscreteScheduler(**{**config, **overrides})
 
 
-def tiny_svd_pipeline(clip_size: int = 32, patch_size: int = 1) -> StableVideoDiffusionPipeline:
-    """diffusers' test components. A PIL image reaches the image encoder at 224x224 (the pipeline
-    resizes it, as for the real CLIP): ``clip_size=224, patch_size=14`` builds one that takes it."""
+def tiny_svd_pipeline() -> StableVideoDiffusionPipeline:
+    """diffusers' test components (its 32-pixel image encoder takes tensors only: the pipeline resizes a
+    PIL image to 224 pixels for it; ``vidgen.default_model.svd_pipeline("tiny")`` has one that takes both)."""
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
     torch.manual_seed(0)
@@ -46,10 +46,10 @@ def tiny_svd_pipeline(clip_size: int = 32, patch_size: int = 1) -> StableVideoDi
                                        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"], latent_channels=4)
     torch.manual_seed(0)
     encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
-        hidden_size=32, projection_dim=32, num_hidden_layers=5, num_attention_heads=4, image_size=clip_size,
-        intermediate_size=37, patch_size=patch_size))
+        hidden_size=32, projection_dim=32, num_hidden_layers=5, num_attention_heads=4, image_size=32,
+        intermediate_size=37, patch_size=1))
     return StableVideoDiffusionPipeline(unet=tiny_svd_unet(), image_encoder=encoder, scheduler=svd_scheduler(), vae=vae,
-                                        feature_extractor=CLIPImageProcessor(crop_size=clip_size, size=clip_size))
+                                        feature_extractor=CLIPImageProcessor(crop_size=32, size=32))
 
 
 @pytest.fixture(scope="module")
@@ -312,10 +312,11 @@ def test_sample_animates_an_image_with_a_stable_video_diffusion_folder(tmp_path,
     import imageio.v3 as iio
 
     from vidgen import cli
+    from vidgen.default_model import svd_pipeline
 
     monkeypatch.setenv("VIDGEN_BACKEND", "torch")  # the plumbing; the kernels are tested above
     svd_dir = tmp_path / "svd"
-    tiny_svd_pipeline(clip_size=224, patch_size=14).save_pretrained(svd_dir)
+    svd_pipeline("tiny").save_pretrained(svd_dir)  # the built-in random model's tiny SVD
 
     image = tmp_path / "frame.png"
     iio.imwrite(image, (torch.rand(32, 32, 3, generator=torch.Generator().manual_seed(0)) * 255).byte().numpy())
