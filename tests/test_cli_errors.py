@@ -65,6 +65,8 @@ CASES = {
         (["--model", "svd"], "--image: svd is a Stable Video Diffusion folder, which animates an image; give --image"),
         (["--model", "svd", "--image", "frame.png", "--video", "src.gif"],
          "--video: not used by image-to-video sampling (--image)"),
+        (["--model", "svd", "--image", "frame.png", "--noise", "mixed"],
+         "--noise: not used by image-to-video sampling (--image)"),
         (["--model", "svd_hollow", "--image", "frame.png"],
          "--model: svd_hollow is not a diffusers Stable Video Diffusion folder (missing image_encoder"),
     ],

@@ -346,7 +346,8 @@ def _check_image_to_video(args) -> None:
                          + (f"{args.model}" if args.model else "the built-in text-to-video model"))
     text_only = [flag for flag, value in (("--motion-adapter", args.motion_adapter), ("--prior", args.prior),
                                           ("--video", args.video), ("--latents", args.latents),
-                                          ("--prompts", args.prompts)) if value]
+                                          ("--prompts", args.prompts), ("--noise", args.noise != "iid"),
+                                          ("--noise-alpha", args.noise_alpha is not None)) if value]
     if text_only:
         raise UsageError(f"{', '.join(text_only)}: not used by image-to-video sampling (--image)")
     args.image_rgb = _args.read_image("--image", args.image)
