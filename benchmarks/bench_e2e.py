@@ -11,9 +11,16 @@ Random-weight full-size architectures (no downloads), built by ``vidgen.default_
 * ``animatediff``: AnimateDiff (SD1.5 + a MotionAdapter), 16 frames, CFG 7.5, 25 steps:
   diffusers' default modules (``diffusers``) vs ``vidgen.patch`` (``vidgen``).
   Goal: >= 1.4x diffusers eager, >= 1.15x its torch.compile build.
+* ``animatediff-free-noise``: the same pipeline with FreeNoise (``enable_free_noise``, windows of
+  16 frames, stride 4, pyramid weights) making 64 frames, CFG 7.5: diffusers' FreeNoise blocks
+  vs vidgen's fused motion module running every window as a frame-offset view.
 * ``tune-a-video``: 8 and 24 frames, CFG 12.5, 50 steps: the reference formulation (gathered K/V
   on SDPA, permute copies; ``VideoUNet.use_vidgen_ops(False, False)``, ``reference``) vs vidgen.
   Goal: >= 2x with <= 0.7x the peak memory at 24 frames.
+* ``svd``: Stable Video Diffusion image-to-video at its full size (UNet, temporal VAE, ViT-H image
+  encoder; ``vidgen.default_model.svd_pipeline``), 576x1024, 14 and 25 frames (SVD / SVD-XT), 25
+  Euler steps, guidance 1 -> 3 over the frames: diffusers vs ``vidgen.patch`` (temporal blocks,
+  fused Euler step).
 * ``video-adapter``: an SD1.5-size prior + a small video UNet, 8 frames, 50 steps: vidgen's
   batched composition and fused step vs the same in plain diffusers code (separate forwards,
   CFG arithmetic, ``DDIMScheduler.step``; ``plain diffusers``).
@@ -65,8 +72,9 @@ import torch
 from benchmarks import harness
 from benchmarks.step_roles import ROLES, LoopMemory
 
-CASES = ("animatediff", "tune-a-video", "video-adapter")
-DEFAULT_LABEL = {"animatediff": "diffusers", "tune-a-video": "reference", "video-adapter": "plain diffusers"}
+CASES = ("animatediff", "tune-a-video", "video-adapter", "animatediff-free-noise", "svd")
+DEFAULT_LABEL = {"animatediff": "diffusers", "tune-a-video": "reference", "video-adapter": "plain diffusers",
+                 "animatediff-free-noise": "diffusers", "svd": "diffusers"}
 # Variants timed twice: the second row shows the run-to-run spread of the same code.
 AGAIN_CASES = ("animatediff", "tune-a-video")
 # vidgen with the denoising step replayed from CUDA graphs (vidgen.patch(pipe, cuda_graph=True) for
@@ -92,6 +100,11 @@ class Plan:
     compile: bool
     compile_budget_s: float
     write: bool
+    free_noise: tuple[int, int, int] = (64, 16, 4)  # AnimateDiff+FreeNoise: frames, context length, stride
+    svd_arch: str = "svd"  # vidgen.default_model.SVD_ARCHS
+    svd_frames: tuple[int, ...] = (14, 25)
+    svd_size: tuple[int, int] = (576, 1024)  # height, width
+    svd_steps: int = 25
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -123,14 +136,16 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
         return Plan(cases=tuple(args.cases), arch="tiny", device="cuda" if torch.cuda.is_available() else "cpu",
                     dtype=torch.float32, size=64, animatediff_frames=4, tuneavideo_frames=(4,), adapter_frames=4,
                     animatediff_steps=args.steps or 2, tuneavideo_steps=args.steps or 2, repeats=args.repeats or 1,
-                    compile=bool(args.compile), compile_budget_s=args.compile_budget_s, write=False)
+                    compile=bool(args.compile), compile_budget_s=args.compile_budget_s, write=False,
+                    free_noise=(6, 4, 2), svd_arch="tiny", svd_frames=(3,), svd_size=(32, 32),
+                    svd_steps=args.steps or 2)
     ad_steps, tav_steps = (10, 10) if args.quick else (25, 50)
     return Plan(cases=tuple(args.cases), arch="sd15", device="cuda", dtype=torch.float16, size=512,
                 animatediff_frames=16, tuneavideo_frames=(8, 24), adapter_frames=8,
                 animatediff_steps=args.steps or ad_steps, tuneavideo_steps=args.steps or tav_steps,
                 repeats=args.repeats or (1 if args.quick else 2),
                 compile=not args.quick if args.compile is None else args.compile,
-                compile_budget_s=args.compile_budget_s, write=True)
+                compile_budget_s=args.compile_budget_s, write=True, svd_steps=args.steps or ad_steps)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -239,14 +254,21 @@ def _sides(case: str, compile_: bool) -> list[tuple[str, bool, bool]]:
 # ----------------------------------------------------------------------------------------------
 # Cases
 # ----------------------------------------------------------------------------------------------
-def animatediff_rows(model_dir: str, device: torch.device, plan: Plan, budget: dict) -> list[dict]:
+def animatediff_rows(model_dir: str, device: torch.device, plan: Plan, budget: dict,
+                     free_noise: bool = False) -> list[dict]:
+    """The ``animatediff`` case, or with ``free_noise`` the ``animatediff-free-noise`` one (FreeNoise
+    enabled before patching, ``plan.free_noise`` frames in its windows)."""
     import vidgen
     from vidgen.default_model import animatediff_pipeline
 
+    case = "animatediff-free-noise" if free_noise else "animatediff"
     pipe = animatediff_pipeline(model_dir, plan.dtype).to(device)
     pipe.set_progress_bar_config(disable=True)
     eager_unet = pipe.unet
     frames, steps = plan.animatediff_frames, plan.animatediff_steps
+    if free_noise:
+        frames, context_length, context_stride = plan.free_noise
+        pipe.enable_free_noise(context_length=context_length, context_stride=context_stride)
 
     def run() -> torch.Tensor:
         return pipe("a red horse runs in the sky", num_frames=frames, height=plan.size, width=plan.size,
@@ -267,10 +289,10 @@ def animatediff_rows(model_dir: str, device: torch.device, plan: Plan, budget: d
         return Variant(impl, compiled, enter, leave, run, lambda: [pipe.unet],
                        lambda: [] if compiled else [eager_unet])
 
-    variants = [variant(*side) for side in _sides("animatediff", plan.compile)]
-    if device.type == "cuda":
+    variants = [variant(*side) for side in _sides(case, plan.compile)]
+    if device.type == "cuda" and not free_noise:
         variants.append(variant(*GRAPH_SIDE, graphed=True))
-    return run_variants("animatediff", frames, plan.size, steps, variants, device, plan, budget)
+    return run_variants(case, frames, plan.size, steps, variants, device, plan, budget)
 
 
 def tuneavideo_rows(model_dir: str, device: torch.device, plan: Plan, budget: dict) -> list[dict]:
@@ -373,6 +395,46 @@ SMALL_ADAPTER_UNET = dict(block_out_channels=(64, 128), layers_per_block=1, atte
                           up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
 
 
+def svd_rows(device: torch.device, plan: Plan, budget: dict) -> list[dict]:
+    """Stable Video Diffusion from one random image, at each of ``plan.svd_frames``."""
+    import numpy as np
+    from PIL import Image
+
+    import vidgen
+    from vidgen.default_model import svd_pipeline
+
+    pipe = svd_pipeline(plan.svd_arch, plan.dtype, device)
+    pipe.set_progress_bar_config(disable=True)
+    eager_unet = pipe.unet
+    height, width = plan.svd_size
+    pixels = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels)
+    rows = []
+    for frames in plan.svd_frames:
+        def run(frames=frames) -> torch.Tensor:
+            return pipe(image, num_frames=frames, height=height, width=width, num_inference_steps=plan.svd_steps,
+                        min_guidance_scale=1.0, max_guidance_scale=3.0, decode_chunk_size=frames,
+                        output_type="latent", generator=torch.Generator(device).manual_seed(0)).frames
+
+        def variant(impl: str, patched: bool, compiled: bool) -> Variant:
+            def enter():
+                if patched:
+                    vidgen.patch(pipe)
+                if compiled:
+                    pipe.unet = torch.compile(eager_unet)
+
+            def leave():
+                pipe.unet = eager_unet
+                vidgen.unpatch(pipe)
+
+            return Variant(impl, compiled, enter, leave, run, lambda: [pipe.unet],
+                           lambda: [] if compiled else [eager_unet])
+
+        variants = [variant(*side) for side in _sides("svd", plan.compile)]
+        rows += run_variants("svd", frames, width, plan.svd_steps, variants, device, plan, budget)
+    return rows
+
+
 def _small_adapter_model(sd_dir: str, out_dir: str) -> str:
     """A small video model sharing the prior's latent space and text width (Video Adapter's s)."""
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
@@ -409,6 +471,10 @@ def run_benchmark(plan: Plan) -> list[dict]:
         if "video-adapter" in plan.cases:
             small_dir = _small_adapter_model(model_dir, f"{tmp}/small")
             rows += video_adapter_rows(model_dir, small_dir, device, plan, budget)
+        if "animatediff-free-noise" in plan.cases:
+            rows += animatediff_rows(model_dir, device, plan, budget, free_noise=True)
+        if "svd" in plan.cases:
+            rows += svd_rows(device, plan, budget)
     add_speedups(rows)
     return rows
 
@@ -418,17 +484,17 @@ def _fmt(value, spec: str, width: int) -> str:
 
 
 def print_rows(rows: list[dict]) -> None:
-    print(f"{'case':<14} {'impl':<24} {'F':>3} {'seconds':>8} {'speedup':>7} {'peak GiB':>8} {'resident':>8} "
+    print(f"{'case':<22} {'impl':<24} {'F':>3} {'seconds':>8} {'speedup':>7} {'peak GiB':>8} {'resident':>8} "
           f"{'rel_l2':>9} {'compile s':>9}")
     for r in rows:
         note = r.get("error") or r.get("skipped") or ""
-        print(f"{r['case']:<14} {r['impl']:<24} {r['frames']:>3} {_fmt(r.get('seconds'), '.3f', 8)} "
+        print(f"{r['case']:<22} {r['impl']:<24} {r['frames']:>3} {_fmt(r.get('seconds'), '.3f', 8)} "
               f"{_fmt(r.get('speedup'), '.2f', 7)} {_fmt(r.get('peak_gib'), '.3f', 8)} "
               f"{_fmt(r.get('resident_gib'), '.3f', 8)} {_fmt(r.get('rel_l2'), '.2e', 9)} "
               f"{_fmt(r.get('compile_seconds'), '.1f', 9)} {note}")
         roles = [f"{role} {r[role_field(role)]:.3f}" for role in ROLES if r.get(role_field(role)) is not None]
         if roles:
-            print(f"{'':<14} transient GiB by role: {', '.join(roles)}")
+            print(f"{'':<22} transient GiB by role: {', '.join(roles)}")
 
 
 def main(argv=None) -> int:

@@ -10,7 +10,15 @@ Cases, on the SD1.5-size random model (``vidgen.default_model``), fp16,
   step): diffusers' default modules against ``vidgen.patch(pipe)``;
 * ``tune-a-video``: Tune-A-Video, 8 frames, CFG 12.5: the reference formulation (gathered K/V on
   SDPA, permute copies: ``VideoUNet.use_vidgen_ops(False, False)``) against vidgen's kernels,
-  both through ``vidgen.sampling`` as ``benchmarks/bench_e2e.py`` runs them.
+  both through ``vidgen.sampling`` as ``benchmarks/bench_e2e.py`` runs them;
+* ``animatediff-free-noise``: AnimateDiff with FreeNoise (windows of 16 frames, stride 4) making
+  64 frames: diffusers' FreeNoise blocks against vidgen's fused motion module;
+* ``svd`` and ``svd-xt``: Stable Video Diffusion at its full size (random weights,
+  ``vidgen.default_model.svd_pipeline``), 576x1024, 14 and 25 frames, guidance 1 -> 3 over the
+  frames (one UNet call on the CFG batch per step): diffusers against ``vidgen.patch(pipe)``. Its
+  ``TransformerSpatioTemporalModel`` counts as temporal attention whole, spatial blocks included
+  (vidgen's forward runs the temporal blocks' parts without calling the blocks as modules, so a
+  finer split would differ between the sides).
 
 A step is the time from one UNet call to the next: the UNet, the guidance arithmetic, the
 scheduler step and the preparation of the next input, as the sampling loop runs them. For each
@@ -48,7 +56,7 @@ import torch
 from benchmarks import harness
 from benchmarks.step_roles import GAP, ROLES, RoleScopes, kernel_role, parse_scope, scope_role
 
-CASES = ("animatediff", "tune-a-video")
+CASES = ("animatediff", "tune-a-video", "animatediff-free-noise", "svd", "svd-xt")
 SIDES = ("default", "vidgen")
 PROMPT = "a red horse runs in the sky"
 
@@ -62,10 +70,15 @@ class Shape:
     size: int
     animatediff_frames: int
     tuneavideo_frames: int
+    free_noise: tuple[int, int, int] = (64, 16, 4)  # AnimateDiff+FreeNoise: frames, context length, stride
+    svd_arch: str = "svd"  # vidgen.default_model.SVD_ARCHS
+    svd_frames: tuple[int, int] = (14, 25)  # the svd and svd-xt cases
+    svd_size: tuple[int, int] = (576, 1024)  # height, width
 
 
 FULL = Shape("sd15", torch.float16, 512, 16, 8)
-TINY = Shape("tiny", torch.float32, 64, 4, 4)
+TINY = Shape("tiny", torch.float32, 64, 4, 4, free_noise=(6, 4, 2), svd_arch="tiny", svd_frames=(2, 3),
+             svd_size=(32, 32))
 
 
 @dataclass
@@ -81,15 +94,20 @@ class Case:
     models: list[torch.nn.Module]
 
 
-def animatediff_case(model_dir: str, shape: Shape, device: torch.device) -> Case:
+def animatediff_case(model_dir: str, shape: Shape, device: torch.device, free_noise: bool = False) -> Case:
+    """AnimateDiff, or with ``free_noise`` AnimateDiff+FreeNoise (enabled before patching, ``shape.free_noise``)."""
     import vidgen
     from vidgen.default_model import animatediff_pipeline
 
     pipe = animatediff_pipeline(model_dir, shape.dtype).to(device)
     pipe.set_progress_bar_config(disable=True)
+    frames = shape.animatediff_frames
+    if free_noise:
+        frames, context_length, context_stride = shape.free_noise
+        pipe.enable_free_noise(context_length=context_length, context_stride=context_stride)
 
     def run(steps: int) -> torch.Tensor:
-        return pipe(PROMPT, num_frames=shape.animatediff_frames, height=shape.size, width=shape.size,
+        return pipe(PROMPT, num_frames=frames, height=shape.size, width=shape.size,
                     num_inference_steps=steps, guidance_scale=7.5, output_type="latent",
                     generator=torch.Generator(device).manual_seed(0)).frames
 
@@ -100,7 +118,7 @@ def animatediff_case(model_dir: str, shape: Shape, device: torch.device) -> Case
             vidgen.unpatch(pipe)
 
     # pipe.unet is read at each use: patching keeps the module and changes its parts in place
-    return Case("animatediff", shape.animatediff_frames, run, use, pipe.unet, [pipe.unet])
+    return Case("animatediff-free-noise" if free_noise else "animatediff", frames, run, use, pipe.unet, [pipe.unet])
 
 
 def tuneavideo_case(model_dir: str, shape: Shape, device: torch.device) -> Case:
@@ -118,7 +136,34 @@ def tuneavideo_case(model_dir: str, shape: Shape, device: torch.device) -> Case:
     return Case("tune-a-video", shape.tuneavideo_frames, run, use, model.unet, [model.unet])
 
 
-BUILDERS = {"animatediff": animatediff_case, "tune-a-video": tuneavideo_case}
+def svd_case(model_dir: str, shape: Shape, device: torch.device, xt: bool = False) -> Case:
+    """Stable Video Diffusion from one random image (``model_dir`` unused: the pipeline is built here)."""
+    import numpy as np
+    from PIL import Image
+
+    import vidgen
+    from vidgen.default_model import svd_pipeline
+
+    pipe = svd_pipeline(shape.svd_arch, shape.dtype, device)
+    pipe.set_progress_bar_config(disable=True)
+    frames = shape.svd_frames[1 if xt else 0]
+    height, width = shape.svd_size
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+    def run(steps: int) -> torch.Tensor:
+        return pipe(image, num_frames=frames, height=height, width=width, num_inference_steps=steps,
+                    min_guidance_scale=1.0, max_guidance_scale=3.0, output_type="latent",
+                    generator=torch.Generator(device).manual_seed(0)).frames
+
+    def use(side: str) -> None:
+        (vidgen.patch if side == "vidgen" else vidgen.unpatch)(pipe)
+
+    return Case("svd-xt" if xt else "svd", frames, run, use, pipe.unet, [pipe.unet])
+
+
+BUILDERS = {"animatediff": animatediff_case, "tune-a-video": tuneavideo_case,
+            "animatediff-free-noise": lambda *args: animatediff_case(*args, free_noise=True),
+            "svd": svd_case, "svd-xt": lambda *args: svd_case(*args, xt=True)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -275,7 +320,8 @@ def rows_of(case: str, side: str, frames: int, shape: Shape, wall_ms: float | No
     step without the profiler (``wall_ms``: its kernels run as long either way, while the profiler
     slows the host), on a CPU the profiled step itself (``wall_ms=None``: the profiler slows the
     operators it times too)."""
-    common = {"case": case, "side": side, "frames": frames, "size": shape.size, "dtype": str(shape.dtype)[6:]}
+    size = "x".join(map(str, shape.svd_size)) if case.startswith("svd") else shape.size  # SVD: height x width
+    common = {"case": case, "side": side, "frames": frames, "size": size, "dtype": str(shape.dtype)[6:]}
     kernel_ms = breakdown.total_us / 1e3
     wall_source = "profiled" if wall_ms is None else "unprofiled"
     wall_ms = profiled_wall_ms if wall_ms is None else wall_ms
@@ -365,7 +411,7 @@ def main(argv=None) -> int:
                 events, profiled_ms = profile_one_step(case, device)
                 breakdown = attribute(events, device.type)
                 rows += rows_of(name, side, case.frames, shape, wall_ms, profiled_ms, breakdown, args.top)
-                print(f"{name:<13} {side:<8} F={case.frames:<3} step {wall_ms or profiled_ms:9.2f} ms, kernels "
+                print(f"{name:<22} {side:<8} F={case.frames:<3} step {wall_ms or profiled_ms:9.2f} ms, kernels "
                       f"{breakdown.total_us / 1e3:9.2f} ms, under the profiler {profiled_ms:9.2f} ms")
             case.use("default")
             del case
@@ -378,7 +424,7 @@ def main(argv=None) -> int:
                                    f"{shape.arch}, {str(shape.dtype)[6:]}, {shape.size}px)")
     for row in rows:
         if row["kind"] == "role":
-            print(f"  {row['case']:<13} {row['side']:<8} {row['role']:<24} {row['ms']:9.2f} ms "
+            print(f"  {row['case']:<22} {row['side']:<8} {row['role']:<24} {row['ms']:9.2f} ms "
                   f"{100 * row['share']:5.1f}%")
     print(f"results: {stem}.csv/.json/.png")
     return 0

@@ -48,7 +48,7 @@ from benchmarks import harness
 from benchmarks.roofline_cases import CASES, FULL, GOALS, TINY, Recorded, record_cases
 from benchmarks.roofline_cost import (LAUNCH_US, Ceilings, Costing, Totals, compute_floor_seconds, elementwise,
                                       inductor, load_ceilings, never, partition)
-from benchmarks.roofline_fusions import FUSIONS, Saving, combined, savings
+from benchmarks.roofline_fusions import Saving, combined, savings
 from benchmarks.step_roles import ROLES
 
 CONFIGS = {"eager": "diffusers eager", "fused": "diffusers + ideal elementwise fusion",

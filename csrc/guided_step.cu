@@ -1,5 +1,5 @@
 // The fused guidance step: Video Adapter composition + CFG (+ rescale) + one DDIM step (or DDIM
-// inversion step), METHODS.md sections 4-5. kernels/guidance.py holds the PyTorch reference (the
+// inversion step) or one Euler step (EulerDiscreteScheduler without churn), METHODS.md sections 4-5. kernels/guidance.py holds the PyTorch reference (the
 // spec) and the Triton version of the same two passes:
 //
 //   rescale_stats_kernel  (only when guidance_rescale > 0 with guidance) grid (NUM_PARTIALS, B):
@@ -15,8 +15,10 @@
 // need not run in sequence. The noise is the stream of kernels/noise.py's Triton helpers
 // (philox_origin, frame_normals, shared_normal, correlate), which both Triton kernels call; this
 // copy is pinned to them by tests/test_cuda_library.py: change both, and the pin, together.
+// The guidance scale is one value, or one per frame (guidance_scales): an element's frame follows
+// from its offset in the video, o / scale_post % scale_frames, so a vector must not straddle two.
 // Indexing is int64 throughout; VEC is 16 bytes when every pointer is 16-byte aligned and the
-// row length is a multiple of VEC, else 1.
+// row length (and scale_post with per-frame scales) is a multiple of VEC, else 1.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -69,10 +71,16 @@ __device__ __forceinline__ void store(void* base, int64_t offset, const float (&
   }
 }
 
-// eps_text and the guided eps of VEC elements at `offset`.
+// The guidance scale of the elements at offset `in_video` of their video (VEC of them share a frame).
+__device__ __forceinline__ float guidance_scale_at(const VidgenGuidedStepArgs& a, int64_t in_video) {
+  if (a.guidance_scales == nullptr) return a.guidance_scale;
+  return a.guidance_scales[(in_video / a.scale_post) % a.scale_frames];
+}
+
+// eps_text and the guided eps of VEC elements at `offset`, guided with `scale`.
 template <typename T, int VEC>
-__device__ __forceinline__ void compose(const VidgenGuidedStepArgs& a, int64_t offset, float (&text)[VEC],
-                                        float (&eps)[VEC]) {
+__device__ __forceinline__ void compose(const VidgenGuidedStepArgs& a, int64_t offset, float scale,
+                                        float (&text)[VEC], float (&eps)[VEC]) {
   load<T, VEC>(a.eps_cond, offset, text);
   if (a.prior_cond != nullptr) {
     float prior[VEC];
@@ -84,7 +92,7 @@ __device__ __forceinline__ void compose(const VidgenGuidedStepArgs& a, int64_t o
     float uncond[VEC];
     load<T, VEC>(a.eps_uncond, offset, uncond);
 #pragma unroll
-    for (int i = 0; i < VEC; ++i) eps[i] = fmaf(a.guidance_scale, text[i] - uncond[i], uncond[i]);
+    for (int i = 0; i < VEC; ++i) eps[i] = fmaf(scale, text[i] - uncond[i], uncond[i]);
   } else {
 #pragma unroll
     for (int i = 0; i < VEC; ++i) eps[i] = text[i];
@@ -108,11 +116,11 @@ __global__ void __launch_bounds__(kThreads) rescale_stats_kernel(VidgenGuidedSte
   const int64_t begin = blockIdx.x * chunk, end = min(begin + chunk, vectors);
   // Shift by the video's first element: sum-of-squares variance then keeps its precision.
   float pivot_text[1], pivot_eps[1];
-  compose<T, 1>(a, video * n, pivot_text, pivot_eps);
+  compose<T, 1>(a, video * n, guidance_scale_at(a, 0), pivot_text, pivot_eps);
   float sums[4] = {0.f, 0.f, 0.f, 0.f};
   for (int64_t v = begin + threadIdx.x; v < end; v += kThreads) {
     float text[VEC], eps[VEC];
-    compose<T, VEC>(a, video * n + v * VEC, text, eps);
+    compose<T, VEC>(a, video * n + v * VEC, guidance_scale_at(a, v * VEC), text, eps);
 #pragma unroll
     for (int i = 0; i < VEC; ++i) {
       const float dt = text[i] - pivot_text[0], de = eps[i] - pivot_eps[0];
@@ -162,10 +170,26 @@ struct StepCoefficients {
 };
 
 __device__ StepCoefficients step_coefficients(const VidgenGuidedStepArgs& a, int64_t video) {
-  const float a_t = a.alpha_t_stride >= 0 ? a.alpha_t_values[video * a.alpha_t_stride] : a.alpha_t;
-  const float a_p = a.alpha_p_stride >= 0 ? a.alpha_p_values[video * a.alpha_p_stride] : a.alpha_p;
-  const float sqrt_a = sqrtf(a_t), sqrt_1ma = sqrtf(1.0f - a_t);
+  const float level_t = a.level_t_stride >= 0 ? a.level_t_values[video * a.level_t_stride] : a.level_t;
+  const float level_p = a.level_p_stride >= 0 ? a.level_p_values[video * a.level_p_stride] : a.level_p;
   StepCoefficients c;
+  if (a.rule == VIDGEN_RULE_EULER) {
+    // x0 at sigma s by the prediction type; e is the sample itself: out = x + r (x - x0), r = (s' - s) / s.
+    const float s = level_t, r = (level_p - s) / s;
+    if (a.prediction == VIDGEN_V_PREDICTION) {
+      c.x0_x = 1.0f / (s * s + 1.0f); c.x0_e = -s / sqrtf(s * s + 1.0f);
+    } else if (a.prediction == VIDGEN_SAMPLE) {
+      c.x0_x = 0.0f; c.x0_e = 1.0f;
+    } else {
+      c.x0_x = 1.0f; c.x0_e = -s;
+    }
+    c.e_x = 1.0f; c.e_e = 0.0f;
+    c.sqrt_a = 0.0f; c.inv_sqrt_1ma = 0.0f;  // read only by use_clipped, which Euler refuses
+    c.out_x0 = -r; c.out_e = 1.0f + r; c.sigma = 0.0f;
+    return c;
+  }
+  const float a_t = level_t, a_p = level_p;
+  const float sqrt_a = sqrtf(a_t), sqrt_1ma = sqrtf(1.0f - a_t);
   if (a.prediction == VIDGEN_V_PREDICTION) {
     c.x0_x = sqrt_a; c.x0_e = -sqrt_1ma; c.e_x = sqrt_1ma; c.e_e = sqrt_a;
   } else if (a.prediction == VIDGEN_SAMPLE) {
@@ -184,9 +208,9 @@ __device__ StepCoefficients step_coefficients(const VidgenGuidedStepArgs& a, int
 // One vector of one frame: compose, guide, rescale, step; z is the frame's noise (NOISE_GENERATED).
 template <typename T, int VEC, int NOISE>
 __device__ __forceinline__ void step_vector(const VidgenGuidedStepArgs& a, const StepCoefficients& c,
-                                            float factor, int64_t offset, const float (&z)[VEC]) {
+                                            float factor, int64_t offset, int64_t in_video, const float (&z)[VEC]) {
   float text[VEC], eps[VEC], x[VEC], noise[VEC], out[VEC], x0[VEC];
-  compose<T, VEC>(a, offset, text, eps);
+  compose<T, VEC>(a, offset, guidance_scale_at(a, in_video), text, eps);
   load<T, VEC>(a.sample, offset, x);
   if constexpr (NOISE == VIDGEN_NOISE_GIVEN) load<T, VEC>(a.noise, offset, noise);
 #pragma unroll
@@ -224,14 +248,15 @@ __global__ void __launch_bounds__(kThreads) guided_step_kernel(VidgenGuidedStepA
   if constexpr (NOISE != VIDGEN_NOISE_GENERATED) {
     if (item >= n / VEC) return;
     const float no_noise[VEC] = {};
-    step_vector<T, VEC, NOISE>(a, c, factor, video * n + item * VEC, no_noise);
+    step_vector<T, VEC, NOISE>(a, c, factor, video * n + item * VEC, item * VEC, no_noise);
   } else {
     const int64_t cols = a.pre * a.post, vector_cols = cols / VEC;
     const int64_t frame_groups = (a.frames + 3) / 4, philox_groups = (a.frames + 4) / 4;
     if (item >= frame_groups * vector_cols) return;
     const int64_t group = item / vector_cols, col = (item % vector_cols) * VEC;
     const int64_t row = col / a.post;
-    const int64_t offset = video * n + row * a.post * a.frames + (col - row * a.post);
+    const int64_t in_video = row * a.post * a.frames + (col - row * a.post);
+    const int64_t offset = video * n + in_video;
     const uint64_t key = a.seeds != nullptr ? static_cast<uint64_t>(a.seeds[video]) : a.seed;
     const uint64_t counter = (a.seeds != nullptr ? 0 : video * philox_groups * cols) + col;
 
@@ -270,7 +295,7 @@ __global__ void __launch_bounds__(kThreads) guided_step_kernel(VidgenGuidedStepA
     for (int lane = 0; lane < 4; ++lane) {
       const int64_t f = 4 * group + lane;
       if (f >= a.frames) break;
-      step_vector<T, VEC, NOISE>(a, c, factor, offset + f * a.post, frames_z[lane]);
+      step_vector<T, VEC, NOISE>(a, c, factor, offset + f * a.post, in_video + f * a.post, frames_z[lane]);
     }
   }
 }
@@ -308,9 +333,11 @@ bool aligned16(const void* p) { return p == nullptr || reinterpret_cast<uintptr_
 template <typename T>
 int dispatch_vector_width(const VidgenGuidedStepArgs& a, cudaStream_t stream) {
   constexpr int kVec = 16 / sizeof(T);
-  // A vector must not straddle rows (generated noise) or videos, and every pointer must allow 16 B.
+  // A vector must not straddle rows (generated noise), scale frames or videos, and every pointer must
+  // allow 16 B.
   const int64_t row = a.noise_mode == VIDGEN_NOISE_GENERATED ? a.post : a.pre * a.frames * a.post;
-  const bool vectorized = row % kVec == 0 && aligned16(a.out) && aligned16(a.pred_original) &&
+  const bool vectorized = row % kVec == 0 && (a.guidance_scales == nullptr || a.scale_post % kVec == 0) &&
+                          aligned16(a.out) && aligned16(a.pred_original) &&
                           aligned16(a.sample) && aligned16(a.eps_cond) && aligned16(a.eps_uncond) &&
                           aligned16(a.prior_cond) && aligned16(a.noise);
   return vectorized ? launch<T, kVec>(a, stream) : launch<T, 1>(a, stream);
@@ -325,12 +352,18 @@ const char* invalid_arguments(const VidgenGuidedStepArgs* a) {
   if (a->batch > 65535) return "batch exceeds 65535 (one grid row per video)";
   if (a->dtype < VIDGEN_FP32 || a->dtype > VIDGEN_BF16) return "dtype must be VIDGEN_FP32, VIDGEN_FP16 or VIDGEN_BF16";
   if (a->prediction < VIDGEN_EPSILON || a->prediction > VIDGEN_SAMPLE) return "unknown prediction type";
+  if (a->rule != VIDGEN_RULE_DDIM && a->rule != VIDGEN_RULE_EULER) return "unknown step rule";
+  if (a->rule == VIDGEN_RULE_EULER &&
+      (a->noise_mode != VIDGEN_NOISE_NONE || a->inverse || a->use_clipped || a->clip_range < INFINITY))
+    return "the Euler step takes no noise, clipping or inversion";
   if (a->noise_mode < VIDGEN_NOISE_NONE || a->noise_mode > VIDGEN_NOISE_GENERATED) return "unknown noise mode";
   if (a->noise_mode == VIDGEN_NOISE_GIVEN && a->noise == nullptr) return "noise_mode GIVEN needs a noise tensor";
   if (a->noise_kind < VIDGEN_NOISE_IID || a->noise_kind > VIDGEN_NOISE_PROGRESSIVE) return "unknown noise kind";
-  if ((a->alpha_t_stride >= 0 && a->alpha_t_values == nullptr) ||
-      (a->alpha_p_stride >= 0 && a->alpha_p_values == nullptr))
-    return "an alpha stride >= 0 needs its values pointer";
+  if ((a->level_t_stride >= 0 && a->level_t_values == nullptr) ||
+      (a->level_p_stride >= 0 && a->level_p_values == nullptr))
+    return "a noise-level stride >= 0 needs its values pointer";
+  if (a->guidance_scales != nullptr && (a->scale_frames <= 0 || a->scale_post <= 0))
+    return "per-frame guidance scales need scale_frames > 0 and scale_post > 0";
   if (a->partials != nullptr && (a->eps_uncond == nullptr || a->pre * a->frames * a->post < 2))
     return "rescale (partials) needs eps_uncond and at least 2 elements per video";
   return nullptr;

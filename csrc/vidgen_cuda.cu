@@ -11,7 +11,7 @@ void set_last_error(std::string message) { last_error = std::move(message); }
 
 extern "C" {
 
-int vidgen_abi_version(void) { return 2; }
+int vidgen_abi_version(void) { return 3; }
 
 const char* vidgen_last_error(void) { return vidgen::last_error.c_str(); }
 

@@ -23,6 +23,9 @@ enum VidgenDtype { VIDGEN_FP32 = 0, VIDGEN_FP16 = 1, VIDGEN_BF16 = 2 };
 enum VidgenPrediction { VIDGEN_EPSILON = 0, VIDGEN_V_PREDICTION = 1, VIDGEN_SAMPLE = 2 };
 enum VidgenNoiseMode { VIDGEN_NOISE_NONE = 0, VIDGEN_NOISE_GIVEN = 1, VIDGEN_NOISE_GENERATED = 2 };
 enum VidgenNoiseKind { VIDGEN_NOISE_IID = 0, VIDGEN_NOISE_MIXED = 1, VIDGEN_NOISE_PROGRESSIVE = 2 };
+// The step rule and what its two noise levels are: DDIM's cumulative alphas (alpha_prod_t ->
+// alpha_prod_prev) or Euler's sigmas (EulerDiscreteScheduler without churn: sigma -> sigma_next).
+enum VidgenStepRule { VIDGEN_RULE_DDIM = 0, VIDGEN_RULE_EULER = 1 };
 #define VIDGEN_NUM_PARTIALS 64
 
 typedef struct VidgenGuidedStepArgs {
@@ -34,17 +37,19 @@ typedef struct VidgenGuidedStepArgs {
   const void* prior_cond;       // NULL: no Video Adapter prior
   const void* noise;            // z when noise_mode == GIVEN
   float* partials;              // (batch, VIDGEN_NUM_PARTIALS, 4) fp32 workspace when rescaling
-  const float* alpha_t_values;  // (1,) or (batch,) when alpha_t_stride >= 0
-  const float* alpha_p_values;  // (1,) or (batch,) when alpha_p_stride >= 0
+  const float* level_t_values;  // (1,) or (batch,) when level_t_stride >= 0
+  const float* level_p_values;  // (1,) or (batch,) when level_p_stride >= 0
   const int64_t* seeds;         // (batch,) one Philox key per video, or NULL: `seed` for the batch
+  const float* guidance_scales; // (scale_frames,) one guidance scale per frame, or NULL: guidance_scale
   int64_t batch, pre, frames, post;
+  int64_t scale_post;           // an element at offset o in its video has scale frame (o / scale_post) % scale_frames
   uint64_t seed;
-  float alpha_t, alpha_p;       // used when the stride is -1
-  int32_t alpha_t_stride, alpha_p_stride;  // -1 scalar, 0 one value, 1 one per video
+  float level_t, level_p;       // the input's and the output's noise level, used when the stride is -1
+  int32_t level_t_stride, level_p_stride;  // -1 scalar, 0 one value, 1 one per video
   float guidance_scale, prior_strength, guidance_rescale, eta;
   float clip_range;             // +inf: no clipping
   float coef_keep, coef_new;    // noise mixing coefficients (kernels/noise.py mixing_coefficients)
-  int32_t dtype, prediction, use_clipped, inverse, noise_mode, noise_kind, device;
+  int32_t dtype, rule, prediction, use_clipped, inverse, noise_mode, noise_kind, scale_frames, device;
 } VidgenGuidedStepArgs;
 
 // sizeof(VidgenGuidedStepArgs), so bindings can check their copy of the struct.

@@ -3,6 +3,7 @@ compared and skipped (stand-in variants), and the latents comparison of a tiny-m
 import pytest
 import torch
 
+import vidgen
 from benchmarks import bench_e2e
 
 
@@ -15,6 +16,7 @@ def test_full_run_is_the_issue_s_configuration():
     assert full.cases == bench_e2e.CASES
     assert (full.arch, full.dtype, full.size, full.device) == ("sd15", torch.float16, 512, "cuda")
     assert (full.animatediff_frames, full.tuneavideo_frames, full.adapter_frames) == (16, (8, 24), 8)
+    assert full.free_noise == (64, 16, 4)  # AnimateDiff+FreeNoise: 64 frames in windows of 16, stride 4
     assert (full.animatediff_steps, full.tuneavideo_steps) == (25, 50)
     assert full.compile and full.repeats == 2 and full.write
 
@@ -122,3 +124,14 @@ def test_host_time_per_call_is_in_microseconds_per_call():
     per_call = harness.host_us_per_call(lambda: (calls.append(1), time.sleep(0.002)), calls=5)
     assert len(calls) == 10 + 5  # the warm-up calls are not timed
     assert 2000 <= per_call < 50000
+
+
+def test_svd_case_is_svd_and_svd_xt_at_576x1024_and_runs_on_the_tiny_model():
+    full = plan()
+    assert (full.svd_arch, full.svd_frames, full.svd_size, full.svd_steps) == ("svd", (14, 25), (576, 1024), 25)
+    smoke = plan("--smoke", "--cases", "svd")
+    with vidgen.ops.use_backend("torch"), torch.no_grad():  # the plumbing; the kernels have their own tests
+        rows = bench_e2e.svd_rows(torch.device("cpu"), smoke, {"spent_s": 0.0})
+    assert [(r["impl"], r["frames"]) for r in rows] == [("diffusers", 3), ("vidgen", 3)]
+    assert all(r["seconds"] > 0 and "error" not in r for r in rows), rows
+    assert rows[0]["rel_l2"] == 0.0 and rows[1]["rel_l2"] < 1e-4  # fp32: the same latents

@@ -21,7 +21,7 @@ def test_end_to_end_benchmark_smoke_run(capsys, monkeypatch):
     with use_backend("torch"):
         assert bench_e2e.main(["--smoke"]) == 0
     out = capsys.readouterr().out
-    for case in ("animatediff", "tune-a-video", "video-adapter"):
+    for case in bench_e2e.CASES:
         assert case in out
         rows = [row for row in measured if row["case"] == case]
         assert rows[0]["impl"] == bench_e2e.DEFAULT_LABEL[case] and rows[0]["rel_l2"] == 0.0

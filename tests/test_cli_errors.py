@@ -9,9 +9,11 @@ import json
 import os
 import time
 
+import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
+from diffusers import StableVideoDiffusionPipeline
 
 from vidgen import cli
 from vidgen.video_io import write_video
@@ -58,6 +60,19 @@ CASES = {
         (["--prompt", "a red horse"], "--prompt: 'a red horse' has words the model does not know ('horse'); its "
                                       "vocabulary is a, blue, circle, down, green, left, moves, red, right, square, "
                                       "triangle, up, yellow"),
+        (["--image", "missing.png", "--model", "svd"], "--image: missing.png does not exist"),
+        (["--image", "notes.txt", "--model", "svd"], "--image: cannot read notes.txt as an image"),
+        (["--image", "empty", "--model", "svd"], "--image: empty is a folder; expected an image file"),
+        (["--image", "frame.png"], "--image: image-to-video needs a Stable Video Diffusion --model folder"),
+        (["--image", "frame.png", "--model", "short_schedule", "--steps", "5"],
+         "--image: image-to-video needs a Stable Video Diffusion --model folder"),
+        (["--model", "svd"], "--image: svd is a Stable Video Diffusion folder, which animates an image; give --image"),
+        (["--model", "svd", "--image", "frame.png", "--video", "src.gif"],
+         "--video: not used by image-to-video sampling (--image)"),
+        (["--model", "svd", "--image", "frame.png", "--noise", "mixed"],
+         "--noise: not used by image-to-video sampling (--image)"),
+        (["--model", "svd_hollow", "--image", "frame.png"],
+         "--model: svd_hollow is not a diffusers Stable Video Diffusion folder (missing image_encoder"),
     ],
     "invert": [
         (INVERT[1:] + ["--steps", "0"], "--steps: expected a positive integer, got 0"),
@@ -177,6 +192,15 @@ def workdir(tmp_path, monkeypatch):
         if config:
             settings = {"num_train_timesteps": 10} if sub == "scheduler" else {}
             (tmp_path / "short_schedule" / sub / config).write_text(json.dumps(settings))
+    for name, configs in {"svd": {"unet": "config.json", "vae": "config.json", "image_encoder": "config.json",
+                                  "feature_extractor": "preprocessor_config.json",
+                                  "scheduler": "scheduler_config.json"},
+                          "svd_hollow": {"unet": "config.json", "vae": "config.json"}}.items():
+        for sub, config in configs.items():  # a Stable Video Diffusion folder's layout, told apart by its index
+            (tmp_path / name / sub).mkdir(parents=True)
+            (tmp_path / name / sub / config).write_text("{}")
+        (tmp_path / name / "model_index.json").write_text(json.dumps({"_class_name": "StableVideoDiffusionPipeline"}))
+    iio.imwrite("frame.png", video[0])  # a readable image
     (tmp_path / "finished").mkdir()
     (tmp_path / "finished" / "checkpoint.safetensors").write_bytes(b"an earlier run's checkpoint")
     torch.save({"latents": torch.zeros(1, 4, 3, 4, 4)}, "x_T.pt")
@@ -199,6 +223,7 @@ def no_model_loads(monkeypatch):
     monkeypatch.setattr(default_model, "ensure", forbidden)
     monkeypatch.setattr(default_model, "build", forbidden)
     monkeypatch.setattr(vidgen.sampling.VideoModel, "from_pretrained", forbidden)
+    monkeypatch.setattr(StableVideoDiffusionPipeline, "from_pretrained", forbidden)
     monkeypatch.setattr(vidgen.eval, "ClipScorer", forbidden)
     monkeypatch.setattr(vidgen.parity, "parity_report", forbidden)
     monkeypatch.setattr(vidgen.train, "tune", forbidden)

@@ -48,8 +48,8 @@ def test_library_loads_with_matching_abi(lib):
 def valid_args(**overrides) -> _cuda_lib.GuidedStepArgs:
     """Arguments that pass the library's checks; the pointers are never dereferenced by these tests."""
     fake = 1 << 20
-    args = dict(out=fake, sample=fake, eps_cond=fake, batch=2, pre=4, frames=16, post=64, alpha_t=0.5, alpha_p=0.6,
-                alpha_t_stride=-1, alpha_p_stride=-1, guidance_scale=7.5, clip_range=float("inf"), coef_new=1.0)
+    args = dict(out=fake, sample=fake, eps_cond=fake, batch=2, pre=4, frames=16, post=64, level_t=0.5, level_p=0.6,
+                level_t_stride=-1, level_p_stride=-1, guidance_scale=7.5, clip_range=float("inf"), coef_new=1.0)
     args.update(overrides)
     return _cuda_lib.GuidedStepArgs(**args)
 
@@ -65,7 +65,11 @@ def call(lib, args):
     (dict(dtype=5), "dtype must be"),
     (dict(prediction=3), "unknown prediction type"),
     (dict(noise_mode=1), "noise_mode GIVEN needs a noise tensor"),
-    (dict(alpha_t_stride=1), "an alpha stride >= 0 needs its values pointer"),
+    (dict(level_t_stride=1), "a noise-level stride >= 0 needs its values pointer"),
+    (dict(rule=2), "unknown step rule"),
+    (dict(rule=1, noise_mode=1, noise=1 << 20), "the Euler step takes no noise, clipping or inversion"),
+    (dict(rule=1, clip_range=1.0), "the Euler step takes no noise, clipping or inversion"),
+    (dict(guidance_scales=1 << 20), "per-frame guidance scales need scale_frames > 0 and scale_post > 0"),
     (dict(partials=1 << 20), r"rescale \(partials\) needs eps_uncond"),
 ])
 def test_invalid_arguments_are_an_error_message(lib, overrides, match):
@@ -253,7 +257,7 @@ def test_cuda_philox_is_tritons_philox_in_the_source():
 
 def test_cuda_launcher_packs_every_setting_into_the_abi_struct():
     """The ctypes struct the CUDA launcher passes, for the three kinds of z (none, given, drawn)."""
-    from vidgen.kernels.guidance import NOISE_GENERATED, NOISE_GIVEN, NOISE_NONE, NoiseDraw
+    from vidgen.kernels.guidance import NOISE_GENERATED, NOISE_GIVEN, NOISE_NONE, RULE_DDIM, NoiseDraw
 
     x, cond, uncond, prior, z, out, x0 = (torch.randn(2, 3, 5, 4, 6) for _ in range(7))
     a_t, partials = torch.tensor([0.3, 0.4]), torch.empty(2, _cuda_lib.NUM_PARTIALS, 4)
@@ -262,14 +266,16 @@ def test_cuda_launcher_packs_every_setting_into_the_abi_struct():
                     use_clipped_model_output=True)
     args = _cuda_lib.guided_step_args(out, x0, x, cond, uncond, prior, partials, guidance, step, z)
     assert (args.out, args.pred_original, args.sample, args.eps_cond, args.eps_uncond, args.prior_cond,
-            args.noise, args.partials, args.alpha_t_values) == tuple(
+            args.noise, args.partials, args.level_t_values) == tuple(
         t.data_ptr() for t in (out, x0, x, cond, uncond, prior, z, partials, a_t))
-    assert (args.alpha_p_values, args.seeds) == (None, None)
+    assert (args.level_p_values, args.seeds, args.guidance_scales) == (None, None, None)
     assert (args.batch, args.pre, args.frames, args.post) == (2, 1, 1, 3 * 5 * 4 * 6)
-    assert (args.alpha_t_stride, args.alpha_p_stride, args.alpha_p) == (1, -1, pytest.approx(0.6))
+    assert (args.level_t_stride, args.level_p_stride, args.level_p) == (1, -1, pytest.approx(0.6))
     assert (args.guidance_scale, args.prior_strength, args.guidance_rescale, args.eta, args.clip_range) == \
         pytest.approx((7.5, 0.2, 0.7, 0.5, 1.5))
-    assert (args.dtype, args.prediction, args.use_clipped, args.inverse, args.noise_mode) == (0, 1, 1, 0, NOISE_GIVEN)
+    assert (args.dtype, args.rule, args.prediction, args.use_clipped, args.inverse, args.noise_mode) == \
+        (0, RULE_DDIM, 1, 1, 0, NOISE_GIVEN)
+    assert (args.scale_frames, args.scale_post) == (0, 1)
 
     seeds = torch.tensor([5, 9])
     drawn = _cuda_lib.guided_step_args(out, None, x, cond, None, None, None, Guidance(), DDIMStep(0.3, 0.6, eta=1.0),
@@ -286,6 +292,26 @@ def test_cuda_launcher_packs_every_setting_into_the_abi_struct():
     inverse = _cuda_lib.guided_step_args(out, None, x, cond, None, None, None, Guidance(),
                                          DDIMStep(0.3, 0.6, inverse=True), None)
     assert (inverse.noise_mode, inverse.inverse, inverse.eta) == (NOISE_NONE, 1, 0.0)
+
+
+def test_cuda_launcher_packs_an_euler_step_with_per_frame_guidance():
+    """SVD's step: Euler between two sigmas (device tensors), a guidance scale per frame on dim 1."""
+    from vidgen.kernels.guidance import NOISE_NONE, RULE_EULER, EulerStep
+
+    x, cond, uncond, out = (torch.randn(2, 5, 3, 4, 6) for _ in range(4))  # (B, F, C, h, w)
+    sigmas, scales = torch.tensor([7.0, 3.5]), torch.linspace(1.0, 3.0, 5)
+    step = EulerStep(sigmas[0:1], sigmas[1:2], prediction_type="v_prediction")
+    args = _cuda_lib.guided_step_args(out, None, x, cond, uncond, None, None, Guidance(scales, frame_dim=1), step, None)
+    assert (args.rule, args.prediction, args.noise_mode, args.eta, args.inverse, args.use_clipped) == \
+        (RULE_EULER, 1, NOISE_NONE, 0.0, 0, 0)
+    assert (args.level_t_values, args.level_p_values, args.level_t_stride, args.level_p_stride) == \
+        (sigmas.data_ptr(), sigmas.data_ptr() + 4, 0, 0)
+    assert (args.guidance_scales, args.scale_frames, args.scale_post) == (scales.data_ptr(), 5, 3 * 4 * 6)
+    assert args.clip_range == float("inf") and (args.pre, args.frames, args.post) == (1, 1, 5 * 3 * 4 * 6)
+    floats = _cuda_lib.guided_step_args(out, None, x, cond, uncond, None, None, Guidance(2.5),
+                                        EulerStep(7.0, 0.0), None)
+    assert (floats.level_t, floats.level_p, floats.level_t_stride, floats.guidance_scale, floats.prediction) == \
+        (7.0, 0.0, -1, 2.5, 0)
 
 
 # ---- On a GPU: the CUDA op ------------------------------------------------------------------------

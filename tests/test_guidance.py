@@ -1,4 +1,5 @@
-"""vidgen.ops.guided_step against diffusers itself (CFG + rescale_noise_cfg + DDIM(Inverse)Scheduler.step).
+"""vidgen.ops.guided_step against diffusers itself (CFG + rescale_noise_cfg + DDIM(Inverse)Scheduler.step,
+and SVD's per-frame CFG + EulerDiscreteScheduler.step).
 
 Every comparison runs the op twice: through the default backend (Triton's interpreter on CPU,
 compiled kernels with VIDGEN_TEST_DEVICE=cuda) and through the PyTorch reference
@@ -8,11 +9,11 @@ import contextlib
 
 import pytest
 import torch
-from diffusers import DDIMInverseScheduler, DDIMScheduler
+from diffusers import DDIMInverseScheduler, DDIMScheduler, EulerDiscreteScheduler
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 
 import vidgen
-from vidgen.kernels.guidance import DDIMStep, Guidance, guided_step_reference
+from vidgen.kernels.guidance import DDIMStep, EulerStep, Guidance, compose_reference, guided_step_reference
 from vidgen.ops import BackendUnavailable, guided_step, use_backend
 
 SHAPE = (2, 3, 5, 6, 7)  # (B, C, F, h, w): odd sizes, 5 frames = one full Philox group + one partial
@@ -155,6 +156,104 @@ def test_ddim_inverse_step_matches_diffusers(device, which):
         assert_close(out, expected)
 
 
+# ---- Stable Video Diffusion: per-frame CFG + Euler ------------------------------------------------
+SVD_SHAPE = (2, 5, 3, 4, 7)  # diffusers' SVD latents (B, F, C, h, w): frames on dim 1
+
+
+def euler(prediction_type="v_prediction", steps=6):
+    """SVD's scheduler (diffusers' SVD pipeline test components): v-prediction on Karras sigmas."""
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", interpolation_type="linear",
+        num_train_timesteps=1000, prediction_type=prediction_type, sigma_max=700.0, sigma_min=0.002, steps_offset=1,
+        timestep_spacing="leading", timestep_type="continuous", use_karras_sigmas=True)
+    scheduler.set_timesteps(steps)
+    return scheduler
+
+
+def svd_guidance(frames, device, low=1.0, high=3.0):
+    return torch.linspace(low, high, frames, device=device)  # the pipeline's per-frame scale
+
+
+def diffusers_euler_step(scheduler, index, guided, x):
+    """diffusers' own step at ``index`` (float64 inputs; the step itself computes in fp32)."""
+    t = scheduler.timesteps[index]
+    scheduler.set_begin_index(index)  # an epsilon schedule's timesteps may repeat: name the step
+    scheduler.scale_model_input(x, t)  # sets the step index, as the pipeline does before each step
+    return scheduler.step(guided, t, x)
+
+
+@pytest.mark.parametrize("which", BACKENDS)
+@pytest.mark.parametrize("prediction_type,index,dtype", [
+    ("v_prediction", 0, torch.float32),   # sigma = 700: x of order 700
+    ("v_prediction", -1, torch.float32),  # last step: sigma_next = 0, out = x0
+    pytest.param("epsilon", 2, torch.float32, marks=pytest.mark.slow),
+    pytest.param("sample", 3, torch.float32, marks=pytest.mark.slow),
+    ("v_prediction", 2, torch.float16),
+    pytest.param("v_prediction", 4, torch.bfloat16, marks=pytest.mark.slow),
+])
+def test_per_frame_cfg_and_euler_step_match_diffusers(device, which, prediction_type, index, dtype):
+    scheduler = euler(prediction_type)
+    index = index % len(scheduler.timesteps)
+    sigma, sigma_next = float(scheduler.sigmas[index]), float(scheduler.sigmas[index + 1])
+    x = randn(device, dtype, SVD_SHAPE, seed=0) * (sigma**2 + 1) ** 0.5
+    cond, uncond = randn(device, dtype, SVD_SHAPE, seed=1), randn(device, dtype, SVD_SHAPE, seed=2)
+    w = svd_guidance(SVD_SHAPE[1], device)
+    c64, u64 = cond.double().cpu(), uncond.double().cpu()
+    guided = u64 + w.double().cpu()[None, :, None, None, None] * (c64 - u64)  # the SVD pipeline's CFG line
+    expected = diffusers_euler_step(scheduler, index, guided, x.double().cpu())
+    with backend(which):
+        out, x0 = guided_step(x, cond, uncond, guidance_scale=w, frame_dim=1, sigma=sigma, sigma_next=sigma_next,
+                              prediction_type=prediction_type, return_pred_original=True)
+    assert out.shape == x.shape and out.dtype == dtype
+    assert_close(out, expected.prev_sample, dtype)
+    assert_close(x0, expected.pred_original_sample, dtype)
+
+
+@pytest.mark.parametrize("which", [pytest.param("default", marks=pytest.mark.slow), "torch"])  # interpreter: 8-15 s
+def test_per_frame_scale_with_rescale_and_prior_matches_the_reference(device, which):
+    """A per-frame scale in the rescale reduction too, on the default frame axis (dim 2), with a DDIM step."""
+    x, cond, uncond, prior = (randn(device, seed=s) for s in range(4))
+    w = torch.tensor([1.0, 2.5, 4.0, 5.5, 7.0], device=device)
+    guidance = Guidance(scale=w, prior_strength=0.3, rescale=0.6)
+    ref, ref_x0 = guided_step_reference(x.double(), cond.double(), uncond.double(), prior.double(), guidance,
+                                        DDIMStep(0.3, 0.5))
+    c64, u64, p64 = cond.double(), uncond.double(), prior.double()
+    for f in range(5):  # the reference guides frame f with w[f]
+        torch.testing.assert_close(compose_reference(c64, u64, p64, Guidance(w.double(), 0.3))[:, :, f],
+                                   (u64 + float(w[f]) * (c64 + 0.3 * p64 - u64))[:, :, f])
+    with backend(which):
+        out, x0 = guided_step(x, cond, uncond, prior, guidance_scale=w, prior_strength=0.3, guidance_rescale=0.6,
+                              alpha_prod_t=0.3, alpha_prod_prev=0.5, return_pred_original=True)
+    assert_close(out, ref)
+    assert_close(x0, ref_x0)
+
+
+@pytest.mark.parametrize("which", BACKENDS)
+def test_per_video_sigma_tensors_match_per_video_floats(device, which):
+    x, cond, uncond = (randn(device, shape=SVD_SHAPE, seed=s) for s in range(3))
+    sigma, sigma_next = torch.tensor([9.0, 2.5], device=device), torch.tensor(1.25, device=device)
+    w = svd_guidance(SVD_SHAPE[1], device)
+    with backend(which):
+        out = guided_step(x, cond, uncond, guidance_scale=w, frame_dim=1, sigma=sigma, sigma_next=sigma_next,
+                          prediction_type="v_prediction")
+        for b, s in enumerate((9.0, 2.5)):
+            alone = guided_step(x[b:b + 1], cond[b:b + 1], uncond[b:b + 1], guidance_scale=w, frame_dim=1, sigma=s,
+                                sigma_next=1.25, prediction_type="v_prediction")
+            assert torch.equal(out[b:b + 1], alone)
+
+
+def test_low_precision_euler_against_float64_reference(device):
+    for dtype in (torch.float16, torch.bfloat16):
+        x, cond, uncond = (randn(device, dtype, shape=(3, 7, 4, 3, 5), seed=s) for s in range(3))
+        w = svd_guidance(7, device, 1.0, 2.5)
+        out = guided_step(x, cond, uncond, guidance_scale=w, frame_dim=1, sigma=3.0, sigma_next=1.7,
+                          prediction_type="v_prediction")
+        ref, _ = guided_step_reference(x.double(), cond.double(), uncond.double(), None,
+                                       Guidance(w.double(), frame_dim=1), EulerStep(3.0, 1.7, "v_prediction"))
+        assert out.dtype == dtype
+        assert_close(out, ref, dtype)
+
+
 @pytest.mark.parametrize("which", BACKENDS)
 def test_per_video_alpha_tensors_match_per_video_floats(device, which):
     x, cond, uncond = (randn(device, seed=s) for s in range(3))
@@ -241,8 +340,12 @@ def test_custom_op_registration_passes_opcheck(device):
     a_t = torch.tensor([0.3, 0.4], device=device)
     # the schema's order: sample, return_pred_original, tensors, then the settings (see vidgen/ops/guidance.py)
     torch.library.opcheck(torch.ops.vidgen.guided_step.default,
-                          (x, True, cond, uncond, None, None, None, a_t, None, 5.0, 0.0, 0.5, 0.0, 0.6, 0.0,
-                           "epsilon", None, False, False, None, 0.0, 0))
+                          (x, True, cond, uncond, None, None, None, a_t, None, None, 5.0, 0.0, 0.5, 2, "ddim", 0.0, 0.6,
+                           0.0, "epsilon", None, False, False, None, 0.0, 0))
+    sigmas, scales = torch.tensor([3.0, 1.5], device=device), torch.linspace(1.0, 3.0, SHAPE[2], device=device)
+    torch.library.opcheck(torch.ops.vidgen.guided_step.default,  # Euler, one guidance scale per frame
+                          (x, False, cond, uncond, None, None, None, sigmas[:1], sigmas[1:], scales, 0.0, 0.0, 0.0,
+                           2, "euler", 0.0, 0.0, 0.0, "v_prediction", None, False, False, None, 0.0, 0))
 
 
 # ---- bad input -----------------------------------------------------------------------------------
@@ -272,6 +375,24 @@ def bad_call(device, **overrides):
     (dict(guidance_scale=float("nan")), ValueError, "guidance_scale: expected a finite number"),
     (dict(sample=torch.randn(2, 3)[:, :0]), ValueError, "sample: expected a non-empty tensor"),
     (dict(eta=0.5, noise_kind="iid", seed=torch.tensor([1, 2, 3])), ValueError, "seed: expected one seed per video"),
+    (dict(sigma=2.0, sigma_next=1.0), ValueError, "sigma, alpha_prod_t: give one step"),
+    (dict(alpha_prod_t=None, alpha_prod_prev=None), ValueError, "alpha_prod_t: a step needs both noise levels"),
+    (dict(alpha_prod_t=None, alpha_prod_prev=None, sigma=0.0, sigma_next=0.0), ValueError,
+     "sigma: expected a finite noise level > 0"),
+    (dict(alpha_prod_t=None, alpha_prod_prev=None, sigma=2.0, sigma_next=-1.0), ValueError,
+     "sigma_next: expected a finite noise level >= 0"),
+    (dict(alpha_prod_t=None, alpha_prod_prev=None, sigma=2.0, sigma_next=1.0, eta=0.5, noise_kind="iid"), ValueError,
+     "eta: a DDIM setting; the Euler step"),
+    (dict(alpha_prod_t=None, alpha_prod_prev=None, sigma=2.0, sigma_next=1.0, clip_sample_range=1.0), ValueError,
+     "clip_sample_range: a DDIM setting"),
+    (dict(alpha_prod_t=None, alpha_prod_prev=None, sigma=2.0, sigma_next=1.0, inverse=True), ValueError,
+     "inverse: a DDIM setting"),
+    (dict(guidance_scale=torch.ones(4)), ValueError, r"guidance_scale: expected a float, or a 1-d float tensor of one "
+                                                     r"scale per frame \(5 along frame_dim=2\)"),
+    (dict(guidance_scale=torch.ones(5, 1)), ValueError, "guidance_scale: expected a float, or a 1-d float tensor"),
+    (dict(guidance_scale=torch.ones(2), frame_dim=0), ValueError, "frame_dim: dim 0 is the batch of videos"),
+    (dict(guidance_scale=torch.ones(2), frame_dim=5), ValueError, "frame_dim=5 is out of range for a 5-D shape"),
+    (dict(guidance_scale=torch.ones(5, device="meta")), ValueError, "guidance_scale: expected a tensor on"),
 ])
 def test_bad_input_is_refused_with_a_clear_error(device, overrides, error, match):
     with pytest.raises(error, match=match):

@@ -202,23 +202,6 @@ def test_free_init_with_patch_matches(sd_dir):
     assert not torch.allclose(sample_latents(pipe), before)  # FreeInit did change the result
 
 
-def test_free_noise_is_refused(sd_dir):
-    pipe = _animatediff_pipeline(sd_dir)
-    pipe.enable_free_noise(context_length=2, context_stride=1)
-    with pytest.raises(ValueError, match="FreeNoise"):
-        vidgen.patch(pipe)
-    assert not is_patched(pipe) and not is_patched(pipe.unet)
-    assert pipe.scheduler.__class__ is DDIMScheduler  # nothing half-done
-    vidgen.patch(pipe, temporal_attention=False)  # the documented way out
-    vidgen.unpatch(pipe)
-    pipe.disable_free_noise()
-    vidgen.patch(pipe)
-    with pytest.raises(ValueError, match="enable_free_noise: this pipeline is patched by vidgen"):
-        pipe.enable_free_noise(context_length=2, context_stride=1)  # after patching: refused too
-    vidgen.unpatch(pipe)
-    pipe.enable_free_noise(context_length=2, context_stride=1)
-
-
 def test_sparsectrl_controlnet_motion_modules(tmp_path):
     torch.manual_seed(7)
     SparseControlNetModel(
@@ -522,7 +505,7 @@ def test_pag_pipeline_runs_its_motion_modules_fused_and_matches(sd_dir, monkeypa
 
     from diffusers import AnimateDiffPAGPipeline
 
-    from vidgen.integration import motion as modules
+    from vidgen.integration import blocks as modules  # where the motion blocks call the attention
 
     pipe = AnimateDiffPAGPipeline.from_pretrained(sd_dir, motion_adapter=tiny_adapter_for(sd_dir),
                                                   pag_applied_layers=["mid_block.*attn1"])

@@ -194,3 +194,52 @@ def animatediff_pipeline(model_dir: str, dtype: torch.dtype = torch.float32, see
     return AnimateDiffPipeline(vae=sd.vae, text_encoder=sd.text_encoder, tokenizer=sd.tokenizer, unet=sd.unet,
                                motion_adapter=adapter,
                                scheduler=DDIMScheduler.from_config(sd.scheduler.config, beta_schedule="linear"))
+
+
+# Stable Video Diffusion (image-to-video) at its full size ("svd": the UNet, temporal-decoder VAE and
+# ViT-H/14 image encoder of SVD / SVD-XT, whose architectures are the same) or as diffusers' own
+# pipeline test components ("tiny", with a 224-pixel image encoder so a PIL image goes through).
+SVD_ARCHS = ("tiny", "svd")
+SVD_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", interpolation_type="linear",
+                     num_train_timesteps=1000, prediction_type="v_prediction", sigma_max=700.0, sigma_min=0.002,
+                     steps_offset=1, timestep_spacing="leading", timestep_type="continuous", use_karras_sigmas=True)
+_SVD_CONFIGS = {
+    "tiny": dict(
+        unet=dict(block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=8, out_channels=4,
+                  down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
+                  up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"), cross_attention_dim=32,
+                  num_attention_heads=8, projection_class_embeddings_input_dim=96, addition_time_embed_dim=32),
+        vae=dict(block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2, latent_channels=4),
+        image=dict(hidden_size=32, projection_dim=32, num_hidden_layers=5, num_attention_heads=4, image_size=224,
+                   intermediate_size=37, patch_size=14),
+    ),
+    "svd": dict(
+        unet=dict(sample_size=96, num_frames=25),  # diffusers' defaults are SVD's UNet
+        vae=dict(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                 layers_per_block=2, latent_channels=4, sample_size=768),
+        image=dict(hidden_size=1280, projection_dim=1024, num_hidden_layers=32, num_attention_heads=16,
+                   image_size=224, intermediate_size=5120, patch_size=14, hidden_act="gelu"),
+    ),
+}
+
+
+def svd_pipeline(arch: str = "tiny", dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                 seed: int = 0):
+    """A Stable Video Diffusion pipeline with random weights (nothing downloaded), built on ``device``."""
+    from diffusers import (AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, StableVideoDiffusionPipeline,
+                           UNetSpatioTemporalConditionModel)
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    if arch not in SVD_ARCHS:
+        raise ValueError(f"arch: expected one of {', '.join(map(repr, SVD_ARCHS))}, got {arch!r}")
+    config = _SVD_CONFIGS[arch]
+    torch.manual_seed(seed)
+    with torch.device(device):  # built in place: the full size has 2.3 billion parameters
+        unet = UNetSpatioTemporalConditionModel(**config["unet"])
+        vae = AutoencoderKLTemporalDecoder(**config["vae"])
+        encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**config["image"]))
+    size = config["image"]["image_size"]
+    pipe = StableVideoDiffusionPipeline(unet=unet, image_encoder=encoder, vae=vae,
+                                        scheduler=EulerDiscreteScheduler(**SVD_SCHEDULER),
+                                        feature_extractor=CLIPImageProcessor(crop_size=size, size=size))
+    return pipe.to(dtype=dtype)

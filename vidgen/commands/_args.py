@@ -25,6 +25,10 @@ LATENT_EXTENSIONS = (".safetensors", ".pt", ".pth")
 # A Stable-Diffusion-layout folder: its subfolders, and the configuration file each must hold.
 SD_CONFIGS = {"unet": "config.json", "vae": "config.json", "text_encoder": "config.json", "tokenizer": None,
               "scheduler": "scheduler_config.json"}
+# A Stable Video Diffusion folder (image-to-video), recognised by its model_index.json.
+SVD_PIPELINE = "StableVideoDiffusionPipeline"
+SVD_CONFIGS = {"unet": "config.json", "vae": "config.json", "image_encoder": "config.json",
+               "feature_extractor": "preprocessor_config.json", "scheduler": "scheduler_config.json"}
 
 
 class UsageError(Exception):
@@ -162,14 +166,40 @@ def check_folder(flag: str, path: str, what: str) -> None:
         raise UsageError(f"{flag}: {path} is not a folder (expected {what})")
 
 
-def check_model_folder(flag: str, path: str) -> None:
-    """A local Stable-Diffusion-layout diffusers folder (or a model vidgen saved: the same layout)."""
+def check_model_folder(flag: str, path: str, configs: dict[str, str | None] = SD_CONFIGS,
+                       what: str = "a diffusers Stable Diffusion folder") -> None:
+    """A local diffusers folder of ``configs``' layout (default: Stable Diffusion's, which a model
+    vidgen saves has too)."""
     check_folder(flag, path, "a local diffusers model folder")
-    missing = [sub for sub in SD_CONFIGS if not os.path.isdir(os.path.join(path, sub))]
-    missing += [f"{sub}/{config}" for sub, config in SD_CONFIGS.items()
+    missing = [sub for sub in configs if not os.path.isdir(os.path.join(path, sub))]
+    missing += [f"{sub}/{config}" for sub, config in configs.items()
                 if config and sub not in missing and not os.path.isfile(os.path.join(path, sub, config))]
     if missing:
-        raise UsageError(f"{flag}: {path} is not a diffusers Stable Diffusion folder (missing {', '.join(missing)})")
+        raise UsageError(f"{flag}: {path} is not {what} (missing {', '.join(missing)})")
+
+
+def pipeline_class(path: str) -> str | None:
+    """The pipeline a diffusers folder names in its model_index.json, or None (no readable index)."""
+    try:
+        with open(os.path.join(path, "model_index.json")) as f:
+            name = json.load(f).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return name if isinstance(name, str) else None
+
+
+def read_image(flag: str, path: str):
+    """The RGB image at ``path`` (PIL), read now: before any model loads."""
+    from PIL import Image
+
+    check_exists(flag, path)
+    if os.path.isdir(path):
+        raise UsageError(f"{flag}: {path} is a folder; expected an image file")
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
+        raise UsageError(f"{flag}: cannot read {path} as an image: {exc}") from None
 
 
 def check_config_folder(flag: str, path: str, what: str, config_name: str = "config.json") -> dict:

@@ -37,12 +37,22 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="no progress bars, and no loading bars or info logs from diffusers/transformers")
 
 
-def check_model_arguments(args) -> None:
-    """What every command built on :func:`add_model_arguments` checks before loading anything."""
+def check_model_arguments(args, *, image_to_video: bool = False) -> None:
+    """What every command built on :func:`add_model_arguments` checks before loading anything;
+    ``image_to_video``: the command also runs Stable Video Diffusion folders (:func:`is_svd_folder`)."""
     _args.check_backend()
     _args.check_device(args.device)
-    if args.model is not None:
+    if args.model is None:
+        return
+    if image_to_video and is_svd_folder(args.model):
+        _args.check_model_folder("--model", args.model, _args.SVD_CONFIGS, "a diffusers Stable Video Diffusion folder")
+    else:
         _args.check_model_folder("--model", args.model)
+
+
+def is_svd_folder(path: str | None) -> bool:
+    """Whether ``path`` is a diffusers folder whose model_index.json names StableVideoDiffusionPipeline."""
+    return path is not None and os.path.isdir(path) and _args.pipeline_class(path) == _args.SVD_PIPELINE
 
 
 def check_steps(args) -> None:
@@ -110,6 +120,18 @@ def load_animatediff(args, model_dir: str, device: torch.device, dtype: torch.dt
     adapter = MotionAdapter.from_pretrained(args.motion_adapter, torch_dtype=dtype)
     pipe = AnimateDiffPipeline.from_pretrained(model_dir, motion_adapter=adapter, torch_dtype=dtype)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=args.quiet)
+    default_size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    return pipe, args.height or default_size, args.width or default_size
+
+
+def load_svd(args, model_dir: str, device: torch.device, dtype: torch.dtype):
+    """(Stable Video Diffusion pipeline, unpatched, height, width); the pixel size is
+    --height/--width, else the pipeline's own default."""
+    from diffusers import StableVideoDiffusionPipeline
+
+    pipe = StableVideoDiffusionPipeline.from_pretrained(model_dir, torch_dtype=dtype)
     pipe.to(device)
     pipe.set_progress_bar_config(disable=args.quiet)
     default_size = pipe.unet.config.sample_size * pipe.vae_scale_factor

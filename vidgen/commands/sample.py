@@ -1,4 +1,7 @@
-"""``vidgen sample``: text-to-video with a Tune-A-Video/LAMP model, AnimateDiff, or Video Adapter.
+"""``vidgen sample``: text-to-video with a Tune-A-Video/LAMP model, AnimateDiff, or Video Adapter; image-to-video with Stable Video Diffusion.
+
+``--image IMG --model SVD_FOLDER`` animates an image with a Stable Video Diffusion folder (told
+apart by its model_index.json); the image is read before any model loads.
 
 With no ``--model``, a built-in model runs the whole path: the trained moving-shapes model
 (``--arch shapes``, the default: "a red square moves left"; its prompts use its grammar's words
@@ -21,10 +24,12 @@ from .. import _timing, default_model
 from ..video_io import frames_to_tensor, write_video
 from . import _args, _prompts
 from ._args import UsageError
-from ._models import (add_model_arguments, check_model_arguments, check_steps, check_vocabulary, load_animatediff,
-                      load_video_models, resolve_dtype, resolve_model_dir)
+from ._models import (add_model_arguments, check_model_arguments, check_steps, check_vocabulary, is_svd_folder,
+                      load_animatediff, load_svd, load_video_models, resolve_dtype, resolve_model_dir)
 
 DEFAULT_FRAMES = 8
+DEFAULT_GUIDANCE = 12.5
+SVD_MAX_GUIDANCE = 3.0  # the Stable Video Diffusion pipeline's own max_guidance_scale
 
 
 # ----------------------------------------------------------------------------------------------
@@ -182,6 +187,32 @@ def _sample_animatediff(args, model_dir: str, device: torch.device, dtype: torch
     return _timed_pair(run(True), run(False), "diffusers", args.rounds)
 
 
+def _sample_svd(args, model_dir: str, device: torch.device, dtype: torch.dtype):
+    """Stable Video Diffusion from ``--image``: guidance grows from 1 at the first frame to --guidance
+    at the last (the pipeline's per-frame scale); the starting noise comes from --seed."""
+    import vidgen
+
+    pipe, height, width = load_svd(args, model_dir, device, dtype)
+    sync = _timing.device_synchronizer(device) or (lambda: None)
+
+    def run(use_vidgen: bool):
+        def side():
+            (vidgen.patch if use_vidgen else vidgen.unpatch)(pipe)
+            sync()
+            start = time.perf_counter()
+            out = pipe(args.image_rgb, num_frames=args.frames, height=height, width=width,
+                       num_inference_steps=args.steps, min_guidance_scale=1.0, max_guidance_scale=args.guidance,
+                       fps=args.fps, generator=torch.Generator(device).manual_seed(args.seed), output_type="pt")
+            sync()
+            return out.frames, _SecondsTable({"pipeline": time.perf_counter() - start})
+        return side
+
+    if not args.compare:
+        video, times = run(True)()
+        return video, {"vidgen": [times]}, None
+    return _timed_pair(run(True), run(False), "diffusers", args.rounds)
+
+
 def _timed_pair(vidgen_run, reference_run, reference_name: str, rounds: int):
     """Both sides warmed up, then ``rounds`` alternating timed rounds (see :mod:`vidgen._timing`).
 
@@ -249,10 +280,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--frames", type=_args.positive_int, default=None,
                         help=f"video length (default: {DEFAULT_FRAMES}; with --latents, the file's)")
     parser.add_argument("--steps", type=_args.positive_int, default=None,
-                        help="DDIM steps (default: 50; the built-in models: their own, 10 for tiny)")
+                        help="sampling steps (default: 50; the built-in models: their own, 10 for tiny)")
     parser.add_argument("--guidance", type=_args.non_negative_float, default=None,
-                        help="classifier-free guidance scale w, 1: no guidance (default: 12.5; the built-in "
-                             "shapes model: its own)")
+                        help=f"classifier-free guidance scale w, 1: no guidance (default: {DEFAULT_GUIDANCE}; the "
+                             f"built-in shapes model: its own); with --image, the last frame's (default: "
+                             f"{SVD_MAX_GUIDANCE}), growing from 1 at the first")
+    parser.add_argument("--image", help="image-to-video: the image a Stable Video Diffusion --model animates "
+                                        "(replaces --prompt)")
     parser.add_argument("--seed", type=_args.seed, default=0, help="seed of the starting noise")
     parser.add_argument("--noise", choices=("iid", "mixed", "progressive"), default=None,
                         help="starting noise, PYoCo: mixed, progressive (default: iid; the built-in shapes model: "
@@ -291,18 +325,23 @@ def resolve_sampling_defaults(args) -> None:
         except OSError as exc:
             raise UsageError(f"--arch: {exc}") from None
     args.steps = args.steps or own.get("steps", 50)
-    args.guidance = own.get("guidance", 12.5) if args.guidance is None else args.guidance
+    args.guidance = own.get("guidance", DEFAULT_GUIDANCE) if args.guidance is None else args.guidance
     args.noise = args.noise or own.get("noise", "iid")
 
 
 def check_arguments(args) -> None:
     """Everything knowable before a model loads; raises :class:`UsageError` naming the flag."""
-    check_model_arguments(args)
+    check_model_arguments(args, image_to_video=True)
+    args.svd = is_svd_folder(args.model)
+    if args.image or args.svd:
+        _check_image_to_video(args)  # before the text-to-video defaults fill --noise and --guidance
     resolve_sampling_defaults(args)
     check_steps(args)
+    _args.check_video_out("--out", args.out)
+    if args.svd:
+        return
     if not args.prompts:
         check_vocabulary(args, [("--prompt", args.prompt)])
-    _args.check_video_out("--out", args.out)
     if args.motion_adapter:
         _args.check_config_folder("--motion-adapter", args.motion_adapter, "a local diffusers MotionAdapter folder")
         if args.model is None and args.arch == "shapes":
@@ -375,6 +414,28 @@ def _init_frame_parallel(args, device: torch.device) -> torch.device:
     return device
 
 
+def _check_image_to_video(args) -> None:
+    """--image with a Stable Video Diffusion --model, and none of the text-to-video options."""
+    if not args.image:
+        raise UsageError(f"--image: {args.model} is a Stable Video Diffusion folder, which animates an image; "
+                         "give --image")
+    if not args.svd:
+        raise UsageError("--image: image-to-video needs a Stable Video Diffusion --model folder (its "
+                         f"model_index.json names {_args.SVD_PIPELINE}), got "
+                         + (f"{args.model}" if args.model else "the built-in text-to-video model"))
+    text_only = [flag for flag, value in (("--motion-adapter", args.motion_adapter), ("--prior", args.prior),
+                                          ("--video", args.video), ("--latents", args.latents),
+                                          ("--prompts", args.prompts), ("--noise", args.noise is not None),
+                                          ("--noise-alpha", args.noise_alpha is not None)) if value]
+    if text_only:
+        raise UsageError(f"{', '.join(text_only)}: not used by image-to-video sampling (--image)")
+    args.image_rgb = _args.read_image("--image", args.image)
+    args.guidance = SVD_MAX_GUIDANCE if args.guidance is None else args.guidance
+    if args.frames is None:  # the model's own length (14 for SVD, 25 for SVD-XT)
+        config = _args.check_config_folder("--model", os.path.join(args.model, "unet"), "a diffusers UNet folder")
+        args.frames = config.get("num_frames", DEFAULT_FRAMES)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -396,9 +457,11 @@ def main(argv=None) -> int:
     device, dtype = torch.device(args.device), resolve_dtype(args)
     try:
         with _args.quiet_libraries(args.quiet):
-            model_dir = resolve_model_dir(args)
-            run = _sample_animatediff if args.motion_adapter else _sample_video_model
-            video, tables, comparison = run(args, model_dir, device, dtype)
+            if args.svd:
+                video, tables, comparison = _sample_svd(args, args.model, device, dtype)
+            else:
+                run = _sample_animatediff if args.motion_adapter else _sample_video_model
+                video, tables, comparison = run(args, resolve_model_dir(args), device, dtype)
     except (UsageError, OSError, ValueError) as exc:  # OSError: a model file missing or unreadable
         return _args.fail(parser, exc)
     if getattr(args, "rank", 0):  # frame-parallel: every process holds the video, the first writes it

@@ -7,19 +7,28 @@ by blanket-replacing every processor):
   (``AnimateDiffTransformer3D``, in ``UNetMotionModel`` and in the SparseCtrl ControlNet) and
   every ``TransformerTemporalModel`` (``UNet3DConditionModel``) runs through vidgen's copy-free
   temporal attention (:func:`vidgen.integration.motion.patch_motion_module`), PAG's perturbed
-  attention included (``AnimateDiffPAGPipeline`` puts it on the mid block's motion module);
-  a :class:`~vidgen.VideoUNet`'s ``attn_temp`` runs vidgen's kernel.
+  attention included (``AnimateDiffPAGPipeline`` puts it on the mid block's motion module), and
+  FreeNoise's windowed blocks and split inference (:mod:`vidgen.integration.free_noise`), enabled
+  before or after patching; Latte's temporal blocks (``LatteTransformer3DModel``,
+  :mod:`vidgen.integration.latte`); Stable Video Diffusion's temporal blocks
+  (``TransformerSpatioTemporalModel``, :mod:`vidgen.integration.svd`); a :class:`~vidgen.VideoUNet`'s
+  ``attn_temp`` runs vidgen's kernel.
 * GroupNorm over frames (with either attention role): a :class:`~vidgen.VideoUNet`'s ResNet
   GroupNorms and the SiLU after them run vidgen's fused kernel (the motion modules' GroupNorm is
   part of their copy-free forward).
+* cross-attention against one token (``cross_attention=True``): in Stable Video Diffusion's
+  spatio-temporal transformers (patched with the temporal blocks), the image-embedding
+  cross-attentions run :class:`~vidgen.integration.processors.SingleTokenCrossAttnProcessor`
+  (the context's value projection, no scores; any other call: the module's own processor).
 * frame attention (``frame_attention=True``): Text2Video-Zero's cross-frame processors
   (``CrossFrameAttnProcessor``/``2_0``: every frame attends to frame 0) on self-attention
   modules become vidgen's first-frame kernel, including processors the pipeline installs later
   through ``unet.set_attn_processor`` (it does so inside ``__call__``); a VideoUNet's ``attn1``
   runs vidgen's sparse-causal/first-frame kernel. Spatial self-attention of plain image layers
   and text cross-attention stay on PyTorch SDPA.
-* guidance (``guidance=True``): a pipeline's ``DDIMScheduler``/``DDIMInverseScheduler`` is
-  swapped for vidgen's fused drop-in (same results, one fused kernel per step).
+* guidance (``guidance=True``): a pipeline's ``DDIMScheduler``/``DDIMInverseScheduler``/
+  ``EulerDiscreteScheduler`` is swapped for vidgen's fused drop-in (same results, one fused kernel
+  per step).
 * CUDA graphs (``cuda_graph=True``, off by default): the denoiser's forward (the UNet of a
   pipeline, or the patched UNet itself) is captured once per call signature and replayed
   (:mod:`vidgen.integration.graphs`): the same values, one launch per step instead of hundreds.
@@ -42,6 +51,7 @@ a ``vidgen:`` note on every patched module. A :class:`~vidgen.VideoUNet` is born
 """
 from __future__ import annotations
 
+import functools
 import types
 import warnings
 from dataclasses import dataclass, field
@@ -49,7 +59,6 @@ from typing import Callable
 
 import torch.nn as nn
 from diffusers import DiffusionPipeline, UNet2DConditionModel
-from diffusers.models.attention import FreeNoiseTransformerBlock
 from diffusers.models.attention_processor import Attention
 from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
 from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D, MotionAdapter
@@ -150,7 +159,7 @@ class PatchRecord:
 
 def patch(obj, *, frame_attention: bool = True, temporal_attention: bool = True, guidance: bool = True,
           cuda_graph: bool = False, compile: bool | dict = False, attention_precision: str = "auto",
-          frame_parallel=False, guidance_parallel: bool = False):
+          cross_attention: bool = True, frame_parallel=False, guidance_parallel: bool = False):
     """Make a diffusers pipeline or model run on vidgen's kernels; returns ``obj`` (patched in place).
 
     Args:
@@ -167,11 +176,14 @@ def patch(obj, *, frame_attention: bool = True, temporal_attention: bool = True,
             happens on the first call of each block. ``unpatch`` restores the eager blocks.
         attention_precision: ``"auto"`` (the activations' precision) or ``"fp8"``: frame attention's
             scores on e4m3 tensor cores (sm_90, inference; see :func:`vidgen.ops.frame_attention`).
+        cross_attention: with ``temporal_attention``, Stable Video Diffusion's single-token
+            cross-attentions without scores (see the module docstring).
         frame_parallel: ``True`` (the default process group) or a ``torch.distributed`` process group:
             every rank runs the denoiser on its contiguous shard of the frames and returns the whole
             video, equal to one process's (:mod:`vidgen.integration.frame_parallel`). Every rank calls
-            the pipeline with the same arguments. AnimateDiff's ``UNetMotionModel`` and Tune-A-Video's
-            :class:`~vidgen.VideoUNet` (on vidgen's temporal and frame attention).
+            the pipeline with the same arguments. AnimateDiff's ``UNetMotionModel``, Tune-A-Video's
+            :class:`~vidgen.VideoUNet` and ``UNet3DConditionModel`` (on vidgen's temporal and frame
+            attention).
         guidance_parallel: with ``frame_parallel`` on an even number of ranks, the two halves of the
             batch (classifier-free guidance's unconditional and conditional branches) run on the two
             halves of the ranks.
@@ -183,8 +195,10 @@ def patch(obj, *, frame_attention: bool = True, temporal_attention: bool = True,
     to accelerate, ``obj`` is left untouched, a warning says so and the report explains why.
 
     Patching twice with the same options does nothing; with other options, the first patch is
-    undone first. Raises ``ValueError`` for a diffusers feature a patch cannot reproduce
-    (FreeNoise's windowed temporal attention).
+    undone first. A patched pipeline's methods that restructure its denoiser
+    (``enable_free_noise``, ``disable_free_noise``, ``enable_free_noise_split_inference``,
+    ``load_ip_adapter``, ``unload_ip_adapter``) re-patch it after they run, so the report
+    describes the pipeline as it is.
     """
     if attention_precision not in PRECISIONS:
         raise ValueError(f"attention_precision: expected one of {', '.join(map(repr, PRECISIONS))}, "
@@ -202,6 +216,8 @@ def patch(obj, *, frame_attention: bool = True, temporal_attention: bool = True,
         options["compile"] = compile_kwargs or True
     if attention_precision != "auto":
         options["attention_precision"] = attention_precision
+    if not cross_attention:
+        options["cross_attention"] = False
     if frame_parallel is not False and frame_parallel is not None:
         from .frame_parallel import FrameParallel, resolve_group
 
@@ -306,16 +322,9 @@ def _patch_pipeline(pipe: DiffusionPipeline, record: PatchRecord) -> None:
                 record.summary.append(f"{name}: {', '.join(component_record.summary)}")
             else:
                 _run_undo(component_record)
-    if record.options["temporal_attention"] and hasattr(pipe, "enable_free_noise"):
-        # FreeNoise swaps the motion modules' blocks for windowed ones, which the patched
-        # forward would not run: refuse it while patched (an instance attribute, undone below).
-        def enable_free_noise(self, *args, **kwargs):
-            raise ValueError("enable_free_noise: this pipeline is patched by vidgen, whose temporal kernel does not "
-                             "compute FreeNoise's windowed attention; call vidgen.unpatch(pipe) first, or patch with "
-                             "temporal_attention=False")
-
-        pipe.__dict__["enable_free_noise"] = types.MethodType(enable_free_noise, pipe)
-        record.undo.append(lambda: pipe.__dict__.pop("enable_free_noise", None))
+    for method in _RESTRUCTURING_METHODS:
+        if hasattr(pipe, method):
+            _repatch_after(pipe, method, record)
     if record.options.get("frame_parallel") and hasattr(pipe, "decode_latents"):
         pipe.__dict__["decode_latents"] = record.options["frame_parallel"].decode_latents(pipe.decode_latents)
         record.undo.append(lambda: pipe.__dict__.pop("decode_latents", None))
@@ -337,18 +346,43 @@ def _patch_pipeline(pipe: DiffusionPipeline, record: PatchRecord) -> None:
             report.replaced.append(PatchEntry(name, f"{type(fused).__name__} (one fused kernel per step)"))
         else:
             why = ("guidance=False" if not record.options["guidance"]
-                   else "the fused step reproduces DDIMScheduler/DDIMInverseScheduler exactly, not this one")
+                   else "the fused step reproduces DDIMScheduler/DDIMInverseScheduler/EulerDiscreteScheduler "
+                   "exactly, not this one")
             report.kept.append(PatchEntry(name, type(original).__name__, why))
 
 
-def _fused_scheduler_for(scheduler):
-    from .schedulers import FusedDDIMInverseScheduler, FusedDDIMScheduler
+# Pipeline methods that restructure the denoiser: FreeNoise swaps the motion modules' blocks, split
+# inference wraps them, IP-Adapter loading replaces attention processors and adds an image
+# projection. The patched modules read their parts at each call and so run the new structure
+# anyway; re-patching afterwards keeps the patch report (and the parts a patch decides on) true.
+_RESTRUCTURING_METHODS = ("enable_free_noise", "disable_free_noise", "enable_free_noise_split_inference",
+                          "load_ip_adapter", "unload_ip_adapter")
 
-    # Exact class match: a subclass may change the step, and the fused one reproduces DDIM's only.
+
+def _repatch_after(pipe: DiffusionPipeline, name: str, record: PatchRecord) -> None:
+    """Make ``pipe.<name>`` re-patch the pipeline after it runs (an instance attribute, undone by unpatch)."""
+    def method(self, *args, **kwargs):
+        result = getattr(type(self), name)(self, *args, **kwargs)
+        options = getattr(self, _RECORD).options
+        unpatch(self)
+        patch(self, **options)
+        return result
+
+    pipe.__dict__[name] = types.MethodType(functools.wraps(getattr(type(pipe), name))(method), pipe)
+    record.undo.append(lambda: pipe.__dict__.pop(name, None))
+
+
+def _fused_scheduler_for(scheduler):
+    from .schedulers import (FusedDDIMInverseScheduler, FusedDDIMScheduler, FusedEulerDiscreteScheduler,
+                             euler_unsupported_reason)
+
+    # Exact class match: a subclass may change the step, and the fused ones reproduce these only.
     if type(scheduler) is DDIMScheduler:
         return FusedDDIMScheduler.from_config(scheduler.config)
     if type(scheduler) is DDIMInverseScheduler:
         return FusedDDIMInverseScheduler.from_config(scheduler.config)
+    if euler_unsupported_reason(scheduler) is None:
+        return FusedEulerDiscreteScheduler.from_config(scheduler.config)
     return None
 
 
@@ -367,10 +401,19 @@ def _patch_model(model: nn.Module, record: PatchRecord) -> None:
     covered: set[int] = set()  # attention modules a motion module entry already accounts for
     if options["temporal_attention"]:
         _patch_motion_modules(model, record, covered)
+        _patch_latte(model, record, covered)
+        _patch_spatio_temporal(model, record, covered)
     else:
         for path, module in _motion_modules(model):
             covered.update(id(m) for m in module.modules())
             report.kept.append(PatchEntry(path, "motion module", "temporal_attention=False"))
+        for path, module in _latte_models(model):
+            covered.update(id(m) for block in module.temporal_transformer_blocks for m in block.modules())
+            report.kept.append(PatchEntry(path, "Latte temporal blocks", "temporal_attention=False"))
+        for path, module in _spatio_temporal_models(model):
+            covered.update(id(m) for block in module.temporal_transformer_blocks for m in block.modules())
+            report.kept.append(PatchEntry(path, "SVD temporal blocks", "temporal_attention=False"))
+    _report_frame_convolutions(model, report)
     if options["frame_attention"]:
         _patch_cross_frame_attention(model, record, covered)
     _report_image_attention(model, report, covered)
@@ -480,11 +523,6 @@ def _patch_motion_modules(model: nn.Module, record: PatchRecord, covered: set[in
     from .motion import patch_motion_module, unpatch_motion_module
 
     motion_modules = _motion_modules(model)
-    for _, module in motion_modules:
-        if any(isinstance(b, FreeNoiseTransformerBlock) for b in module.transformer_blocks):
-            raise ValueError("patch: FreeNoise is enabled on this model; its windowed temporal attention is not "
-                             "what vidgen's temporal kernel computes. Call pipe.disable_free_noise() before "
-                             "patching, or patch(..., temporal_attention=False)")
     patched = 0
     for path, module in motion_modules:
         covered.update(id(m) for m in module.modules())
@@ -495,10 +533,117 @@ def _patch_motion_modules(model: nn.Module, record: PatchRecord, covered: set[in
             continue
         record.undo.append(lambda m=module: unpatch_motion_module(m))
         _mark(module, "vidgen: copy-free temporal attention", record)
-        record.report.replaced.append(PatchEntry(path, "copy-free temporal attention (motion module)"))
+        record.report.replaced.append(PatchEntry(path, "copy-free temporal attention (motion module"
+                                                       + _free_noise_note(module) + ")"))
         patched += 1
     if patched:
         record.summary.append(f"temporal_attention ({patched} motion modules)")
+
+
+def _free_noise_note(module: nn.Module) -> str:
+    """How FreeNoise and split inference, as enabled now, shape a motion module's blocks (for its report entry)."""
+    from .free_noise import is_free_noise_block, split_size_of, unwrap_split
+
+    blocks = list(module.transformer_blocks)
+    note = ""
+    free_noise = [unwrap_split(b) for b in blocks if is_free_noise_block(unwrap_split(b))]
+    if free_noise:
+        b = free_noise[0]
+        note += (f"; FreeNoise windows of {b.context_length} frames, stride {b.context_stride}, "
+                 f"{b.weighting_scheme} weights, each a frame-offset view")
+    sizes = {split_size_of(b) for b in blocks} - {None}
+    if sizes:
+        note += f"; split inference over {min(sizes)} positions at a time"
+    return note
+
+
+def _latte_models(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    from diffusers import LatteTransformer3DModel
+
+    return [(path, m) for path, m in model.named_modules() if isinstance(m, LatteTransformer3DModel)]
+
+
+def _patch_latte(model: nn.Module, record: PatchRecord, covered: set[int]) -> None:
+    from .latte import patch_latte, unpatch_latte
+
+    for path, latte in _latte_models(model):
+        temporal = latte.temporal_transformer_blocks
+        covered.update(id(m) for block in temporal for m in block.modules())
+        try:
+            patch_latte(latte)
+        except ValueError as unsupported:  # latte_unsupported_reason's answer
+            record.report.kept.append(PatchEntry(path, "Latte temporal blocks", str(unsupported)))
+            continue
+        record.undo.append(lambda m=latte: unpatch_latte(m))
+        _mark(latte, "vidgen: copy-free temporal attention (Latte)", record)
+        prefix = f"{path}." if path else ""
+        record.report.replaced.append(PatchEntry(path, "forward on the image layout (no (b f) n c <-> (b n) f c "
+                                                       "copies around the temporal blocks)"))
+        record.report.replaced += [PatchEntry(f"{prefix}temporal_transformer_blocks.{i}",
+                                              "copy-free temporal attention (Latte temporal block)")
+                                   for i in range(len(temporal))]
+        record.summary.append(f"temporal_attention (Latte, {len(temporal)} temporal blocks)")
+
+
+def _spatio_temporal_models(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    from diffusers.models.transformers.transformer_temporal import TransformerSpatioTemporalModel
+
+    return [(path, m) for path, m in model.named_modules() if isinstance(m, TransformerSpatioTemporalModel)]
+
+
+def _patch_spatio_temporal(model: nn.Module, record: PatchRecord, covered: set[int]) -> None:
+    """Stable Video Diffusion's TransformerSpatioTemporalModels: their temporal blocks copy-free."""
+    from .blocks import REPRODUCED_PROCESSORS
+    from .processors import SingleTokenCrossAttnProcessor
+    from .svd import cross_attentions, patch_spatio_temporal, unpatch_spatio_temporal
+
+    patched = 0
+    for path, module in _spatio_temporal_models(model):
+        covered.update(id(m) for block in module.temporal_transformer_blocks for m in block.modules())
+        prefix = f"{path}." if path else ""
+        for where, attn in cross_attentions(module) if record.options.get("cross_attention", True) else ():
+            # SVD's image-embedding context: one token
+            if type(attn.processor).__name__ not in REPRODUCED_PROCESSORS:
+                continue  # a processor of its own (IP-Adapter, a user's) keeps its math; reported as it is
+            covered.add(id(attn))
+            original = attn.processor
+            attn.set_processor(SingleTokenCrossAttnProcessor(original))
+            record.undo.append(lambda a=attn, p=original: a.set_processor(p))
+            record.report.replaced.append(PatchEntry(prefix + where, "single-token cross-attention: the context's "
+                                                     "value projection, no scores (other contexts: diffusers' processor)"))
+        try:
+            patch_spatio_temporal(module)
+        except ValueError as unsupported:  # spatio_temporal_unsupported_reason's answer
+            record.report.kept.append(PatchEntry(path, "SVD temporal blocks", str(unsupported)))
+            continue
+        record.undo.append(lambda m=module: unpatch_spatio_temporal(m))
+        _mark(module, "vidgen: copy-free temporal attention (SVD)", record)
+        record.report.replaced += [
+            PatchEntry(f"{prefix}temporal_transformer_blocks.{i}", "copy-free temporal attention (SVD temporal block: "
+                       "attention over frames on the image layout, cross-attention once per video)")
+            for i in range(len(module.temporal_transformer_blocks))]
+        patched += 1
+    if patched:
+        record.summary.append(f"temporal_attention ({patched} SVD spatio-temporal transformers)")
+
+
+def _report_frame_convolutions(model: nn.Module, report: PatchReport) -> None:
+    """SVD's convolutions over frames (temporal ResNet blocks in the UNet and the VAE's decoder,
+    the decoder's final time convolution): no vidgen kernel, PyTorch's Conv3d runs them."""
+    from diffusers.models.resnet import TemporalResnetBlock
+
+    inside: set[int] = set()
+    for path, module in model.named_modules():
+        if isinstance(module, TemporalResnetBlock):
+            inside.update(id(m) for m in module.modules())
+            report.kept.append(PatchEntry(path, "temporal ResNet block (Conv3d over frames)",
+                                          "a 3-frame convolution: PyTorch's Conv3d serves it"))
+        elif isinstance(module, nn.Conv3d) and id(module) not in inside:
+            report.kept.append(PatchEntry(path, "Conv3d over frames", "a convolution: PyTorch's Conv3d serves it"))
+
+
+def _ip_adapter_processor(processor) -> bool:
+    return type(processor).__name__.startswith("IPAdapter")
 
 
 def _report_image_attention(model: nn.Module, report: PatchReport, covered: set[int]) -> None:
@@ -506,11 +651,19 @@ def _report_image_attention(model: nn.Module, report: PatchReport, covered: set[
     for path, attn in model.named_modules():
         if not isinstance(attn, Attention) or id(attn) in covered:
             continue
-        if attn.is_cross_attention:
+        if _ip_adapter_processor(attn.processor):
+            report.kept.append(PatchEntry(path, "text and image cross-attention (IP-Adapter)",
+                                          "per-frame cross-attention, no video role: diffusers' IP-Adapter "
+                                          "processor serves it"))
+        elif attn.is_cross_attention:
             report.kept.append(PatchEntry(path, "text cross-attention", "no video role: PyTorch SDPA serves it"))
         else:
             report.kept.append(PatchEntry(path, "image self-attention", "per-frame attention, no video role: "
                                                                         "PyTorch SDPA serves it"))
+    projection = getattr(model, "encoder_hid_proj", None)
+    if type(projection).__name__ == "MultiIPAdapterImageProjection":
+        report.kept.append(PatchEntry("encoder_hid_proj", "IP-Adapter image projection",
+                                      "once per image embedding and call, no video role"))
 
 
 # -- Text2Video-Zero ----------------------------------------------------------------------------

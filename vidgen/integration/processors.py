@@ -12,7 +12,9 @@ one in changes the speed, not the model. By role (METHODS.md sections 1, 2 and 7
 * temporal attention (self-attention over the frame axis, ``attn_temp``):
   :class:`TemporalAttnProcessor` (vidgen's kernel reading the projections in place,
   :mod:`vidgen.integration.temporal`), and :class:`ReferenceTemporalAttnProcessor`
-  (``(b f) n c -> (b n) f c`` copies around SDPA).
+  (``(b f) n c -> (b n) f c`` copies around SDPA);
+* cross-attention against one context token (Stable Video Diffusion's image embedding):
+  :class:`SingleTokenCrossAttnProcessor`, the value projection of the context without scores.
 
 The reference processors are what "diffusers' default modules" means for the inflated video
 UNet in benchmarks, and its ``unpatched`` state.
@@ -38,7 +40,8 @@ from .layout import head_dim_of, videos_in
 from .temporal import temporal_self_attention
 
 __all__ = ["FirstFrameAttnProcessor", "FrameAttnProcessor", "ReferenceFrameAttnProcessor",
-           "ReferenceTemporalAttnProcessor", "TemporalAttnProcessor", "frame_processor", "temporal_processor"]
+           "ReferenceTemporalAttnProcessor", "SingleTokenCrossAttnProcessor", "TemporalAttnProcessor",
+           "frame_processor", "temporal_processor"]
 
 
 # -- frame attention ----------------------------------------------------------------------------
@@ -282,6 +285,43 @@ class ReferenceTemporalAttnProcessor:
         out = attn.to_out[1](attn.to_out[0](out))
         # "(b d) f c -> (b f) d c"
         return out.view(videos, tokens, num_frames, channels).transpose(1, 2).reshape(batch_frames, tokens, channels)
+
+
+# -- cross-attention against one token --------------------------------------------------------------
+class SingleTokenCrossAttnProcessor:
+    """Cross-attention whose context is one token per batch entry, without scores.
+
+    The softmax over a single key is exactly 1, so every query's output is the value projection of
+    the context, ``to_out(to_v(context))``, whatever the queries: the query and key projections,
+    the head split and the attention itself are skipped, and the (B, 1, C) result is broadcast
+    over the queries (an expanded view, no copy; ``residual_connection`` and
+    ``rescale_output_factor`` are applied as diffusers' processors apply them). Calls this does not
+    cover run ``fallback``, the module's processor before: a context of more than one token or
+    none, a mask, ``norm_cross``, a spatial norm, extra processor arguments, a batch that differs
+    from the context's, or dropout in training (diffusers drops each query's output separately).
+    """
+
+    def __init__(self, fallback):
+        self.fallback = fallback
+
+    def _covers(self, attn: Attention, hidden_states: torch.Tensor, context, attention_mask, temb, extra) -> bool:
+        return (isinstance(context, torch.Tensor) and context.dim() == 3 and context.shape[1] == 1
+                and context.shape[0] == hidden_states.shape[0] and hidden_states.dim() in (3, 4)
+                and attention_mask is None and temb is None and not extra and not attn.norm_cross
+                and attn.spatial_norm is None and not (attn.training and attn.to_out[1].p > 0))
+
+    def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states=None,
+                 attention_mask=None, temb=None, *args, **kwargs) -> torch.Tensor:
+        if not self._covers(attn, hidden_states, encoder_hidden_states, attention_mask, temb, args or kwargs):
+            return self.fallback(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+        value = attn.to_out[1](attn.to_out[0](attn.to_v(encoder_hidden_states)))  # (B, 1, C)
+        if hidden_states.dim() == 4:  # (B, C, h, w) maps: the processors attend over h*w tokens
+            out = value.transpose(1, 2).unsqueeze(-1).expand(-1, -1, *hidden_states.shape[2:])
+        else:
+            out = value.expand(-1, hidden_states.shape[1], -1)
+        if attn.residual_connection:
+            out = out + hidden_states
+        return out / attn.rescale_output_factor if attn.rescale_output_factor != 1.0 else out
 
 
 def frame_processor(mode: str, use_vidgen: bool, precision: str = "auto"):

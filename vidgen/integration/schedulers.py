@@ -1,10 +1,12 @@
-"""Drop-in diffusers DDIM schedulers whose step runs the fused guidance op (:func:`vidgen.ops.guided_step`).
+"""Drop-in diffusers schedulers whose step runs the fused guidance op (:func:`vidgen.ops.guided_step`).
 
 ``FusedDDIMScheduler.from_config(pipe.scheduler.config)`` replaces a ``DDIMScheduler``: ``step()``
 returns the same ``DDIMSchedulerOutput`` (same arithmetic, fp32, one pass), and
 ``guided_step()`` takes the un-combined predictions (conditional, unconditional, Video
 Adapter prior) so a pipeline needs no separate guidance arithmetic. ``FusedDDIMInverseScheduler``
-does the same for ``DDIMInverseScheduler`` (DDIM inversion).
+does the same for ``DDIMInverseScheduler`` (DDIM inversion), and ``FusedEulerDiscreteScheduler``
+for ``EulerDiscreteScheduler`` (Stable Video Diffusion's sampler; its ``guided_step()`` takes a
+guidance scale per frame, as SVD's pipeline guides).
 
 Timesteps may be ints or tensors; a tensor timestep (one, or one per video) is looked up with
 tensor ops on its own device, so a step on CUDA tensors never waits for the host and a captured
@@ -13,11 +15,13 @@ CUDA graph can replay it. ``set_timesteps(n, device=...)`` also copies the alpha
 from __future__ import annotations
 
 import torch
-from diffusers import DDIMInverseScheduler, DDIMScheduler
+from diffusers import DDIMInverseScheduler, DDIMScheduler, EulerDiscreteScheduler
 from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
+from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteSchedulerOutput
 from diffusers.schedulers.scheduling_ddim_inverse import DDIMSchedulerOutput as DDIMInverseSchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from ..ops._fallback import warn_once
 from ..ops.guidance import Guidance, compose_reference, guided_step as _guided_step
 from ..ops.noise import DEFAULT_ALPHA, resolve_seed
 
@@ -197,3 +201,100 @@ class FusedDDIMInverseScheduler(_AlphaLookup, DDIMInverseScheduler):
         if not return_dict:
             return next_sample, pred_original_sample
         return DDIMInverseSchedulerOutput(prev_sample=next_sample, pred_original_sample=pred_original_sample)
+
+
+# diffusers' Euler prediction types -> the fused step's ("original_sample" is another name for "sample")
+_EULER_PREDICTIONS = {"epsilon": "epsilon", "v_prediction": "v_prediction", "sample": "sample",
+                      "original_sample": "sample"}
+
+
+def euler_unsupported_reason(scheduler) -> str | None:
+    """Why :class:`FusedEulerDiscreteScheduler` cannot stand in for ``scheduler``, or None."""
+    if type(scheduler) is not EulerDiscreteScheduler:  # a subclass may change the step
+        return f"the fused Euler step reproduces EulerDiscreteScheduler exactly, not {type(scheduler).__name__}"
+    if scheduler.config.prediction_type not in _EULER_PREDICTIONS:
+        return f"prediction_type {scheduler.config.prediction_type!r} is not one the fused Euler step computes"
+    return None
+
+
+class FusedEulerDiscreteScheduler(EulerDiscreteScheduler):
+    """``EulerDiscreteScheduler`` whose step is one fused kernel (CFG with a per-frame scale optional).
+
+    Everything but the step is diffusers' own (``set_timesteps``, Karras/exponential/beta sigmas,
+    ``scale_model_input``, the ``step_index`` bookkeeping). The step reads sigma and the next
+    sigma where the sample lives: ``set_timesteps(n, device=...)`` copies the sigma table there
+    (diffusers keeps it on the CPU), and each step takes a view at its host ``step_index``, so a
+    step on CUDA tensors never reads a device value on the host. ``s_churn > 0`` (noise from
+    ``generator`` at sigmas in ``[s_tmin, s_tmax]``) and inputs the op does not take (differing
+    dtypes or shapes, float64) run diffusers' own step, with a warning once.
+    """
+
+    def set_timesteps(self, num_inference_steps: int | None = None, device: str | torch.device | None = None,
+                      timesteps: list[int] | None = None, sigmas: list[float] | None = None):
+        """diffusers' ``set_timesteps``; with a ``device``, the sigma table is copied there now rather
+        than in the first step (a copy to the device waits for the host)."""
+        super().set_timesteps(num_inference_steps, device, timesteps, sigmas)
+        self.__dict__["_vidgen_sigma_tables"] = {}
+        if device is not None:
+            self._sigma_table(torch.device(device))
+
+    def _sigma_table(self, device: torch.device) -> torch.Tensor:
+        """The fp32 sigmas (the final 0 included), cached per device until the next ``set_timesteps``."""
+        if device.type == "cpu":
+            return self.sigmas
+        cache = self.__dict__.setdefault("_vidgen_sigma_tables", {})
+        if device not in cache:
+            cache[device] = self.sigmas.to(device=device, dtype=torch.float32)
+        return cache[device]
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, s_churn: float = 0.0,
+             s_tmin: float = 0.0, s_tmax: float = float("inf"), s_noise: float = 1.0,
+             generator: torch.Generator | None = None, return_dict: bool = True):
+        """``EulerDiscreteScheduler.step``, fused; same arguments and output (x0 in the sample's dtype)."""
+        reason = self._unfusable(model_output, sample, s_churn)
+        if reason is not None:
+            warn_once("FusedEulerDiscreteScheduler.step", reason, "diffusers' EulerDiscreteScheduler.step")
+            return super().step(model_output, timestep, sample, s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax,
+                                s_noise=s_noise, generator=generator, return_dict=return_dict)
+        return self.guided_step(model_output, timestep, sample, return_dict=return_dict)
+
+    @staticmethod
+    def _unfusable(model_output: torch.Tensor, sample: torch.Tensor, s_churn: float) -> str | None:
+        if s_churn > 0:
+            return "s_churn > 0 adds the generator's noise"
+        if model_output.dtype != sample.dtype or model_output.dtype not in (torch.float16, torch.bfloat16,
+                                                                            torch.float32):
+            return f"model_output is {model_output.dtype} and sample {sample.dtype}; the op takes one of fp16/bf16/fp32"
+        if model_output.shape != sample.shape or model_output.device != sample.device:
+            return "model_output and sample differ in shape or device"
+        return None
+
+    def guided_step(self, eps_cond: torch.Tensor, timestep, sample: torch.Tensor,
+                    eps_uncond: torch.Tensor | None = None, *, guidance_scale: float | torch.Tensor = 1.0,
+                    frame_dim: int = 1, guidance_rescale: float = 0.0, return_dict: bool = True,
+                    return_pred_original: bool = True):
+        """Guidance + one Euler step (``s_churn = 0``) from the un-combined model outputs.
+
+        ``eps = eps_uncond + guidance_scale * (eps_cond - eps_uncond)`` (rescaled by
+        ``guidance_rescale`` as diffusers' ``rescale_noise_cfg``), then
+        ``EulerDiscreteScheduler.step(eps, timestep, sample)``. ``guidance_scale`` may be a 1-d tensor
+        of one scale per frame along ``frame_dim`` (default 1: diffusers' SVD latents are
+        (B, F, C, h, w)), on the sample's device: SVD's ``linspace(min, max, F)``.
+        ``return_pred_original=False`` skips writing x0 (it is then None).
+        """
+        if isinstance(timestep, (int, torch.IntTensor, torch.LongTensor)):
+            raise ValueError("Passing integer indices (e.g. from `enumerate(timesteps)`) as timesteps to "
+                             "`EulerDiscreteScheduler.step()` is not supported. Make sure to pass one of the "
+                             "`scheduler.timesteps` as a timestep.")
+        if self.step_index is None:
+            self._init_step_index(timestep)
+        levels = self._sigma_table(sample.device).narrow(0, self.step_index, 2)  # a view: no value read
+        result = _guided_step(sample, eps_cond, eps_uncond, guidance_scale=guidance_scale, frame_dim=frame_dim,
+                              guidance_rescale=guidance_rescale, sigma=levels[0:1], sigma_next=levels[1:2],
+                              prediction_type=_EULER_PREDICTIONS[self.config.prediction_type],
+                              return_pred_original=return_pred_original)
+        prev_sample, pred_original_sample = result if return_pred_original else (result, None)
+        self._step_index += 1
+        if not return_dict:
+            return prev_sample, pred_original_sample
+        return EulerDiscreteSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)

@@ -23,7 +23,7 @@ _ENV_PATH = "VIDGEN_CUDA_LIBRARY"
 
 
 # -- the C ABI (csrc/vidgen_cuda.h) ---------------------------------------------------------------
-ABI_VERSION = 2
+ABI_VERSION = 3
 NUM_PARTIALS = 64  # VIDGEN_NUM_PARTIALS: rows of the rescale workspace per video
 
 
@@ -39,18 +39,20 @@ class GuidedStepArgs(ctypes.Structure):
         ("prior_cond", ctypes.c_void_p),
         ("noise", ctypes.c_void_p),
         ("partials", ctypes.c_void_p),
-        ("alpha_t_values", ctypes.c_void_p),
-        ("alpha_p_values", ctypes.c_void_p),
+        ("level_t_values", ctypes.c_void_p),
+        ("level_p_values", ctypes.c_void_p),
         ("seeds", ctypes.c_void_p),
+        ("guidance_scales", ctypes.c_void_p),
         ("batch", ctypes.c_int64),
         ("pre", ctypes.c_int64),
         ("frames", ctypes.c_int64),
         ("post", ctypes.c_int64),
+        ("scale_post", ctypes.c_int64),
         ("seed", ctypes.c_uint64),
-        ("alpha_t", ctypes.c_float),
-        ("alpha_p", ctypes.c_float),
-        ("alpha_t_stride", ctypes.c_int32),
-        ("alpha_p_stride", ctypes.c_int32),
+        ("level_t", ctypes.c_float),
+        ("level_p", ctypes.c_float),
+        ("level_t_stride", ctypes.c_int32),
+        ("level_p_stride", ctypes.c_int32),
         ("guidance_scale", ctypes.c_float),
         ("prior_strength", ctypes.c_float),
         ("guidance_rescale", ctypes.c_float),
@@ -59,11 +61,13 @@ class GuidedStepArgs(ctypes.Structure):
         ("coef_keep", ctypes.c_float),
         ("coef_new", ctypes.c_float),
         ("dtype", ctypes.c_int32),
+        ("rule", ctypes.c_int32),
         ("prediction", ctypes.c_int32),
         ("use_clipped", ctypes.c_int32),
         ("inverse", ctypes.c_int32),
         ("noise_mode", ctypes.c_int32),
         ("noise_kind", ctypes.c_int32),
+        ("scale_frames", ctypes.c_int32),
         ("device", ctypes.c_int32),
     ]
 
@@ -148,7 +152,8 @@ _DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}  # enum V
 
 
 def guided_step_args(out, pred_original, sample, eps_cond, eps_uncond, prior_cond, partials,
-                     guidance: _guidance_kernels.Guidance, step: _guidance_kernels.DDIMStep,
+                     guidance: _guidance_kernels.Guidance,
+                     step: _guidance_kernels.DDIMStep | _guidance_kernels.EulerStep,
                      noise: torch.Tensor | _guidance_kernels.NoiseDraw | None) -> GuidedStepArgs:
     """``VidgenGuidedStepArgs`` of one step: the tensors' raw pointers and the three setting groups
     as the header's fields (``device`` is left for the launch). Touches no device."""
@@ -161,28 +166,29 @@ def guided_step_args(out, pred_original, sample, eps_cond, eps_uncond, prior_con
         pre, frames, post = 1, 1, sample.numel() // batch
     draw = noise if generated else _guidance_kernels.NoiseDraw("iid")  # unread unless generated
     keep, new = _noise_kernels.mixing_coefficients(draw.kind, draw.alpha)
-    alpha_t, alpha_t_values, alpha_t_stride = _guidance_kernels.alpha_arguments(step.alpha_prod_t)
-    alpha_p, alpha_p_values, alpha_p_stride = _guidance_kernels.alpha_arguments(step.alpha_prod_prev)
-    clip_range = step.clip_sample_range
+    rule, level_t, level_p, eta, clip_range, use_clipped, inverse = _guidance_kernels.step_arguments(step)
+    level_t, level_t_values, level_t_stride = _guidance_kernels.level_arguments(level_t)
+    level_p, level_p_values, level_p_stride = _guidance_kernels.level_arguments(level_p)
+    scale, scales, scale_post, scale_frames = _guidance_kernels.scale_arguments(guidance, tuple(sample.shape))
     ptr = (lambda t: None if t is None else t.data_ptr())  # noqa: E731
     return GuidedStepArgs(
         out=ptr(out), pred_original=ptr(pred_original), sample=ptr(sample), eps_cond=ptr(eps_cond),
         eps_uncond=ptr(eps_uncond), prior_cond=ptr(prior_cond),
         noise=ptr(noise) if mode == _guidance_kernels.NOISE_GIVEN else None, partials=ptr(partials),
-        alpha_t_values=ptr(alpha_t_values), alpha_p_values=ptr(alpha_p_values), seeds=ptr(draw.seeds),
-        batch=batch, pre=pre, frames=frames, post=post, seed=draw.seed,
-        alpha_t=alpha_t, alpha_p=alpha_p, alpha_t_stride=alpha_t_stride, alpha_p_stride=alpha_p_stride,
-        guidance_scale=guidance.scale, prior_strength=guidance.prior_strength, guidance_rescale=guidance.rescale,
-        eta=step.eta, clip_range=float("inf") if clip_range is None else clip_range,
-        coef_keep=keep, coef_new=new, dtype=_DTYPE_CODES[sample.dtype],
+        level_t_values=ptr(level_t_values), level_p_values=ptr(level_p_values), seeds=ptr(draw.seeds),
+        guidance_scales=ptr(scales), batch=batch, pre=pre, frames=frames, post=post, scale_post=scale_post,
+        seed=draw.seed, level_t=level_t, level_p=level_p, level_t_stride=level_t_stride,
+        level_p_stride=level_p_stride, guidance_scale=scale, prior_strength=guidance.prior_strength,
+        guidance_rescale=guidance.rescale, eta=eta, clip_range=float("inf") if clip_range is None else clip_range,
+        coef_keep=keep, coef_new=new, dtype=_DTYPE_CODES[sample.dtype], rule=rule,
         prediction=_guidance_kernels.PREDICTION_TYPES.index(step.prediction_type),
-        use_clipped=int(step.use_clipped_model_output and clip_range is not None), inverse=int(step.inverse),
-        noise_mode=mode, noise_kind=_noise_kernels.KINDS.index(draw.kind),
+        use_clipped=int(use_clipped), inverse=int(inverse), noise_mode=mode,
+        noise_kind=_noise_kernels.KINDS.index(draw.kind), scale_frames=scale_frames,
     )
 
 
 def guided_step(sample, eps_cond, eps_uncond, prior_cond, guidance: _guidance_kernels.Guidance,
-                step: _guidance_kernels.DDIMStep, noise: torch.Tensor | _guidance_kernels.NoiseDraw | None, *,
+                step: _guidance_kernels.DDIMStep | _guidance_kernels.EulerStep, noise: torch.Tensor | _guidance_kernels.NoiseDraw | None, *,
                 return_pred_original: bool):
     """The CUDA library's step on the current stream: raw pointers through the C ABI, no host sync."""
     lib = library()
