@@ -254,17 +254,37 @@ def _sides(case: str, compile_: bool) -> list[tuple[str, bool, bool]]:
 # ----------------------------------------------------------------------------------------------
 # Cases
 # ----------------------------------------------------------------------------------------------
+def pipeline_variant(pipe, run: Callable[[], torch.Tensor], impl: str, patched: bool, compiled: bool,
+                     graphed: bool = False) -> Variant:
+    """One side of a diffusers pipeline's rows: eager or ``torch.compile``d UNet, patched by vidgen
+    or not. vidgen's compile is regional (``vidgen.patch(compile=True)``: the UNet's repeated
+    blocks); the diffusers side compiles the whole UNet, as its users do."""
+    import vidgen
+
+    eager_unet = pipe.unet
+
+    def enter():
+        if patched:
+            vidgen.patch(pipe, cuda_graph=graphed, compile=compiled)
+        elif compiled:
+            pipe.unet = torch.compile(eager_unet)
+
+    def leave():
+        pipe.unet = eager_unet
+        vidgen.unpatch(pipe)
+
+    return Variant(impl, compiled, enter, leave, run, lambda: [pipe.unet], lambda: [] if compiled else [eager_unet])
+
+
 def animatediff_rows(model_dir: str, device: torch.device, plan: Plan, budget: dict,
                      free_noise: bool = False) -> list[dict]:
     """The ``animatediff`` case, or with ``free_noise`` the ``animatediff-free-noise`` one (FreeNoise
     enabled before patching, ``plan.free_noise`` frames in its windows)."""
-    import vidgen
     from vidgen.default_model import animatediff_pipeline
 
     case = "animatediff-free-noise" if free_noise else "animatediff"
     pipe = animatediff_pipeline(model_dir, plan.dtype).to(device)
     pipe.set_progress_bar_config(disable=True)
-    eager_unet = pipe.unet
     frames, steps = plan.animatediff_frames, plan.animatediff_steps
     if free_noise:
         frames, context_length, context_stride = plan.free_noise
@@ -275,23 +295,9 @@ def animatediff_rows(model_dir: str, device: torch.device, plan: Plan, budget: d
                     num_inference_steps=steps, guidance_scale=7.5, output_type="latent",
                     generator=torch.Generator(device).manual_seed(0)).frames
 
-    def variant(impl: str, patched: bool, compiled: bool, graphed: bool = False) -> Variant:
-        def enter():
-            if patched:  # vidgen's compile is regional: the UNet's repeated blocks (vidgen.patch(compile=True))
-                vidgen.patch(pipe, cuda_graph=graphed, compile=compiled)
-            elif compiled:
-                pipe.unet = torch.compile(eager_unet)
-
-        def leave():
-            pipe.unet = eager_unet
-            vidgen.unpatch(pipe)
-
-        return Variant(impl, compiled, enter, leave, run, lambda: [pipe.unet],
-                       lambda: [] if compiled else [eager_unet])
-
-    variants = [variant(*side) for side in _sides(case, plan.compile)]
+    variants = [pipeline_variant(pipe, run, *side) for side in _sides(case, plan.compile)]
     if device.type == "cuda" and not free_noise:
-        variants.append(variant(*GRAPH_SIDE, graphed=True))
+        variants.append(pipeline_variant(pipe, run, *GRAPH_SIDE, graphed=True))
     return run_variants(case, frames, plan.size, steps, variants, device, plan, budget)
 
 
@@ -400,12 +406,10 @@ def svd_rows(device: torch.device, plan: Plan, budget: dict) -> list[dict]:
     import numpy as np
     from PIL import Image
 
-    import vidgen
     from vidgen.default_model import svd_pipeline
 
     pipe = svd_pipeline(plan.svd_arch, plan.dtype, device)
     pipe.set_progress_bar_config(disable=True)
-    eager_unet = pipe.unet
     height, width = plan.svd_size
     pixels = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
     image = Image.fromarray(pixels)
@@ -416,21 +420,7 @@ def svd_rows(device: torch.device, plan: Plan, budget: dict) -> list[dict]:
                         min_guidance_scale=1.0, max_guidance_scale=3.0, decode_chunk_size=frames,
                         output_type="latent", generator=torch.Generator(device).manual_seed(0)).frames
 
-        def variant(impl: str, patched: bool, compiled: bool) -> Variant:
-            def enter():
-                if patched:
-                    vidgen.patch(pipe)
-                if compiled:
-                    pipe.unet = torch.compile(eager_unet)
-
-            def leave():
-                pipe.unet = eager_unet
-                vidgen.unpatch(pipe)
-
-            return Variant(impl, compiled, enter, leave, run, lambda: [pipe.unet],
-                           lambda: [] if compiled else [eager_unet])
-
-        variants = [variant(*side) for side in _sides("svd", plan.compile)]
+        variants = [pipeline_variant(pipe, run, *side) for side in _sides("svd", plan.compile)]
         rows += run_variants("svd", frames, width, plan.svd_steps, variants, device, plan, budget)
     return rows
 

@@ -254,6 +254,8 @@ def _tune_a_video(models: Models, frames: int):
 def _svd(models: Models, frames: int):
     from diffusers import EulerDiscreteScheduler, StableVideoDiffusionPipeline
 
+    import vidgen
+
     unet = models.svd_unet()
     # SVD's scheduler configuration (v-prediction, Karras sigmas, continuous timesteps)
     scheduler = EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
@@ -275,7 +277,9 @@ def _svd(models: Models, frames: int):
 
     eager = record_step(run, unet, [unet])
     note = _patch(pipe)
-    return eager, (eager if note else record_step(run, unet, [unet])), note
+    patched = eager if note else record_step(run, unet, [unet])
+    vidgen.unpatch(pipe)  # the meta UNet is shared with the next frame count's case, which starts eager
+    return eager, patched, note
 
 
 def _video_adapter(models: Models, frames: int):

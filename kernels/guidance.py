@@ -37,6 +37,7 @@ parallel.
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -51,10 +52,12 @@ from .noise import (KINDS, correlate, correlated_noise_reference, frame_normals,
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 NUM_PARTIALS = 64  # partial sums per video written by the rescale reduction
 NOISE_NONE, NOISE_GIVEN, NOISE_GENERATED = 0, 1, 2
-MAX_PER_FRAME_SCALED = 2**31  # elements per video a per-frame guidance scale serves (its frame index is 32-bit)
 RULE_DDIM, RULE_EULER = 0, 1  # the step rule the kernels take (their noise levels: alphas or sigmas)
 _BLOCK, _NUM_WARPS = 1024, 4
 _INT32_LIMIT = 2**31
+# Elements of a whole sample a per-frame guidance scale serves: its kernels are compiled for 32-bit
+# offsets only (INT64=False), where the frame index is one 32-bit division.
+MAX_PER_FRAME_SCALED = _INT32_LIMIT - NUM_PARTIALS * _BLOCK
 
 
 @dataclass(frozen=True)
@@ -211,9 +214,10 @@ def generated_noise_reference(shape, draw: NoiseDraw, device) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 @triton.jit
 def _compose(cond_ptr, uncond_ptr, prior_ptr, offs, in_video, mask, guidance_scale, scales_ptr, scale_post,
-             scale_frames, prior_strength, HAS_UNCOND: tl.constexpr, HAS_PRIOR: tl.constexpr):
+             scale_frames, prior_strength, HAS_UNCOND: tl.constexpr, HAS_PRIOR: tl.constexpr,
+             PER_FRAME: tl.constexpr):
     """(eps_text, eps) of one tile, fp32. ``in_video``: the elements' offsets within their video, which
-    place them on a frame when the scale is per frame (``scale_frames`` > 0: ``scales_ptr[frame]``)."""
+    place them on a frame when the scale is per frame (PER_FRAME: ``scales_ptr[frame]``)."""
     text = tl.load(cond_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     if HAS_PRIOR:
         text = text + prior_strength * tl.load(prior_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -221,9 +225,9 @@ def _compose(cond_ptr, uncond_ptr, prior_ptr, offs, in_video, mask, guidance_sca
     if HAS_UNCOND:
         uncond = tl.load(uncond_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         scale = tl.zeros(text.shape, tl.float32) + guidance_scale
-        if scale_frames > 0:
-            # 32-bit: a video with a per-frame scale holds < 2**31 elements (MAX_PER_FRAME_SCALED), and
-            # a second 64-bit division next to the step kernel's own made ptxas outline both (24 B stack)
+        if PER_FRAME:
+            # A compile of its own (a runtime branch made the fp32 INT64 step kernels spill on sm_90), on
+            # 32-bit offsets: a 64-bit division next to the step kernel's own made ptxas outline both.
             frame = (in_video.to(tl.int32) // scale_post.to(tl.int32)) % scale_frames
             scale = tl.load(scales_ptr + frame, mask=mask, other=0.0)
         eps = uncond + scale * (text - uncond)
@@ -242,7 +246,8 @@ def _rescale_stats_kernel(
     guidance_scale, prior_strength,
     scale_post,     # elements per frame step along the scale's frame axis
     scale_frames,   # F of a per-frame scale, 0: guidance_scale for every element
-    HAS_PRIOR: tl.constexpr, INT64: tl.constexpr, NUM_PARTIALS: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_PRIOR: tl.constexpr, PER_FRAME: tl.constexpr, INT64: tl.constexpr, NUM_PARTIALS: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
     video = pid // NUM_PARTIALS
@@ -256,7 +261,7 @@ def _rescale_stats_kernel(
     first = tl.arange(0, 1)
     pivot_text, pivot_eps = _compose(cond_ptr, uncond_ptr, prior_ptr, base + first, first, first >= 0,
                                      guidance_scale, scales_ptr, scale_post, scale_frames, prior_strength,
-                                     True, HAS_PRIOR)
+                                     True, HAS_PRIOR, PER_FRAME)
     pivot_text = tl.sum(pivot_text, axis=0)
     pivot_eps = tl.sum(pivot_eps, axis=0)
     s_text = tl.zeros([BLOCK], tl.float32)
@@ -267,7 +272,7 @@ def _rescale_stats_kernel(
         idx = part * chunk + start + tl.arange(0, BLOCK)
         mask = idx < n_per_video
         text, eps = _compose(cond_ptr, uncond_ptr, prior_ptr, base + idx, idx, mask, guidance_scale, scales_ptr,
-                             scale_post, scale_frames, prior_strength, True, HAS_PRIOR)
+                             scale_post, scale_frames, prior_strength, True, HAS_PRIOR, PER_FRAME)
         dt = tl.where(mask, text - pivot_text, 0.0)
         de = tl.where(mask, eps - pivot_eps, 0.0)
         s_text += dt
@@ -300,10 +305,10 @@ def _step_frame(out_ptr, x0_ptr, sample_ptr, cond_ptr, uncond_ptr, prior_ptr, no
                 guidance_scale, scales_ptr, scale_post, scale_frames, prior_strength, factor,
                 c_x0_x, c_x0_e, c_e_x, c_e_e, sqrt_a, inv_sqrt_1ma, clip, clip_range, use_clipped,
                 c_out_x0, c_out_e, sigma, write_x0,
-                HAS_UNCOND: tl.constexpr, HAS_PRIOR: tl.constexpr, NOISE: tl.constexpr):
+                HAS_UNCOND: tl.constexpr, HAS_PRIOR: tl.constexpr, NOISE: tl.constexpr, PER_FRAME: tl.constexpr):
     """Compose, guide, rescale and step one tile; each input read once, each output written once."""
     _, eps = _compose(cond_ptr, uncond_ptr, prior_ptr, offs, in_video, mask, guidance_scale, scales_ptr,
-                      scale_post, scale_frames, prior_strength, HAS_UNCOND, HAS_PRIOR)
+                      scale_post, scale_frames, prior_strength, HAS_UNCOND, HAS_PRIOR, PER_FRAME)
     eps = eps * factor
     x = tl.load(sample_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     x0 = c_x0_x * x + c_x0_e * eps
@@ -357,6 +362,7 @@ def _guided_step_kernel(
     scale_frames,     # F of a per-frame guidance scale, 0: guidance_scale for every element
     HAS_UNCOND: tl.constexpr, HAS_PRIOR: tl.constexpr,
     NOISE: tl.constexpr,               # 0 none (eta = 0), 1 given tensor, 2 generated
+    PER_FRAME: tl.constexpr,           # scales_ptr holds one guidance scale per frame (32-bit offsets only)
     INT64: tl.constexpr, NUM_PARTIALS: tl.constexpr, BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -438,12 +444,12 @@ def _guided_step_kernel(
                         offs + f * post, in_video + f * post, frame_mask, prev, guidance_scale, scales_ptr,
                         scale_post, scale_frames, prior_strength, factor,
                         c_x0_x, c_x0_e, c_e_x, c_e_e, sqrt_a, 1.0 / sqrt_1ma, clip, clip_range, use_clipped,
-                        c_out_x0, c_out_e, sigma, write_x0, HAS_UNCOND, HAS_PRIOR, NOISE)
+                        c_out_x0, c_out_e, sigma, write_x0, HAS_UNCOND, HAS_PRIOR, NOISE, PER_FRAME)
     else:
         _step_frame(out_ptr, x0_ptr, sample_ptr, cond_ptr, uncond_ptr, prior_ptr, noise_ptr, offs, in_video, mask,
                     0.0, guidance_scale, scales_ptr, scale_post, scale_frames, prior_strength, factor,
                     c_x0_x, c_x0_e, c_e_x, c_e_e, sqrt_a, 1.0 / sqrt_1ma, clip, clip_range, use_clipped,
-                    c_out_x0, c_out_e, sigma, write_x0, HAS_UNCOND, HAS_PRIOR, NOISE)
+                    c_out_x0, c_out_e, sigma, write_x0, HAS_UNCOND, HAS_PRIOR, NOISE, PER_FRAME)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -507,6 +513,10 @@ def guided_step_triton(sample, eps_cond, eps_uncond, prior_cond, guidance: Guida
     if programs >= _INT32_LIMIT:
         raise ValueError(f"sample: shape {tuple(sample.shape)} needs {programs} programs; the limit is 2**31 - 1")
     int64 = max(numel + NUM_PARTIALS * _BLOCK, batch * num_groups * cols + _BLOCK) >= _INT32_LIMIT
+    per_frame = isinstance(guidance.scale, torch.Tensor)
+    if per_frame and int64:  # the op refuses these first (MAX_PER_FRAME_SCALED)
+        raise ValueError(f"guidance_scale: a per-frame scale serves samples of fewer than {MAX_PER_FRAME_SCALED} "
+                         f"elements, got {numel}")
     has_uncond, has_prior = eps_uncond is not None, prior_cond is not None
     rescale = guidance.rescale > 0 and has_uncond
     # Stand-ins for absent fp32/int64 arguments keep the pointer types of aot_specs().
@@ -520,7 +530,8 @@ def guided_step_triton(sample, eps_cond, eps_uncond, prior_cond, guidance: Guida
         _rescale_stats_kernel[(batch * NUM_PARTIALS,)](
             partials, eps_cond, eps_uncond, prior_cond if has_prior else eps_cond, scales, n_per_video, chunk,
             scale, guidance.prior_strength, scale_post, scale_frames,
-            HAS_PRIOR=has_prior, INT64=int64, NUM_PARTIALS=NUM_PARTIALS, BLOCK=_BLOCK, num_warps=_NUM_WARPS)
+            HAS_PRIOR=has_prior, PER_FRAME=per_frame, INT64=int64, NUM_PARTIALS=NUM_PARTIALS, BLOCK=_BLOCK,
+            num_warps=_NUM_WARPS)
     rule, level_t, level_p, eta, clip_range, use_clipped, inverse = step_arguments(step)
     l_t, l_t_tensor, l_t_stride = level_arguments(level_t)
     l_p, l_p_tensor, l_p_stride = level_arguments(level_p)
@@ -537,7 +548,8 @@ def guided_step_triton(sample, eps_cond, eps_uncond, prior_cond, guidance: Guida
         *split_seed(draw.seed), int(draw.seeds is not None), KINDS.index(draw.kind),
         *mixing_coefficients(draw.kind, draw.alpha),
         n_per_video, cols, post, frames, num_groups, blocks_per_video, frame_groups, scale_post, scale_frames,
-        HAS_UNCOND=has_uncond, HAS_PRIOR=has_prior, NOISE=mode, INT64=int64, NUM_PARTIALS=NUM_PARTIALS,
+        HAS_UNCOND=has_uncond, HAS_PRIOR=has_prior, NOISE=mode, PER_FRAME=per_frame, INT64=int64,
+        NUM_PARTIALS=NUM_PARTIALS,
         BLOCK=_BLOCK, num_warps=_NUM_WARPS,
     )
     return out, (x0 if return_pred_original else None)
@@ -545,42 +557,45 @@ def guided_step_triton(sample, eps_cond, eps_uncond, prior_cond, guidance: Guida
 
 def aot_specs() -> list[KernelSpec]:
     specs = []
-    for dtype in ("fp32", "fp16", "bf16"):
-        for int64 in (False, True):
-            size = "i64" if int64 else "i32"
-            for has_prior in (False, True):
-                specs.append(KernelSpec(
-                    module=__name__, kernel="_rescale_stats_kernel",
-                    signature={"partials_ptr": "*fp32", "cond_ptr": f"*{dtype}", "uncond_ptr": f"*{dtype}",
-                               "prior_ptr": f"*{dtype}", "scales_ptr": "*fp32", "n_per_video": size, "chunk": size,
-                               "guidance_scale": "fp32", "prior_strength": "fp32", "scale_post": size,
-                               "scale_frames": "i32", "HAS_PRIOR": "constexpr", "INT64": "constexpr",
-                               "NUM_PARTIALS": "constexpr", "BLOCK": "constexpr"},
-                    constexprs={"HAS_PRIOR": has_prior, "INT64": int64, "NUM_PARTIALS": NUM_PARTIALS,
-                                "BLOCK": _BLOCK},
-                    num_warps=_NUM_WARPS, num_stages=1))
-                for has_uncond in (False, True):
-                    for noise in (NOISE_NONE, NOISE_GIVEN, NOISE_GENERATED):
-                        signature = {f"{name}_ptr": f"*{dtype}" for name in
-                                     ("out", "x0", "sample", "cond", "uncond", "prior", "noise")}
-                        signature.update({"partials_ptr": "*fp32", "level_t_ptr": "*fp32", "level_p_ptr": "*fp32",
-                                          "seeds_ptr": "*i64", "scales_ptr": "*fp32", "level_t": "fp32",
-                                          "level_p": "fp32", "level_t_stride": "i32", "level_p_stride": "i32"})
-                        signature.update({name: "fp32" for name in ("guidance_scale", "prior_strength",
-                                                                    "guidance_rescale", "eta", "clip_range")})
-                        signature.update({name: "i32" for name in ("rule", "prediction", "clip", "use_clipped",
-                                                                   "inverse", "write_x0", "rescale")})
-                        signature.update({"seed_lo": "i32", "seed_hi": "i32", "per_video_seed": "i32", "kind": "i32",
-                                          "coef_keep": "fp32", "coef_new": "fp32", "n_per_video": size,
-                                          "cols": size, "post": size, "num_frames": "i32", "num_groups": "i32",
-                                          "blocks_per_video": "i32", "frame_groups": "i32", "scale_post": size,
-                                          "scale_frames": "i32"})
-                        constexprs = {"HAS_UNCOND": has_uncond, "HAS_PRIOR": has_prior, "NOISE": noise,
-                                      "INT64": int64, "NUM_PARTIALS": NUM_PARTIALS, "BLOCK": _BLOCK}
-                        signature.update({name: "constexpr" for name in constexprs})
-                        draws = noise == NOISE_GENERATED  # in-kernel normals: libdevice's sin/cos array
-                        specs.append(KernelSpec(module=__name__, kernel="_guided_step_kernel", signature=signature,
-                                                constexprs=constexprs, num_warps=_NUM_WARPS, num_stages=1,
-                                                max_stack=PHILOX_NORMALS_STACK if draws else 0,
-                                                stack_note=PHILOX_NORMALS_NOTE if draws else ""))
+    # A per-frame scale is compiled for 32-bit offsets only (MAX_PER_FRAME_SCALED).
+    for dtype, int64, per_frame in itertools.product(("fp32", "fp16", "bf16"), (False, True), (False, True)):
+        if int64 and per_frame:
+            continue
+        size = "i64" if int64 else "i32"
+        for has_prior in (False, True):
+            specs.append(KernelSpec(
+                module=__name__, kernel="_rescale_stats_kernel",
+                signature={"partials_ptr": "*fp32", "cond_ptr": f"*{dtype}", "uncond_ptr": f"*{dtype}",
+                           "prior_ptr": f"*{dtype}", "scales_ptr": "*fp32", "n_per_video": size, "chunk": size,
+                           "guidance_scale": "fp32", "prior_strength": "fp32", "scale_post": size,
+                           "scale_frames": "i32", "HAS_PRIOR": "constexpr", "PER_FRAME": "constexpr",
+                           "INT64": "constexpr", "NUM_PARTIALS": "constexpr", "BLOCK": "constexpr"},
+                constexprs={"HAS_PRIOR": has_prior, "PER_FRAME": per_frame, "INT64": int64,
+                            "NUM_PARTIALS": NUM_PARTIALS, "BLOCK": _BLOCK},
+                num_warps=_NUM_WARPS, num_stages=1))
+            for has_uncond in (False, True):
+                for noise in (NOISE_NONE, NOISE_GIVEN, NOISE_GENERATED):
+                    signature = {f"{name}_ptr": f"*{dtype}" for name in
+                                 ("out", "x0", "sample", "cond", "uncond", "prior", "noise")}
+                    signature.update({"partials_ptr": "*fp32", "level_t_ptr": "*fp32", "level_p_ptr": "*fp32",
+                                      "seeds_ptr": "*i64", "scales_ptr": "*fp32", "level_t": "fp32",
+                                      "level_p": "fp32", "level_t_stride": "i32", "level_p_stride": "i32"})
+                    signature.update({name: "fp32" for name in ("guidance_scale", "prior_strength",
+                                                                "guidance_rescale", "eta", "clip_range")})
+                    signature.update({name: "i32" for name in ("rule", "prediction", "clip", "use_clipped",
+                                                               "inverse", "write_x0", "rescale")})
+                    signature.update({"seed_lo": "i32", "seed_hi": "i32", "per_video_seed": "i32", "kind": "i32",
+                                      "coef_keep": "fp32", "coef_new": "fp32", "n_per_video": size,
+                                      "cols": size, "post": size, "num_frames": "i32", "num_groups": "i32",
+                                      "blocks_per_video": "i32", "frame_groups": "i32", "scale_post": size,
+                                      "scale_frames": "i32"})
+                    constexprs = {"HAS_UNCOND": has_uncond, "HAS_PRIOR": has_prior, "NOISE": noise,
+                                  "PER_FRAME": per_frame, "INT64": int64, "NUM_PARTIALS": NUM_PARTIALS,
+                                  "BLOCK": _BLOCK}
+                    signature.update({name: "constexpr" for name in constexprs})
+                    draws = noise == NOISE_GENERATED  # in-kernel normals: libdevice's sin/cos array
+                    specs.append(KernelSpec(module=__name__, kernel="_guided_step_kernel", signature=signature,
+                                            constexprs=constexprs, num_warps=_NUM_WARPS, num_stages=1,
+                                            max_stack=PHILOX_NORMALS_STACK if draws else 0,
+                                            stack_note=PHILOX_NORMALS_NOTE if draws else ""))
     return specs

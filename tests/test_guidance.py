@@ -409,3 +409,11 @@ def test_forced_cuda_backend_on_cpu_tensors_is_refused():
     x = torch.randn(2, 3)
     with use_backend("cuda"), pytest.raises(BackendUnavailable, match="cuda cannot run guided_step"):
         guided_step(x, x.clone(), alpha_prod_t=0.5, alpha_prod_prev=0.6)
+
+
+def test_a_per_frame_scale_past_32_bit_offsets_is_refused_before_any_launch():
+    # Its kernels are compiled for 32-bit offsets only; stride-0 views stand in for 2**31 elements.
+    huge = torch.zeros(1).expand(1, 4, 2, 2**14, 2**14)
+    with pytest.raises(ValueError, match=r"guidance_scale: a per-frame scale serves samples of fewer than \d+ "
+                                         r"elements, got 2147483648"):
+        guided_step(huge, huge, huge, guidance_scale=torch.ones(2), sigma=1.0, sigma_next=0.5)

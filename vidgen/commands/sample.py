@@ -156,8 +156,6 @@ def _sample_video_model(args, model_dir: str, device: torch.device, dtype: torch
 
 
 def _sample_animatediff(args, model_dir: str, device: torch.device, dtype: torch.dtype):
-    import vidgen
-
     from ..sampling import initial_noise
 
     if args.frame_parallel:
@@ -167,42 +165,34 @@ def _sample_animatediff(args, model_dir: str, device: torch.device, dtype: torch
     latents = initial_noise((1, pipe.unet.config.in_channels, args.frames, height // pipe.vae_scale_factor,
                              width // pipe.vae_scale_factor), kind=args.noise, alpha=args.noise_alpha,
                             seed=args.seed, device=device, dtype=dtype)
-    sync = _timing.device_synchronizer(device) or (lambda: None)
-
-    def run(use_vidgen: bool):
-        def side():
-            vidgen.patch(pipe, **parallel) if use_vidgen else vidgen.unpatch(pipe)
-            sync()
-            start = time.perf_counter()
-            out = pipe(args.prompt, num_frames=args.frames, height=height, width=width,
-                       num_inference_steps=args.steps, guidance_scale=args.guidance, latents=latents.clone(),
-                       output_type="pt")
-            sync()
-            return out.frames, _SecondsTable({"pipeline": time.perf_counter() - start})
-        return side
-
-    if not args.compare:
-        video, times = run(True)()
-        return video, {"vidgen": [times]}, None
-    return _timed_pair(run(True), run(False), "diffusers", args.rounds)
+    return _patched_against_diffusers(args, pipe, device, parallel, lambda: pipe(
+        args.prompt, num_frames=args.frames, height=height, width=width, num_inference_steps=args.steps,
+        guidance_scale=args.guidance, latents=latents.clone(), output_type="pt"))
 
 
 def _sample_svd(args, model_dir: str, device: torch.device, dtype: torch.dtype):
     """Stable Video Diffusion from ``--image``: guidance grows from 1 at the first frame to --guidance
     at the last (the pipeline's per-frame scale); the starting noise comes from --seed."""
+    pipe, height, width = load_svd(args, model_dir, device, dtype)
+    return _patched_against_diffusers(args, pipe, device, {}, lambda: pipe(
+        args.image_rgb, num_frames=args.frames, height=height, width=width, num_inference_steps=args.steps,
+        min_guidance_scale=1.0, max_guidance_scale=args.guidance, fps=args.fps,
+        generator=torch.Generator(device).manual_seed(args.seed), output_type="pt"))
+
+
+def _patched_against_diffusers(args, pipe, device: torch.device, patch_options: dict, call):
+    """A diffusers pipeline's ``call()`` patched by vidgen; with --compare also unpatched, timed in
+    alternating rounds. Returns (video, tables, comparison or None) like the other samplers."""
     import vidgen
 
-    pipe, height, width = load_svd(args, model_dir, device, dtype)
     sync = _timing.device_synchronizer(device) or (lambda: None)
 
     def run(use_vidgen: bool):
         def side():
-            (vidgen.patch if use_vidgen else vidgen.unpatch)(pipe)
+            vidgen.patch(pipe, **patch_options) if use_vidgen else vidgen.unpatch(pipe)
             sync()
             start = time.perf_counter()
-            out = pipe(args.image_rgb, num_frames=args.frames, height=height, width=width,
-                       num_inference_steps=args.steps, min_guidance_scale=1.0, max_guidance_scale=args.guidance,
-                       fps=args.fps, generator=torch.Generator(device).manual_seed(args.seed), output_type="pt")
+            out = call()
             sync()
             return out.frames, _SecondsTable({"pipeline": time.perf_counter() - start})
         return side

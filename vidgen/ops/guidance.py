@@ -93,9 +93,9 @@ def _check_guidance_scale(guidance_scale, sample: torch.Tensor, frame_dim: int) 
     if guidance_scale.device != sample.device:
         raise ValueError(f"guidance_scale: expected a tensor on {sample.device} like sample, got "
                          f"{guidance_scale.device}")
-    if sample.numel() // sample.shape[0] >= _kernels.MAX_PER_FRAME_SCALED:
-        raise ValueError(f"guidance_scale: a per-frame scale serves videos of fewer than "
-                         f"{_kernels.MAX_PER_FRAME_SCALED} elements, got {sample.numel() // sample.shape[0]}")
+    if sample.numel() >= _kernels.MAX_PER_FRAME_SCALED:
+        raise ValueError(f"guidance_scale: a per-frame scale serves samples of fewer than "
+                         f"{_kernels.MAX_PER_FRAME_SCALED} elements, got {sample.numel()}")
     return 0.0, guidance_scale.to(torch.float32).contiguous(), frame_dim
 
 
