@@ -189,7 +189,7 @@ def patch(obj, *, frame_attention: bool = True, temporal_attention: bool = True,
             halves of the ranks.
 
     What was replaced, and what stays on diffusers' path and why (a head dim the kernels do not
-    serve, a scheduler other than DDIM, a motion module of another structure, ...), is in
+    serve, a scheduler other than DDIM and Euler, a motion module of another structure, ...), is in
     :func:`patch_report` ``(obj)``. ``obj`` itself is returned, so ``pipe = vidgen.patch(pipe)``
     and ``torch.compile(vidgen.patch(unet))`` keep working. When nothing in ``obj`` is vidgen's
     to accelerate, ``obj`` is left untouched, a warning says so and the report explains why.
