@@ -59,6 +59,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -67,7 +68,8 @@ import torch.distributed as dist
 from ..ops._fallback import warn_once
 from .frame_norm import group_norm_of_video, statistics_summed_across
 
-__all__ = ["FrameParallel", "ShardedTemporalConv", "active_shard", "balanced_split", "resolve_group"]
+__all__ = ["FrameParallel", "ShardedTemporalConv", "VideoArgument", "active_shard", "balanced_split",
+           "resolve_group"]
 
 
 def balanced_split(total: int, parts: int) -> list[int]:
@@ -314,6 +316,8 @@ class FrameParallel:
         (sum, sum of squares, index-weighted sum) is all-gathered and compared exactly."""
         prints = []
         for t in tensors:
+            if isinstance(t, (int, float)):  # a timestep given as a number
+                t = torch.tensor([t])
             if isinstance(t, torch.Tensor):
                 flat = t.detach().reshape(-1).double()
                 weights = torch.arange(1, flat.numel() + 1, device=flat.device, dtype=torch.float64).remainder_(7919)
@@ -328,32 +332,40 @@ class FrameParallel:
                              "generator state, sizes, latents, guidance scale...)")
 
     # -- the denoiser ----------------------------------------------------------------------------
-    def denoiser_forward(self, model, forward):
+    def denoiser_forward(self, model, forward, video: "VideoArgument"):
         """A forward for ``model`` that runs ``forward`` on this rank's frames (and batch part) and returns
-        the whole prediction, assembled on every rank."""
+        the whole prediction, assembled on every rank. ``video`` names the argument holding the video and
+        its frame axis; the call's arguments are bound to the signature of ``type(model).forward`` (the one
+        pipelines call), so positional and keyword calls split alike."""
+        signature = inspect.signature(type(model).forward)
 
-        def sharded_forward(sample, timestep, encoder_hidden_states, *args, **kwargs):
-            reason = _unsharded_reason(sample, args, kwargs)
+        def sharded_forward(*args, **kwargs):
+            arguments = _bound_arguments(signature, model, args, kwargs)
+            reason = _unsharded_reason(arguments, video)
             if reason is not None:
                 warn_once(f"frame-parallel {type(model).__name__}", reason, "whole on every rank")
-                return forward(sample, timestep, encoder_hidden_states, *args, **kwargs)
-            self.check_same_inputs(sample, timestep, encoder_hidden_states)
-            batch, num_frames = sample.shape[0], sample.shape[2]
+                return forward(*args, **kwargs)
+            sample = arguments[video.name]
+            self.check_same_inputs(*(arguments.get(name) for name in (video.name, *_PER_VIDEO, _TEXT)))
+            batch, num_frames = sample.shape[0], sample.shape[video.frame_dim]
             shard = self._shard(num_frames, batch)
             lane_size, split_batch = self._lanes(batch)
             lane = self.rank // lane_size
             lo = sum(shard.frame_counts[:shard.lane_index])
             hi = lo + shard.frame_counts[shard.lane_index]
             videos = slice(lane * batch // 2, (lane + 1) * batch // 2) if split_batch else slice(0, batch)
-            local = sample[videos, :, lo:hi]
-            timestep = _batch_part(timestep, videos, batch)
-            encoder_hidden_states = _text_part(encoder_hidden_states, videos, batch, num_frames, lo, hi)
+            arguments[video.name] = sample[videos].narrow(video.frame_dim, lo, hi - lo)
+            for name in _PER_VIDEO:
+                if name in arguments:
+                    arguments[name] = _batch_part(arguments[name], videos, batch)
+            if _TEXT in arguments:
+                arguments[_TEXT] = _text_part(arguments[_TEXT], videos, batch, num_frames, lo, hi)
             with _sharded(shard):
-                out = forward(local, timestep, encoder_hidden_states, *args, **kwargs)
+                out = forward(**arguments)
             prediction = out[0] if isinstance(out, tuple) else out.sample
             pieces = _all_gather_frames(prediction, shard.frame_counts * (self.size // lane_size), self.group,
-                                        frame_dim=2)
-            lanes = [torch.cat(pieces[i:i + lane_size], dim=2) for i in range(0, self.size, lane_size)]
+                                        frame_dim=video.frame_dim)
+            lanes = [torch.cat(pieces[i:i + lane_size], dim=video.frame_dim) for i in range(0, self.size, lane_size)]
             whole = torch.cat(lanes) if split_batch else lanes[0]
             if isinstance(out, tuple):
                 return (whole, *out[1:])
@@ -414,17 +426,58 @@ class ShardedTemporalConv:
         return (video + x).transpose(1, 2).flatten(0, 1)
 
 
-def _unsharded_reason(sample, args, kwargs) -> str | None:
+@dataclass(frozen=True)
+class VideoArgument:
+    """Where a denoiser's forward takes the video: the argument's name and its frame axis."""
+
+    name: str
+    frame_dim: int
+
+
+# The denoiser arguments the sharded forward splits besides the video: per-video tensors (split by
+# guidance-parallel) and the text/image context (per video, or per frame for diffusers' motion UNet).
+_PER_VIDEO = ("timestep", "added_time_ids")
+_TEXT = "encoder_hidden_states"
+# Flags passed as they are; any other argument given a value (ControlNet residuals, masks, IP-Adapter
+# embeddings...) is not split, and the call runs whole on every rank.
+_PASSED_AS_IS = ("return_dict", "enable_temporal_attentions", "num_frames")
+
+
+def _bound_arguments(signature: inspect.Signature, model, args, kwargs) -> dict:
+    """The call's arguments by name (``**kwargs`` of the signature flattened in); raises TypeError as the
+    forward itself would on a call that does not bind."""
+    bound = signature.bind(model, *args, **kwargs).arguments
+    arguments = {}
+    for i, (name, value) in enumerate(bound.items()):
+        kind = signature.parameters[name].kind
+        if i == 0:  # self
+            continue
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            arguments.update(value)
+        elif kind is inspect.Parameter.VAR_POSITIONAL:
+            if value:
+                arguments["*" + name] = value
+        else:
+            arguments[name] = value
+    return arguments
+
+
+def _unsharded_reason(arguments: dict, video: VideoArgument) -> str | None:
+    sample = arguments.get(video.name)
     if not isinstance(sample, torch.Tensor) or sample.dim() != 5:
-        return "its sample is not a (B, C, F, h, w) video"
+        return f"its {video.name} is not a 5-D video"
     if torch.is_grad_enabled() and sample.requires_grad:
         return "it needs gradients; frame-parallel sampling is inference"
-    extra = [name for name in ("down_block_additional_residuals", "mid_block_additional_residual", "added_cond_kwargs",
-                               "timestep_cond", "attention_mask", "cross_attention_kwargs")
-             if kwargs.get(name) is not None]
-    if args or extra:
-        return f"it passes {', '.join(extra) or 'positional extras'}, which the sharded forward does not split"
+    extra = [name for name, value in arguments.items()
+             if name not in (video.name, *_PER_VIDEO, _TEXT, *_PASSED_AS_IS) and not _is_empty(value)]
+    if extra:
+        return f"it passes {', '.join(extra)}, which the sharded forward does not split"
     return None
+
+
+def _is_empty(value) -> bool:
+    """None, or a dict of Nones (Latte's pipeline passes ``added_cond_kwargs`` of Nones)."""
+    return value is None or (isinstance(value, dict) and all(v is None for v in value.values()))
 
 
 def _batch_part(value, videos: slice, batch: int):

@@ -461,6 +461,8 @@ def _shard_denoiser(model: nn.Module, record: PatchRecord) -> None:
         return
     from diffusers import UNet3DConditionModel, UNetMotionModel
 
+    from .frame_parallel import VideoArgument
+
     if isinstance(model, VideoUNet):
         off = [role for role, on in model.vidgen_ops.items() if not on]
         if off:  # the reference processors would attend over this rank's frames only
@@ -477,7 +479,7 @@ def _shard_denoiser(model: nn.Module, record: PatchRecord) -> None:
         raise ValueError("frame_parallel: needs every motion module on vidgen's forward, which exchanges the "
                          f"frames between ranks; left on diffusers' path: {'; '.join(left)}")
     previous = model.__dict__.get("forward")
-    model.forward = parallel.denoiser_forward(model, model.forward)
+    model.forward = parallel.denoiser_forward(model, model.forward, VideoArgument("sample", frame_dim=2))
     record.undo.append(lambda: model.__dict__.update(forward=previous) if previous is not None
                        else model.__dict__.pop("forward", None))
     record.summary.append("frame_parallel")
