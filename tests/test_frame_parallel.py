@@ -16,8 +16,8 @@ import torch
 import torch.distributed as dist
 
 import vidgen
-from frame_parallel_worker import (SCENARIOS, animatediff_pipeline, invert_then_sample, sample, tuneavideo_unet, unet3d,
-                                   unet3d_run)
+from frame_parallel_worker import (SCENARIOS, animatediff_pipeline, invert_then_sample, sample, svd_pipeline, svd_sample,
+                                   tuneavideo_unet, unet3d, unet3d_run)
 from vidgen import default_model
 
 WORKER = os.path.join(os.path.dirname(__file__), "frame_parallel_worker.py")
@@ -69,6 +69,8 @@ def assert_matches_one_process(sd_dir, out_dir, world: int, name: str) -> None:
     with vidgen.ops.use_backend("torch"):
         if name.startswith("unet3d"):
             expected_by_key = {"latents": unet3d_run(vidgen.patch(unet3d()), frames, scale)}
+        elif name.startswith("svd"):
+            expected_by_key = dict(zip(("latents", "frames"), svd_sample(vidgen.patch(svd_pipeline()), frames, scale)))
         elif name.startswith("tuneavideo"):
             expected_by_key = dict(zip(("inverted", "latents"), invert_then_sample(tuneavideo_unet(sd_dir), frames, scale)))
         else:
@@ -87,14 +89,16 @@ def _check(results) -> None:
         assert code == 0, f"rank {rank} failed:\n{output[-4000:]}"
 
 
-TWO_RANK_MATCHES = ["animatediff", "animatediff_uneven_guidance_parallel", "tuneavideo", "unet3d"]
+TWO_RANK_MATCHES = ["animatediff", "animatediff_uneven_guidance_parallel", "tuneavideo", "unet3d", "svd"]
 
 
 @pytest.fixture(scope="module")
 def two_ranks(sd_dir, tmp_path_factory):
     """One 2-rank run: AnimateDiff 16 frames (8 per rank); 7 frames (4 + 3) with guidance-parallel, one
     rank per branch of CFG; Tune-A-Video's UNet, 8 frames sparse-causal, DDIM inversion then guided
-    sampling; a UNet3DConditionModel (temporal convolutions' halos), 8 frames; a 1-frame video
+    sampling; a UNet3DConditionModel (temporal convolutions' halos), 8 frames; Stable Video Diffusion,
+    5 frames (3 + 2: temporal ResNets' halos and pooled norms, temporal blocks, decode chunks 2 + 1) with
+    its per-frame guidance; a 1-frame video
     and a call whose prompt differs on rank 1 (both refused); then rank 1 raises inside a motion
     module in step 2."""
     out_dir = tmp_path_factory.mktemp("two_ranks")
@@ -131,9 +135,10 @@ def test_a_rank_that_raises_mid_step_ends_every_rank_with_an_error(two_ranks):
 def test_four_ranks_match_one_process(sd_dir, tmp_path):
     # 14 frames on 4 ranks (4, 4, 3, 3), and on 2 guidance halves of 2 ranks (7 + 7 frames each);
     # Tune-A-Video on 2 halves (inversion: an odd batch, both halves compute it; sampling: one branch each);
-    # UNet3D, 6 frames on 2 halves (3 + 3 frames: halos inside each half)
+    # UNet3D, 6 frames on 2 halves (3 + 3 frames: halos inside each half); SVD, 5 frames on 2 halves
+    # (3 + 2 frames each; its 3 decode chunks on 4 ranks: the fourth decodes the first again)
     names = ["animatediff_14", "animatediff_14_guidance_parallel", "tuneavideo_guidance_parallel",
-             "unet3d_guidance_parallel"]
+             "unet3d_guidance_parallel", "svd_guidance_parallel"]
     _check(launch(4, names, sd_dir, tmp_path, timeout=600))
     for name in names:
         assert_matches_one_process(sd_dir, tmp_path, 4, name)

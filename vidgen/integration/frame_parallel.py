@@ -68,7 +68,7 @@ import torch.distributed as dist
 from ..ops._fallback import warn_once
 from .frame_norm import group_norm_of_video, statistics_summed_across
 
-__all__ = ["FrameParallel", "ShardedTemporalConv", "VideoArgument", "active_shard", "balanced_split",
+__all__ = ["FrameParallel", "ShardedTemporalConv", "ShardedTemporalResnet", "VideoArgument", "active_shard", "balanced_split",
            "resolve_group"]
 
 
@@ -108,6 +108,11 @@ class _Shard:
     @property
     def lane_index(self) -> int:
         return self.lane_ranks.index(self.rank)
+
+    @property
+    def first_frame(self) -> int:
+        """The index in the whole video of this rank's first frame."""
+        return sum(self.frame_counts[:self.lane_index])
 
     def _splits(self, per_peer: list[int]) -> list[int]:
         """Split sizes over every rank of the group: ``per_peer`` for the lane, 0 for the others."""
@@ -389,6 +394,48 @@ class FrameParallel:
 
         return sharded_decode
 
+    def decode_latent_chunks(self, decode):
+        """Stable Video Diffusion's ``pipe.decode_latents(latents, num_frames, decode_chunk_size)`` with its
+        chunks spread over the ranks, then one all-gather of the decoded frames.
+
+        Its VAE decoder mixes the frames of each chunk (``decode_chunk_size`` consecutive frames of the
+        flattened ``(B*F, C, h, w)`` latents, across videos too), so the exact split is by whole chunks:
+        each rank decodes a contiguous run of them through the pipeline's own method, starting on a
+        chunk boundary, so its chunks are the ones one process decodes. With fewer chunks than ranks,
+        the extra ranks decode a chunk again (they would wait for the gather anyway) and the gather
+        keeps the first copy."""
+
+        def sharded_decode(latents, num_frames, decode_chunk_size=14):
+            flat = latents.flatten(0, 1)  # (B*F, C, h, w): the frames the pipeline chunks
+            total = flat.shape[0]
+            owners = min(-(-total // decode_chunk_size), self.size)
+            first_chunk = [0]
+            for count in balanced_split(-(-total // decode_chunk_size), owners):
+                first_chunk.append(first_chunk[-1] + count)
+            bounds = [min(c * decode_chunk_size, total) for c in first_chunk]  # owner r: frames bounds[r]:bounds[r+1]
+            mine = self.rank % owners
+            part = decode(flat[None, bounds[mine]:bounds[mine + 1]], bounds[mine + 1] - bounds[mine], decode_chunk_size)
+            frame_counts = [bounds[r % owners + 1] - bounds[r % owners] for r in range(self.size)]
+            pieces = _all_gather_frames(part, frame_counts, self.group, frame_dim=2)  # each (1, C', frames, H, W)
+            whole = torch.cat(pieces[:owners], dim=2)[0]  # (C', B*F, H, W)
+            return whole.unflatten(1, latents.shape[:2]).transpose(0, 1)  # (B, C', F, H, W), as the pipeline's
+
+        return sharded_decode
+
+
+def _is_frame_convolution(conv) -> bool:
+    """A Conv3d over three frames that pads one frame each side, one position wide: what
+    :func:`_convolve_over_frames` reproduces."""
+    return (isinstance(conv, torch.nn.Conv3d) and conv.kernel_size == (3, 1, 1) and conv.stride == (1, 1, 1)
+            and conv.padding == (1, 0, 0) and conv.dilation == (1, 1, 1) and conv.groups == 1
+            and conv.padding_mode == "zeros")
+
+
+def _convolve_over_frames(shard: _Shard, video: torch.Tensor, conv) -> torch.Tensor:
+    """``conv`` (:func:`_is_frame_convolution`) of this rank's ``(B, C, F_r, h, w)`` frames, each end frame
+    reading its neighbour's frame through the halo (zeros at the ends of the video: the padding)."""
+    return torch.nn.functional.conv3d(shard.with_halo(video), conv.weight, conv.bias)
+
 
 class ShardedTemporalConv:
     """The forward of a diffusers ``TemporalConvLayer`` (UNet3DConditionModel's convolutions over frames:
@@ -404,10 +451,7 @@ class ShardedTemporalConv:
     def unsupported_reason(module) -> str | None:
         for name in ("conv1", "conv2", "conv3", "conv4"):
             stage = list(getattr(module, name))
-            conv = stage[-1]
-            if not (isinstance(stage[0], torch.nn.GroupNorm) and isinstance(conv, torch.nn.Conv3d)
-                    and conv.kernel_size == (3, 1, 1) and conv.stride == (1, 1, 1) and conv.padding == (1, 0, 0)
-                    and conv.dilation == (1, 1, 1) and conv.groups == 1):
+            if not (isinstance(stage[0], torch.nn.GroupNorm) and _is_frame_convolution(stage[-1])):
                 return f"{name}: expected GroupNorm, ..., Conv3d(kernel (3, 1, 1), padding (1, 0, 0))"
         return None
 
@@ -422,8 +466,45 @@ class ShardedTemporalConv:
             x = group_norm_of_video(x, norm)
             for layer in middle:  # SiLU, dropout
                 x = layer(x)
-            x = torch.nn.functional.conv3d(shard.with_halo(x), conv.weight, conv.bias)
+            x = _convolve_over_frames(shard, x, conv)
         return (video + x).transpose(1, 2).flatten(0, 1)
+
+
+class ShardedTemporalResnet:
+    """The forward of a diffusers ``TemporalResnetBlock`` (Stable Video Diffusion's temporal half of each
+    ``SpatioTemporalResBlock``: GroupNorm-SiLU-Conv3d (3, 1, 1) twice, the time embedding added between,
+    on the ``(B, C, F, h, w)`` video). Without an active shard it is the module's own forward; on a shard
+    the GroupNorms pool their statistics across ranks and the convolutions read a one-frame halo, as in
+    :class:`ShardedTemporalConv`; the time embedding and the shortcut are per frame."""
+
+    def __init__(self, module):
+        self.module = module
+
+    @staticmethod
+    def unsupported_reason(module) -> str | None:
+        from diffusers.models.resnet import TemporalResnetBlock
+
+        if type(module) is not TemporalResnetBlock:  # a subclass may change the forward
+            return f"expected a TemporalResnetBlock, got {type(module).__name__}"
+        for norm, conv in (("norm1", "conv1"), ("norm2", "conv2")):
+            if not (isinstance(getattr(module, norm), torch.nn.GroupNorm) and _is_frame_convolution(getattr(module, conv))):
+                return f"{norm}, {conv}: expected GroupNorm, Conv3d(kernel (3, 1, 1), padding (1, 0, 0))"
+        shortcut = module.conv_shortcut
+        if shortcut is not None and shortcut.kernel_size != (1, 1, 1):
+            return "conv_shortcut: expected a Conv3d of kernel (1, 1, 1)"
+        return None
+
+    def __call__(self, input_tensor: torch.Tensor, temb: torch.Tensor | None) -> torch.Tensor:
+        m, shard = self.module, active_shard()
+        if shard is None:
+            return type(m).forward(m, input_tensor, temb)
+        x = _convolve_over_frames(shard, m.nonlinearity(group_norm_of_video(input_tensor, m.norm1)), m.conv1)
+        if m.time_emb_proj is not None:  # (B, F_r, C) per frame -> (B, C, F_r, 1, 1)
+            x = x + m.time_emb_proj(m.nonlinearity(temb)).permute(0, 2, 1)[..., None, None]
+        x = m.dropout(m.nonlinearity(group_norm_of_video(x, m.norm2)))
+        x = _convolve_over_frames(shard, x, m.conv2)
+        shortcut = input_tensor if m.conv_shortcut is None else m.conv_shortcut(input_tensor)
+        return shortcut + x
 
 
 @dataclass(frozen=True)
