@@ -269,3 +269,76 @@ def test_cli_frame_parallel_under_torchrun_writes_the_single_process_video(sd_di
     assert single.returncode == 0, single.stderr[-3000:]
     two, one = (np.asarray(read_video(str(tmp_path / name))).astype(int) for name in ("two", "one"))
     assert two.shape == one.shape and np.abs(two - one).max() <= 1  # 8-bit rounding of equal fp32 frames
+
+
+# ----------------------------------------------------------------------------------------------
+# vidgen sample --frame-parallel with a Stable Video Diffusion folder (--image)
+# ----------------------------------------------------------------------------------------------
+def _svd_cli_inputs(folder, image) -> None:
+    """A Stable Video Diffusion folder's layout (configs only) and a 16-pixel image: enough for the checks."""
+    import json
+
+    import imageio.v3 as iio
+
+    from vidgen.commands import _args
+
+    folder.mkdir()
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": _args.SVD_PIPELINE}))
+    for sub, config in _args.SVD_CONFIGS.items():
+        (folder / sub).mkdir()
+        (folder / sub / config).write_text("{}")
+    iio.imwrite(image, (torch.rand(16, 16, 3, generator=torch.Generator().manual_seed(0)) * 255).byte().numpy())
+
+
+@pytest.mark.parametrize("env,extra,expected", [
+    ({}, [], "--frame-parallel: needs a launcher that starts one process per rank"),
+    ({"WORLD_SIZE": "4", "RANK": "0"}, [], "--frame-parallel: 4 processes share the 3 frames of --frames"),
+    ({"WORLD_SIZE": "2", "RANK": "0"}, ["--compare"], "--compare: not with --frame-parallel"),
+])
+def test_cli_svd_frame_parallel_bad_input_is_refused_by_flag_before_any_model_loads(env, extra, expected, tmp_path,
+                                                                                     monkeypatch, capsys):
+    from diffusers import StableVideoDiffusionPipeline
+
+    from vidgen import cli
+
+    monkeypatch.setattr(StableVideoDiffusionPipeline, "from_pretrained",
+                        lambda *a, **k: pytest.fail("a model was loaded before the bad input was refused"))
+    _svd_cli_inputs(tmp_path / "svd", tmp_path / "frame.png")
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    argv = ["sample", "--model", str(tmp_path / "svd"), "--image", str(tmp_path / "frame.png"), "--frames", "3",
+            "--frame-parallel", *extra]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err
+    assert not dist.is_initialized()
+
+
+@pytest.mark.slow
+def test_cli_svd_frame_parallel_under_torchrun_writes_the_single_process_video(tmp_path):
+    import imageio.v3 as iio
+    import numpy as np
+
+    from vidgen.default_model import svd_pipeline
+    from vidgen.video_io import read_video
+
+    svd_pipeline("tiny").save_pretrained(tmp_path / "svd")
+    iio.imwrite(tmp_path / "frame.png", (torch.rand(16, 16, 3, generator=torch.Generator().manual_seed(0)) * 255)
+                .byte().numpy())
+    common = ["-m", "vidgen.cli", "sample", "--model", str(tmp_path / "svd"), "--image", str(tmp_path / "frame.png"),
+              "--frames", "3", "--steps", "2", "--height", "16", "--width", "16", "--device", "cpu", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "VIDGEN_BACKEND": "torch"}
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        env.pop(name, None)
+    parallel = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                               "--master-port", str(_free_port()), *common, "--out", str(tmp_path / "two"),
+                               "--frame-parallel"], env=env, capture_output=True, text=True, timeout=400)
+    assert parallel.returncode == 0, parallel.stdout[-3000:] + parallel.stderr[-3000:]
+    assert parallel.stdout.count("wrote ") == 1  # rank 0 writes the video
+    single = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one")], env=env, capture_output=True,
+                            text=True, timeout=400)
+    assert single.returncode == 0, single.stderr[-3000:]
+    two, one = (np.asarray(read_video(str(tmp_path / name))).astype(int) for name in ("two", "one"))
+    assert two.shape == one.shape and np.abs(two - one).max() <= 1  # 8-bit rounding of equal fp32 frames
