@@ -199,6 +199,25 @@ def test_one_rank_group_is_the_single_process_result_and_unpatch_restores(sd_dir
         assert "forward" not in pipe.unet.__dict__ and "decode_latents" not in pipe.__dict__
 
 
+def test_svd_unet_needs_vidgen_temporal_blocks_and_unpatch_restores(one_rank_group):
+    from diffusers.models.resnet import TemporalResnetBlock
+
+    from vidgen.integration.frame_parallel import ShardedTemporalResnet
+
+    unet = svd_pipeline().unet
+    with pytest.raises(ValueError, match="frame_parallel: needs every TransformerSpatioTemporalModel on vidgen's "
+                                         "forward.*temporal_attention=False"):
+        vidgen.patch(unet, frame_parallel=True, temporal_attention=False)
+    assert not vidgen.is_patched(unet) and "forward" not in unet.__dict__
+    vidgen.patch(unet, frame_parallel=True)
+    resnets = [m for m in unet.modules() if isinstance(m, TemporalResnetBlock)]
+    assert resnets and all(isinstance(m.__dict__.get("forward"), ShardedTemporalResnet) for m in resnets)
+    report = str(vidgen.patch_report(unet))
+    assert "forward on this rank's frames (FrameParallel(1 ranks))" in report and "one-frame halos" in report
+    vidgen.unpatch(unet)
+    assert "forward" not in unet.__dict__ and not any("forward" in m.__dict__ for m in resnets)
+
+
 # ----------------------------------------------------------------------------------------------
 # vidgen sample --frame-parallel: refused by flag (exit 2) before any model loads
 # ----------------------------------------------------------------------------------------------
@@ -245,17 +264,12 @@ def test_cli_frame_parallel_bad_input_is_refused_by_flag_before_any_model_loads(
     assert not dist.is_initialized()
 
 
-@pytest.mark.slow
-def test_cli_frame_parallel_under_torchrun_writes_the_single_process_video(sd_dir, tmp_path):
+def assert_cli_two_ranks_write_the_single_process_video(common: list[str], tmp_path) -> None:
+    """``python common... --frame-parallel`` under torchrun on 2 ranks writes the video one process writes."""
     import numpy as np
-    from diffusers import MotionAdapter
 
     from vidgen.video_io import read_video
 
-    MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=1, motion_num_attention_heads=2,
-                  motion_norm_num_groups=8, motion_max_seq_length=32).save_pretrained(tmp_path / "adapter")
-    common = ["-m", "vidgen.cli", "sample", "--model", sd_dir, "--motion-adapter", str(tmp_path / "adapter"),
-              "--frames", "4", "--steps", "2", "--height", "64", "--width", "64", "--device", "cpu", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "VIDGEN_BACKEND": "torch"}
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         env.pop(name, None)
@@ -269,6 +283,17 @@ def test_cli_frame_parallel_under_torchrun_writes_the_single_process_video(sd_di
     assert single.returncode == 0, single.stderr[-3000:]
     two, one = (np.asarray(read_video(str(tmp_path / name))).astype(int) for name in ("two", "one"))
     assert two.shape == one.shape and np.abs(two - one).max() <= 1  # 8-bit rounding of equal fp32 frames
+
+
+@pytest.mark.slow
+def test_cli_frame_parallel_under_torchrun_writes_the_single_process_video(sd_dir, tmp_path):
+    from diffusers import MotionAdapter
+
+    MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=1, motion_num_attention_heads=2,
+                  motion_norm_num_groups=8, motion_max_seq_length=32).save_pretrained(tmp_path / "adapter")
+    common = ["-m", "vidgen.cli", "sample", "--model", sd_dir, "--motion-adapter", str(tmp_path / "adapter"),
+              "--frames", "4", "--steps", "2", "--height", "64", "--width", "64", "--device", "cpu", "--quiet"]
+    assert_cli_two_ranks_write_the_single_process_video(common, tmp_path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -319,26 +344,12 @@ def test_cli_svd_frame_parallel_bad_input_is_refused_by_flag_before_any_model_lo
 @pytest.mark.slow
 def test_cli_svd_frame_parallel_under_torchrun_writes_the_single_process_video(tmp_path):
     import imageio.v3 as iio
-    import numpy as np
 
     from vidgen.default_model import svd_pipeline
-    from vidgen.video_io import read_video
 
     svd_pipeline("tiny").save_pretrained(tmp_path / "svd")
     iio.imwrite(tmp_path / "frame.png", (torch.rand(16, 16, 3, generator=torch.Generator().manual_seed(0)) * 255)
                 .byte().numpy())
     common = ["-m", "vidgen.cli", "sample", "--model", str(tmp_path / "svd"), "--image", str(tmp_path / "frame.png"),
               "--frames", "3", "--steps", "2", "--height", "16", "--width", "16", "--device", "cpu", "--quiet"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "VIDGEN_BACKEND": "torch"}
-    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
-        env.pop(name, None)
-    parallel = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-                               "--master-port", str(_free_port()), *common, "--out", str(tmp_path / "two"),
-                               "--frame-parallel"], env=env, capture_output=True, text=True, timeout=400)
-    assert parallel.returncode == 0, parallel.stdout[-3000:] + parallel.stderr[-3000:]
-    assert parallel.stdout.count("wrote ") == 1  # rank 0 writes the video
-    single = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one")], env=env, capture_output=True,
-                            text=True, timeout=400)
-    assert single.returncode == 0, single.stderr[-3000:]
-    two, one = (np.asarray(read_video(str(tmp_path / name))).astype(int) for name in ("two", "one"))
-    assert two.shape == one.shape and np.abs(two - one).max() <= 1  # 8-bit rounding of equal fp32 frames
+    assert_cli_two_ranks_write_the_single_process_video(common, tmp_path)

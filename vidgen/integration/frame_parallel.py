@@ -7,7 +7,9 @@ computes. The spatial layers of a video UNet see each frame alone; what mixes fr
 
 * the transformer blocks of a motion module (AnimateDiff's, and UNet3DConditionModel's temporal
   transformers: temporal attention, its layer norms and feed-forward are all per position along
-  the frames), and a Tune-A-Video ``attn_temp``: one **all-to-all** from the frame-sharded layout
+  the frames), each temporal block of Stable Video Diffusion's ``TransformerSpatioTemporalModel``
+  (:mod:`vidgen.integration.svd`; its frame embedding takes the frames' indices in the whole
+  video), and a Tune-A-Video ``attn_temp``: one **all-to-all** from the frame-sharded layout
   ``(B, F_r, N, C)`` to the position-sharded ``(B, F, N_r, C)`` after ``proj_in``, the blocks run
   on whole columns of frames, and one all-to-all back before ``proj_out``. Each rank sends
   ``(P-1)/P`` of its shard twice per module, ``2 (P-1)/P^2`` of the activation in all; an
@@ -19,17 +21,21 @@ computes. The spatial layers of a video UNet see each frame alone; what mixes fr
   projection and awaited after it (the one overlap of communication with compute here; the motion
   modules' exchanges sit between dependent steps).
 * every GroupNorm whose statistics span the frames (motion modules', Tune-A-Video's ResNet norms,
-  UNet3D's temporal convolutions'): an **all-reduce** of per-(video, group) count, sum and sum of
+  UNet3D's temporal convolutions', SVD's temporal ResNets'): an **all-reduce** of per-(video, group) count, sum and sum of
   squares (float64, 3 B G numbers) between the statistics pass and the apply pass
   (:func:`vidgen.integration.frame_norm.statistics_summed_across`).
-* UNet3D's temporal convolutions (kernel 3 over frames): a **halo** of one frame from each
-  neighbour (one all-to-all of two frames per convolution; zeros at the video's ends).
+* UNet3D's temporal convolutions and SVD's temporal ResNets (Conv3d, kernel 3 over frames): a
+  **halo** of one frame from each neighbour (one all-to-all of two frames per convolution; zeros at
+  the video's ends). The rest of SVD's UNet is per frame (its time embedding and
+  ``image_only_indicator`` are repeated per local frame, the ``time_mixer`` blends per element).
 * the denoiser's output: an **all-gather** of each rank's shard of the prediction per step (one
   latent-sized tensor, B C F h w numbers: ~1/300 of one motion module's exchange at 512x512), so
   the pipeline's own sampler step, callbacks and guidance run unchanged and identically on every
   rank (cheap elementwise work, computed redundantly).
 * the VAE decode (pipelines with ``decode_latents``): each rank decodes its frames, then one
-  **all-gather** of the decoded frames: the one gather of the video at the end.
+  **all-gather** of the decoded frames: the one gather of the video at the end. SVD's temporal VAE
+  decoder mixes the frames of each of the pipeline's decode chunks, so there each rank decodes
+  whole chunks (:meth:`FrameParallel.decode_latent_chunks`).
 
 The initial noise needs nothing: every rank draws the whole x_T from the same generator (or
 :func:`vidgen.ops.correlated_noise`'s seed), so each frame's noise is the one a single process

@@ -182,8 +182,8 @@ def patch(obj, *, frame_attention: bool = True, temporal_attention: bool = True,
             every rank runs the denoiser on its contiguous shard of the frames and returns the whole
             video, equal to one process's (:mod:`vidgen.integration.frame_parallel`). Every rank calls
             the pipeline with the same arguments. AnimateDiff's ``UNetMotionModel``, Tune-A-Video's
-            :class:`~vidgen.VideoUNet` and ``UNet3DConditionModel`` (on vidgen's temporal and frame
-            attention).
+            :class:`~vidgen.VideoUNet`, ``UNet3DConditionModel`` and Stable Video Diffusion's
+            ``UNetSpatioTemporalConditionModel`` (on vidgen's temporal and frame attention).
         guidance_parallel: with ``frame_parallel`` on an even number of ranks, the two halves of the
             batch (classifier-free guidance's unconditional and conditional branches) run on the two
             halves of the ranks.
@@ -502,15 +502,8 @@ def _shard_temporal_convolutions(model: nn.Module, record: PatchRecord) -> None:
 
     from .frame_parallel import ShardedTemporalConv
 
-    layers = [(path, m) for path, m in model.named_modules() if isinstance(m, TemporalConvLayer)]
-    for path, layer in layers:
-        reason = ShardedTemporalConv.unsupported_reason(layer)
-        if reason is not None:
-            raise ValueError(f"frame_parallel: {path}: {reason}")
-    for path, layer in layers:
-        layer.forward = ShardedTemporalConv(layer)
-        record.undo.append(lambda m=layer: m.__dict__.pop("forward", None))
-        record.report.replaced.append(PatchEntry(path, "temporal convolution with a one-frame halo (frame-parallel)"))
+    _install_sharded_forwards(model, record, TemporalConvLayer, ShardedTemporalConv,
+                              "temporal convolution with a one-frame halo (frame-parallel)")
 
 
 def _shard_svd_unet(model: nn.Module, record: PatchRecord) -> None:
@@ -524,16 +517,23 @@ def _shard_svd_unet(model: nn.Module, record: PatchRecord) -> None:
     if left:
         raise ValueError("frame_parallel: needs every TransformerSpatioTemporalModel on vidgen's forward, which "
                          f"exchanges the frames between ranks; left on diffusers' path: {'; '.join(left)}")
-    blocks = [(path, m) for path, m in model.named_modules() if isinstance(m, TemporalResnetBlock)]
-    for path, block in blocks:
-        reason = ShardedTemporalResnet.unsupported_reason(block)
+    _install_sharded_forwards(model, record, TemporalResnetBlock, ShardedTemporalResnet,
+                              "temporal ResNet block with pooled GroupNorms and one-frame halos (frame-parallel)")
+
+
+def _install_sharded_forwards(model: nn.Module, record: PatchRecord, module_type: type, forward_type: type,
+                              what: str) -> None:
+    """Every ``module_type`` inside ``model`` gets a ``forward_type`` instance forward (all checked first:
+    one it cannot serve refuses the patch, naming its path)."""
+    layers = [(path, m) for path, m in model.named_modules() if isinstance(m, module_type)]
+    for path, layer in layers:
+        reason = forward_type.unsupported_reason(layer)
         if reason is not None:
             raise ValueError(f"frame_parallel: {path}: {reason}")
-    for path, block in blocks:
-        block.forward = ShardedTemporalResnet(block)
-        record.undo.append(lambda m=block: m.__dict__.pop("forward", None))
-        record.report.replaced.append(PatchEntry(path, "temporal ResNet block with pooled GroupNorms and one-frame "
-                                                       "halos (frame-parallel)"))
+    for path, layer in layers:
+        layer.forward = forward_type(layer)
+        record.undo.append(lambda m=layer: m.__dict__.pop("forward", None))
+        record.report.replaced.append(PatchEntry(path, what))
 
 
 def _report_video_unet(model: VideoUNet, report: PatchReport) -> None:
