@@ -15,8 +15,9 @@ for it (bytes a rank sends per denoising step, fp16 activations, classifier-free
 * the prediction: one all-gather per step (``(P-1)/P`` of the latents), plus the 3-number input
   fingerprint per input.
 
-SVD is counted for the same design applied to its temporal layers (vidgen does not make SVD
-frame-parallel yet: the counts say what it would move). The speedup is
+SVD's count is what vidgen's SVD frame-parallel path moves (the temporal blocks' all-to-alls, the
+temporal ResNets' norms and halos, the prediction's gather; its VAE decode, split by decode chunks
+with one all-gather at the end of sampling, is not a per-step cost). The speedup is
 ``T1 / (T1 / P + bytes / bandwidth + collectives * latency)``: the spatial work divides by P, no
 communication overlaps it (the motion module's exchanges sit on its critical path; the frame
 attention's K/V transfer does overlap the query projection, ignored here), and T1 is the

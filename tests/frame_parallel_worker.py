@@ -29,6 +29,8 @@ SCENARIOS = {
     "tuneavideo_guidance_parallel": (8, True, 3.0),
     "unet3d": (8, False, 3.0),
     "unet3d_guidance_parallel": (6, True, 3.0),
+    "svd": (5, False, 2.5),
+    "svd_guidance_parallel": (5, True, 2.5),
 }
 SIZE = 64  # pixels: 8x8 latents
 
@@ -121,6 +123,48 @@ def unet3d_run(unet, frames: int, guidance_scale: float) -> torch.Tensor:
                    guidance_scale=guidance_scale, progress=False)
 
 
+# ---- Stable Video Diffusion --------------------------------------------------------------------
+SVD_SIZE = 16  # pixels: 8x8 latents (its tiny VAE scales by 2), 4x4 in the UNet's lower level
+SVD_DECODE_CHUNK = 2  # 5 frames decode in 3 chunks (2, 2, 1): 2 ranks decode 2 and 1
+
+
+def svd_pipeline():
+    """The built-in tiny Stable Video Diffusion pipeline, every temporal ResNet's and temporal block's output
+    non-zero and its temporal mix factors moved off 0.5, so the frame-mixing layers matter."""
+    from vidgen.default_model import svd_pipeline as build
+
+    from diffusers import EulerDiscreteScheduler
+
+    pipe = build("tiny", seed=8)
+    # SVD's sigma_max (700) makes the first Euler step x + dt * d of two ~3000-sized terms whose sum is ~1:
+    # one ulp of them (2.4e-4) would hide what this test measures; 20 keeps the rest of the schedule
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config, sigma_max=20.0)
+    with torch.no_grad():
+        for name, param in pipe.unet.named_parameters():
+            if "mix_factor" in name:
+                param.fill_(-1.0)  # sigmoid: 0.27 of the spatial path, 0.73 of the temporal one
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def svd_sample(pipe, frames: int, max_guidance_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(final latents, decoded frames) of a 2-step run with SVD's per-frame classifier-free guidance."""
+    final = {}
+
+    def keep_latents(pipe, step, timestep, tensors):
+        final["latents"] = tensors["latents"]
+        return tensors
+
+    from PIL import Image
+
+    pixels = torch.rand(SVD_SIZE, SVD_SIZE, 3, generator=torch.Generator().manual_seed(9)) * 255
+    image = Image.fromarray(pixels.byte().numpy())  # a PIL image: the pipeline resizes it for its image encoder
+    video = pipe(image, num_frames=frames, height=SVD_SIZE, width=SVD_SIZE, num_inference_steps=2,
+                 min_guidance_scale=1.0, max_guidance_scale=max_guidance_scale, decode_chunk_size=SVD_DECODE_CHUNK,
+                 generator=torch.Generator().manual_seed(0), output_type="pt", callback_on_step_end=keep_latents).frames
+    return final["latents"], video
+
+
 def main(rank: int, world: int, port: int, sd_dir: str, out_dir: str, scenarios: list[str]) -> None:
     import torch.distributed as dist
 
@@ -136,6 +180,11 @@ def main(rank: int, world: int, port: int, sd_dir: str, out_dir: str, scenarios:
                 if name.startswith("unet3d"):
                     unet = vidgen.patch(unet3d(), frame_parallel=True, guidance_parallel=guidance_parallel)
                     torch.save({"latents": unet3d_run(unet, frames, scale)}, os.path.join(out_dir, f"{name}.rank{rank}.pt"))
+                    continue
+                if name.startswith("svd"):
+                    pipe = vidgen.patch(svd_pipeline(), frame_parallel=True, guidance_parallel=guidance_parallel)
+                    latents, video = svd_sample(pipe, frames, scale)
+                    torch.save({"latents": latents, "frames": video}, os.path.join(out_dir, f"{name}.rank{rank}.pt"))
                     continue
                 if name.startswith("tuneavideo"):
                     model = tuneavideo_unet(sd_dir)

@@ -16,8 +16,8 @@ import torch
 import torch.distributed as dist
 
 import vidgen
-from frame_parallel_worker import (SCENARIOS, animatediff_pipeline, invert_then_sample, sample, tuneavideo_unet, unet3d,
-                                   unet3d_run)
+from frame_parallel_worker import (SCENARIOS, animatediff_pipeline, invert_then_sample, sample, svd_pipeline, svd_sample,
+                                   tuneavideo_unet, unet3d, unet3d_run)
 from vidgen import default_model
 
 WORKER = os.path.join(os.path.dirname(__file__), "frame_parallel_worker.py")
@@ -69,6 +69,8 @@ def assert_matches_one_process(sd_dir, out_dir, world: int, name: str) -> None:
     with vidgen.ops.use_backend("torch"):
         if name.startswith("unet3d"):
             expected_by_key = {"latents": unet3d_run(vidgen.patch(unet3d()), frames, scale)}
+        elif name.startswith("svd"):
+            expected_by_key = dict(zip(("latents", "frames"), svd_sample(vidgen.patch(svd_pipeline()), frames, scale)))
         elif name.startswith("tuneavideo"):
             expected_by_key = dict(zip(("inverted", "latents"), invert_then_sample(tuneavideo_unet(sd_dir), frames, scale)))
         else:
@@ -87,14 +89,16 @@ def _check(results) -> None:
         assert code == 0, f"rank {rank} failed:\n{output[-4000:]}"
 
 
-TWO_RANK_MATCHES = ["animatediff", "animatediff_uneven_guidance_parallel", "tuneavideo", "unet3d"]
+TWO_RANK_MATCHES = ["animatediff", "animatediff_uneven_guidance_parallel", "tuneavideo", "unet3d", "svd"]
 
 
 @pytest.fixture(scope="module")
 def two_ranks(sd_dir, tmp_path_factory):
     """One 2-rank run: AnimateDiff 16 frames (8 per rank); 7 frames (4 + 3) with guidance-parallel, one
     rank per branch of CFG; Tune-A-Video's UNet, 8 frames sparse-causal, DDIM inversion then guided
-    sampling; a UNet3DConditionModel (temporal convolutions' halos), 8 frames; a 1-frame video
+    sampling; a UNet3DConditionModel (temporal convolutions' halos), 8 frames; Stable Video Diffusion,
+    5 frames (3 + 2: temporal ResNets' halos and pooled norms, temporal blocks, decode chunks 2 + 1) with
+    its per-frame guidance; a 1-frame video
     and a call whose prompt differs on rank 1 (both refused); then rank 1 raises inside a motion
     module in step 2."""
     out_dir = tmp_path_factory.mktemp("two_ranks")
@@ -131,9 +135,10 @@ def test_a_rank_that_raises_mid_step_ends_every_rank_with_an_error(two_ranks):
 def test_four_ranks_match_one_process(sd_dir, tmp_path):
     # 14 frames on 4 ranks (4, 4, 3, 3), and on 2 guidance halves of 2 ranks (7 + 7 frames each);
     # Tune-A-Video on 2 halves (inversion: an odd batch, both halves compute it; sampling: one branch each);
-    # UNet3D, 6 frames on 2 halves (3 + 3 frames: halos inside each half)
+    # UNet3D, 6 frames on 2 halves (3 + 3 frames: halos inside each half); SVD, 5 frames on 2 halves
+    # (3 + 2 frames each; its 3 decode chunks on 4 ranks: the fourth decodes the first again)
     names = ["animatediff_14", "animatediff_14_guidance_parallel", "tuneavideo_guidance_parallel",
-             "unet3d_guidance_parallel"]
+             "unet3d_guidance_parallel", "svd_guidance_parallel"]
     _check(launch(4, names, sd_dir, tmp_path, timeout=600))
     for name in names:
         assert_matches_one_process(sd_dir, tmp_path, 4, name)
@@ -194,6 +199,25 @@ def test_one_rank_group_is_the_single_process_result_and_unpatch_restores(sd_dir
         assert "forward" not in pipe.unet.__dict__ and "decode_latents" not in pipe.__dict__
 
 
+def test_svd_unet_needs_vidgen_temporal_blocks_and_unpatch_restores(one_rank_group):
+    from diffusers.models.resnet import TemporalResnetBlock
+
+    from vidgen.integration.frame_parallel import ShardedTemporalResnet
+
+    unet = svd_pipeline().unet
+    with pytest.raises(ValueError, match="frame_parallel: needs every TransformerSpatioTemporalModel on vidgen's "
+                                         "forward.*temporal_attention=False"):
+        vidgen.patch(unet, frame_parallel=True, temporal_attention=False)
+    assert not vidgen.is_patched(unet) and "forward" not in unet.__dict__
+    vidgen.patch(unet, frame_parallel=True)
+    resnets = [m for m in unet.modules() if isinstance(m, TemporalResnetBlock)]
+    assert resnets and all(isinstance(m.__dict__.get("forward"), ShardedTemporalResnet) for m in resnets)
+    report = str(vidgen.patch_report(unet))
+    assert "forward on this rank's frames (FrameParallel(1 ranks))" in report and "one-frame halos" in report
+    vidgen.unpatch(unet)
+    assert "forward" not in unet.__dict__ and not any("forward" in m.__dict__ for m in resnets)
+
+
 # ----------------------------------------------------------------------------------------------
 # vidgen sample --frame-parallel: refused by flag (exit 2) before any model loads
 # ----------------------------------------------------------------------------------------------
@@ -240,17 +264,12 @@ def test_cli_frame_parallel_bad_input_is_refused_by_flag_before_any_model_loads(
     assert not dist.is_initialized()
 
 
-@pytest.mark.slow
-def test_cli_frame_parallel_under_torchrun_writes_the_single_process_video(sd_dir, tmp_path):
+def assert_cli_two_ranks_write_the_single_process_video(common: list[str], tmp_path) -> None:
+    """``python common... --frame-parallel`` under torchrun on 2 ranks writes the video one process writes."""
     import numpy as np
-    from diffusers import MotionAdapter
 
     from vidgen.video_io import read_video
 
-    MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=1, motion_num_attention_heads=2,
-                  motion_norm_num_groups=8, motion_max_seq_length=32).save_pretrained(tmp_path / "adapter")
-    common = ["-m", "vidgen.cli", "sample", "--model", sd_dir, "--motion-adapter", str(tmp_path / "adapter"),
-              "--frames", "4", "--steps", "2", "--height", "64", "--width", "64", "--device", "cpu", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "VIDGEN_BACKEND": "torch"}
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         env.pop(name, None)
@@ -264,3 +283,73 @@ def test_cli_frame_parallel_under_torchrun_writes_the_single_process_video(sd_di
     assert single.returncode == 0, single.stderr[-3000:]
     two, one = (np.asarray(read_video(str(tmp_path / name))).astype(int) for name in ("two", "one"))
     assert two.shape == one.shape and np.abs(two - one).max() <= 1  # 8-bit rounding of equal fp32 frames
+
+
+@pytest.mark.slow
+def test_cli_frame_parallel_under_torchrun_writes_the_single_process_video(sd_dir, tmp_path):
+    from diffusers import MotionAdapter
+
+    MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=1, motion_num_attention_heads=2,
+                  motion_norm_num_groups=8, motion_max_seq_length=32).save_pretrained(tmp_path / "adapter")
+    common = ["-m", "vidgen.cli", "sample", "--model", sd_dir, "--motion-adapter", str(tmp_path / "adapter"),
+              "--frames", "4", "--steps", "2", "--height", "64", "--width", "64", "--device", "cpu", "--quiet"]
+    assert_cli_two_ranks_write_the_single_process_video(common, tmp_path)
+
+
+# ----------------------------------------------------------------------------------------------
+# vidgen sample --frame-parallel with a Stable Video Diffusion folder (--image)
+# ----------------------------------------------------------------------------------------------
+def _svd_cli_inputs(folder, image) -> None:
+    """A Stable Video Diffusion folder's layout (configs only) and a 16-pixel image: enough for the checks."""
+    import json
+
+    import imageio.v3 as iio
+
+    from vidgen.commands import _args
+
+    folder.mkdir()
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": _args.SVD_PIPELINE}))
+    for sub, config in _args.SVD_CONFIGS.items():
+        (folder / sub).mkdir()
+        (folder / sub / config).write_text("{}")
+    iio.imwrite(image, (torch.rand(16, 16, 3, generator=torch.Generator().manual_seed(0)) * 255).byte().numpy())
+
+
+@pytest.mark.parametrize("env,extra,expected", [
+    ({}, [], "--frame-parallel: needs a launcher that starts one process per rank"),
+    ({"WORLD_SIZE": "4", "RANK": "0"}, [], "--frame-parallel: 4 processes share the 3 frames of --frames"),
+    ({"WORLD_SIZE": "2", "RANK": "0"}, ["--compare"], "--compare: not with --frame-parallel"),
+])
+def test_cli_svd_frame_parallel_bad_input_is_refused_by_flag_before_any_model_loads(env, extra, expected, tmp_path,
+                                                                                     monkeypatch, capsys):
+    from diffusers import StableVideoDiffusionPipeline
+
+    from vidgen import cli
+
+    monkeypatch.setattr(StableVideoDiffusionPipeline, "from_pretrained",
+                        lambda *a, **k: pytest.fail("a model was loaded before the bad input was refused"))
+    _svd_cli_inputs(tmp_path / "svd", tmp_path / "frame.png")
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    argv = ["sample", "--model", str(tmp_path / "svd"), "--image", str(tmp_path / "frame.png"), "--frames", "3",
+            "--frame-parallel", *extra]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err
+    assert not dist.is_initialized()
+
+
+@pytest.mark.slow
+def test_cli_svd_frame_parallel_under_torchrun_writes_the_single_process_video(tmp_path):
+    import imageio.v3 as iio
+
+    from vidgen.default_model import svd_pipeline
+
+    svd_pipeline("tiny").save_pretrained(tmp_path / "svd")
+    iio.imwrite(tmp_path / "frame.png", (torch.rand(16, 16, 3, generator=torch.Generator().manual_seed(0)) * 255)
+                .byte().numpy())
+    common = ["-m", "vidgen.cli", "sample", "--model", str(tmp_path / "svd"), "--image", str(tmp_path / "frame.png"),
+              "--frames", "3", "--steps", "2", "--height", "16", "--width", "16", "--device", "cpu", "--quiet"]
+    assert_cli_two_ranks_write_the_single_process_video(common, tmp_path)

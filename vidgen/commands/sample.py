@@ -173,8 +173,11 @@ def _sample_animatediff(args, model_dir: str, device: torch.device, dtype: torch
 def _sample_svd(args, model_dir: str, device: torch.device, dtype: torch.dtype):
     """Stable Video Diffusion from ``--image``: guidance grows from 1 at the first frame to --guidance
     at the last (the pipeline's per-frame scale); the starting noise comes from --seed."""
+    if args.frame_parallel:
+        device = _init_frame_parallel(args, device)
     pipe, height, width = load_svd(args, model_dir, device, dtype)
-    return _patched_against_diffusers(args, pipe, device, {}, lambda: pipe(
+    parallel = {"frame_parallel": True, "guidance_parallel": args.guidance_parallel} if args.frame_parallel else {}
+    return _patched_against_diffusers(args, pipe, device, parallel, lambda: pipe(
         args.image_rgb, num_frames=args.frames, height=height, width=width, num_inference_steps=args.steps,
         min_guidance_scale=1.0, max_guidance_scale=args.guidance, fps=args.fps,
         generator=torch.Generator(device).manual_seed(args.seed), output_type="pt"))
@@ -291,9 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=".mp4 or .gif file, or a folder (no extension) of one PNG per frame")
     parser.add_argument("--fps", type=_args.positive_int, default=8, help="frames per second of the video file")
     parser.add_argument("--frame-parallel", action="store_true",
-                        help="AnimateDiff: one video over all processes of `torchrun --nproc-per-node N` (or "
-                             "accelerate launch), each denoising its share of the frames; the same video as one "
-                             "process (NCCL on GPUs, gloo on CPU)")
+                        help="AnimateDiff or Stable Video Diffusion: one video over all processes of `torchrun "
+                             "--nproc-per-node N` (or accelerate launch), each denoising its share of the frames; "
+                             "the same video as one process (NCCL on GPUs, gloo on CPU)")
     parser.add_argument("--guidance-parallel", action="store_true",
                         help="with --frame-parallel on an even number of processes: the conditional and "
                              "unconditional branches of guidance on different halves of them")
@@ -329,6 +332,8 @@ def check_arguments(args) -> None:
     check_steps(args)
     _args.check_video_out("--out", args.out)
     if args.svd:
+        if args.frame_parallel or args.guidance_parallel:
+            check_frame_parallel(args)
         return
     if not args.prompts:
         check_vocabulary(args, [("--prompt", args.prompt)])
@@ -365,8 +370,9 @@ def check_frame_parallel(args) -> None:
     """--frame-parallel/--guidance-parallel before any model loads: the launcher's processes and the frames."""
     if not args.frame_parallel:
         raise UsageError("--guidance-parallel: splits the processes of --frame-parallel; pass --frame-parallel too")
-    if not args.motion_adapter:
-        raise UsageError("--frame-parallel: supports AnimateDiff sampling (--motion-adapter)")
+    if not (args.motion_adapter or args.svd):
+        raise UsageError("--frame-parallel: supports AnimateDiff sampling (--motion-adapter) and Stable Video "
+                         "Diffusion (--image with its --model folder)")
     if args.prompts:
         raise UsageError("--frame-parallel: spreads one video over the processes, --prompts spreads videos over "
                          "them; use one of the two")

@@ -7,7 +7,9 @@ computes. The spatial layers of a video UNet see each frame alone; what mixes fr
 
 * the transformer blocks of a motion module (AnimateDiff's, and UNet3DConditionModel's temporal
   transformers: temporal attention, its layer norms and feed-forward are all per position along
-  the frames), and a Tune-A-Video ``attn_temp``: one **all-to-all** from the frame-sharded layout
+  the frames), each temporal block of Stable Video Diffusion's ``TransformerSpatioTemporalModel``
+  (:mod:`vidgen.integration.svd`; its frame embedding takes the frames' indices in the whole
+  video), and a Tune-A-Video ``attn_temp``: one **all-to-all** from the frame-sharded layout
   ``(B, F_r, N, C)`` to the position-sharded ``(B, F, N_r, C)`` after ``proj_in``, the blocks run
   on whole columns of frames, and one all-to-all back before ``proj_out``. Each rank sends
   ``(P-1)/P`` of its shard twice per module, ``2 (P-1)/P^2`` of the activation in all; an
@@ -19,17 +21,21 @@ computes. The spatial layers of a video UNet see each frame alone; what mixes fr
   projection and awaited after it (the one overlap of communication with compute here; the motion
   modules' exchanges sit between dependent steps).
 * every GroupNorm whose statistics span the frames (motion modules', Tune-A-Video's ResNet norms,
-  UNet3D's temporal convolutions'): an **all-reduce** of per-(video, group) count, sum and sum of
+  UNet3D's temporal convolutions', SVD's temporal ResNets'): an **all-reduce** of per-(video, group) count, sum and sum of
   squares (float64, 3 B G numbers) between the statistics pass and the apply pass
   (:func:`vidgen.integration.frame_norm.statistics_summed_across`).
-* UNet3D's temporal convolutions (kernel 3 over frames): a **halo** of one frame from each
-  neighbour (one all-to-all of two frames per convolution; zeros at the video's ends).
+* UNet3D's temporal convolutions and SVD's temporal ResNets (Conv3d, kernel 3 over frames): a
+  **halo** of one frame from each neighbour (one all-to-all of two frames per convolution; zeros at
+  the video's ends). The rest of SVD's UNet is per frame (its time embedding and
+  ``image_only_indicator`` are repeated per local frame, the ``time_mixer`` blends per element).
 * the denoiser's output: an **all-gather** of each rank's shard of the prediction per step (one
   latent-sized tensor, B C F h w numbers: ~1/300 of one motion module's exchange at 512x512), so
   the pipeline's own sampler step, callbacks and guidance run unchanged and identically on every
   rank (cheap elementwise work, computed redundantly).
 * the VAE decode (pipelines with ``decode_latents``): each rank decodes its frames, then one
-  **all-gather** of the decoded frames: the one gather of the video at the end.
+  **all-gather** of the decoded frames: the one gather of the video at the end. SVD's temporal VAE
+  decoder mixes the frames of each of the pipeline's decode chunks, so there each rank decodes
+  whole chunks (:meth:`FrameParallel.decode_latent_chunks`).
 
 The initial noise needs nothing: every rank draws the whole x_T from the same generator (or
 :func:`vidgen.ops.correlated_noise`'s seed), so each frame's noise is the one a single process
@@ -68,7 +74,7 @@ import torch.distributed as dist
 from ..ops._fallback import warn_once
 from .frame_norm import group_norm_of_video, statistics_summed_across
 
-__all__ = ["FrameParallel", "ShardedTemporalConv", "VideoArgument", "active_shard", "balanced_split",
+__all__ = ["FrameParallel", "ShardedTemporalConv", "ShardedTemporalResnet", "VideoArgument", "active_shard", "balanced_split",
            "resolve_group"]
 
 
@@ -108,6 +114,11 @@ class _Shard:
     @property
     def lane_index(self) -> int:
         return self.lane_ranks.index(self.rank)
+
+    @property
+    def first_frame(self) -> int:
+        """The index in the whole video of this rank's first frame."""
+        return sum(self.frame_counts[:self.lane_index])
 
     def _splits(self, per_peer: list[int]) -> list[int]:
         """Split sizes over every rank of the group: ``per_peer`` for the lane, 0 for the others."""
@@ -389,6 +400,48 @@ class FrameParallel:
 
         return sharded_decode
 
+    def decode_latent_chunks(self, decode):
+        """Stable Video Diffusion's ``pipe.decode_latents(latents, num_frames, decode_chunk_size)`` with its
+        chunks spread over the ranks, then one all-gather of the decoded frames.
+
+        Its VAE decoder mixes the frames of each chunk (``decode_chunk_size`` consecutive frames of the
+        flattened ``(B*F, C, h, w)`` latents, across videos too), so the exact split is by whole chunks:
+        each rank decodes a contiguous run of them through the pipeline's own method, starting on a
+        chunk boundary, so its chunks are the ones one process decodes. With fewer chunks than ranks,
+        the extra ranks decode a chunk again (they would wait for the gather anyway) and the gather
+        keeps the first copy."""
+
+        def sharded_decode(latents, num_frames, decode_chunk_size=14):
+            flat = latents.flatten(0, 1)  # (B*F, C, h, w): the frames the pipeline chunks
+            total = flat.shape[0]
+            owners = min(-(-total // decode_chunk_size), self.size)
+            first_chunk = [0]
+            for count in balanced_split(-(-total // decode_chunk_size), owners):
+                first_chunk.append(first_chunk[-1] + count)
+            bounds = [min(c * decode_chunk_size, total) for c in first_chunk]  # owner r: frames bounds[r]:bounds[r+1]
+            mine = self.rank % owners
+            part = decode(flat[None, bounds[mine]:bounds[mine + 1]], bounds[mine + 1] - bounds[mine], decode_chunk_size)
+            frame_counts = [bounds[r % owners + 1] - bounds[r % owners] for r in range(self.size)]
+            pieces = _all_gather_frames(part, frame_counts, self.group, frame_dim=2)  # each (1, C', frames, H, W)
+            whole = torch.cat(pieces[:owners], dim=2)[0]  # (C', B*F, H, W)
+            return whole.unflatten(1, latents.shape[:2]).transpose(0, 1)  # (B, C', F, H, W), as the pipeline's
+
+        return sharded_decode
+
+
+def _is_frame_convolution(conv) -> bool:
+    """A Conv3d over three frames that pads one frame each side, one position wide: what
+    :func:`_convolve_over_frames` reproduces."""
+    return (isinstance(conv, torch.nn.Conv3d) and conv.kernel_size == (3, 1, 1) and conv.stride == (1, 1, 1)
+            and conv.padding == (1, 0, 0) and conv.dilation == (1, 1, 1) and conv.groups == 1
+            and conv.padding_mode == "zeros")
+
+
+def _convolve_over_frames(shard: _Shard, video: torch.Tensor, conv) -> torch.Tensor:
+    """``conv`` (:func:`_is_frame_convolution`) of this rank's ``(B, C, F_r, h, w)`` frames, each end frame
+    reading its neighbour's frame through the halo (zeros at the ends of the video: the padding)."""
+    return torch.nn.functional.conv3d(shard.with_halo(video), conv.weight, conv.bias)
+
 
 class ShardedTemporalConv:
     """The forward of a diffusers ``TemporalConvLayer`` (UNet3DConditionModel's convolutions over frames:
@@ -404,10 +457,7 @@ class ShardedTemporalConv:
     def unsupported_reason(module) -> str | None:
         for name in ("conv1", "conv2", "conv3", "conv4"):
             stage = list(getattr(module, name))
-            conv = stage[-1]
-            if not (isinstance(stage[0], torch.nn.GroupNorm) and isinstance(conv, torch.nn.Conv3d)
-                    and conv.kernel_size == (3, 1, 1) and conv.stride == (1, 1, 1) and conv.padding == (1, 0, 0)
-                    and conv.dilation == (1, 1, 1) and conv.groups == 1):
+            if not (isinstance(stage[0], torch.nn.GroupNorm) and _is_frame_convolution(stage[-1])):
                 return f"{name}: expected GroupNorm, ..., Conv3d(kernel (3, 1, 1), padding (1, 0, 0))"
         return None
 
@@ -422,8 +472,45 @@ class ShardedTemporalConv:
             x = group_norm_of_video(x, norm)
             for layer in middle:  # SiLU, dropout
                 x = layer(x)
-            x = torch.nn.functional.conv3d(shard.with_halo(x), conv.weight, conv.bias)
+            x = _convolve_over_frames(shard, x, conv)
         return (video + x).transpose(1, 2).flatten(0, 1)
+
+
+class ShardedTemporalResnet:
+    """The forward of a diffusers ``TemporalResnetBlock`` (Stable Video Diffusion's temporal half of each
+    ``SpatioTemporalResBlock``: GroupNorm-SiLU-Conv3d (3, 1, 1) twice, the time embedding added between,
+    on the ``(B, C, F, h, w)`` video). Without an active shard it is the module's own forward; on a shard
+    the GroupNorms pool their statistics across ranks and the convolutions read a one-frame halo, as in
+    :class:`ShardedTemporalConv`; the time embedding and the shortcut are per frame."""
+
+    def __init__(self, module):
+        self.module = module
+
+    @staticmethod
+    def unsupported_reason(module) -> str | None:
+        from diffusers.models.resnet import TemporalResnetBlock
+
+        if type(module) is not TemporalResnetBlock:  # a subclass may change the forward
+            return f"expected a TemporalResnetBlock, got {type(module).__name__}"
+        for norm, conv in (("norm1", "conv1"), ("norm2", "conv2")):
+            if not (isinstance(getattr(module, norm), torch.nn.GroupNorm) and _is_frame_convolution(getattr(module, conv))):
+                return f"{norm}, {conv}: expected GroupNorm, Conv3d(kernel (3, 1, 1), padding (1, 0, 0))"
+        shortcut = module.conv_shortcut
+        if shortcut is not None and shortcut.kernel_size != (1, 1, 1):
+            return "conv_shortcut: expected a Conv3d of kernel (1, 1, 1)"
+        return None
+
+    def __call__(self, input_tensor: torch.Tensor, temb: torch.Tensor | None) -> torch.Tensor:
+        m, shard = self.module, active_shard()
+        if shard is None:
+            return type(m).forward(m, input_tensor, temb)
+        x = _convolve_over_frames(shard, m.nonlinearity(group_norm_of_video(input_tensor, m.norm1)), m.conv1)
+        if m.time_emb_proj is not None:  # (B, F_r, C) per frame -> (B, C, F_r, 1, 1)
+            x = x + m.time_emb_proj(m.nonlinearity(temb)).permute(0, 2, 1)[..., None, None]
+        x = m.dropout(m.nonlinearity(group_norm_of_video(x, m.norm2)))
+        x = _convolve_over_frames(shard, x, m.conv2)
+        shortcut = input_tensor if m.conv_shortcut is None else m.conv_shortcut(input_tensor)
+        return shortcut + x
 
 
 @dataclass(frozen=True)

@@ -182,8 +182,8 @@ def patch(obj, *, frame_attention: bool = True, temporal_attention: bool = True,
             every rank runs the denoiser on its contiguous shard of the frames and returns the whole
             video, equal to one process's (:mod:`vidgen.integration.frame_parallel`). Every rank calls
             the pipeline with the same arguments. AnimateDiff's ``UNetMotionModel``, Tune-A-Video's
-            :class:`~vidgen.VideoUNet` and ``UNet3DConditionModel`` (on vidgen's temporal and frame
-            attention).
+            :class:`~vidgen.VideoUNet`, ``UNet3DConditionModel`` and Stable Video Diffusion's
+            ``UNetSpatioTemporalConditionModel`` (on vidgen's temporal and frame attention).
         guidance_parallel: with ``frame_parallel`` on an even number of ranks, the two halves of the
             batch (classifier-free guidance's unconditional and conditional branches) run on the two
             halves of the ranks.
@@ -326,10 +326,16 @@ def _patch_pipeline(pipe: DiffusionPipeline, record: PatchRecord) -> None:
         if hasattr(pipe, method):
             _repatch_after(pipe, method, record)
     if record.options.get("frame_parallel") and hasattr(pipe, "decode_latents"):
-        pipe.__dict__["decode_latents"] = record.options["frame_parallel"].decode_latents(pipe.decode_latents)
+        from diffusers import StableVideoDiffusionPipeline
+
+        parallel = record.options["frame_parallel"]
+        if isinstance(pipe, StableVideoDiffusionPipeline):  # its VAE decoder mixes the frames of a chunk
+            decode, what = parallel.decode_latent_chunks, "each rank its decode chunks"
+        else:
+            decode, what = parallel.decode_latents, "each rank its frames"
+        pipe.__dict__["decode_latents"] = decode(pipe.decode_latents)
         record.undo.append(lambda: pipe.__dict__.pop("decode_latents", None))
-        report.replaced.append(PatchEntry("decode_latents", "frame-parallel VAE decode (each rank its frames, "
-                                                            "one all-gather)"))
+        report.replaced.append(PatchEntry("decode_latents", f"frame-parallel VAE decode ({what}, one all-gather)"))
     if record.options.get("cuda_graph") and not any("CUDA graphs" in e.what for e in report.replaced):
         report.kept.append(PatchEntry("", "cuda_graph", "no UNet in this pipeline to capture"))
     if "compile" in record.options and not any("torch.compile" in e.what for e in report.replaced):
@@ -456,14 +462,17 @@ def _compile_denoiser(model: nn.Module, record: PatchRecord) -> None:
 
 def _shard_denoiser(model: nn.Module, record: PatchRecord) -> None:
     """frame_parallel: the denoiser's forward runs on this rank's frames and returns the whole prediction."""
-    parallel = record.options.get("frame_parallel")
-    if not parallel or not _is_denoiser(model):
-        return
-    from diffusers import UNet3DConditionModel, UNetMotionModel
+    from diffusers import UNet3DConditionModel, UNetMotionModel, UNetSpatioTemporalConditionModel
 
     from .frame_parallel import VideoArgument
 
-    if isinstance(model, VideoUNet):
+    parallel = record.options.get("frame_parallel")
+    svd = isinstance(model, UNetSpatioTemporalConditionModel)
+    if not parallel or not (svd or _is_denoiser(model)):
+        return
+    if svd:
+        _shard_svd_unet(model, record)
+    elif isinstance(model, VideoUNet):
         off = [role for role, on in model.vidgen_ops.items() if not on]
         if off:  # the reference processors would attend over this rank's frames only
             raise ValueError(f"frame_parallel: needs the VideoUNet's attn1 and attn_temp on vidgen's processors, "
@@ -471,15 +480,17 @@ def _shard_denoiser(model: nn.Module, record: PatchRecord) -> None:
     elif isinstance(model, UNet3DConditionModel):
         _shard_temporal_convolutions(model, record)
     elif not isinstance(model, UNetMotionModel):
-        raise ValueError(f"frame_parallel: supports AnimateDiff's UNetMotionModel, UNet3DConditionModel and "
-                         f"Tune-A-Video's VideoUNet; {type(model).__name__} is not frame-parallel (its other "
+        raise ValueError(f"frame_parallel: supports AnimateDiff's UNetMotionModel, UNet3DConditionModel, Stable "
+                         f"Video Diffusion's UNetSpatioTemporalConditionModel and Tune-A-Video's VideoUNet; "
+                         f"{type(model).__name__} is not frame-parallel (its other "
                          "frame-mixing layers do not communicate)")
     left = [f"{e.where} ({e.why})" for e in record.report.kept if e.what == "motion module"]
     if left:
         raise ValueError("frame_parallel: needs every motion module on vidgen's forward, which exchanges the "
                          f"frames between ranks; left on diffusers' path: {'; '.join(left)}")
     previous = model.__dict__.get("forward")
-    model.forward = parallel.denoiser_forward(model, model.forward, VideoArgument("sample", frame_dim=2))
+    video = VideoArgument("sample", frame_dim=1 if svd else 2)  # SVD's sample is (B, F, C, h, w)
+    model.forward = parallel.denoiser_forward(model, model.forward, video)
     record.undo.append(lambda: model.__dict__.update(forward=previous) if previous is not None
                        else model.__dict__.pop("forward", None))
     record.summary.append("frame_parallel")
@@ -491,15 +502,38 @@ def _shard_temporal_convolutions(model: nn.Module, record: PatchRecord) -> None:
 
     from .frame_parallel import ShardedTemporalConv
 
-    layers = [(path, m) for path, m in model.named_modules() if isinstance(m, TemporalConvLayer)]
+    _install_sharded_forwards(model, record, TemporalConvLayer, ShardedTemporalConv,
+                              "temporal convolution with a one-frame halo (frame-parallel)")
+
+
+def _shard_svd_unet(model: nn.Module, record: PatchRecord) -> None:
+    """Stable Video Diffusion's frame-mixing layers on a shard: its TransformerSpatioTemporalModels must run
+    vidgen's forward (which exchanges the frames), its temporal ResNets get halos and pooled norms."""
+    from diffusers.models.resnet import TemporalResnetBlock
+
+    from .frame_parallel import ShardedTemporalResnet
+
+    left = [f"{e.where} ({e.why})" for e in record.report.kept if e.what == "SVD temporal blocks"]
+    if left:
+        raise ValueError("frame_parallel: needs every TransformerSpatioTemporalModel on vidgen's forward, which "
+                         f"exchanges the frames between ranks; left on diffusers' path: {'; '.join(left)}")
+    _install_sharded_forwards(model, record, TemporalResnetBlock, ShardedTemporalResnet,
+                              "temporal ResNet block with pooled GroupNorms and one-frame halos (frame-parallel)")
+
+
+def _install_sharded_forwards(model: nn.Module, record: PatchRecord, module_type: type, forward_type: type,
+                              what: str) -> None:
+    """Every ``module_type`` inside ``model`` gets a ``forward_type`` instance forward (all checked first:
+    one it cannot serve refuses the patch, naming its path)."""
+    layers = [(path, m) for path, m in model.named_modules() if isinstance(m, module_type)]
     for path, layer in layers:
-        reason = ShardedTemporalConv.unsupported_reason(layer)
+        reason = forward_type.unsupported_reason(layer)
         if reason is not None:
             raise ValueError(f"frame_parallel: {path}: {reason}")
     for path, layer in layers:
-        layer.forward = ShardedTemporalConv(layer)
+        layer.forward = forward_type(layer)
         record.undo.append(lambda m=layer: m.__dict__.pop("forward", None))
-        record.report.replaced.append(PatchEntry(path, "temporal convolution with a one-frame halo (frame-parallel)"))
+        record.report.replaced.append(PatchEntry(path, what))
 
 
 def _report_video_unet(model: VideoUNet, report: PatchReport) -> None:

@@ -17,6 +17,12 @@ keeps the image layout throughout:
 * the frame embedding is computed for ``F`` rows and added along frames (diffusers computes it
   for every video); ``time_mixer`` and the spatial blocks run as diffusers' own modules.
 
+Under frame-parallel sampling (:mod:`vidgen.integration.frame_parallel`) a rank holds a contiguous
+run of each video's frames: each temporal block runs on the position-sharded layout (every frame of
+this rank's positions, one all-to-all before and one after), and the frame embedding takes the
+frames' indices in the whole video. A call the fused forward does not reproduce is refused there
+(diffusers' forward would attend over this rank's frames only).
+
 :func:`patch_spatio_temporal` installs :class:`FusedSpatioTemporalForward` as one instance's
 forward (parameters and the state dict untouched); :func:`unpatch_spatio_temporal` restores it.
 """
@@ -28,6 +34,7 @@ from torch import nn
 from ..ops._fallback import warn_once
 from ..ops.temporal_attention import temporal_attention_unsupported_reason
 from .blocks import attention_call_reason
+from .frame_parallel import active_shard
 from .forwards import InstanceForward, install_forward, restore_forward
 from .layout import head_dim_of, videos_in
 from .temporal import attend_over_frames
@@ -143,8 +150,13 @@ class FusedSpatioTemporalForward(InstanceForward):
 
     def __call__(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  image_only_indicator: torch.Tensor | None = None, return_dict: bool = True):
+        shard = active_shard()
         reason = self._unfusable_reason(hidden_states, encoder_hidden_states, image_only_indicator)
         if reason is not None:
+            if shard is not None:  # diffusers' forward would attend over this rank's frames only
+                raise ValueError(f"frame_parallel: this call of {type(self.module).__name__} needs diffusers' own "
+                                 f"forward ({reason or 'a call it does not reproduce'}), which sees only this "
+                                 "rank's frames; run it without frame_parallel")
             if reason:
                 warn_once(type(self.module).__name__, reason, "diffusers' forward")
             return self.unfused(hidden_states, encoder_hidden_states=encoder_hidden_states,
@@ -162,14 +174,16 @@ class FusedSpatioTemporalForward(InstanceForward):
         hidden_states = hidden_states.permute(0, 2, 3, 1).reshape(batch_frames, height * width, channels)
         hidden_states = m.proj_in(hidden_states)
 
-        # the frame embedding depends on the frame index only: F rows, added along frames
-        frame_index = torch.arange(num_frames, device=hidden_states.device)
+        # the frame embedding depends on the frame index only: F rows, added along frames (on a
+        # frame-parallel shard, the indices of this rank's frames in the whole video)
+        first = 0 if shard is None else shard.first_frame
+        frame_index = torch.arange(first, first + num_frames, device=hidden_states.device)
         emb = m.time_pos_embed(m.time_proj(frame_index).to(dtype=hidden_states.dtype))[:, None, :]  # (F, 1, C)
 
         for block, temporal_block in zip(m.transformer_blocks, m.temporal_transformer_blocks):
             hidden_states = block(hidden_states, encoder_hidden_states=encoder_hidden_states)
             mix = (hidden_states.unflatten(0, (videos, num_frames)) + emb).flatten(0, 1)
-            mix = temporal_block_over_frames(temporal_block, mix, num_frames, context)
+            mix = self._temporal_block(temporal_block, mix, num_frames, context, shard)
             hidden_states = m.time_mixer(x_spatial=hidden_states, x_temporal=mix,
                                          image_only_indicator=image_only_indicator)
 
@@ -181,6 +195,20 @@ class FusedSpatioTemporalForward(InstanceForward):
         from diffusers.models.transformers.transformer_temporal import TransformerTemporalModelOutput
 
         return TransformerTemporalModelOutput(sample=output)
+
+    @staticmethod
+    def _temporal_block(block: nn.Module, tokens: torch.Tensor, num_frames: int, context: torch.Tensor,
+                        shard) -> torch.Tensor:
+        """:func:`temporal_block_over_frames` of ``(B*F, N, C)`` tokens; on a frame-parallel shard, of every
+        frame of this rank's positions (all-to-all there and back: only ``attn1`` mixes frames, the rest
+        of the block is per token, and ``attn2``'s context is per video)."""
+        if shard is None:
+            return temporal_block_over_frames(block, tokens, num_frames, context)
+        positions = tokens.shape[1]
+        columns = shard.to_positions(tokens)  # (B*F, N_r, C)
+        if columns.shape[1]:  # a rank may hold no position of a tiny map
+            columns = temporal_block_over_frames(block, columns, shard.num_frames, context)
+        return shard.to_frames(columns, positions)
 
 
 def cross_attentions(model: nn.Module) -> list[tuple[str, nn.Module]]:
