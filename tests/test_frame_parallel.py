@@ -16,8 +16,8 @@ import torch
 import torch.distributed as dist
 
 import vidgen
-from frame_parallel_worker import (SCENARIOS, animatediff_pipeline, invert_then_sample, sample, tuneavideo_unet, unet3d,
-                                   unet3d_run)
+from frame_parallel_worker import (SCENARIOS, VIDEO_CASES, animatediff_pipeline, invert_then_sample, sample,
+                                   tuneavideo_unet, unet3d, unet3d_run, video_case)
 from vidgen import default_model
 
 WORKER = os.path.join(os.path.dirname(__file__), "frame_parallel_worker.py")
@@ -67,7 +67,9 @@ RELATIVE_TOLERANCE = {"unet3d": 3e-5}
 def assert_matches_one_process(sd_dir, out_dir, world: int, name: str) -> None:
     frames, _, scale = SCENARIOS[name]
     with vidgen.ops.use_backend("torch"):
-        if name.startswith("unet3d"):
+        if name in VIDEO_CASES:
+            expected_by_key = video_case(name, sd_dir)
+        elif name.startswith("unet3d"):
             expected_by_key = {"latents": unet3d_run(vidgen.patch(unet3d()), frames, scale)}
         elif name.startswith("tuneavideo"):
             expected_by_key = dict(zip(("inverted", "latents"), invert_then_sample(tuneavideo_unet(sd_dir), frames, scale)))
@@ -87,14 +89,17 @@ def _check(results) -> None:
         assert code == 0, f"rank {rank} failed:\n{output[-4000:]}"
 
 
-TWO_RANK_MATCHES = ["animatediff", "animatediff_uneven_guidance_parallel", "tuneavideo", "unet3d"]
+TWO_RANK_MATCHES = ["animatediff", "animatediff_uneven_guidance_parallel", "tuneavideo", "unet3d",
+                    "latte", "free_noise", "text_to_video"]
 
 
 @pytest.fixture(scope="module")
 def two_ranks(sd_dir, tmp_path_factory):
     """One 2-rank run: AnimateDiff 16 frames (8 per rank); 7 frames (4 + 3) with guidance-parallel, one
     rank per branch of CFG; Tune-A-Video's UNet, 8 frames sparse-causal, DDIM inversion then guided
-    sampling; a UNet3DConditionModel (temporal convolutions' halos), 8 frames; a 1-frame video
+    sampling; a UNet3DConditionModel (temporal convolutions' halos), 8 frames; the pipelines of
+    VIDEO_CASES: Latte 6 frames, AnimateDiff with FreeNoise windows across the shard boundary,
+    TextToVideoSDPipeline 6 frames; a 1-frame video
     and a call whose prompt differs on rank 1 (both refused); then rank 1 raises inside a motion
     module in step 2."""
     out_dir = tmp_path_factory.mktemp("two_ranks")
@@ -145,6 +150,16 @@ def test_animatediff_guidance_parallel_16_frames_and_uneven_shards(sd_dir, tmp_p
     _check(launch(2, names, sd_dir, tmp_path, timeout=400))
     for name in names:
         assert_matches_one_process(sd_dir, tmp_path, 2, name)
+
+
+@pytest.mark.slow
+def test_whole_pipelines_guidance_parallel_on_four_ranks(sd_dir, tmp_path):
+    # 2 guidance halves of 2 ranks: Latte 5 frames (3 + 2), FreeNoise 10 frames (5 + 5, windows across
+    # the boundary), TextToVideoSD 6 frames (3 + 3)
+    names = [name for name in VIDEO_CASES if name.endswith("guidance_parallel")]
+    _check(launch(4, names, sd_dir, tmp_path, timeout=600))
+    for name in names:
+        assert_matches_one_process(sd_dir, tmp_path, 4, name)
 
 
 @pytest.fixture
@@ -264,3 +279,24 @@ def test_cli_frame_parallel_under_torchrun_writes_the_single_process_video(sd_di
     assert single.returncode == 0, single.stderr[-3000:]
     two, one = (np.asarray(read_video(str(tmp_path / name))).astype(int) for name in ("two", "one"))
     assert two.shape == one.shape and np.abs(two - one).max() <= 1  # 8-bit rounding of equal fp32 frames
+
+
+# ----------------------------------------------------------------------------------------------
+# Latte: what its sharded forward cannot serve is refused, never computed on one rank's frames
+# ----------------------------------------------------------------------------------------------
+def test_latte_frame_parallel_refuses_what_it_cannot_serve(one_rank_group):
+    from test_latte import model_inputs, tiny_latte
+
+    with pytest.raises(ValueError, match="frame_parallel: needs Latte's forward on vidgen's, .*temporal_attention=False"):
+        vidgen.patch(tiny_latte(3), frame_parallel=True, temporal_attention=False)
+    with pytest.raises(ValueError, match="frame_parallel: needs Latte's forward on vidgen's, .*head dim 288"):
+        vidgen.patch(tiny_latte(3, heads=1, head_dim=288), frame_parallel=True)
+    model = vidgen.patch(tiny_latte(3), frame_parallel=True)
+    with torch.no_grad(), vidgen.ops.use_backend("torch"):
+        whole = model(*model_inputs(3)).sample  # one rank: the single-process result
+        vidgen.unpatch(model)
+        torch.testing.assert_close(whole, model(*model_inputs(3)).sample, rtol=1e-5, atol=1e-5)
+        vidgen.patch(model, frame_parallel=True)
+        with pytest.raises(ValueError, match="frame_parallel: this call of LatteTransformer3DModel needs diffusers' "
+                                             "own forward"):
+            model(*model_inputs(3), enable_temporal_attentions=False)

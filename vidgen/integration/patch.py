@@ -456,14 +456,23 @@ def _compile_denoiser(model: nn.Module, record: PatchRecord) -> None:
 
 def _shard_denoiser(model: nn.Module, record: PatchRecord) -> None:
     """frame_parallel: the denoiser's forward runs on this rank's frames and returns the whole prediction."""
-    parallel = record.options.get("frame_parallel")
-    if not parallel or not _is_denoiser(model):
-        return
-    from diffusers import UNet3DConditionModel, UNetMotionModel
+    from diffusers import LatteTransformer3DModel, UNet3DConditionModel, UNetMotionModel
 
     from .frame_parallel import VideoArgument
 
-    if isinstance(model, VideoUNet):
+    parallel = record.options.get("frame_parallel")
+    if not parallel or not (_is_denoiser(model) or isinstance(model, LatteTransformer3DModel)):
+        return
+    video = VideoArgument("sample", frame_dim=2)
+    if isinstance(model, LatteTransformer3DModel):
+        from .latte import FusedLatteForward
+
+        if not isinstance(model.__dict__.get("forward"), FusedLatteForward):  # diffusers' would see one shard
+            why = [e.why for e in record.report.kept if e.what == "Latte temporal blocks"]
+            raise ValueError("frame_parallel: needs Latte's forward on vidgen's, which exchanges the frames between "
+                             f"ranks; left on diffusers' path: {'; '.join(why) or 'a forward vidgen did not install'}")
+        video = VideoArgument("hidden_states", frame_dim=2)
+    elif isinstance(model, VideoUNet):
         off = [role for role, on in model.vidgen_ops.items() if not on]
         if off:  # the reference processors would attend over this rank's frames only
             raise ValueError(f"frame_parallel: needs the VideoUNet's attn1 and attn_temp on vidgen's processors, "
@@ -471,15 +480,15 @@ def _shard_denoiser(model: nn.Module, record: PatchRecord) -> None:
     elif isinstance(model, UNet3DConditionModel):
         _shard_temporal_convolutions(model, record)
     elif not isinstance(model, UNetMotionModel):
-        raise ValueError(f"frame_parallel: supports AnimateDiff's UNetMotionModel, UNet3DConditionModel and "
-                         f"Tune-A-Video's VideoUNet; {type(model).__name__} is not frame-parallel (its other "
-                         "frame-mixing layers do not communicate)")
+        raise ValueError(f"frame_parallel: supports AnimateDiff's UNetMotionModel, UNet3DConditionModel, "
+                         f"Tune-A-Video's VideoUNet and LatteTransformer3DModel; {type(model).__name__} is not "
+                         "frame-parallel (its other frame-mixing layers do not communicate)")
     left = [f"{e.where} ({e.why})" for e in record.report.kept if e.what == "motion module"]
     if left:
         raise ValueError("frame_parallel: needs every motion module on vidgen's forward, which exchanges the "
                          f"frames between ranks; left on diffusers' path: {'; '.join(left)}")
     previous = model.__dict__.get("forward")
-    model.forward = parallel.denoiser_forward(model, model.forward, VideoArgument("sample", frame_dim=2))
+    model.forward = parallel.denoiser_forward(model, model.forward, video)
     record.undo.append(lambda: model.__dict__.update(forward=previous) if previous is not None
                        else model.__dict__.pop("forward", None))
     record.summary.append("frame_parallel")
