@@ -223,8 +223,6 @@ CLI_CASES = [
      "--guidance-parallel: needs an even number of processes, WORLD_SIZE=3"),
     ({"WORLD_SIZE": "2", "RANK": "0"}, ANIMATEDIFF + ["--guidance-parallel"],
      "--guidance-parallel: splits the processes of --frame-parallel; pass --frame-parallel too"),
-    ({"WORLD_SIZE": "2", "RANK": "0"}, ["sample", "--frame-parallel"],
-     "--frame-parallel: supports AnimateDiff sampling (--motion-adapter)"),
     ({"WORLD_SIZE": "2", "RANK": "0"}, ANIMATEDIFF + ["--frame-parallel", "--compare"],
      "--compare: not with --frame-parallel"),
 ]
@@ -287,7 +285,7 @@ def test_cli_frame_parallel_under_torchrun_writes_the_single_process_video(sd_di
 def test_latte_frame_parallel_refuses_what_it_cannot_serve(one_rank_group):
     from test_latte import model_inputs, tiny_latte
 
-    with pytest.raises(ValueError, match="frame_parallel: needs Latte's forward on vidgen's, .*temporal_attention=False"):
+    with pytest.raises(ValueError, match="frame_parallel: needs Latte's forward on vidgen's, .*temporal_attention="):
         vidgen.patch(tiny_latte(3), frame_parallel=True, temporal_attention=False)
     with pytest.raises(ValueError, match="frame_parallel: needs Latte's forward on vidgen's, .*head dim 288"):
         vidgen.patch(tiny_latte(3, heads=1, head_dim=288), frame_parallel=True)
@@ -300,3 +298,49 @@ def test_latte_frame_parallel_refuses_what_it_cannot_serve(one_rank_group):
         with pytest.raises(ValueError, match="frame_parallel: this call of LatteTransformer3DModel needs diffusers' "
                                              "own forward"):
             model(*model_inputs(3), enable_temporal_attentions=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# vidgen sample --frame-parallel with a Tune-A-Video / LAMP video model (no --motion-adapter)
+# ----------------------------------------------------------------------------------------------
+def test_cli_frame_parallel_counts_the_frames_of_latents_before_any_model_loads(tmp_path, monkeypatch, capsys):
+    from vidgen import cli
+    from vidgen.commands.sample import save_latents
+
+    def forbidden(*args, **kwargs):
+        pytest.fail("a model was loaded before the bad input was refused")
+
+    monkeypatch.setattr(default_model, "ensure", forbidden)
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("RANK", "0")
+    path = save_latents(str(tmp_path / "x_t.pt"), torch.zeros(1, 4, 4, 8, 8))
+    assert cli.main(["sample", "--arch", "tiny", "--latents", path, "--frame-parallel"]) == 2
+    err = capsys.readouterr().err
+    assert "--frame-parallel: 8 processes share the 4 frames of --latents" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_cli_frame_parallel_video_model_under_torchrun_writes_the_single_process_video(sd_dir, tmp_path):
+    # a saved Tune-A-Video model (sparse-causal, temporal attention that matters), 4 frames on 2 processes vs 1
+    import numpy as np
+
+    from vidgen.train.loop import save_video_model
+    from vidgen.video_io import read_video
+
+    model_dir = str(tmp_path / "tuned")
+    save_video_model(tuneavideo_unet(sd_dir).unet, sd_dir, model_dir, prediction_type="epsilon")
+    common = ["-m", "vidgen.cli", "sample", "--model", model_dir, "--prompt", "a cat", "--frames", "4", "--steps", "2",
+              "--height", "64", "--width", "64", "--device", "cpu", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "VIDGEN_BACKEND": "torch"}
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        env.pop(name, None)
+    parallel = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                               "--master-port", str(_free_port()), *common, "--out", str(tmp_path / "two"),
+                               "--frame-parallel"], env=env, capture_output=True, text=True, timeout=400)
+    assert parallel.returncode == 0, parallel.stdout[-3000:] + parallel.stderr[-3000:]
+    assert parallel.stdout.count("wrote ") == 1  # rank 0 writes the video
+    single = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one")], env=env, capture_output=True,
+                            text=True, timeout=400)
+    assert single.returncode == 0, single.stderr[-3000:]
+    two, one = (np.asarray(read_video(str(tmp_path / name))).astype(int) for name in ("two", "one"))
+    assert two.shape == one.shape and np.abs(two - one).max() <= 1  # 8-bit rounding of equal fp32 frames
