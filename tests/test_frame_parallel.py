@@ -306,6 +306,8 @@ def test_latte_frame_parallel_refuses_what_it_cannot_serve(one_rank_group):
         with pytest.raises(ValueError, match="frame_parallel: this call of LatteTransformer3DModel needs diffusers' "
                                              "own forward"):
             model(*model_inputs(3), enable_temporal_attentions=False)
+        with pytest.raises(ValueError, match="a frame count its temporal position table does not take"):
+            model(*model_inputs(2))  # the table has 3 rows
 
 
 # ----------------------------------------------------------------------------------------------

@@ -104,8 +104,9 @@ class FusedLatteForward(InstanceForward):
         if not self._fusable_call(hidden_states, enable_temporal_attentions, video_frames):
             if shard is not None:  # diffusers' forward would run the temporal blocks on this rank's frames only
                 raise ValueError(f"frame_parallel: this call of {type(self.module).__name__} needs diffusers' own "
-                                 "forward (temporal attention switched off, or see the warning above), which sees "
-                                 "only this rank's frames; run it without frame_parallel")
+                                 "forward (temporal attention switched off, a frame count its temporal position "
+                                 "table does not take, or see the warning above), which sees only this rank's "
+                                 "frames; run it without frame_parallel")
             return self.unfused(hidden_states, timestep=timestep, encoder_hidden_states=encoder_hidden_states,
                                 encoder_attention_mask=encoder_attention_mask,
                                 enable_temporal_attentions=enable_temporal_attentions, return_dict=return_dict)
