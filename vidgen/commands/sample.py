@@ -92,8 +92,9 @@ class _SecondsTable:
         return "\n".join(rows + [f"{'total':<16}{sum(self.seconds.values()):>10.3f}"])
 
 
-def _from_latents(model, args, latents: torch.Tensor, prior) -> tuple[torch.Tensor, _SecondsTable]:
-    """Denoise the given x_T (an inversion) with the prompt and decode it, timed per stage."""
+def _from_latents(model, args, latents: torch.Tensor, prior, decode=None) -> tuple[torch.Tensor, _SecondsTable]:
+    """Denoise the given x_T (an inversion) with the prompt and decode it (with ``decode``, else the whole
+    video here), timed per stage."""
     from ..sampling import decode_latents, denoise, encode_prompt
 
     sync = _timing.device_synchronizer(latents.device) or (lambda: None)
@@ -113,8 +114,19 @@ def _from_latents(model, args, latents: torch.Tensor, prior) -> tuple[torch.Tens
     x0 = stage("denoising", lambda: denoise(
         model.unet, latents, cond, uncond, scheduler=model.scheduler, num_inference_steps=args.steps,
         guidance_scale=args.guidance, prior=prior, prior_strength=args.prior_strength, progress=not args.quiet))
-    video = stage("decoding", lambda: decode_latents(model, x0))
+    video = stage("decoding", lambda: decode(x0) if decode is not None else decode_latents(model, x0))
     return video, _SecondsTable(seconds)
+
+
+def _sharded_decode(model):
+    """--frame-parallel: x_0 (B, C, F, h, w) -> frames (B, F, 3, H, W), each process decoding its share of the
+    frames, then one all-gather (the runtime's decode wrapper, which gathers the frames along dim 2)."""
+    from ..integration.frame_parallel import FrameParallel, resolve_group
+    from ..sampling import decode_latents
+
+    decode = FrameParallel(resolve_group(True, False), False).decode_latents(
+        lambda x0: decode_latents(model, x0).transpose(1, 2))
+    return lambda x0: decode(x0).transpose(1, 2)
 
 
 def _sample_video_model(args, model_dir: str, device: torch.device, dtype: torch.dtype):
@@ -135,14 +147,23 @@ def _sample_video_model(args, model_dir: str, device: torch.device, dtype: torch
             raise UsageError(f"--latents: {args.latents} has {latents.shape[1]} latent channels; the model's UNet "
                              f"takes {model.unet.config.in_channels}")
 
+    decode = _sharded_decode(model) if args.frame_parallel else None
+    sync = _timing.device_synchronizer(device) or (lambda: None)
+
     def run():
         if latents is not None:
-            return _from_latents(model, args, latents, prior)
+            return _from_latents(model, args, latents, prior, decode)
         result = sample_video(model, args.prompt, num_frames=args.frames, height=height, width=width,
                               num_inference_steps=args.steps, guidance_scale=args.guidance, noise=args.noise,
                               noise_alpha=args.noise_alpha, seed=args.seed, source_video=source, prior=prior,
-                              prior_strength=args.prior_strength, progress=not args.quiet)
-        return result.video, result.times
+                              prior_strength=args.prior_strength, decode=decode is None, progress=not args.quiet)
+        if decode is None:
+            return result.video, result.times
+        start = time.perf_counter()
+        video = decode(result.latents)
+        sync()
+        result.times.seconds["decoding"] = time.perf_counter() - start
+        return video, result.times
 
     if not (args.compare and isinstance(model.unet, VideoUNet)):
         video, times = run()
