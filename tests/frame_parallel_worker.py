@@ -14,6 +14,15 @@ import sys
 
 import torch
 
+# Whole pipelines, sampled by video_case. name: (frames, guidance-parallel, guidance scale, pipeline)
+VIDEO_CASES = {
+    "latte": (6, False, 5.0, "latte"),
+    "latte_uneven_guidance_parallel": (5, True, 5.0, "latte"),
+    "free_noise": (9, False, 3.0, "free_noise"),
+    "free_noise_guidance_parallel": (10, True, 3.0, "free_noise"),
+    "text_to_video": (6, False, 3.0, "text_to_video"),
+    "text_to_video_guidance_parallel": (6, True, 3.0, "text_to_video"),
+}
 # name: (frames, guidance-parallel, guidance scale)
 SCENARIOS = {
     "animatediff": (16, False, 3.0),
@@ -31,6 +40,7 @@ SCENARIOS = {
     "unet3d_guidance_parallel": (6, True, 3.0),
     "svd": (5, False, 2.5),
     "svd_guidance_parallel": (5, True, 2.5),
+    **{name: case[:3] for name, case in VIDEO_CASES.items()},
 }
 SIZE = 64  # pixels: 8x8 latents
 
@@ -147,6 +157,34 @@ def svd_pipeline():
     return pipe
 
 
+# ----------------------------------------------------------------------------------------------
+# Whole pipelines sampled by video_case (the same call in the ranks and in the test's one process):
+# Latte (LattePipeline: its transformer and its 2-D VAE's decode_latents(latents, video_length)),
+# AnimateDiff with FreeNoise windows across the shard boundary, and diffusers' TextToVideoSDPipeline
+# (a UNet3DConditionModel pipeline).
+# ----------------------------------------------------------------------------------------------
+def free_noise_pipeline(sd_dir: str):
+    """AnimateDiff with FreeNoise windows of 4 frames, 2 apart: on 2 ranks windows straddle the shard
+    boundary (9 frames: 5 + 4, the windows [2, 6) and [4, 8), and the extra last window [5, 9))."""
+    pipe = animatediff_pipeline(sd_dir)
+    pipe.enable_free_noise(context_length=4, context_stride=2, weighting_scheme="pyramid")
+    return pipe
+
+
+def text_to_video_pipeline(sd_dir: str):
+    """diffusers' TextToVideoSDPipeline (ModelScope's) on the tiny SD's VAE, text encoder and tokenizer
+    with :func:`unet3d` as its UNet."""
+    from diffusers import AutoencoderKL, DDIMScheduler, TextToVideoSDPipeline
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    pipe = TextToVideoSDPipeline(vae=AutoencoderKL.from_pretrained(sd_dir, subfolder="vae"),
+                                 text_encoder=CLIPTextModel.from_pretrained(sd_dir, subfolder="text_encoder"),
+                                 tokenizer=CLIPTokenizer.from_pretrained(sd_dir, subfolder="tokenizer"),
+                                 unet=unet3d(), scheduler=DDIMScheduler.from_pretrained(sd_dir, subfolder="scheduler"))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def svd_sample(pipe, frames: int, max_guidance_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(final latents, decoded frames) of a 2-step run with SVD's per-frame classifier-free guidance."""
     final = {}
@@ -165,6 +203,38 @@ def svd_sample(pipe, frames: int, max_guidance_scale: float) -> tuple[torch.Tens
     return final["latents"], video
 
 
+def video_case(name: str, sd_dir: str, **patch_options) -> dict[str, torch.Tensor]:
+    """The final latents and decoded frames of scenario ``name`` (a VIDEO_CASES entry), its pipeline
+    patched with ``patch_options``."""
+    import vidgen
+
+    frames, _, scale, builder = VIDEO_CASES[name]
+    if builder == "latte":
+        from diffusers import DDIMScheduler
+        from test_latte import tiny_pipeline
+
+        pipe = tiny_pipeline(frames)
+        pipe.scheduler = DDIMScheduler(clip_sample=False)  # latents not clipped to [-1, 1]: every error shows
+        pipe = vidgen.patch(pipe, **patch_options)
+        final = {}
+        gen = torch.Generator().manual_seed(1)
+        text, negative = torch.randn(1, 6, 32, generator=gen), torch.randn(1, 6, 32, generator=gen)
+        video = pipe(prompt_embeds=text, negative_prompt=None, negative_prompt_embeds=negative, num_inference_steps=2,
+                     guidance_scale=scale, height=8, width=8, video_length=frames, output_type="pt",
+                     generator=torch.Generator().manual_seed(0), clean_caption=False, mask_feature=False,
+                     callback_on_step_end=lambda pipe, step, t, tensors: final.update(tensors) or tensors).frames
+        return {"latents": final["latents"], "frames": video}
+    if builder == "free_noise":
+        return dict(zip(("latents", "frames"), sample(vidgen.patch(free_noise_pipeline(sd_dir), **patch_options),
+                                                      frames, scale)))
+    pipe = vidgen.patch(text_to_video_pipeline(sd_dir), **patch_options)
+    final = {}
+    video = pipe("a cat", num_frames=frames, height=SIZE, width=SIZE, num_inference_steps=2, guidance_scale=scale,
+                 generator=torch.Generator().manual_seed(0), output_type="pt",
+                 callback=lambda step, t, latents: final.update(latents=latents)).frames
+    return {"latents": final["latents"], "frames": video}
+
+
 def main(rank: int, world: int, port: int, sd_dir: str, out_dir: str, scenarios: list[str]) -> None:
     import torch.distributed as dist
 
@@ -177,6 +247,10 @@ def main(rank: int, world: int, port: int, sd_dir: str, out_dir: str, scenarios:
         with vidgen.ops.use_backend("torch"):
             for name in scenarios:
                 frames, guidance_parallel, scale = SCENARIOS[name]
+                if name in VIDEO_CASES:
+                    torch.save(video_case(name, sd_dir, frame_parallel=True, guidance_parallel=guidance_parallel),
+                               os.path.join(out_dir, f"{name}.rank{rank}.pt"))
+                    continue
                 if name.startswith("unet3d"):
                     unet = vidgen.patch(unet3d(), frame_parallel=True, guidance_parallel=guidance_parallel)
                     torch.save({"latents": unet3d_run(unet, frames, scale)}, os.path.join(out_dir, f"{name}.rank{rank}.pt"))

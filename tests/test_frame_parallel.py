@@ -16,8 +16,8 @@ import torch
 import torch.distributed as dist
 
 import vidgen
-from frame_parallel_worker import (SCENARIOS, animatediff_pipeline, invert_then_sample, sample, svd_pipeline, svd_sample,
-                                   tuneavideo_unet, unet3d, unet3d_run)
+from frame_parallel_worker import (SCENARIOS, VIDEO_CASES, animatediff_pipeline, invert_then_sample, sample,
+                                   svd_pipeline, svd_sample, tuneavideo_unet, unet3d, unet3d_run, video_case)
 from vidgen import default_model
 
 WORKER = os.path.join(os.path.dirname(__file__), "frame_parallel_worker.py")
@@ -67,7 +67,9 @@ RELATIVE_TOLERANCE = {"unet3d": 3e-5}
 def assert_matches_one_process(sd_dir, out_dir, world: int, name: str) -> None:
     frames, _, scale = SCENARIOS[name]
     with vidgen.ops.use_backend("torch"):
-        if name.startswith("unet3d"):
+        if name in VIDEO_CASES:
+            expected_by_key = video_case(name, sd_dir)
+        elif name.startswith("unet3d"):
             expected_by_key = {"latents": unet3d_run(vidgen.patch(unet3d()), frames, scale)}
         elif name.startswith("svd"):
             expected_by_key = dict(zip(("latents", "frames"), svd_sample(vidgen.patch(svd_pipeline()), frames, scale)))
@@ -89,7 +91,8 @@ def _check(results) -> None:
         assert code == 0, f"rank {rank} failed:\n{output[-4000:]}"
 
 
-TWO_RANK_MATCHES = ["animatediff", "animatediff_uneven_guidance_parallel", "tuneavideo", "unet3d", "svd"]
+TWO_RANK_MATCHES = ["animatediff", "animatediff_uneven_guidance_parallel", "tuneavideo", "unet3d", "svd",
+                    "latte", "free_noise", "text_to_video"]
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +101,8 @@ def two_ranks(sd_dir, tmp_path_factory):
     rank per branch of CFG; Tune-A-Video's UNet, 8 frames sparse-causal, DDIM inversion then guided
     sampling; a UNet3DConditionModel (temporal convolutions' halos), 8 frames; Stable Video Diffusion,
     5 frames (3 + 2: temporal ResNets' halos and pooled norms, temporal blocks, decode chunks 2 + 1) with
-    its per-frame guidance; a 1-frame video
+    its per-frame guidance; the pipelines of VIDEO_CASES: Latte 6 frames, AnimateDiff with FreeNoise
+    windows across the shard boundary, TextToVideoSDPipeline 6 frames; a 1-frame video
     and a call whose prompt differs on rank 1 (both refused); then rank 1 raises inside a motion
     module in step 2."""
     out_dir = tmp_path_factory.mktemp("two_ranks")
@@ -150,6 +154,16 @@ def test_animatediff_guidance_parallel_16_frames_and_uneven_shards(sd_dir, tmp_p
     _check(launch(2, names, sd_dir, tmp_path, timeout=400))
     for name in names:
         assert_matches_one_process(sd_dir, tmp_path, 2, name)
+
+
+@pytest.mark.slow
+def test_whole_pipelines_guidance_parallel_on_four_ranks(sd_dir, tmp_path):
+    # 2 guidance halves of 2 ranks: Latte 5 frames (3 + 2), FreeNoise 10 frames (5 + 5, windows across
+    # the boundary), TextToVideoSD 6 frames (3 + 3)
+    names = [name for name in VIDEO_CASES if name.endswith("guidance_parallel")]
+    _check(launch(4, names, sd_dir, tmp_path, timeout=600))
+    for name in names:
+        assert_matches_one_process(sd_dir, tmp_path, 4, name)
 
 
 @pytest.fixture
@@ -232,8 +246,6 @@ CLI_CASES = [
      "--guidance-parallel: needs an even number of processes, WORLD_SIZE=3"),
     ({"WORLD_SIZE": "2", "RANK": "0"}, ANIMATEDIFF + ["--guidance-parallel"],
      "--guidance-parallel: splits the processes of --frame-parallel; pass --frame-parallel too"),
-    ({"WORLD_SIZE": "2", "RANK": "0"}, ["sample", "--frame-parallel"],
-     "--frame-parallel: supports AnimateDiff sampling (--motion-adapter)"),
     ({"WORLD_SIZE": "2", "RANK": "0"}, ANIMATEDIFF + ["--frame-parallel", "--compare"],
      "--compare: not with --frame-parallel"),
 ]
@@ -352,4 +364,58 @@ def test_cli_svd_frame_parallel_under_torchrun_writes_the_single_process_video(t
                 .byte().numpy())
     common = ["-m", "vidgen.cli", "sample", "--model", str(tmp_path / "svd"), "--image", str(tmp_path / "frame.png"),
               "--frames", "3", "--steps", "2", "--height", "16", "--width", "16", "--device", "cpu", "--quiet"]
+    assert_cli_two_ranks_write_the_single_process_video(common, tmp_path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Latte: what its sharded forward cannot serve is refused, never computed on one rank's frames
+# ----------------------------------------------------------------------------------------------
+def test_latte_frame_parallel_refuses_what_it_cannot_serve(one_rank_group):
+    from test_latte import model_inputs, tiny_latte
+
+    with pytest.raises(ValueError, match="frame_parallel: needs Latte's forward on vidgen's, .*temporal_attention="):
+        vidgen.patch(tiny_latte(3), frame_parallel=True, temporal_attention=False)
+    with pytest.raises(ValueError, match="frame_parallel: needs Latte's forward on vidgen's, .*head dim 288"):
+        vidgen.patch(tiny_latte(3, heads=1, head_dim=288), frame_parallel=True)
+    model = vidgen.patch(tiny_latte(3), frame_parallel=True)
+    with torch.no_grad(), vidgen.ops.use_backend("torch"):
+        whole = model(*model_inputs(3)).sample  # one rank: the single-process result
+        vidgen.unpatch(model)
+        torch.testing.assert_close(whole, model(*model_inputs(3)).sample, rtol=1e-5, atol=1e-5)
+        vidgen.patch(model, frame_parallel=True)
+        with pytest.raises(ValueError, match="frame_parallel: this call of LatteTransformer3DModel needs diffusers' "
+                                             "own forward"):
+            model(*model_inputs(3), enable_temporal_attentions=False)
+        with pytest.raises(ValueError, match="a frame count its temporal position table does not take"):
+            model(*model_inputs(2))  # the table has 3 rows
+
+
+# ----------------------------------------------------------------------------------------------
+# vidgen sample --frame-parallel with a Tune-A-Video / LAMP video model (no --motion-adapter)
+# ----------------------------------------------------------------------------------------------
+def test_cli_frame_parallel_counts_the_frames_of_latents_before_any_model_loads(tmp_path, monkeypatch, capsys):
+    from vidgen import cli
+    from vidgen.commands.sample import save_latents
+
+    def forbidden(*args, **kwargs):
+        pytest.fail("a model was loaded before the bad input was refused")
+
+    monkeypatch.setattr(default_model, "ensure", forbidden)
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("RANK", "0")
+    path = save_latents(str(tmp_path / "x_t.pt"), torch.zeros(1, 4, 4, 8, 8))
+    assert cli.main(["sample", "--arch", "tiny", "--latents", path, "--frame-parallel"]) == 2
+    err = capsys.readouterr().err
+    assert "--frame-parallel: 8 processes share the 4 frames of --latents" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_cli_frame_parallel_video_model_under_torchrun_writes_the_single_process_video(sd_dir, tmp_path):
+    # a saved Tune-A-Video model (sparse-causal, temporal attention that matters): loaded alike by every
+    # process, unlike an SD folder inflated on load, whose fresh temporal layers differ run to run
+    from vidgen.train.loop import save_video_model
+
+    save_video_model(tuneavideo_unet(sd_dir).unet, sd_dir, str(tmp_path / "tuned"), prediction_type="epsilon")
+    common = ["-m", "vidgen.cli", "sample", "--model", str(tmp_path / "tuned"), "--prompt", "a cat", "--frames", "4",
+              "--steps", "2", "--height", "64", "--width", "64", "--device", "cpu", "--quiet"]
     assert_cli_two_ranks_write_the_single_process_video(common, tmp_path)

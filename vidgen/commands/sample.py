@@ -92,8 +92,9 @@ class _SecondsTable:
         return "\n".join(rows + [f"{'total':<16}{sum(self.seconds.values()):>10.3f}"])
 
 
-def _from_latents(model, args, latents: torch.Tensor, prior) -> tuple[torch.Tensor, _SecondsTable]:
-    """Denoise the given x_T (an inversion) with the prompt and decode it, timed per stage."""
+def _from_latents(model, args, latents: torch.Tensor, prior, decode=None) -> tuple[torch.Tensor, _SecondsTable]:
+    """Denoise the given x_T (an inversion) with the prompt and decode it (with ``decode``, else the whole
+    video here), timed per stage."""
     from ..sampling import decode_latents, denoise, encode_prompt
 
     sync = _timing.device_synchronizer(latents.device) or (lambda: None)
@@ -113,15 +114,30 @@ def _from_latents(model, args, latents: torch.Tensor, prior) -> tuple[torch.Tens
     x0 = stage("denoising", lambda: denoise(
         model.unet, latents, cond, uncond, scheduler=model.scheduler, num_inference_steps=args.steps,
         guidance_scale=args.guidance, prior=prior, prior_strength=args.prior_strength, progress=not args.quiet))
-    video = stage("decoding", lambda: decode_latents(model, x0))
+    video = stage("decoding", lambda: decode(x0) if decode is not None else decode_latents(model, x0))
     return video, _SecondsTable(seconds)
+
+
+def _sharded_decode(model):
+    """--frame-parallel: x_0 (B, C, F, h, w) -> frames (B, F, 3, H, W), each process decoding its share of the
+    frames, then one all-gather (the runtime's decode wrapper, which gathers the frames along dim 2)."""
+    from ..integration.frame_parallel import FrameParallel, resolve_group
+    from ..sampling import decode_latents
+
+    decode = FrameParallel(resolve_group(True, False), False).decode_latents(
+        lambda x0: decode_latents(model, x0).transpose(1, 2))
+    return lambda x0: decode(x0).transpose(1, 2)
 
 
 def _sample_video_model(args, model_dir: str, device: torch.device, dtype: torch.dtype):
     from ..integration.video_unet import VideoUNet
     from ..sampling import sample_video
 
+    if args.frame_parallel:
+        device = _init_frame_parallel(args, device)
     model, prior, height, width = load_video_models(args, model_dir, device, dtype)
+    if args.frame_parallel:
+        _shard_video_unets(args, [model.unet] + ([prior] if prior is not None else []))
     source = frames_to_tensor(args.source_frames, size=(height, width))[None].to(device) \
         if args.video else None
     latents = None
@@ -131,14 +147,23 @@ def _sample_video_model(args, model_dir: str, device: torch.device, dtype: torch
             raise UsageError(f"--latents: {args.latents} has {latents.shape[1]} latent channels; the model's UNet "
                              f"takes {model.unet.config.in_channels}")
 
+    decode = _sharded_decode(model) if args.frame_parallel else None
+    sync = _timing.device_synchronizer(device) or (lambda: None)
+
     def run():
         if latents is not None:
-            return _from_latents(model, args, latents, prior)
+            return _from_latents(model, args, latents, prior, decode)
         result = sample_video(model, args.prompt, num_frames=args.frames, height=height, width=width,
                               num_inference_steps=args.steps, guidance_scale=args.guidance, noise=args.noise,
                               noise_alpha=args.noise_alpha, seed=args.seed, source_video=source, prior=prior,
-                              prior_strength=args.prior_strength, progress=not args.quiet)
-        return result.video, result.times
+                              prior_strength=args.prior_strength, decode=decode is None, progress=not args.quiet)
+        if decode is None:
+            return result.video, result.times
+        start = time.perf_counter()
+        video = decode(result.latents)
+        sync()
+        result.times.seconds["decoding"] = time.perf_counter() - start
+        return video, result.times
 
     if not (args.compare and isinstance(model.unet, VideoUNet)):
         video, times = run()
@@ -153,6 +178,21 @@ def _sample_video_model(args, model_dir: str, device: torch.device, dtype: torch
         return side
 
     return _timed_pair(with_ops(True), with_ops(False), "reference", args.rounds)
+
+
+def _shard_video_unets(args, unets: list[torch.nn.Module]) -> None:
+    """--frame-parallel for a video model: its UNets (and --prior's) run on each process's frames. Every
+    process first takes rank 0's weights: an SD folder is inflated with freshly drawn temporal layers
+    (their output bias is random), which processes need not draw alike."""
+    import torch.distributed as dist
+
+    import vidgen
+
+    for unet in unets:
+        with torch.no_grad():
+            for tensor in (*unet.parameters(), *unet.buffers()):
+                dist.broadcast(tensor, src=0)
+        vidgen.patch(unet, frame_parallel=True, guidance_parallel=args.guidance_parallel)
 
 
 def _sample_animatediff(args, model_dir: str, device: torch.device, dtype: torch.dtype):
@@ -294,9 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help=".mp4 or .gif file, or a folder (no extension) of one PNG per frame")
     parser.add_argument("--fps", type=_args.positive_int, default=8, help="frames per second of the video file")
     parser.add_argument("--frame-parallel", action="store_true",
-                        help="AnimateDiff or Stable Video Diffusion: one video over all processes of `torchrun "
-                             "--nproc-per-node N` (or accelerate launch), each denoising its share of the frames; "
-                             "the same video as one process (NCCL on GPUs, gloo on CPU)")
+                        help="one video over all processes of `torchrun --nproc-per-node N` (or accelerate "
+                             "launch), each denoising its share of the frames (AnimateDiff, Stable Video Diffusion, "
+                             "or a Tune-A-Video / LAMP video model); the same video as one process (NCCL on GPUs, "
+                             "gloo on CPU)")
     parser.add_argument("--guidance-parallel", action="store_true",
                         help="with --frame-parallel on an even number of processes: the conditional and "
                              "unconditional branches of guidance on different halves of them")
@@ -350,8 +391,6 @@ def check_arguments(args) -> None:
         _args.check_model_folder("--prior", args.prior)
     args.frames_given = args.frames is not None
     args.frames = args.frames or DEFAULT_FRAMES
-    if args.frame_parallel or args.guidance_parallel:
-        check_frame_parallel(args)
     args.source_frames = _args.read_video_for("--video", args.video, args.frames) if args.video else None
     args.latents_tensor = None
     if args.latents:
@@ -364,15 +403,14 @@ def check_arguments(args) -> None:
                 raise UsageError(f"{flag}: {asked} asked for, but --latents {args.latents} holds {found}")
         args.frames, args.height, args.width = frames, h * _args.LATENT_FACTOR, w * _args.LATENT_FACTOR
         args.latents_tensor = latents
+    if args.frame_parallel or args.guidance_parallel:  # after --latents, which sets the frame count
+        check_frame_parallel(args)
 
 
 def check_frame_parallel(args) -> None:
     """--frame-parallel/--guidance-parallel before any model loads: the launcher's processes and the frames."""
     if not args.frame_parallel:
         raise UsageError("--guidance-parallel: splits the processes of --frame-parallel; pass --frame-parallel too")
-    if not (args.motion_adapter or args.svd):
-        raise UsageError("--frame-parallel: supports AnimateDiff sampling (--motion-adapter) and Stable Video "
-                         "Diffusion (--image with its --model folder)")
     if args.prompts:
         raise UsageError("--frame-parallel: spreads one video over the processes, --prompts spreads videos over "
                          "them; use one of the two")
@@ -389,7 +427,8 @@ def check_frame_parallel(args) -> None:
         raise UsageError(f"--guidance-parallel: needs an even number of processes, WORLD_SIZE={world}")
     sharing = world // 2 if args.guidance_parallel else world
     if sharing > args.frames:
-        raise UsageError(f"--frame-parallel: {sharing} processes share the {args.frames} frames of --frames; "
+        raise UsageError(f"--frame-parallel: {sharing} processes share the {args.frames} frames of "
+                         f"{'--latents' if args.latents else '--frames'}; "
                          "at most one process per frame")
     args.rank = rank
 

@@ -7,9 +7,11 @@ computes. The spatial layers of a video UNet see each frame alone; what mixes fr
 
 * the transformer blocks of a motion module (AnimateDiff's, and UNet3DConditionModel's temporal
   transformers: temporal attention, its layer norms and feed-forward are all per position along
-  the frames), each temporal block of Stable Video Diffusion's ``TransformerSpatioTemporalModel``
+  the frames; FreeNoise's windowed blocks too, whose windows then span the whole video and may
+  straddle ranks), each temporal block of Stable Video Diffusion's ``TransformerSpatioTemporalModel``
   (:mod:`vidgen.integration.svd`; its frame embedding takes the frames' indices in the whole
-  video), and a Tune-A-Video ``attn_temp``: one **all-to-all** from the frame-sharded layout
+  video), Latte's temporal blocks (its temporal position table added there, by global frame index)
+  and a Tune-A-Video ``attn_temp``: one **all-to-all** from the frame-sharded layout
   ``(B, F_r, N, C)`` to the position-sharded ``(B, F, N_r, C)`` after ``proj_in``, the blocks run
   on whole columns of frames, and one all-to-all back before ``proj_out``. Each rank sends
   ``(P-1)/P`` of its shard twice per module, ``2 (P-1)/P^2`` of the activation in all; an
@@ -32,10 +34,11 @@ computes. The spatial layers of a video UNet see each frame alone; what mixes fr
   latent-sized tensor, B C F h w numbers: ~1/300 of one motion module's exchange at 512x512), so
   the pipeline's own sampler step, callbacks and guidance run unchanged and identically on every
   rank (cheap elementwise work, computed redundantly).
-* the VAE decode (pipelines with ``decode_latents``): each rank decodes its frames, then one
-  **all-gather** of the decoded frames: the one gather of the video at the end. SVD's temporal VAE
-  decoder mixes the frames of each of the pipeline's decode chunks, so there each rank decodes
-  whole chunks (:meth:`FrameParallel.decode_latent_chunks`).
+* the VAE decode (pipelines with ``decode_latents``): each rank decodes its frames (a frame count
+  the decode takes, Latte's ``video_length``, is given as the rank's), then one **all-gather** of
+  the decoded frames: the one gather of the video at the end. SVD's temporal VAE decoder mixes the
+  frames of each of the pipeline's decode chunks, so there each rank decodes whole chunks
+  (:meth:`FrameParallel.decode_latent_chunks`).
 
 The initial noise needs nothing: every rank draws the whole x_T from the same generator (or
 :func:`vidgen.ops.correlated_noise`'s seed), so each frame's noise is the one a single process
@@ -387,7 +390,11 @@ class FrameParallel:
 
     # -- the pipeline ----------------------------------------------------------------------------
     def decode_latents(self, decode):
-        """``pipe.decode_latents`` on this rank's frames, then one all-gather of the decoded frames."""
+        """``pipe.decode_latents`` on this rank's frames, then one all-gather of the decoded frames. A frame
+        count the decode takes besides the (B, C, F, h, w) latents (Latte's ``video_length``, which it
+        reshapes the decoded frames by) is given this rank's."""
+        signature = inspect.signature(decode)
+        frame_count = next((name for name in _FRAME_COUNT_ARGUMENTS if name in signature.parameters), None)
 
         def sharded_decode(latents, *args, **kwargs):
             num_frames = latents.shape[2]
@@ -395,6 +402,11 @@ class FrameParallel:
                 return decode(latents, *args, **kwargs)
             counts = balanced_split(num_frames, self.size)
             lo = sum(counts[:self.rank])
+            if frame_count is not None:
+                bound = signature.bind(latents, *args, **kwargs)
+                if frame_count in bound.arguments:
+                    bound.arguments[frame_count] = counts[self.rank]
+                args, kwargs = bound.args[1:], bound.kwargs
             video = decode(latents[:, :, lo:lo + counts[self.rank]], *args, **kwargs)
             return torch.cat(_all_gather_frames(video, counts, self.group, frame_dim=2), dim=2)
 
@@ -525,6 +537,8 @@ class VideoArgument:
 # guidance-parallel) and the text/image context (per video, or per frame for diffusers' motion UNet).
 _PER_VIDEO = ("timestep", "added_time_ids")
 _TEXT = "encoder_hidden_states"
+# The frame count a pipeline's decode_latents takes besides the latents (LattePipeline's).
+_FRAME_COUNT_ARGUMENTS = ("video_length",)
 # Flags passed as they are; any other argument given a value (ControlNet residuals, masks, IP-Adapter
 # embeddings...) is not split, and the call runs whole on every rank.
 _PASSED_AS_IS = ("return_dict", "enable_temporal_attentions", "num_frames")

@@ -10,6 +10,11 @@ per-video modulation formed once instead of per patch), the first layer's tempor
 is added along frames, and everything else (patch embedding, timestep and caption embeddings,
 spatial blocks, output modulation, unpatchify) runs as diffusers runs it, on the same tensors.
 
+Under frame-parallel sampling (:mod:`vidgen.integration.frame_parallel`) a call holds this rank's
+frames: the spatial blocks run on them as they are, each temporal block between an all-to-all to
+whole columns of frames (this rank's share of the patches) and one back, and the temporal position
+table is added on the whole columns, so each frame gets its global index's row.
+
 * :func:`latte_unsupported_reason`: whether the fused forward reproduces a model, and if not why.
 * :func:`patch_latte` installs :class:`FusedLatteForward` as the instance's forward;
   :func:`unpatch_latte` restores the model's own.
@@ -22,6 +27,7 @@ from torch import nn
 from ..ops._fallback import warn_once
 from .blocks import Modulation, attention_call_reason, block_over_frames, block_unsupported_reason
 from .forwards import InstanceForward, install_forward, restore_forward
+from .frame_parallel import active_shard
 
 __all__ = ["FusedLatteForward", "latte_unsupported_reason", "patch_latte", "unpatch_latte"]
 
@@ -59,17 +65,18 @@ class FusedLatteForward(InstanceForward):
     while recording gradients, an attention processor other than the default on a temporal block
     or a hook replacing its forward, chunked feed-forward, a dtype the temporal kernel does not
     take, or a frame count the temporal position table does not broadcast to (diffusers' forward
-    then raises its own error).
+    then raises its own error). Under frame-parallel sampling such a call is refused instead
+    (diffusers' forward would run the temporal blocks on this rank's frames alone).
 
     Install with :func:`patch_latte`; this object becomes the instance's ``forward``.
     """
 
-    def _fusable_call(self, hidden_states, enable_temporal_attentions: bool) -> bool:
+    def _fusable_call(self, hidden_states, enable_temporal_attentions: bool, video_frames: int) -> bool:
         m = self.module
         owner = type(m).__name__
         if not enable_temporal_attentions or not isinstance(hidden_states, torch.Tensor) or hidden_states.dim() != 5:
             return False
-        frames, table_frames = hidden_states.shape[2], m.temp_pos_embed.shape[1]
+        frames, table_frames = video_frames, m.temp_pos_embed.shape[1]
         if frames > 1 and table_frames not in (1, frames):
             return False  # diffusers' forward fails on it: let it say so
         if torch.is_grad_enabled() and m.gradient_checkpointing:
@@ -92,7 +99,14 @@ class FusedLatteForward(InstanceForward):
     def __call__(self, hidden_states: torch.Tensor, timestep: torch.LongTensor | None = None,
                  encoder_hidden_states: torch.Tensor | None = None, encoder_attention_mask: torch.Tensor | None = None,
                  enable_temporal_attentions: bool = True, return_dict: bool = True):
-        if not self._fusable_call(hidden_states, enable_temporal_attentions):
+        shard = active_shard()
+        video_frames = hidden_states.shape[2] if shard is None else shard.num_frames  # the whole video's
+        if not self._fusable_call(hidden_states, enable_temporal_attentions, video_frames):
+            if shard is not None:  # diffusers' forward would run the temporal blocks on this rank's frames only
+                raise ValueError(f"frame_parallel: this call of {type(self.module).__name__} needs diffusers' own "
+                                 "forward (temporal attention switched off, a frame count its temporal position "
+                                 "table does not take, or see the warning above), which sees only this rank's "
+                                 "frames; run it without frame_parallel")
             return self.unfused(hidden_states, timestep=timestep, encoder_hidden_states=encoder_hidden_states,
                                 encoder_attention_mask=encoder_attention_mask,
                                 enable_temporal_attentions=enable_temporal_attentions, return_dict=return_dict)
@@ -110,11 +124,18 @@ class FusedLatteForward(InstanceForward):
         timestep_per_frame = timestep.repeat_interleave(frames, dim=0, output_size=timestep.shape[0] * frames)
         for i, (spatial, temporal) in enumerate(zip(m.transformer_blocks, m.temporal_transformer_blocks)):
             tokens = spatial(tokens, None, text_per_frame, encoder_attention_mask, timestep_per_frame, None, None)
-            video = tokens.unflatten(0, (videos, frames))  # (B, F, N, C) view
-            if i == 0 and frames > 1:
+            positions = tokens.shape[1]
+            if shard is not None:  # frame-parallel: the temporal block sees every frame of this rank's patches
+                tokens = shard.to_positions(tokens)  # (B*F, N_r, C)
+            video = tokens.unflatten(0, (videos, video_frames))  # (B, F, N or N_r, C) view
+            if i == 0 and video_frames > 1:
                 video = video + m.temp_pos_embed.to(video.dtype)[0, :, None]  # (F or 1, 1, C): along frames
-            modulation = Modulation.of(temporal, timestep) if temporal.norm_type == "ada_norm_single" else None
-            tokens = block_over_frames(temporal, video, modulation=modulation).flatten(0, 1)
+            if video.shape[2]:  # a rank may hold no patch of a tiny map
+                modulation = Modulation.of(temporal, timestep) if temporal.norm_type == "ada_norm_single" else None
+                video = block_over_frames(temporal, video, modulation=modulation)
+            tokens = video.flatten(0, 1)
+            if shard is not None:
+                tokens = shard.to_frames(tokens, positions)
 
         embedded = embedded_timestep.repeat_interleave(frames, dim=0, output_size=embedded_timestep.shape[0] * frames)
         shift, scale = (m.scale_shift_table[None] + embedded[:, None]).chunk(2, dim=1)

@@ -462,16 +462,28 @@ def _compile_denoiser(model: nn.Module, record: PatchRecord) -> None:
 
 def _shard_denoiser(model: nn.Module, record: PatchRecord) -> None:
     """frame_parallel: the denoiser's forward runs on this rank's frames and returns the whole prediction."""
-    from diffusers import UNet3DConditionModel, UNetMotionModel, UNetSpatioTemporalConditionModel
+    from diffusers import (LatteTransformer3DModel, UNet3DConditionModel, UNetMotionModel,
+                           UNetSpatioTemporalConditionModel)
 
     from .frame_parallel import VideoArgument
 
     parallel = record.options.get("frame_parallel")
     svd = isinstance(model, UNetSpatioTemporalConditionModel)
-    if not parallel or not (svd or _is_denoiser(model)):
+    latte = isinstance(model, LatteTransformer3DModel)
+    if not parallel or not (svd or latte or _is_denoiser(model)):
         return
+    video = VideoArgument("sample", frame_dim=2)
     if svd:
         _shard_svd_unet(model, record)
+        video = VideoArgument("sample", frame_dim=1)  # SVD's sample is (B, F, C, h, w)
+    elif latte:
+        from .latte import FusedLatteForward
+
+        if not isinstance(model.__dict__.get("forward"), FusedLatteForward):  # diffusers' would see one shard
+            why = [e.why for e in record.report.kept if e.what == "Latte temporal blocks"]
+            raise ValueError("frame_parallel: needs Latte's forward on vidgen's, which exchanges the frames between "
+                             f"ranks; left on diffusers' path: {'; '.join(why) or 'a forward vidgen did not install'}")
+        video = VideoArgument("hidden_states", frame_dim=2)
     elif isinstance(model, VideoUNet):
         off = [role for role, on in model.vidgen_ops.items() if not on]
         if off:  # the reference processors would attend over this rank's frames only
@@ -481,15 +493,14 @@ def _shard_denoiser(model: nn.Module, record: PatchRecord) -> None:
         _shard_temporal_convolutions(model, record)
     elif not isinstance(model, UNetMotionModel):
         raise ValueError(f"frame_parallel: supports AnimateDiff's UNetMotionModel, UNet3DConditionModel, Stable "
-                         f"Video Diffusion's UNetSpatioTemporalConditionModel and Tune-A-Video's VideoUNet; "
-                         f"{type(model).__name__} is not frame-parallel (its other "
+                         f"Video Diffusion's UNetSpatioTemporalConditionModel, Tune-A-Video's VideoUNet and "
+                         f"LatteTransformer3DModel; {type(model).__name__} is not frame-parallel (its other "
                          "frame-mixing layers do not communicate)")
     left = [f"{e.where} ({e.why})" for e in record.report.kept if e.what == "motion module"]
     if left:
         raise ValueError("frame_parallel: needs every motion module on vidgen's forward, which exchanges the "
                          f"frames between ranks; left on diffusers' path: {'; '.join(left)}")
     previous = model.__dict__.get("forward")
-    video = VideoArgument("sample", frame_dim=1 if svd else 2)  # SVD's sample is (B, F, C, h, w)
     model.forward = parallel.denoiser_forward(model, model.forward, video)
     record.undo.append(lambda: model.__dict__.update(forward=previous) if previous is not None
                        else model.__dict__.pop("forward", None))
