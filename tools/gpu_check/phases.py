@@ -41,6 +41,8 @@ BENCHES = [  # most telling first: at their --quick shapes noise and guidance ar
     Bench("profile-step", 60, 30, ["benchmarks.profile_step"], "benchmarks/profile_step.py"),
     Bench("bench-noise", 45, 30, ["benchmarks.bench_noise", "--quick"]),
     Bench("bench-guidance", 35, 25, ["benchmarks.bench_guidance", "--quick"]),
+    # Four shapes x two passes x three peers, plus Inductor compiling its peer per shape.
+    Bench("bench-frame-group-norm", 60, 40, ["benchmarks.bench_frame_group_norm", "--quick"]),
     Bench("bench-e2e", 120, 90, ["benchmarks.bench_e2e", "--quick", "--cases", "tune-a-video"]),
 ]
 SETUP = ["gpu-info", "wheels", "install", "info", "environment"]
