@@ -1,4 +1,4 @@
-"""GroupNorm over frames (+ SiLU) against the implementations a user would otherwise run, on a GPU.
+"""vidgen's fused norms and feed-forward against the implementations a user would otherwise run, on a GPU.
 
 Shapes are the real ones at 512x512 (latent 64x64, the four UNet levels 64x64/32x32/16x16/8x8
 with C = 320/640/1280/1280, 32 groups, batch 2 for classifier-free guidance):
@@ -14,12 +14,22 @@ Peers, each on the image layout ``(B*F, C, h, w)`` a UNet holds and returning it
   fuses the permutes, the statistics and the SiLU as far as it can;
 * ``vidgen``: ``vidgen.ops.frame_group_norm`` on the image layout (no copies).
 
+And the GEGLU feed-forward (``--ops geglu``): diffusers' ``GEGLU`` projection K -> 2 x 4K of
+AnimateDiff's feed-forwards at 512x512, 16 frames, the four levels, and Stable Video Diffusion's top
+level at 576x1024, 14 frames; peers ``torch_eager`` (``F.linear``, ``chunk``, ``gelu(gate) * value``:
+cuBLAS, then a kernel reading the 2 x 4K-wide projection back), ``torch_compile`` of the same, and
+``vidgen``'s ``vidgen.ops.geglu`` (one matmul with the GELU and product in its epilogue). Its rows
+add the matmul rate (``matmul_fraction`` of the run's bf16 matmul ceiling; fwd+bwd counts the
+forward's FLOPs three times, as autograd's backward of the projection does; vidgen's backward
+spends a fourth recomputing the projection).
+
 Passes: ``fwd`` (inference) and ``fwd+bwd`` (tuning: gradients of x, weight and bias).
 ``copy_fraction`` is the ideal bytes (fwd: read x, write y; fwd+bwd: that plus read x and dy,
 write dx) over the run's measured copy bandwidth; vidgen's kernels read x twice per pass (a
 statistics pass, then the normalising pass), so their ceiling is below 1.
 
-Usage: ``python -m benchmarks.bench_frame_group_norm [--dtype fp16] [--quick] [--smoke]``.
+Usage: ``python -m benchmarks.bench_frame_group_norm [--ops frame_group_norm geglu] [--dtype fp16] [--quick]
+[--smoke]``.
 Writes ``benchmarks/results/frame_group_norm-<gpu>-<date>.{csv,json,png}``.
 """
 from __future__ import annotations
@@ -49,8 +59,15 @@ class NormCase:
 
 NORM_CASES = [NormCase("tune-a-video", (8, 24), silu=True, eps=1e-5),
               NormCase("animatediff-motion", (16,), silu=False, eps=1e-6)]
+# GEGLU feed-forwards: (case, tokens M, dim K); the projection is K -> 2 x 4K. AnimateDiff at 512x512,
+# 16 frames, batch 2: its spatial transformers' and motion modules' feed-forwards at the four levels
+# (M = 2 x 16 x h x w); Stable Video Diffusion at 576x1024, 14 frames, batch 2, top level.
+GEGLU_CASES = [("animatediff 64x64", 2 * 16 * 64 * 64, 320), ("animatediff 32x32", 2 * 16 * 32 * 32, 640),
+               ("animatediff 16x16", 2 * 16 * 16 * 16, 1280), ("animatediff 8x8", 2 * 16 * 8 * 8, 1280),
+               ("svd 72x128", 2 * 14 * 72 * 128, 320)]
 # --smoke: the plumbing on any device, tiny odd shapes, eager peers only, nothing written.
 SMOKE_LEVELS, SMOKE_GROUPS, SMOKE_BATCH = [(5, 8)], 4, 1
+SMOKE_GEGLU_CASES = [("smoke", 13, 6)]
 
 
 def _error(exc: Exception) -> str:
@@ -109,10 +126,11 @@ def _pass_runner(direction, fn, inputs, grad):
     return lambda: torch.autograd.grad(fn(*inputs), wanted, grad)
 
 
-def measure_peers(shape: dict, peers: dict, inputs: list, nbytes: dict, ceilings: dict, device, timer
-                  ) -> list[dict]:
-    """One row per pass: every peer's time, vidgen's bandwidth and speedups, and vidgen's output's
-    relative L2 difference from each peer's (fwd), which a smoke run checks."""
+def measure_peers(shape: dict, peers: dict, inputs: list, nbytes: dict, ceilings: dict, device, timer,
+                  flops: dict | None = None) -> list[dict]:
+    """One row per pass: every peer's time, vidgen's bandwidth (and matmul rate, given ``flops``) and
+    speedups, and vidgen's output's relative L2 difference from each peer's (fwd), which a smoke run
+    checks."""
     rows = []
     out = {name: _pass_runner("fwd", fn, inputs, None)() for name, fn in peers.items() if name != "torch_compile"}
     grad = torch.randn_like(out["vidgen"])
@@ -126,6 +144,8 @@ def measure_peers(shape: dict, peers: dict, inputs: list, nbytes: dict, ceilings
         ours = row.get("vidgen_ms")
         if ours:
             row.update({f"vidgen_{k}": v for k, v in harness.bandwidth(nbytes[direction], ours, ceilings).items()})
+            if flops:
+                row.update({f"vidgen_{k}": v for k, v in harness.throughput(flops[direction], ours, ceilings).items()})
             for name in peers:
                 if name != "vidgen" and row.get(f"{name}_ms"):
                     row[f"speedup_vs_{name}"] = row[f"{name}_ms"] / ours
@@ -173,26 +193,71 @@ def bench_frame_group_norm(dtype, device, ceilings, *, quick=False, smoke=False)
     return rows
 
 
+def torch_geglu(x, weight, bias):
+    """diffusers' GEGLU: the projection (cuBLAS), then GELU(gate) x value reading it back."""
+    value, gate = torch.nn.functional.linear(x, weight, bias).chunk(2, dim=-1)
+    return value * torch.nn.functional.gelu(gate)
+
+
+def bench_geglu(dtype, device, ceilings, *, quick=False, smoke=False) -> list[dict]:
+    from vidgen.ops import geglu
+
+    cases = SMOKE_GEGLU_CASES if smoke else GEGLU_CASES[:2] if quick else GEGLU_CASES
+    compiled = None if smoke else torch.compile(torch_geglu, dynamic=False)
+    timer = smoke_time_ms if smoke else harness.time_ms
+    rows = []
+    for name, tokens, dim in cases:
+        inner = 4 * dim
+        x = torch.randn(tokens, dim, device=device, dtype=dtype).requires_grad_()
+        weight = (torch.randn(2 * inner, dim, device=device, dtype=dtype) * dim ** -0.5).requires_grad_()
+        bias = (0.1 * torch.randn(2 * inner, device=device, dtype=dtype)).requires_grad_()
+        peers = {"torch_eager": torch_geglu}
+        if compiled is not None:
+            peers["torch_compile"] = compiled
+        peers["vidgen"] = geglu
+        size = x.element_size()
+        forward_bytes = (x.numel() + weight.numel() + bias.numel() + tokens * inner) * size
+        # backward: read dy, x and weight; write dx, dweight and dbias
+        nbytes = {"fwd": forward_bytes, "fwd+bwd": forward_bytes + (tokens * inner + 2 * x.numel()
+                                                                   + 2 * weight.numel() + bias.numel()) * size}
+        projection = 2 * tokens * dim * 2 * inner
+        shape = {"bench": "geglu", "case": name, "M": tokens, "K": dim, "N": inner,
+                 "dtype": str(dtype).split(".")[-1]}
+        rows += measure_peers(shape, peers, [x, weight, bias], nbytes, ceilings, device, timer,
+                              flops={"fwd": projection, "fwd+bwd": 3 * projection})
+        del x, weight, bias
+        if torch.device(device).type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+BENCHES = {"frame_group_norm": bench_frame_group_norm, "geglu": bench_geglu}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp16")
+    parser.add_argument("--ops", nargs="+", choices=sorted(BENCHES), default=list(BENCHES))
     parser.add_argument("--quick", action="store_true", help="the two largest levels, the first frame count")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny shapes, any device, no torch.compile peer; timings are no results, nothing written")
     args = parser.parse_args(argv)
     if args.smoke:
-        device, ceilings = ("cuda" if torch.cuda.is_available() else "cpu"), {"copy_gbs": 1.0}
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        ceilings = {"copy_gbs": 1.0, "bf16_matmul_tflops": 1.0}
     else:
         harness.require_cuda()
         device, ceilings = "cuda", harness.ceilings()
         print("ceilings:", ceilings)
-    rows = bench_frame_group_norm(DTYPES[args.dtype], device, ceilings, quick=args.quick, smoke=args.smoke)
+    rows = []
+    for name in args.ops:
+        rows += BENCHES[name](DTYPES[args.dtype], device, ceilings, quick=args.quick, smoke=args.smoke)
     if args.smoke:
         print("smoke run: timings are not results; nothing written")
         return 0
     stem = harness.write_results("frame_group_norm", rows, harness.environment(), ceilings)
-    plotted = [dict(r, label=f"{r['bench']} {r['case']} {r['level']} F={r['F']} {r['pass']}") for r in rows
-               if r.get("speedup_vs_torch_eager")]
+    plotted = [dict(r, label=f"{r['bench']} {r['case']} " + (f"{r['level']} F={r['F']} " if "F" in r else "")
+                    + r["pass"]) for r in rows if r.get("speedup_vs_torch_eager")]
     if plotted:
         harness.plot_speedups(stem, plotted, label_key="label", speedup_key="speedup_vs_torch_eager",
                               title="vidgen fused norms: speedup vs torch eager")
