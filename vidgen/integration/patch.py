@@ -467,10 +467,14 @@ def _compile_denoiser(model: nn.Module, record: PatchRecord) -> None:
 
 
 def _patch_feed_forwards(model: nn.Module, record: PatchRecord) -> None:
-    """feed_forward: every diffusers GEGLU in the denoiser on vidgen's fused projection + GELU."""
-    if not record.options.get("feed_forward") or not _is_denoiser(model):
-        return
+    """feed_forward: every diffusers GEGLU in the denoiser (Stable Video Diffusion's too) on vidgen's fused
+    projection + GELU."""
+    from diffusers import UNetSpatioTemporalConditionModel
     from diffusers.models.activations import GEGLU
+
+    if not record.options.get("feed_forward") or not (
+            _is_denoiser(model) or isinstance(model, UNetSpatioTemporalConditionModel)):
+        return
 
     from .feed_forward import patch_geglu, unpatch_geglu
 
