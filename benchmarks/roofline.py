@@ -13,8 +13,9 @@ configurations side by side:
 * ``eager``: diffusers as users run it, one kernel per operator;
 * ``fused``: the same operators with ideal elementwise fusion (each chain of pointwise operators
   costs only its ends): what any elementwise fusion of diffusers' code could reach;
-* ``patched``: the step after ``vidgen.patch`` (where vidgen has no patch for a model, the eager
-  step, and the output says so);
+* ``patched``: the step after ``vidgen.patch(..., feed_forward=True)`` (the GEGLU fusion is opt-in
+  until a GPU has timed it; where vidgen has no patch for a model, the eager step, and the output
+  says so);
 * ``compiled``: the patched step under torch.compile, modelled as Inductor's fusion (pointwise
   operators, reductions and normalisations fuse; matmuls, convolutions, attention and vidgen's ops
   stay library kernels, without epilogue fusion; a GroupNorm too large for one SM reads its input
@@ -248,6 +249,8 @@ def first_comparison(predictions: list[Prediction]) -> str:
             f"({eager / p.totals['eager'].ms:.1f}x), patched {patched:.0f} ms against {_ms(p.totals['patched'].ms)} "
             f"({patched / p.totals['patched'].ms:.1f}x); measured speedup {eager / patched:.2f}x, predicted "
             f"{p.speedup('patched'):.2f}x.")
+    if sentences:
+        sentences.append("(That run's patched step had no fused GEGLU feed-forward; the predicted one has.)")
     return " ".join(sentences)
 
 
@@ -286,11 +289,17 @@ def readme_section(predictions: list[Prediction], ceilings: Ceilings, plot_link:
                  "5-D GroupNorm and the motion modules' input GroupNorm on the image layout, fp32 statistics, "
                  "one store), which the patched step above runs; it was the largest fusion for Tune-A-Video and "
                  "the Video Adapter (10-16% of their patched step) and cost AnimateDiff's patched step its fp32 "
-                 "norm path. Under torch.compile it is ATen ops that Inductor fuses itself. Left: the matmul "
-                 "epilogues (GEGLU, residual adds), which default-mode Inductor does not fuse into cuBLAS or "
-                 "cuDNN; they need a matmul kernel with the epilogue (Inductor's max-autotune Triton templates "
-                 "fuse pointwise epilogues such as a residual add: `vidgen.patch(pipe, compile={\"mode\": "
-                 "\"max-autotune\"})`, not modelled here).")
+                 "norm path. Under torch.compile it is ATen ops that Inductor fuses itself. The GEGLU "
+                 "feed-forward (`vidgen.ops.geglu`: the projection's value and gate columns in two accumulators "
+                 "of one matmul, bias, GELU and product in its epilogue, the 2x-wide projection never written), "
+                 "which the patched step above runs with `vidgen.patch(pipe, feed_forward=True)` (opt-in until a "
+                 "GPU run times it against cuBLAS; `benchmarks/bench_frame_group_norm.py` does); it was "
+                 "predicted to save 6-11% of the patched step, and 4-8% after torch.compile, which cannot put "
+                 "this epilogue on its cuBLAS matmul. Left: the residual adds in the matmul epilogues, which "
+                 "default-mode Inductor does not fuse into cuBLAS or cuDNN either; they need the matmul with a "
+                 "residual epilogue inside a fused transformer-block forward (Inductor's max-autotune Triton "
+                 "templates fuse pointwise epilogues such as a residual add: `vidgen.patch(pipe, "
+                 "compile={\"mode\": \"max-autotune\"})`, not modelled here).")
     first = first_comparison(predictions)
     if first:
         parts.append("First comparison with a GPU: the H200 run of 2026-11-30 timed whole 10-step runs, not roles "

@@ -133,12 +133,13 @@ def _empty(*shape, dtype=torch.float16) -> torch.Tensor:
 
 
 def _patch(pipe_or_model) -> str | None:
-    """``vidgen.patch`` it; None when something was replaced, else why the patched step is the eager one."""
+    """``vidgen.patch`` it, the GEGLU feed-forward fusion included (``feed_forward=True``, off by default
+    until a GPU has timed it); None when something was replaced, else why the patched step is the eager one."""
     import vidgen
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "nothing was patched": reported below instead
-        vidgen.patch(pipe_or_model)
+        vidgen.patch(pipe_or_model, feed_forward=True)
     report = vidgen.patch_report(pipe_or_model)
     if report.patched:
         return None
@@ -239,15 +240,20 @@ def _animatediff(models: Models, frames: int):
 def _tune_a_video(models: Models, frames: int):
     from vidgen.sampling import denoise
 
+    import vidgen
+
     unet = models.video_unet()
     size, dtype = models.scale.latent, models.scale.dtype
     latents = _empty(1, 4, frames, size, size, dtype=dtype)
     cond = models.text(1)
     unet.use_vidgen_ops(False, False)
     eager = record_step(lambda: diffusers_loop(unet, _ddim(), STEPS, latents, torch.cat([cond, cond]), 12.5), unet, [unet])
-    unet.use_vidgen_ops(True, True)
-    patched = record_step(lambda: denoise(unet, latents, cond, cond, scheduler=_ddim(), num_inference_steps=STEPS,
-                                          guidance_scale=12.5, progress=False), unet, [unet])
+    _patch(unet)  # vidgen's attention and GroupNorm (use_vidgen_ops) and the fused feed-forward
+    try:
+        patched = record_step(lambda: denoise(unet, latents, cond, cond, scheduler=_ddim(), num_inference_steps=STEPS,
+                                              guidance_scale=12.5, progress=False), unet, [unet])
+    finally:
+        vidgen.unpatch(unet)
     return eager, patched, None
 
 
@@ -285,6 +291,8 @@ def _svd(models: Models, frames: int):
 def _video_adapter(models: Models, frames: int):
     from vidgen.sampling import denoise
 
+    import vidgen
+
     prior, small = models.video_unet(), models.small_video_unet()
     size, dtype = models.scale.latent, models.scale.dtype
     latents = _empty(1, 4, frames, size, size, dtype=dtype)
@@ -294,10 +302,14 @@ def _video_adapter(models: Models, frames: int):
     eager = record_step(lambda: adapter_plain_loop(small, prior, _ddim(), STEPS, latents, cond, uncond, 2.5, 0.1),
                         small, [small, prior], calls_per_step=2)
     for unet in (prior, small):
-        unet.use_vidgen_ops(True, True)
-    patched = record_step(lambda: denoise(small, latents, cond, uncond, scheduler=_ddim(), num_inference_steps=STEPS,
-                                          guidance_scale=2.5, prior=prior, prior_strength=0.1, progress=False),
-                          small, [small, prior])
+        _patch(unet)
+    try:
+        patched = record_step(lambda: denoise(small, latents, cond, uncond, scheduler=_ddim(),
+                                              num_inference_steps=STEPS, guidance_scale=2.5, prior=prior,
+                                              prior_strength=0.1, progress=False), small, [small, prior])
+    finally:
+        for unet in (prior, small):
+            vidgen.unpatch(unet)
     return eager, patched, None
 
 

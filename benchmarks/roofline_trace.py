@@ -231,6 +231,26 @@ def _frame_group_norm_bwd(args, out) -> tuple[float, float]:
     return 0.0, float(3 * frame_group_norm_vector_flops(args[1], args[7]))
 
 
+def geglu_flops(x: torch.Tensor, weight: torch.Tensor) -> int:
+    """``vidgen::geglu_fwd``: the (M, K) x (K, 2N) projection, 2 FLOPs per multiply-add."""
+    return 2 * (x.numel() // x.shape[-1]) * weight.shape[0] * weight.shape[1]
+
+
+# the epilogue per output element: two bias adds, the erf GELU (an erf, three multiplies, an add), the product
+_GEGLU_EPILOGUE_FLOPS = 8
+
+
+def _geglu_fwd(args, out) -> tuple[float, float]:
+    return float(geglu_flops(args[0], args[1])), float(_GEGLU_EPILOGUE_FLOPS * out.numel())
+
+
+def _geglu_bwd(args, out) -> tuple[float, float]:
+    # one matmul recomputes the projection, then the Linear's two (dx, dweight); the GELU's
+    # derivative and the two products per output element
+    dy, x, weight = args[:3]
+    return float(3 * geglu_flops(x, weight)), float(2 * _GEGLU_EPILOGUE_FLOPS * dy.numel())
+
+
 def _elementwise(per_element: int) -> Callable:
     def flops(args, out) -> tuple[float, float]:
         first = out[0] if isinstance(out, (tuple, list)) else out
@@ -252,6 +272,8 @@ VIDGEN_FLOPS: dict[str, Callable] = {
     "vidgen::frame_group_norm_apply": lambda args, out: (0.0, float(frame_group_norm_vector_flops(args[0], args[6]) // 2)),
     # guidance: a few multiply-adds per element (composition, CFG, the DDIM update); noise: Philox
     # rounds and a Box-Muller transform per element
+    "vidgen::geglu_fwd": _geglu_fwd,
+    "vidgen::geglu_bwd": _geglu_bwd,
     "vidgen::guided_step": _elementwise(16),
     "vidgen::correlated_noise": _elementwise(40),
     "vidgen::add_noise": _elementwise(44),
@@ -283,10 +305,11 @@ def kind_of(func) -> str:
     name = op_name(func)
     base = name.split("::", 1)[1]
     if name.startswith("vidgen::"):
-        # attention on tensor cores; the GroupNorm over frames a normalisation (statistics, then
-        # apply: two passes when a video's group exceeds on-chip memory); the fused elementwise ops
-        # (guidance, noise) one kernel each. Opaque to a compiler but for COMPILED_AS_ATEN.
-        if "attention" in name:
+        # attention and the GEGLU projection on tensor cores; the GroupNorm over frames a
+        # normalisation (statistics, then apply: two passes when a video's group exceeds on-chip
+        # memory); the fused elementwise ops (guidance, noise) one kernel each. Opaque to a compiler
+        # but for COMPILED_AS_ATEN.
+        if "attention" in name or name.startswith("vidgen::geglu"):
             return MATMUL
         return NORMALISATION if name == _FRAME_GROUP_NORM else OTHER
     if func._overloadpacket in flop_registry:

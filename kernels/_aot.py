@@ -60,6 +60,7 @@ KERNEL_MODULES = (
     "vidgen.kernels.frame_attention_fp8",
     "vidgen.kernels.temporal_attention",
     "vidgen.kernels.frame_group_norm",
+    "vidgen.kernels.geglu",
 )
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 GPU_BENCHMARKS = ["bench_noise", "bench_guidance", "bench_frame_attention", "bench_temporal_attention", "bench_e2e",
-                  "bench_tune", "profile_step"]
+                  "bench_tune", "profile_step", "bench_frame_group_norm"]
 
 
 def test_end_to_end_benchmark_smoke_run(capsys, monkeypatch):
@@ -29,6 +29,30 @@ def test_end_to_end_benchmark_smoke_run(capsys, monkeypatch):
         # exactly 0 would mean the vidgen variants ran the default side's code
         assert vidgen_rows and all(0 < row["rel_l2"] < 1e-4 and row["seconds"] > 0 for row in vidgen_rows)
         assert not any(row.get("error") for row in rows)
+
+
+def test_fused_norm_benchmark_smoke_run(capsys, monkeypatch):
+    """Every case and pass of the fusions' microbenchmark (GroupNorm over frames, GEGLU) runs each peer
+    and compares vidgen's output with diffusers' way (reference backend: the kernels have their own tests)."""
+    from benchmarks import bench_frame_group_norm as bench
+    from vidgen.ops import use_backend
+
+    measured = []
+    measure_peers = bench.measure_peers
+    monkeypatch.setattr(bench, "measure_peers",
+                        lambda *args, **kwargs: measured.extend(measure_peers(*args, **kwargs)) or measured)
+    with use_backend("torch"):
+        assert bench.main(["--smoke", "--dtype", "fp32"]) == 0
+    assert "nothing written" in capsys.readouterr().out
+    cases = [case.name for case in bench.NORM_CASES] + [case[0] for case in bench.SMOKE_GEGLU_CASES]
+    assert {(row["case"], row["pass"]) for row in measured} == {
+        (case, direction) for case in cases for direction in bench.PASSES}
+    assert all(row["vidgen_matmul_fraction"] > 0 for row in measured if row["bench"] == "geglu")
+    for row in measured:
+        assert row["vidgen_ms"] > 0 and row["torch_eager_ms"] > 0 and row["speedup_vs_torch_eager"] > 0
+        assert not any(key.endswith("_error") for key in row)
+        if row["pass"] == "fwd":
+            assert row["rel_l2_vs_torch_eager"] < 1e-5
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")

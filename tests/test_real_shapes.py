@@ -1,4 +1,5 @@
-"""Frame and temporal attention, compiled, at the shapes a real UNet runs: forward and all three gradients.
+"""Frame and temporal attention, compiled, at the shapes a real UNet runs: forward and all three gradients;
+the GEGLU feed-forward's fused forward at AnimateDiff's and Stable Video Diffusion's feed-forward shapes.
 
 Every self-attention level of Stable Diffusion 1.5 at 512x512 (N = 4096/1024/256/64 tokens per
 frame with head dims D = 40/80/160/160, 8 heads) and an SDXL level (N = 1024, D = 64, 20 heads),
@@ -32,6 +33,7 @@ import torch
 from conftest import DEVICE
 from vidgen import ops
 from vidgen.kernels import frame_attention as frame_kernels
+from vidgen.kernels import geglu as geglu_kernels
 from vidgen.kernels import temporal_attention as temporal_kernels
 
 
@@ -227,6 +229,34 @@ def test_temporal_attention_matches_fp32_reference(level, frames, dtype, layout,
 
 
 # ----------------------------------------------------------------------------------------------
+# GEGLU feed-forward (forward: its backward is PyTorch's matmuls)
+# ----------------------------------------------------------------------------------------------
+# (name, tokens M, dim K): AnimateDiff's feed-forwards at 512x512, 16 frames, batch 2, every level;
+# Stable Video Diffusion's top level at 576x1024, 14 frames. The projection is K -> 2 x 4K.
+GEGLU_SHAPES = [("animatediff-64x64", BATCH * 16 * 4096, 320), ("animatediff-32x32", BATCH * 16 * 1024, 640),
+                ("animatediff-16x16", BATCH * 16 * 256, 1280), ("animatediff-8x8", BATCH * 16 * 64, 1280),
+                ("svd-72x128", BATCH * 14 * 72 * 128, 320)]
+
+
+def check_geglu(tokens, dim, dtype, device, seed):
+    x = random_inputs((tokens, dim), 1, dtype, device, seed)[0]
+    weight = (random_inputs((8 * dim, dim), 1, torch.float32, device, seed + 1)[0] * dim ** -0.5).to(dtype)
+    bias = random_inputs((8 * dim,), 1, dtype, device, seed + 2)[0]
+    with ops.use_backend("triton"):
+        out = ops.geglu(x, weight, bias)
+    expected = geglu_kernels.geglu_reference(x.float(), weight.float(), bias.float())
+    assert_close({"out": (out, expected)}, dtype,
+                 f"geglu M={tokens} K={dim} {dtype} seed={seed} (VIDGEN_TEST_SEED={seed} replays it)")
+
+
+@on_gpu
+@pytest.mark.parametrize("name,tokens,dim", GEGLU_SHAPES, ids=[s[0] for s in GEGLU_SHAPES])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp16", "bf16"])
+def test_geglu_matches_fp32_reference(name, tokens, dim, dtype, device):
+    check_geglu(tokens, dim, dtype, device, fresh_seed())
+
+
+# ----------------------------------------------------------------------------------------------
 # The checking code itself, on shapes the interpreter finishes (any device)
 # ----------------------------------------------------------------------------------------------
 def test_every_level_frame_count_dtype_and_mode_is_covered():
@@ -272,3 +302,7 @@ def test_frame_attention_check_on_a_tiny_case(mode, device):
 @pytest.mark.parametrize("layout", TEMPORAL_LAYOUTS)
 def test_temporal_attention_check_on_a_tiny_case(layout, device):
     check_temporal_attention(1, 5, 3, 2, 40, layout, torch.bfloat16, device, fresh_seed())
+
+
+def test_geglu_check_on_a_tiny_case(device):
+    check_geglu(37, 24, torch.float16, device, fresh_seed())

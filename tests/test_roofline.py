@@ -110,6 +110,28 @@ def test_frame_group_norm_is_one_normalisation_whose_group_spans_the_frames():
     assert inductor(fits)  # under torch.compile the op is its ATen ops, which Inductor fuses
 
 
+def test_geglu_is_one_matmul_with_the_projections_flops_and_writes_only_its_output():
+    from diffusers.models.activations import GEGLU
+
+    from vidgen.integration.feed_forward import patch_geglu
+    from vidgen.ops.geglu import geglu
+
+    x, weight, bias = _meta(2, 5, 12), _meta(2 * 7, 12), _meta(2 * 7)
+    graph = _record(lambda: geglu(x, weight, bias))
+    (op,) = graph.ops
+    assert (op.name, op.kind) == ("vidgen::geglu_fwd", MATMUL)
+    # an independent count: torch's flop counter over diffusers' module
+    module = GEGLU(12, 7)
+    with FlopCounterMode(display=False) as counter:
+        module(torch.randn(2, 5, 12))
+    assert op.matmul_flops == counter.get_total_flops() == 2 * 10 * 12 * 14
+    kernel = Costing(graph).kernel([op.index])
+    assert kernel.write_bytes == 10 * 7 * 2  # (M, N) once: the (M, 2N) projection never
+    assert kernel.read_bytes == (x.numel() + weight.numel() + bias.numel()) * 2
+    patched = patch_geglu(GEGLU(12, 7).to(META, HALF))  # what patch(feed_forward=True) records
+    assert [op.name for op in _record(lambda: patched(x), [patched]).ops] == ["vidgen::geglu_fwd"]
+
+
 def test_attention_runs_as_cudas_fused_kernel_with_its_flops():
     q = _meta(2, 3, 64, 40)
     graph = _record(lambda: F.scaled_dot_product_attention(q, q, q))

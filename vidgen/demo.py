@@ -37,6 +37,11 @@ def _cases(device: torch.device, small: bool) -> list[tuple[str, str, torch.dtyp
     channels, groups = (32, 8) if small else (heads * head_dim, 32)
     frames = torch.randn(B * F, channels, h, w, device=device, dtype=dtype)  # a ResNet's (b f) c h w input
     norm = f"{B * F}x{channels}x{h}x{w} F={F} G={groups} +SiLU"
+    # a transformer block's GEGLU feed-forward on the same tokens: C -> 2 x 4C projection, GELU, product
+    ff_tokens = torch.randn(B * F * h * w, channels, device=device, dtype=dtype)
+    ff_weight = torch.randn(8 * channels, channels, device=device, dtype=dtype) * channels ** -0.5
+    ff_bias = torch.zeros(8 * channels, device=device, dtype=dtype)
+    ff = f"{B * F * h * w}x{channels} -> {4 * channels}"
     return [
         ("correlated_noise", video, dtype,
          lambda: ops.correlated_noise(shape, kind="progressive", alpha=2.0, seed=0, device=device, dtype=dtype)),
@@ -47,6 +52,7 @@ def _cases(device: torch.device, small: bool) -> list[tuple[str, str, torch.dtyp
         ("frame_attention", attn + " sparse-causal", dtype, lambda: ops.sparse_causal_attention(q, k, v)),
         ("temporal_attention", attn, dtype, lambda: ops.temporal_attention(q, k, v)),
         ("frame_group_norm", norm, dtype, lambda: ops.frame_group_norm(frames, F, groups, silu=True)),
+        ("geglu", ff, dtype, lambda: ops.geglu(ff_tokens, ff_weight, ff_bias)),
     ]
 
 

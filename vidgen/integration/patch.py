@@ -29,6 +29,10 @@ by blanket-replacing every processor):
 * guidance (``guidance=True``): a pipeline's ``DDIMScheduler``/``DDIMInverseScheduler``/
   ``EulerDiscreteScheduler`` is swapped for vidgen's fused drop-in (same results, one fused kernel
   per step).
+* feed-forward (``feed_forward=True``, off by default): the denoiser's diffusers ``GEGLU``
+  projections run :func:`vidgen.ops.geglu`, the projection, GELU and product in one kernel
+  (:mod:`vidgen.integration.feed_forward`); a ``proj`` that is not a plain ``nn.Linear`` (LoRA)
+  stays diffusers'.
 * CUDA graphs (``cuda_graph=True``, off by default): the denoiser's forward (the UNet of a
   pipeline, or the patched UNet itself) is captured once per call signature and replayed
   (:mod:`vidgen.integration.graphs`): the same values, one launch per step instead of hundreds.
@@ -159,7 +163,8 @@ class PatchRecord:
 
 def patch(obj, *, frame_attention: bool = True, temporal_attention: bool = True, guidance: bool = True,
           cuda_graph: bool = False, compile: bool | dict = False, attention_precision: str = "auto",
-          cross_attention: bool = True, frame_parallel=False, guidance_parallel: bool = False):
+          cross_attention: bool = True, frame_parallel=False, guidance_parallel: bool = False,
+          feed_forward: bool = False):
     """Make a diffusers pipeline or model run on vidgen's kernels; returns ``obj`` (patched in place).
 
     Args:
@@ -187,6 +192,9 @@ def patch(obj, *, frame_attention: bool = True, temporal_attention: bool = True,
         guidance_parallel: with ``frame_parallel`` on an even number of ranks, the two halves of the
             batch (classifier-free guidance's unconditional and conditional branches) run on the two
             halves of the ranks.
+        feed_forward: also run the denoiser's GEGLU feed-forward projections (diffusers' ``GEGLU``)
+            on vidgen's fused matmul + GELU kernel (:mod:`vidgen.integration.feed_forward`). Off by
+            default until a GPU run has timed the kernel against cuBLAS + the separate GELU.
 
     What was replaced, and what stays on diffusers' path and why (a head dim the kernels do not
     serve, a scheduler other than DDIM and Euler, a motion module of another structure, ...), is in
@@ -218,6 +226,8 @@ def patch(obj, *, frame_attention: bool = True, temporal_attention: bool = True,
         options["attention_precision"] = attention_precision
     if not cross_attention:
         options["cross_attention"] = False
+    if feed_forward:
+        options["feed_forward"] = True
     if frame_parallel is not False and frame_parallel is not None:
         from .frame_parallel import FrameParallel, resolve_group
 
@@ -400,6 +410,7 @@ def _patch_model(model: nn.Module, record: PatchRecord) -> None:
         record.undo.append(lambda: model.use_vidgen_ops(False, False))
         record.summary += [role for role in ("frame_attention", "temporal_attention") if options[role]]
         _report_video_unet(model, report)
+        _patch_feed_forwards(model, record)
         _graph_denoiser(model, record)
         _shard_denoiser(model, record)
         _compile_denoiser(model, record)
@@ -423,6 +434,7 @@ def _patch_model(model: nn.Module, record: PatchRecord) -> None:
     if options["frame_attention"]:
         _patch_cross_frame_attention(model, record, covered)
     _report_image_attention(model, report, covered)
+    _patch_feed_forwards(model, record)
     _graph_denoiser(model, record)
     _shard_denoiser(model, record)
     _compile_denoiser(model, record)
@@ -458,6 +470,34 @@ def _compile_denoiser(model: nn.Module, record: PatchRecord) -> None:
     record.undo.append(lambda: uncompile_blocks(blocks))
     record.summary.append("torch.compile")
     record.report.replaced.append(PatchEntry("", f"repeated blocks compiled by torch.compile ({len(blocks)} blocks)"))
+
+
+def _patch_feed_forwards(model: nn.Module, record: PatchRecord) -> None:
+    """feed_forward: every diffusers GEGLU in the denoiser (Stable Video Diffusion's too) on vidgen's fused
+    projection + GELU."""
+    from diffusers import UNetSpatioTemporalConditionModel
+    from diffusers.models.activations import GEGLU
+
+    if not record.options.get("feed_forward") or not (
+            _is_denoiser(model) or isinstance(model, UNetSpatioTemporalConditionModel)):
+        return
+
+    from .feed_forward import patch_geglu, unpatch_geglu
+
+    patched = 0
+    for path, module in model.named_modules():
+        if not isinstance(module, GEGLU):
+            continue
+        try:
+            patch_geglu(module)
+        except ValueError as unsupported:  # geglu_module_unsupported_reason's answer
+            record.report.kept.append(PatchEntry(path, "GEGLU feed-forward", str(unsupported)))
+            continue
+        record.undo.append(lambda m=module: unpatch_geglu(m))
+        record.report.replaced.append(PatchEntry(path, "GEGLU feed-forward: projection + GELU in one kernel"))
+        patched += 1
+    if patched:
+        record.summary.append(f"feed_forward ({patched} GEGLU)")
 
 
 def _shard_denoiser(model: nn.Module, record: PatchRecord) -> None:

@@ -4,10 +4,11 @@ from ._backend import BackendUnavailable, use_backend
 from .frame_attention import (first_frame_attention, frame_attention, full_frame_attention,
                               sparse_causal_attention)
 from .frame_group_norm import frame_group_norm, frame_group_norm_apply, frame_group_norm_statistics
+from .geglu import geglu
 from .guidance import guided_step
 from .noise import add_noise, correlated_noise
 from .temporal_attention import temporal_attention
 
 __all__ = ["BackendUnavailable", "add_noise", "correlated_noise", "first_frame_attention", "frame_attention",
-           "frame_group_norm", "frame_group_norm_apply", "frame_group_norm_statistics", "full_frame_attention",
+           "frame_group_norm", "frame_group_norm_apply", "frame_group_norm_statistics", "full_frame_attention", "geglu",
            "sparse_causal_attention", "guided_step", "temporal_attention", "use_backend"]
