@@ -33,6 +33,11 @@ by blanket-replacing every processor):
   projections run :func:`vidgen.ops.geglu`, the projection, GELU and product in one kernel
   (:mod:`vidgen.integration.feed_forward`); a ``proj`` that is not a plain ``nn.Linear`` (LoRA)
   stays diffusers'.
+* residual adds (``residual_adds=True``, off by default): the denoiser's SD-style diffusers
+  ``BasicTransformerBlock``s (norm type ``layer_norm``) add each half's residual in the epilogue of
+  the projection that ends it (``attn1``/``attn2``'s ``to_out[0]``, the feed-forward's last Linear),
+  :func:`vidgen.ops.linear_residual` (:mod:`vidgen.integration.residual_adds`); calls it cannot
+  reproduce (other processors, masks, LoRA layers, hooks) run diffusers' forward.
 * CUDA graphs (``cuda_graph=True``, off by default): the denoiser's forward (the UNet of a
   pipeline, or the patched UNet itself) is captured once per call signature and replayed
   (:mod:`vidgen.integration.graphs`): the same values, one launch per step instead of hundreds.
@@ -164,7 +169,7 @@ class PatchRecord:
 def patch(obj, *, frame_attention: bool = True, temporal_attention: bool = True, guidance: bool = True,
           cuda_graph: bool = False, compile: bool | dict = False, attention_precision: str = "auto",
           cross_attention: bool = True, frame_parallel=False, guidance_parallel: bool = False,
-          feed_forward: bool = False):
+          feed_forward: bool = False, residual_adds: bool = False):
     """Make a diffusers pipeline or model run on vidgen's kernels; returns ``obj`` (patched in place).
 
     Args:
@@ -195,6 +200,9 @@ def patch(obj, *, frame_attention: bool = True, temporal_attention: bool = True,
         feed_forward: also run the denoiser's GEGLU feed-forward projections (diffusers' ``GEGLU``)
             on vidgen's fused matmul + GELU kernel (:mod:`vidgen.integration.feed_forward`). Off by
             default until a GPU run has timed the kernel against cuBLAS + the separate GELU.
+        residual_adds: also run the residual adds of the denoiser's SD-style transformer blocks in
+            their output projections' epilogues (:mod:`vidgen.integration.residual_adds`). Off by
+            default, as ``feed_forward``, until a GPU run has timed the kernel against cuBLAS + the add.
 
     What was replaced, and what stays on diffusers' path and why (a head dim the kernels do not
     serve, a scheduler other than DDIM and Euler, a motion module of another structure, ...), is in
@@ -228,6 +236,8 @@ def patch(obj, *, frame_attention: bool = True, temporal_attention: bool = True,
         options["cross_attention"] = False
     if feed_forward:
         options["feed_forward"] = True
+    if residual_adds:
+        options["residual_adds"] = True
     if frame_parallel is not False and frame_parallel is not None:
         from .frame_parallel import FrameParallel, resolve_group
 
@@ -411,6 +421,7 @@ def _patch_model(model: nn.Module, record: PatchRecord) -> None:
         record.summary += [role for role in ("frame_attention", "temporal_attention") if options[role]]
         _report_video_unet(model, report)
         _patch_feed_forwards(model, record)
+        _patch_residual_adds(model, record)
         _graph_denoiser(model, record)
         _shard_denoiser(model, record)
         _compile_denoiser(model, record)
@@ -435,6 +446,7 @@ def _patch_model(model: nn.Module, record: PatchRecord) -> None:
         _patch_cross_frame_attention(model, record, covered)
     _report_image_attention(model, report, covered)
     _patch_feed_forwards(model, record)
+    _patch_residual_adds(model, record)
     _graph_denoiser(model, record)
     _shard_denoiser(model, record)
     _compile_denoiser(model, record)
@@ -498,6 +510,35 @@ def _patch_feed_forwards(model: nn.Module, record: PatchRecord) -> None:
         patched += 1
     if patched:
         record.summary.append(f"feed_forward ({patched} GEGLU)")
+
+
+def _patch_residual_adds(model: nn.Module, record: PatchRecord) -> None:
+    """residual_adds: every diffusers BasicTransformerBlock of the denoiser (Stable Video Diffusion's
+    spatial blocks too) with its residual adds in the output projections' epilogues."""
+    from diffusers import UNetSpatioTemporalConditionModel
+    from diffusers.models.attention import BasicTransformerBlock
+
+    if not record.options.get("residual_adds") or not (
+            _is_denoiser(model) or isinstance(model, UNetSpatioTemporalConditionModel)):
+        return
+
+    from .residual_adds import patch_residual_adds, unpatch_residual_adds
+
+    patched = 0
+    for path, module in model.named_modules():
+        if not isinstance(module, BasicTransformerBlock):
+            continue
+        try:
+            patch_residual_adds(module)
+        except ValueError as unsupported:  # residual_block_unsupported_reason's answer
+            record.report.kept.append(PatchEntry(path, "transformer block residual adds", str(unsupported)))
+            continue
+        record.undo.append(lambda m=module: unpatch_residual_adds(m))
+        record.report.replaced.append(PatchEntry(path, "transformer block: residual adds in the output "
+                                                       "projections' epilogues"))
+        patched += 1
+    if patched:
+        record.summary.append(f"residual_adds ({patched} blocks)")
 
 
 def _shard_denoiser(model: nn.Module, record: PatchRecord) -> None:

@@ -41,7 +41,7 @@ from .temporal import temporal_self_attention
 
 __all__ = ["FirstFrameAttnProcessor", "FrameAttnProcessor", "ReferenceFrameAttnProcessor",
            "ReferenceTemporalAttnProcessor", "SingleTokenCrossAttnProcessor", "TemporalAttnProcessor",
-           "frame_processor", "temporal_processor"]
+           "frame_processor", "sdpa_attention_core", "temporal_processor"]
 
 
 # -- frame attention ----------------------------------------------------------------------------
@@ -193,6 +193,22 @@ def _merge_heads(x: torch.Tensor) -> torch.Tensor:
     """(batch, heads, tokens, D) -> (batch, tokens, heads * D)."""
     batch, heads, tokens, dim = x.shape
     return x.transpose(1, 2).reshape(batch, tokens, heads * dim)
+
+
+def sdpa_attention_core(attn: Attention, hidden_states: torch.Tensor,
+                        encoder_hidden_states: torch.Tensor | None = None) -> torch.Tensor:
+    """diffusers' ``AttnProcessor2_0`` up to the output projection, for the calls a fused transformer
+    block serves (3-D ``(batch, tokens, C)`` input, no mask, spatial or group norm, ``norm_cross``):
+    the projections, ``norm_q``/``norm_k``, SDPA at its default scale as that processor calls it,
+    and the heads merged, ``(batch, tokens, heads * D)``: what ``attn.to_out[0]`` takes."""
+    query = attn.to_q(hidden_states)
+    context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+    q, k, v = (_heads(x, attn.heads) for x in (query, attn.to_k(context), attn.to_v(context)))
+    if attn.norm_q is not None:
+        q = attn.norm_q(q)
+    if attn.norm_k is not None:
+        k = attn.norm_k(k)
+    return _merge_heads(F.scaled_dot_product_attention(q, k, v, dropout_p=0.0, is_causal=False)).to(query.dtype)
 
 
 class ReferenceFrameAttnProcessor:

@@ -1,0 +1,133 @@
+"""vidgen.patch(..., residual_adds=True): the denoiser's SD-style diffusers transformer blocks add their
+residuals in the output projections' epilogues (vidgen.ops.linear_residual). Equal to diffusers' blocks
+in value and gradient, reported, restored by unpatch; blocks and calls it cannot reproduce stay on
+diffusers' forward and say why."""
+import contextlib
+import warnings
+
+import pytest
+import torch
+from diffusers import UNetMotionModel
+from diffusers.models.attention import BasicTransformerBlock
+from diffusers.models.attention_processor import AttnProcessor
+from torch import nn
+
+import vidgen
+from test_patching import run, tiny_adapter, tiny_unet2d, video_inputs
+from vidgen.integration.residual_adds import ResidualBlockForward, patch_residual_adds, unpatch_residual_adds
+from vidgen.ops._fallback import forget_warnings
+
+
+def motion_unet():
+    return UNetMotionModel.from_unet2d(tiny_unet2d(), tiny_adapter()).eval()
+
+
+@contextlib.contextmanager
+def no_fallback():
+    """Fail on any fallback to diffusers' forward: an equality that fell back would prove nothing."""
+    forget_warnings()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", vidgen.FallbackWarning)
+        yield
+
+
+def fused_blocks(model):
+    return [m for m in model.modules() if isinstance(m.__dict__.get("forward"), ResidualBlockForward)]
+
+
+def test_tiny_animatediff_unet_with_fused_residual_adds_equals_diffusers_and_unpatch_restores():
+    unet = motion_unet()
+    inputs = video_inputs(size=4, text_per_frame=True)
+    expected = run(unet, *inputs)
+    spatial = [m for name, m in unet.named_modules()
+               if isinstance(m, BasicTransformerBlock) and "motion_modules" not in name]
+    assert spatial
+    with vidgen.ops.use_backend("triton"):  # the kernel (the interpreter here)
+        vidgen.patch(unet, residual_adds=True)
+        assert fused_blocks(unet) == spatial  # the motion modules' blocks carry positional embeddings
+        with no_fallback():
+            torch.testing.assert_close(run(unet, *inputs), expected, rtol=2e-4, atol=2e-4)
+    report = vidgen.patch_report(unet)
+    assert len([e for e in report.replaced if e.what.startswith("transformer block: residual adds")]) == len(spatial)
+    assert report.options["residual_adds"] is True
+    kept = [e for e in report.kept if e.what == "transformer block residual adds"]
+    assert kept and all("positional-embedding" in e.why for e in kept)
+    vidgen.unpatch(unet)
+    assert not fused_blocks(unet)
+    torch.testing.assert_close(run(unet, *inputs), expected, rtol=0, atol=0)
+
+
+def test_gradients_through_the_fused_blocks_equal_diffusers():
+    """Gradients (input and every parameter) of a tiny AnimateDiff UNet with the feed-forward fusion as
+    well: the op's PyTorch backward against autograd's. The PyTorch backend (the kernel's forward is
+    the test above's): the interpreter would take 4x as long."""
+    inputs = video_inputs(size=4, text_per_frame=True)
+    weights = torch.randn(inputs[0].shape, generator=torch.Generator().manual_seed(9))
+    results = []
+    for fused in (False, True):
+        unet = motion_unet()
+        if fused:
+            vidgen.patch(unet, feed_forward=True, residual_adds=True)
+            assert fused_blocks(unet)
+        sample = inputs[0].clone().requires_grad_()
+        with vidgen.ops.use_backend("torch"), no_fallback():
+            (unet(sample, *inputs[1:]).sample * weights).sum().backward()
+        results.append((sample.grad, {n: p.grad for n, p in unet.named_parameters() if p.grad is not None}))
+    (sample_grad, grads), (fused_sample_grad, fused_grads) = results
+    torch.testing.assert_close(fused_sample_grad, sample_grad, rtol=2e-4, atol=2e-4)
+    assert set(fused_grads) == set(grads)
+    for name in grads:
+        torch.testing.assert_close(fused_grads[name], grads[name], rtol=2e-4, atol=2e-4, msg=name)
+
+
+def tiny_block():
+    torch.manual_seed(0)
+    return BasicTransformerBlock(16, 2, 8, cross_attention_dim=12, activation_fn="geglu").eval()
+
+
+def test_calls_it_cannot_reproduce_run_diffusers_forward_and_say_why():
+    block = tiny_block()
+    x, text = torch.randn(2, 5, 16), torch.randn(2, 3, 12)
+    expected = block(x, encoder_hidden_states=text)
+    patch_residual_adds(block)
+    with vidgen.ops.use_backend("torch"):
+        torch.testing.assert_close(block(x, encoder_hidden_states=text), expected, rtol=1e-5, atol=1e-5)
+        forget_warnings()
+        with pytest.warns(vidgen.FallbackWarning, match="cross_attention_kwargs"):
+            got = block(x, encoder_hidden_states=text, cross_attention_kwargs={"extra": 1.0})
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+        block.attn2.set_processor(AttnProcessor())  # any processor but AttnProcessor2_0 keeps its own math
+        with pytest.warns(vidgen.FallbackWarning, match="attn2's processor is AttnProcessor"):
+            block(x, encoder_hidden_states=text)
+        block.attn2.set_processor(block.attn1.processor)
+        with torch.autocast("cpu", dtype=torch.bfloat16), pytest.warns(vidgen.FallbackWarning, match="autocast"):
+            block(x, encoder_hidden_states=text)
+        handle = block.ff.net[2].register_forward_hook(lambda module, args, out: out * 0)
+        with pytest.warns(vidgen.FallbackWarning, match="a hook"):
+            torch.testing.assert_close(block(x, encoder_hidden_states=text), x + block.attn2(
+                block.norm2(x + block.attn1(block.norm1(x))), text) + block.attn1(block.norm1(x)))
+        handle.remove()
+    unpatch_residual_adds(block)
+    assert "forward" not in block.__dict__
+
+
+def test_blocks_it_cannot_reproduce_are_refused_with_the_reason():
+    class LoraLinear(nn.Linear):  # stands in for peft's wrapped layer: not a plain nn.Linear
+        pass
+
+    block = tiny_block()
+    block.ff.net[2] = LoraLinear(block.ff.net[2].in_features, block.ff.net[2].out_features)
+    with pytest.raises(ValueError, match="ff.net.2 is a LoraLinear"):
+        patch_residual_adds(block)
+    ada = BasicTransformerBlock(16, 2, 8, norm_type="ada_norm", num_embeds_ada_norm=10)
+    with pytest.raises(ValueError, match="norm_type 'ada_norm'"):
+        patch_residual_adds(ada)
+    with pytest.raises(TypeError, match="block: expected diffusers' BasicTransformerBlock, got Linear"):
+        patch_residual_adds(nn.Linear(2, 2))
+    assert "forward" not in block.__dict__ and "forward" not in ada.__dict__
+
+
+def test_residual_adds_is_off_by_default():
+    unet = vidgen.patch(motion_unet())
+    assert not fused_blocks(unet)
+    assert "residual_adds" not in vidgen.patch_report(unet).options
