@@ -13,9 +13,9 @@ configurations side by side:
 * ``eager``: diffusers as users run it, one kernel per operator;
 * ``fused``: the same operators with ideal elementwise fusion (each chain of pointwise operators
   costs only its ends): what any elementwise fusion of diffusers' code could reach;
-* ``patched``: the step after ``vidgen.patch(..., feed_forward=True)`` (the GEGLU fusion is opt-in
-  until a GPU has timed it; where vidgen has no patch for a model, the eager step, and the output
-  says so);
+* ``patched``: the step after ``vidgen.patch(..., feed_forward=True, residual_adds=True)`` (the GEGLU
+  and residual-add fusions are opt-in until a GPU has timed them; where vidgen has no patch for a
+  model, the eager step, and the output says so);
 * ``compiled``: the patched step under torch.compile, modelled as Inductor's fusion (pointwise
   operators, reductions and normalisations fuse; matmuls, convolutions, attention and vidgen's ops
   stay library kernels, without epilogue fusion; a GroupNorm too large for one SM reads its input

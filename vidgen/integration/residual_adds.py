@@ -12,17 +12,19 @@ block's own modules up to each projection's input (the norms, the attention core
 the feed-forward's activation, a fused GEGLU included) and each projection with the residual in
 its epilogue, from the modules' own weights (parameters and state dict untouched).
 
-Any call it cannot reproduce exactly runs diffusers' forward and says why once: another
-attention processor (xformers, IP-Adapter, a user's), a mask or ``cross_attention_kwargs``,
-forward chunking, hooks on a module it would bypass, a projection that is no longer a plain
-``nn.Linear`` (LoRA), active dropout after a projection, autocast, mixed or unsupported dtypes.
-Blocks of another structure (ada-norm, GLIGEN, positional embeddings, residual connections or
-rescaling inside the attention, subclasses with their own forward) are not patched, with a reason.
+Each of the three adds is fused where its projection can take it; otherwise that half runs as
+diffusers' forward runs it (the module called, then the add) and says why once: another attention
+processor (xformers, IP-Adapter, Stable Video Diffusion's single-token cross-attention, a user's),
+a mask or ``cross_attention_kwargs``, forward chunking, a hook that replaced the attention's or
+the feed-forward's forward (a cache, offloading), a projection that is no longer a plain
+``nn.Linear`` (LoRA) or carries a hook, active dropout after a projection. Calls of 4-D activations, under autocast or in a dtype the kernel does not take run diffusers'
+forward whole; blocks of another structure (ada-norm, GLIGEN, positional embeddings, subclasses
+with their own forward) are not patched, with a reason.
 """
 from __future__ import annotations
 
 import torch
-from diffusers.models.attention import BasicTransformerBlock, FeedForward
+from diffusers.models.attention import BasicTransformerBlock, FeedForward, _chunked_feed_forward
 from diffusers.models.attention_processor import AttnProcessor2_0
 from torch import nn
 
@@ -34,82 +36,119 @@ from .processors import sdpa_attention_core
 __all__ = ["ResidualBlockForward", "patch_residual_adds", "residual_block_unsupported_reason", "unpatch_residual_adds"]
 
 
-def _attentions(block: BasicTransformerBlock) -> list[tuple[str, nn.Module]]:
-    return [(name, getattr(block, name)) for name in ("attn1", "attn2") if getattr(block, name) is not None]
-
-
-def _projections(block: BasicTransformerBlock) -> list[tuple[str, nn.Module]]:
-    """The Linears whose epilogue takes a residual: each attention's ``to_out[0]``, the feed-forward's ``net[2]``."""
-    return [(f"{name}.to_out.0", attn.to_out[0]) for name, attn in _attentions(block)] + [("ff.net.2", block.ff.net[2])]
-
-
-def _dropouts(block: BasicTransformerBlock) -> list[nn.Module]:
-    """The dropouts between a projection and its residual add."""
-    return [attn.to_out[1] for _, attn in _attentions(block)] + list(block.ff.net[3:])
-
-
 def residual_block_unsupported_reason(block: nn.Module) -> str | None:
-    """Why :class:`ResidualBlockForward` cannot reproduce ``block``'s structure (None: it can)."""
+    """Why :class:`ResidualBlockForward` cannot reproduce ``block``'s forward (None: it can)."""
     if type(block) is not BasicTransformerBlock:  # subclasses (FreeNoise's, Tune-A-Video's) have their own forward
         return f"expected diffusers' BasicTransformerBlock, got {type(block).__name__}"
     if block.norm_type != "layer_norm":
         return f"norm_type {block.norm_type!r} (only 'layer_norm' blocks are fused)"
     if block.only_cross_attention or block.pos_embed is not None or hasattr(block, "fuser"):
         return "cross-attention-only, positional-embedding and gated (GLIGEN) blocks are not fused"
-    for name, attn in _attentions(block):
-        if attn.spatial_norm is not None or attn.group_norm is not None or attn.norm_cross:
-            return f"{name} normalises its input itself (spatial, group or cross norm)"
-        if attn.residual_connection or attn.rescale_output_factor != 1.0:
-            return f"{name} adds its own residual or rescales its output"
-    ff = block.ff
-    if not isinstance(ff, FeedForward) or len(ff.net) not in (3, 4) \
-            or not all(isinstance(m, nn.Dropout) for m in (ff.net[1], *ff.net[3:])):
-        return "its feed-forward is not diffusers' FeedForward (activation, dropout, Linear[, dropout])"
-    for path, linear in _projections(block):
-        if type(linear) is not nn.Linear:
-            return f"{path} is a {type(linear).__name__} (e.g. a LoRA layer), not a plain nn.Linear"
     return None
 
 
-def _call_reason(block: BasicTransformerBlock, hidden_states: torch.Tensor, attention_mask, encoder_attention_mask,
-                 cross_attention_kwargs) -> str | None:
-    """Why this call runs diffusers' forward (None: the fused forward reproduces it). Asked at each
-    call: processors, hooks, LoRA layers and chunking may change after patching."""
-    if attention_mask is not None or encoder_attention_mask is not None:
-        return "called with an attention mask"
-    if cross_attention_kwargs:
-        return f"called with cross_attention_kwargs ({', '.join(sorted(cross_attention_kwargs))})"
+def _replaced(module: nn.Module) -> bool:
+    """Whether a hook (a cache, offloading: diffusers' and accelerate's hooks) replaced ``module``'s
+    forward, which only calling the module runs. PyTorch's forward hooks of a module the fused half
+    computes the inside of (the attention, the feed-forward) do not run, as for every fused forward
+    (profilers' scopes see the block)."""
+    return "forward" in module.__dict__
+
+
+def _skipped(*modules: nn.Module) -> bool:
+    """Whether not calling ``modules`` at all (the fused projection, the dropout after it) would skip
+    something of theirs: a replaced forward or any hook."""
+    return any(_replaced(m) or m._forward_hooks or m._forward_pre_hooks for m in modules)
+
+
+def _projection_reason(path: str, linear: nn.Module, dropouts: list[nn.Module], dtype: torch.dtype) -> str | None:
+    """Why the Linear at ``path`` cannot take the residual in its epilogue (None: it can).
+    ``dropouts``: the modules between it and the add."""
+    if type(linear) is not nn.Linear:
+        return f"{path} is a {type(linear).__name__} (e.g. a LoRA layer), not a plain nn.Linear"
+    if not all(isinstance(m, nn.Dropout) for m in dropouts):
+        return f"{path} is followed by a {', '.join(type(m).__name__ for m in dropouts)}, not dropout"
+    if _skipped(linear, *dropouts):
+        return f"a hook is on {path} or the dropout after it"
+    if any(m.training and m.p > 0 for m in dropouts):
+        return f"the dropout after {path} is active (training mode)"
+    if linear.weight.dtype != dtype:
+        return f"activations in {dtype}, {path} weights in {linear.weight.dtype}"
+    return None
+
+
+def _attention_reason(name: str, attn: nn.Module, mask, kwargs: dict, dtype: torch.dtype) -> str | None:
+    """Why the residual add after attention ``name`` stays a separate add (None: it is fused)."""
+    if type(attn.processor) is not AttnProcessor2_0:
+        return f"{name}'s processor is {type(attn.processor).__name__}, not diffusers' AttnProcessor2_0"
+    if mask is not None or kwargs:
+        return f"{name} is called with a mask or cross_attention_kwargs"
+    if attn.spatial_norm is not None or attn.group_norm is not None or attn.norm_cross:
+        return f"{name} normalises its input itself (spatial, group or cross norm)"
+    if attn.residual_connection or attn.rescale_output_factor != 1.0:
+        return f"{name} adds its own residual or rescales its output"
+    if _replaced(attn):
+        return f"a hook is on {name}"
+    return _projection_reason(f"{name}.to_out.0", attn.to_out[0], list(attn.to_out[1:]), dtype)
+
+
+def _feed_forward_reason(block: BasicTransformerBlock, dtype: torch.dtype) -> str | None:
+    """Why the residual add after the feed-forward stays a separate add (None: it is fused)."""
+    ff = block.ff
     if block._chunk_size is not None:
         return "feed-forward chunking is on"
-    if hidden_states.dim() != 3:
-        return f"hidden_states of {hidden_states.dim()} dims (expected (batch, tokens, C))"
+    if not isinstance(ff, FeedForward) or len(ff.net) < 3:
+        return f"the feed-forward is a {type(ff).__name__}, not diffusers' FeedForward"
+    if _replaced(ff):
+        return "a hook is on the feed-forward"
+    return _projection_reason("ff.net.2", ff.net[2], list(ff.net[3:]), dtype)
+
+
+def _call_reason(block: BasicTransformerBlock, hidden_states: torch.Tensor, cross_attention_kwargs) -> str | None:
+    """Why this call runs diffusers' forward whole (None: the fused forward reproduces it)."""
     reason = residual_block_unsupported_reason(block)
     if reason is not None:
         return reason
-    for name, attn in _attentions(block):
-        if type(attn.processor) is not AttnProcessor2_0:
-            return f"{name}'s processor is {type(attn.processor).__name__}, not diffusers' AttnProcessor2_0"
-    bypassed = [attn for _, attn in _attentions(block)] + [linear for _, linear in _projections(block)] \
-        + [block.ff] + _dropouts(block)
-    if any("forward" in m.__dict__ or m._forward_hooks or m._forward_pre_hooks for m in bypassed):
-        return "a hook (a cache, offloading) is on an attention, projection or feed-forward module it bypasses"
-    if any(m.training and m.p > 0 for m in _dropouts(block)):
-        return "dropout after a projection is active (training mode)"
+    if hidden_states.dim() != 3:
+        return f"hidden_states of {hidden_states.dim()} dims (expected (batch, tokens, C))"
+    if cross_attention_kwargs and "gligen" in cross_attention_kwargs:
+        return "called with GLIGEN inputs"
     device = hidden_states.device.type
     if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
         return "autocast is on (it picks the projections' precision per call)"
-    dtype = hidden_states.dtype
-    for path, linear in _projections(block):
-        if linear.weight.dtype != dtype:
-            return f"activations in {dtype}, {path} weights in {linear.weight.dtype}"
-    return linear_residual_unsupported_reason(dtype)
+    return linear_residual_unsupported_reason(hidden_states.dtype)
 
 
-def _attention_into(attn: nn.Module, normed: torch.Tensor, context: torch.Tensor | None,
+def _unfused(what: str, reason: str) -> None:
+    _fallback.warn_once(f"the residual add after {what}", reason, "as a separate add")
+
+
+def _attention_half(name: str, attn: nn.Module, normed: torch.Tensor, context, mask, kwargs: dict,
                     residual: torch.Tensor) -> torch.Tensor:
-    """``attn(normed, context) + residual`` with the add in the output projection's epilogue."""
+    """``attn(normed, context, mask, **kwargs) + residual``, the add in the output projection's
+    epilogue where :func:`_attention_reason` allows, else as diffusers' forward computes it."""
+    reason = _attention_reason(name, attn, mask, kwargs, residual.dtype)
+    if reason is not None:
+        _unfused(name, reason)
+        return attn(normed, encoder_hidden_states=context, attention_mask=mask, **kwargs) + residual
     projection = attn.to_out[0]
     return linear_residual(sdpa_attention_core(attn, normed, context), projection.weight, projection.bias, residual)
+
+
+def _feed_forward_half(block: BasicTransformerBlock, normed: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """``ff(normed) + residual``, the add in the last Linear's epilogue where :func:`_feed_forward_reason`
+    allows, else as diffusers' forward computes it."""
+    ff = block.ff
+    reason = _feed_forward_reason(block, residual.dtype)
+    if reason is not None:
+        _unfused("the feed-forward", reason)
+        if block._chunk_size is not None:
+            return _chunked_feed_forward(ff, normed, block._chunk_dim, block._chunk_size) + residual
+        return ff(normed) + residual
+    inner = normed
+    for module in ff.net[:2]:  # the activation (a fused GEGLU's forward included) and dropout
+        inner = module(inner)
+    return linear_residual(inner, ff.net[2].weight, ff.net[2].bias, residual)
 
 
 class ResidualBlockForward(InstanceForward):
@@ -119,19 +158,19 @@ class ResidualBlockForward(InstanceForward):
                  encoder_attention_mask=None, timestep=None, cross_attention_kwargs=None, class_labels=None,
                  added_cond_kwargs=None) -> torch.Tensor:
         block = self.module
-        reason = _call_reason(block, hidden_states, attention_mask, encoder_attention_mask, cross_attention_kwargs)
+        reason = _call_reason(block, hidden_states, cross_attention_kwargs)
         if reason is not None:
-            _fallback.warn_once("transformer block with fused residual adds", reason, "diffusers' forward")
+            _fallback.warn_once("a transformer block with fused residual adds", reason, "diffusers' forward")
             return self.unfused(hidden_states, attention_mask, encoder_hidden_states, encoder_attention_mask,
                                 timestep, cross_attention_kwargs, class_labels, added_cond_kwargs)
         # layer_norm blocks read no timestep, class labels or added conditions (diffusers' forward neither)
-        hidden_states = _attention_into(block.attn1, block.norm1(hidden_states), None, hidden_states)
+        kwargs = dict(cross_attention_kwargs or {})
+        hidden_states = _attention_half("attn1", block.attn1, block.norm1(hidden_states), None, attention_mask,
+                                        kwargs, hidden_states)
         if block.attn2 is not None:
-            hidden_states = _attention_into(block.attn2, block.norm2(hidden_states), encoder_hidden_states,
-                                            hidden_states)
-        ff = block.ff
-        inner = ff.net[1](ff.net[0](block.norm3(hidden_states)))
-        return linear_residual(inner, ff.net[2].weight, ff.net[2].bias, hidden_states)
+            hidden_states = _attention_half("attn2", block.attn2, block.norm2(hidden_states), encoder_hidden_states,
+                                            encoder_attention_mask, kwargs, hidden_states)
+        return _feed_forward_half(block, block.norm3(hidden_states), hidden_states)
 
 
 def patch_residual_adds(block: nn.Module) -> nn.Module:
