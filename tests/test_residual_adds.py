@@ -14,7 +14,8 @@ from torch import nn
 
 import vidgen
 from test_patching import run, tiny_adapter, tiny_unet2d, video_inputs
-from vidgen.integration.residual_adds import ResidualBlockForward, patch_residual_adds, unpatch_residual_adds
+from vidgen.integration.residual_adds import (ResidualBlockForward, VideoResidualBlockForward, patch_residual_adds,
+                                              unpatch_residual_adds)
 from vidgen.ops._fallback import forget_warnings
 
 
@@ -55,6 +56,24 @@ def test_tiny_animatediff_unet_with_fused_residual_adds_equals_diffusers_and_unp
     vidgen.unpatch(unet)
     assert not fused_blocks(unet)
     torch.testing.assert_close(run(unet, *inputs), expected, rtol=0, atol=0)
+
+
+def test_tiny_tune_a_video_unet_with_fused_residual_adds_equals_its_patched_forward():
+    """Frame attention, text attention and feed-forward adds fused (the temporal attention's stays
+    separate, by design). The PyTorch backend: the kernel is the AnimateDiff test's; the interpreter would run
+    the frame and temporal attention kernels too (16 s)."""
+    unet = vidgen.inflate(tiny_unet2d()).eval()
+    inputs = video_inputs(size=4)
+    with vidgen.ops.use_backend("torch"):
+        vidgen.patch(unet)
+        expected = run(unet, *inputs)
+        vidgen.patch(unet, residual_adds=True)
+        blocks = fused_blocks(unet)
+        assert blocks and all(isinstance(b.__dict__["forward"], VideoResidualBlockForward) for b in blocks)
+        with no_fallback():  # attn1, attn2 and the feed-forward fused
+            torch.testing.assert_close(run(unet, *inputs), expected, rtol=2e-4, atol=2e-4)
+    vidgen.unpatch(unet)
+    assert not fused_blocks(unet)
 
 
 def test_gradients_through_the_fused_blocks_equal_diffusers():
@@ -134,7 +153,7 @@ def test_blocks_it_cannot_reproduce_are_refused_with_the_reason():
     ada = BasicTransformerBlock(16, 2, 8, norm_type="ada_norm", num_embeds_ada_norm=10)
     with pytest.raises(ValueError, match="norm_type 'ada_norm'"):
         patch_residual_adds(ada)
-    with pytest.raises(TypeError, match="block: expected diffusers' BasicTransformerBlock, got Linear"):
+    with pytest.raises(TypeError, match="block: expected diffusers' BasicTransformerBlock or a VideoTransformerBlock, got Linear"):
         patch_residual_adds(nn.Linear(2, 2))
     assert "forward" not in ada.__dict__
 

@@ -131,23 +131,11 @@ class FrameAttnProcessor:
         key_frames = self._key_frames(num_frames)
         return lambda: (k, v, key_frames)
 
-    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None,
-                 num_frames: int | None = None) -> torch.Tensor:
-        if encoder_hidden_states is not None:
-            raise ValueError("FrameAttnProcessor is for self-attention (attn1); got encoder_hidden_states, "
-                             "so this module is a cross-attention: keep its default processor")
-        if attention_mask is not None:
-            raise ValueError("FrameAttnProcessor does not take an attention_mask (frame-sparse attention is "
-                             "unmasked in every supported method)")
+    def attention_core(self, attn, hidden_states: torch.Tensor, num_frames: int | None = None) -> torch.Tensor:
+        """The attention up to the output projection: (B*F, N, C) tokens (after the module's spatial
+        norm) -> (B*F, N, heads * D), what ``attn.to_out[0]`` takes (a fused transformer block
+        adds its residual in that projection's epilogue: :mod:`vidgen.integration.residual_adds`)."""
         num_frames = num_frames if num_frames is not None else self.num_frames
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch_frames, channel, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch_frames, channel, height * width).transpose(1, 2)
         batch_frames, tokens, _ = hidden_states.shape
         videos = videos_in(batch_frames, num_frames, "FrameAttnProcessor")
         if attn.group_norm is not None:
@@ -172,9 +160,25 @@ class FrameAttnProcessor:
         else:
             warn_once("frame attention", reason, "in eager PyTorch")
             out = frame_attention_reference(q, k, v, key_frames, attn.scale)[0]
-        hidden_states = out.view(batch_frames, tokens, heads * head_dim)
-        hidden_states = attn.to_out[0](hidden_states)
-        hidden_states = attn.to_out[1](hidden_states)
+        return out.view(batch_frames, tokens, heads * head_dim)
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None,
+                 num_frames: int | None = None) -> torch.Tensor:
+        if encoder_hidden_states is not None:
+            raise ValueError("FrameAttnProcessor is for self-attention (attn1); got encoder_hidden_states, "
+                             "so this module is a cross-attention: keep its default processor")
+        if attention_mask is not None:
+            raise ValueError("FrameAttnProcessor does not take an attention_mask (frame-sparse attention is "
+                             "unmasked in every supported method)")
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch_frames, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch_frames, channel, height * width).transpose(1, 2)
+        hidden_states = attn.to_out[1](attn.to_out[0](self.attention_core(attn, hidden_states, num_frames)))
 
         if input_ndim == 4:
             hidden_states = hidden_states.transpose(-1, -2).reshape(batch_frames, channel, height, width)

@@ -18,8 +18,11 @@ processor (xformers, IP-Adapter, Stable Video Diffusion's single-token cross-att
 a mask or ``cross_attention_kwargs``, forward chunking, a hook that replaced the attention's or
 the feed-forward's forward (a cache, offloading), a projection that is no longer a plain
 ``nn.Linear`` (LoRA) or carries a hook, active dropout after a projection. Calls of 4-D activations, under autocast or in a dtype the kernel does not take run diffusers'
-forward whole; blocks of another structure (ada-norm, GLIGEN, positional embeddings, subclasses
-with their own forward) are not patched, with a reason.
+forward whole; blocks of another structure (ada-norm, GLIGEN, positional embeddings, FreeNoise's
+blocks) are not patched, with a reason. Tune-A-Video's ``VideoTransformerBlock`` (a
+BasicTransformerBlock plus temporal attention, vidgen's frame attention as ``attn1``) gets
+:class:`VideoResidualBlockForward`: its frame attention's core is the processor's own
+(``FrameAttnProcessor.attention_core``).
 """
 from __future__ import annotations
 
@@ -31,15 +34,18 @@ from torch import nn
 from ..ops import _fallback
 from ..ops.linear_residual import linear_residual, linear_residual_unsupported_reason
 from .forwards import InstanceForward, install_forward, restore_forward
-from .processors import sdpa_attention_core
+from .processors import FrameAttnProcessor, sdpa_attention_core
+from .video_unet import VideoTransformerBlock
 
-__all__ = ["ResidualBlockForward", "patch_residual_adds", "residual_block_unsupported_reason", "unpatch_residual_adds"]
+__all__ = ["ResidualBlockForward", "VideoResidualBlockForward", "patch_residual_adds", "residual_block_unsupported_reason",
+           "unpatch_residual_adds"]
 
 
 def residual_block_unsupported_reason(block: nn.Module) -> str | None:
-    """Why :class:`ResidualBlockForward` cannot reproduce ``block``'s forward (None: it can)."""
-    if type(block) is not BasicTransformerBlock:  # subclasses (FreeNoise's, Tune-A-Video's) have their own forward
-        return f"expected diffusers' BasicTransformerBlock, got {type(block).__name__}"
+    """Why no forward here can reproduce ``block``'s (None: one can): diffusers' BasicTransformerBlock
+    (:class:`ResidualBlockForward`) or Tune-A-Video's VideoTransformerBlock (:class:`VideoResidualBlockForward`)."""
+    if type(block) not in _FORWARDS:  # other subclasses (FreeNoise's) have a forward of their own
+        return f"expected diffusers' BasicTransformerBlock or a VideoTransformerBlock, got {type(block).__name__}"
     if block.norm_type != "layer_norm":
         return f"norm_type {block.norm_type!r} (only 'layer_norm' blocks are fused)"
     if block.only_cross_attention or block.pos_embed is not None or hasattr(block, "fuser"):
@@ -77,11 +83,17 @@ def _projection_reason(path: str, linear: nn.Module, dropouts: list[nn.Module], 
     return None
 
 
-def _attention_reason(name: str, attn: nn.Module, mask, kwargs: dict, dtype: torch.dtype) -> str | None:
-    """Why the residual add after attention ``name`` stays a separate add (None: it is fused)."""
-    if type(attn.processor) is not AttnProcessor2_0:
-        return f"{name}'s processor is {type(attn.processor).__name__}, not diffusers' AttnProcessor2_0"
-    if mask is not None or kwargs:
+def _attention_reason(name: str, attn: nn.Module, context, mask, kwargs: dict, dtype: torch.dtype) -> str | None:
+    """Why the residual add after attention ``name`` stays a separate add (None: it is fused).
+    The attention core (:func:`_attention_core`) is diffusers' ``AttnProcessor2_0``'s, or vidgen's
+    frame attention's (Tune-A-Video's ``attn1``), which takes ``num_frames``."""
+    processor = attn.processor
+    if type(processor) is FrameAttnProcessor:
+        if context is not None or mask is not None or set(kwargs) - {"num_frames"}:
+            return f"{name} (frame attention) is called with a context, a mask or arguments other than num_frames"
+    elif type(processor) is not AttnProcessor2_0:
+        return f"{name}'s processor is {type(processor).__name__}, whose attention the fused block does not compute"
+    elif mask is not None or kwargs:
         return f"{name} is called with a mask or cross_attention_kwargs"
     if attn.spatial_norm is not None or attn.group_norm is not None or attn.norm_cross:
         return f"{name} normalises its input itself (spatial, group or cross norm)"
@@ -119,20 +131,35 @@ def _call_reason(block: BasicTransformerBlock, hidden_states: torch.Tensor, cros
     return linear_residual_unsupported_reason(hidden_states.dtype)
 
 
+def _say(what: str, reason: str, instead: str) -> None:
+    """Warn once that ``what`` runs ``instead``: outside torch.compile's tracing only, where the
+    warning's lock would break the block's graph (a compiled block decides once, when traced)."""
+    if not torch.compiler.is_compiling():
+        _fallback.warn_once(what, reason, instead)
+
+
 def _unfused(what: str, reason: str) -> None:
-    _fallback.warn_once(f"the residual add after {what}", reason, "as a separate add")
+    _say(f"the residual add after {what}", reason, "as a separate add")
 
 
 def _attention_half(name: str, attn: nn.Module, normed: torch.Tensor, context, mask, kwargs: dict,
                     residual: torch.Tensor) -> torch.Tensor:
     """``attn(normed, context, mask, **kwargs) + residual``, the add in the output projection's
     epilogue where :func:`_attention_reason` allows, else as diffusers' forward computes it."""
-    reason = _attention_reason(name, attn, mask, kwargs, residual.dtype)
+    reason = _attention_reason(name, attn, context, mask, kwargs, residual.dtype)
     if reason is not None:
         _unfused(name, reason)
         return attn(normed, encoder_hidden_states=context, attention_mask=mask, **kwargs) + residual
     projection = attn.to_out[0]
-    return linear_residual(sdpa_attention_core(attn, normed, context), projection.weight, projection.bias, residual)
+    return linear_residual(_attention_core(attn, normed, context, kwargs), projection.weight, projection.bias,
+                           residual)
+
+
+def _attention_core(attn: nn.Module, normed: torch.Tensor, context, kwargs: dict) -> torch.Tensor:
+    """What ``attn``'s processor computes before the output projection (one :func:`_attention_reason` accepts)."""
+    if type(attn.processor) is FrameAttnProcessor:
+        return attn.processor.attention_core(attn, normed, **kwargs)
+    return sdpa_attention_core(attn, normed, context)
 
 
 def _feed_forward_half(block: BasicTransformerBlock, normed: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
@@ -160,7 +187,7 @@ class ResidualBlockForward(InstanceForward):
         block = self.module
         reason = _call_reason(block, hidden_states, cross_attention_kwargs)
         if reason is not None:
-            _fallback.warn_once("a transformer block with fused residual adds", reason, "diffusers' forward")
+            _say("a transformer block with fused residual adds", reason, "diffusers' forward")
             return self.unfused(hidden_states, attention_mask, encoder_hidden_states, encoder_attention_mask,
                                 timestep, cross_attention_kwargs, class_labels, added_cond_kwargs)
         # layer_norm blocks read no timestep, class labels or added conditions (diffusers' forward neither)
@@ -173,11 +200,42 @@ class ResidualBlockForward(InstanceForward):
         return _feed_forward_half(block, block.norm3(hidden_states), hidden_states)
 
 
+class VideoResidualBlockForward(ResidualBlockForward):
+    """Tune-A-Video's :class:`~vidgen.integration.video_unet.VideoTransformerBlock` with fused residual
+    adds: its forward (frame attention, text attention, feed-forward, temporal attention, each plus
+    its residual) with the first three adds fused where their projections can take them. The
+    temporal attention's output projection runs inside
+    :func:`~vidgen.integration.temporal.temporal_self_attention` (vidgen's processor) or after a
+    layout copy (the reference one), so its add stays a separate one, by design."""
+
+    def __call__(self, hidden_states: torch.Tensor, attention_mask=None, encoder_hidden_states=None,
+                 encoder_attention_mask=None, timestep=None, cross_attention_kwargs=None, class_labels=None,
+                 added_cond_kwargs=None) -> torch.Tensor:
+        block = self.module
+        reason = "called with an attention_mask" if attention_mask is not None else \
+            _call_reason(block, hidden_states, cross_attention_kwargs)
+        if reason is not None:
+            _say("a transformer block with fused residual adds", reason, "its own forward")
+            return self.unfused(hidden_states, attention_mask, encoder_hidden_states, encoder_attention_mask,
+                                timestep, cross_attention_kwargs, class_labels, added_cond_kwargs)
+        frames = {"num_frames": block.frames.value}
+        hidden_states = _attention_half("attn1", block.attn1, block.norm1(hidden_states), None, None, frames,
+                                        hidden_states)
+        if block.attn2 is not None:
+            hidden_states = _attention_half("attn2", block.attn2, block.norm2(hidden_states), encoder_hidden_states,
+                                            encoder_attention_mask, dict(cross_attention_kwargs or {}), hidden_states)
+        hidden_states = _feed_forward_half(block, block.norm3(hidden_states), hidden_states)
+        return block.attn_temp(block.norm_temp(hidden_states), **frames) + hidden_states
+
+
+_FORWARDS = {BasicTransformerBlock: ResidualBlockForward, VideoTransformerBlock: VideoResidualBlockForward}
+
+
 def patch_residual_adds(block: nn.Module) -> nn.Module:
     """Install :class:`ResidualBlockForward` on ``block`` (a diffusers ``BasicTransformerBlock``);
     idempotent; returns it."""
-    return install_forward(block, ResidualBlockForward, residual_block_unsupported_reason(block),
-                           (BasicTransformerBlock,), argument="block")
+    return install_forward(block, _FORWARDS.get(type(block), ResidualBlockForward),
+                           residual_block_unsupported_reason(block), (BasicTransformerBlock,), argument="block")
 
 
 def unpatch_residual_adds(block: nn.Module) -> nn.Module:
