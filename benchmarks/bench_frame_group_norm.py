@@ -35,8 +35,8 @@ Passes: ``fwd`` (inference) and ``fwd+bwd`` (tuning: gradients of x, weight and 
 write dx) over the run's measured copy bandwidth; vidgen's kernels read x twice per pass (a
 statistics pass, then the normalising pass), so their ceiling is below 1.
 
-Usage: ``python -m benchmarks.bench_frame_group_norm [--ops frame_group_norm geglu linear_residual] [--dtype fp16] [--quick]
-[--smoke]``.
+Usage: ``python -m benchmarks.bench_frame_group_norm [--ops frame_group_norm geglu linear_residual] [--dtype fp16]
+[--quick] [--smoke]``.
 Writes ``benchmarks/results/frame_group_norm-<gpu>-<date>.{csv,json,png}``.
 """
 from __future__ import annotations

@@ -153,7 +153,8 @@ def test_blocks_it_cannot_reproduce_are_refused_with_the_reason():
     ada = BasicTransformerBlock(16, 2, 8, norm_type="ada_norm", num_embeds_ada_norm=10)
     with pytest.raises(ValueError, match="norm_type 'ada_norm'"):
         patch_residual_adds(ada)
-    with pytest.raises(TypeError, match="block: expected diffusers' BasicTransformerBlock or a VideoTransformerBlock, got Linear"):
+    with pytest.raises(TypeError, match="block: expected diffusers' BasicTransformerBlock or a "
+                                        "VideoTransformerBlock, got Linear"):
         patch_residual_adds(nn.Linear(2, 2))
     assert "forward" not in ada.__dict__
 

@@ -17,9 +17,10 @@ diffusers' forward runs it (the module called, then the add) and says why once: 
 processor (xformers, IP-Adapter, Stable Video Diffusion's single-token cross-attention, a user's),
 a mask or ``cross_attention_kwargs``, forward chunking, a hook that replaced the attention's or
 the feed-forward's forward (a cache, offloading), a projection that is no longer a plain
-``nn.Linear`` (LoRA) or carries a hook, active dropout after a projection. Calls of 4-D activations, under autocast or in a dtype the kernel does not take run diffusers'
-forward whole; blocks of another structure (ada-norm, GLIGEN, positional embeddings, FreeNoise's
-blocks) are not patched, with a reason. Tune-A-Video's ``VideoTransformerBlock`` (a
+``nn.Linear`` (LoRA) or carries a hook, active dropout after a projection. Calls of 4-D
+activations, under autocast or in a dtype the kernel does not take run diffusers' forward whole;
+blocks of another structure (ada-norm, GLIGEN, positional embeddings, FreeNoise's blocks) are not
+patched, with a reason. Tune-A-Video's ``VideoTransformerBlock`` (a
 BasicTransformerBlock plus temporal attention, vidgen's frame attention as ``attn1``) gets
 :class:`VideoResidualBlockForward`: its frame attention's core is the processor's own
 (``FrameAttnProcessor.attention_core``).
@@ -37,8 +38,8 @@ from .forwards import InstanceForward, install_forward, restore_forward
 from .processors import FrameAttnProcessor, sdpa_attention_core
 from .video_unet import VideoTransformerBlock
 
-__all__ = ["ResidualBlockForward", "VideoResidualBlockForward", "patch_residual_adds", "residual_block_unsupported_reason",
-           "unpatch_residual_adds"]
+__all__ = ["ResidualBlockForward", "VideoResidualBlockForward", "patch_residual_adds",
+           "residual_block_unsupported_reason", "unpatch_residual_adds"]
 
 
 def residual_block_unsupported_reason(block: nn.Module) -> str | None:

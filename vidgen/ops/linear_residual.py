@@ -83,7 +83,8 @@ def _check(x, weight, bias, residual) -> None:
         raise ValueError(f"x: expected a non-empty (..., K) tensor, got shape {tuple(x.shape)}")
     _checks.tensor("weight", weight, ndim=2, dtypes=_DTYPES)
     if weight.shape[0] == 0 or weight.shape[1] != x.shape[-1]:
-        raise ValueError(f"weight: expected (N, K) = (N, {x.shape[-1]}), the Linear's weight, got {tuple(weight.shape)}")
+        raise ValueError(f"weight: expected (N, K) = (N, {x.shape[-1]}), the Linear's weight, "
+                         f"got {tuple(weight.shape)}")
     if bias is not None:
         _checks.tensor("bias", bias, ndim=1, dtypes=_DTYPES)
         if bias.shape[0] != weight.shape[0]:
