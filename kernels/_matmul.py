@@ -10,17 +10,19 @@ import triton.language as tl
 
 from ._launch import LaunchConfig
 
-# Tile rows per group of :func:`grouped_tile`: a group's programs share GROUP_M x BLOCK_M rows of x
+# Tile rows per group of :func:`output_tile`: a group's programs share GROUP_M x BLOCK_M rows of x
 # and the weight columns of one tile column, which stay in L2 while the group runs.
 GROUP_M = 8
 
 
 @triton.jit
-def grouped_tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
-    """(tile row, tile column) of program ``pid`` over an (M, N) output: programs walk the tiles in
-    groups of GROUP_M tile rows, column by column within a group, so the weight columns a group
-    shares stay in L2 while its x tiles stream (rather than every program of a row reading a
-    different slice of the weight)."""
+def output_tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """``(rows, cols, safe_rows, safe_cols)`` of program ``pid``'s (BLOCK_M, BLOCK_N) tile of an (M, N)
+    output: its row and column indices, and the same wrapped onto valid rows and columns (int64, for
+    the address arithmetic), which the K loop loads so that only K needs a mask (the tails' results
+    are never stored). Programs walk the tiles in groups of GROUP_M tile rows, column by column
+    within a group, so the weight columns a group shares stay in L2 while its x tiles stream
+    (rather than every program of a row reading a different slice of the weight)."""
     tiles_m = tl.cdiv(M, BLOCK_M)
     tiles_n = tl.cdiv(N, BLOCK_N)
     group = pid // (GROUP_M * tiles_n)
@@ -28,7 +30,9 @@ def grouped_tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_
     group_rows = min(tiles_m - first_m, GROUP_M)
     pid_m = first_m + (pid % (GROUP_M * tiles_n)) % group_rows
     pid_n = (pid % (GROUP_M * tiles_n)) // group_rows
-    return pid_m, pid_n
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    return rows, cols, (rows % M).to(tl.int64), (cols % N).to(tl.int64)
 
 
 def kind(dtype: torch.dtype) -> str:

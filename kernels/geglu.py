@@ -31,7 +31,7 @@ import triton.language as tl
 from ._aot import KernelSpec
 from ._launch import ARCHS, DTYPE_NAMES, LaunchConfig, cdiv, device_arch
 from . import _matmul
-from ._matmul import GROUP_M, grouped_tile
+from ._matmul import GROUP_M, output_tile
 
 SQRT1_2 = 1.0 / math.sqrt(2.0)
 
@@ -83,7 +83,7 @@ def geglu_backward_reference(dy: torch.Tensor, x: torch.Tensor, weight: torch.Te
 
 # ----------------------------------------------------------------------------------------------
 # Triton kernel. ``X`` (M, K) and ``W`` (2N, K) with unit stride along K, ``Out`` (M, N) with unit
-# stride along N. Programs walk the output tiles in groups (``_matmul.grouped_tile``).
+# stride along N. Programs walk the output tiles in groups (``_matmul.output_tile``).
 # ----------------------------------------------------------------------------------------------
 @triton.jit
 def _geglu_forward_kernel(
@@ -97,13 +97,7 @@ def _geglu_forward_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
-
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    # Tails wrap onto valid rows and columns (their results are never stored), so only K is masked.
-    safe_rows = (rows % M).to(tl.int64)
-    safe_cols = (cols % N).to(tl.int64)
+    rows, cols, safe_rows, safe_cols = output_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
     ks = tl.arange(0, BLOCK_K)
     x_ptrs = X + safe_rows[:, None] * stride_xm + ks[None, :]
     value_ptrs = W + safe_cols[None, :] * stride_wn + ks[:, None]           # (BLOCK_K, BLOCK_N) of W[value].T

@@ -24,7 +24,7 @@ import triton.language as tl
 from . import _matmul
 from ._aot import KernelSpec
 from ._launch import ARCHS, DTYPE_NAMES, LaunchConfig, cdiv, device_arch
-from ._matmul import GROUP_M, grouped_tile
+from ._matmul import GROUP_M, output_tile
 
 
 # ----------------------------------------------------------------------------------------------
@@ -41,7 +41,7 @@ def linear_residual_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch
 
 # ----------------------------------------------------------------------------------------------
 # Triton kernel. ``X`` (M, K) and ``W`` (N, K) with unit stride along K, ``Residual`` and ``Out``
-# (M, N) with unit stride along N. Programs walk the output tiles in groups (``_matmul.grouped_tile``).
+# (M, N) with unit stride along N. Programs walk the output tiles in groups (``_matmul.output_tile``).
 # ----------------------------------------------------------------------------------------------
 @triton.jit
 def _linear_residual_forward_kernel(
@@ -56,12 +56,7 @@ def _linear_residual_forward_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    # Tails wrap onto valid rows and columns in the K loop (their sums are never stored), so only K is masked.
-    safe_rows = (rows % M).to(tl.int64)
-    safe_cols = (cols % N).to(tl.int64)
+    rows, cols, safe_rows, safe_cols = output_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
     # The accumulator starts as residual + bias (BLAS's beta = 1): the K loop adds the products to
     # it, and no second (BLOCK_M, BLOCK_N) tile is live beside the accumulator after the loop.
     in_bounds = (rows < M)[:, None] & (cols < N)[None, :]

@@ -49,7 +49,7 @@ def test_tiny_animatediff_unet_with_fused_residual_adds_equals_diffusers_and_unp
         with no_fallback():
             torch.testing.assert_close(run(unet, *inputs), expected, rtol=2e-4, atol=2e-4)
     report = vidgen.patch_report(unet)
-    assert len([e for e in report.replaced if e.what.startswith("transformer block: residual adds")]) == len(spatial)
+    assert len([e for e in report.replaced if e.what.startswith("transformer block residual adds: in the output")]) == len(spatial)
     assert report.options["residual_adds"] is True
     kept = [e for e in report.kept if e.what == "transformer block residual adds"]
     assert kept and all("positional-embedding" in e.why for e in kept)
@@ -74,6 +74,23 @@ def test_tiny_tune_a_video_unet_with_fused_residual_adds_equals_its_patched_forw
             torch.testing.assert_close(run(unet, *inputs), expected, rtol=2e-4, atol=2e-4)
     vidgen.unpatch(unet)
     assert not fused_blocks(unet)
+
+
+def test_tiny_stable_video_diffusion_unet_with_fused_residual_adds_equals_its_patched_forward():
+    """The spatial blocks' self-attention and feed-forward adds fused; the single-token cross-attention
+    (vidgen's processor, a broadcast value projection) keeps its add and says so."""
+    from test_svd import assert_close, tiny_svd_unet, unet_inputs
+
+    unet = tiny_svd_unet().eval()
+    inputs = unet_inputs()
+    with vidgen.ops.use_backend("torch"):
+        vidgen.patch(unet)
+        expected = run(unet, *inputs)
+        vidgen.patch(unet, residual_adds=True)
+        assert fused_blocks(unet)
+        forget_warnings()
+        with pytest.warns(vidgen.FallbackWarning, match="attn2's processor is SingleTokenCrossAttnProcessor"):
+            assert_close(run(unet, *inputs), expected)
 
 
 def test_gradients_through_the_fused_blocks_equal_diffusers():

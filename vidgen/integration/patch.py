@@ -487,58 +487,52 @@ def _compile_denoiser(model: nn.Module, record: PatchRecord) -> None:
 def _patch_feed_forwards(model: nn.Module, record: PatchRecord) -> None:
     """feed_forward: every diffusers GEGLU in the denoiser (Stable Video Diffusion's too) on vidgen's fused
     projection + GELU."""
-    from diffusers import UNetSpatioTemporalConditionModel
     from diffusers.models.activations import GEGLU
-
-    if not record.options.get("feed_forward") or not (
-            _is_denoiser(model) or isinstance(model, UNetSpatioTemporalConditionModel)):
-        return
 
     from .feed_forward import patch_geglu, unpatch_geglu
 
-    patched = 0
-    for path, module in model.named_modules():
-        if not isinstance(module, GEGLU):
-            continue
-        try:
-            patch_geglu(module)
-        except ValueError as unsupported:  # geglu_module_unsupported_reason's answer
-            record.report.kept.append(PatchEntry(path, "GEGLU feed-forward", str(unsupported)))
-            continue
-        record.undo.append(lambda m=module: unpatch_geglu(m))
-        record.report.replaced.append(PatchEntry(path, "GEGLU feed-forward: projection + GELU in one kernel"))
-        patched += 1
-    if patched:
-        record.summary.append(f"feed_forward ({patched} GEGLU)")
+    _patch_each(model, record, "feed_forward", GEGLU, patch_geglu, unpatch_geglu,
+                ("GEGLU feed-forward", "projection + GELU in one kernel", "GEGLU"))
 
 
 def _patch_residual_adds(model: nn.Module, record: PatchRecord) -> None:
     """residual_adds: every diffusers BasicTransformerBlock of the denoiser (Stable Video Diffusion's
-    spatial blocks too) with its residual adds in the output projections' epilogues."""
-    from diffusers import UNetSpatioTemporalConditionModel
+    spatial blocks, Tune-A-Video's video blocks too) with its residual adds in the output projections'
+    epilogues."""
     from diffusers.models.attention import BasicTransformerBlock
-
-    if not record.options.get("residual_adds") or not (
-            _is_denoiser(model) or isinstance(model, UNetSpatioTemporalConditionModel)):
-        return
 
     from .residual_adds import patch_residual_adds, unpatch_residual_adds
 
+    _patch_each(model, record, "residual_adds", BasicTransformerBlock, patch_residual_adds, unpatch_residual_adds,
+                ("transformer block residual adds", "in the output projections' epilogues", "blocks"))
+
+
+def _patch_each(model: nn.Module, record: PatchRecord, option: str, module_type: type, patch_one, unpatch_one,
+                words: tuple[str, str, str]) -> None:
+    """The opt-in instance-level fusions: when ``option`` is on, ``patch_one`` on every ``module_type``
+    of the denoiser (Stable Video Diffusion's too), each reported as replaced or, where ``patch_one``
+    refuses it (ValueError: its unsupported reason), kept. ``words``: what the report calls one, what
+    the replacement does, what the summary counts."""
+    from diffusers import UNetSpatioTemporalConditionModel
+
+    if not record.options.get(option) or not (
+            _is_denoiser(model) or isinstance(model, UNetSpatioTemporalConditionModel)):
+        return
+    what, how, counted = words
     patched = 0
     for path, module in model.named_modules():
-        if not isinstance(module, BasicTransformerBlock):
+        if not isinstance(module, module_type):
             continue
         try:
-            patch_residual_adds(module)
-        except ValueError as unsupported:  # residual_block_unsupported_reason's answer
-            record.report.kept.append(PatchEntry(path, "transformer block residual adds", str(unsupported)))
+            patch_one(module)
+        except ValueError as unsupported:
+            record.report.kept.append(PatchEntry(path, what, str(unsupported)))
             continue
-        record.undo.append(lambda m=module: unpatch_residual_adds(m))
-        record.report.replaced.append(PatchEntry(path, "transformer block: residual adds in the output "
-                                                       "projections' epilogues"))
+        record.undo.append(lambda m=module: unpatch_one(m))
+        record.report.replaced.append(PatchEntry(path, f"{what}: {how}"))
         patched += 1
     if patched:
-        record.summary.append(f"residual_adds ({patched} blocks)")
+        record.summary.append(f"{option} ({patched} {counted})")
 
 
 def _shard_denoiser(model: nn.Module, record: PatchRecord) -> None:

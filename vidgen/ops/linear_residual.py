@@ -78,24 +78,13 @@ def linear_residual_unsupported_reason(dtype: torch.dtype | None = None) -> str 
 
 
 def _check(x, weight, bias, residual) -> None:
-    _checks.tensor("x", x, dtypes=_DTYPES)
-    if x.dim() < 1 or x.numel() == 0:
-        raise ValueError(f"x: expected a non-empty (..., K) tensor, got shape {tuple(x.shape)}")
-    _checks.tensor("weight", weight, ndim=2, dtypes=_DTYPES)
-    if weight.shape[0] == 0 or weight.shape[1] != x.shape[-1]:
-        raise ValueError(f"weight: expected (N, K) = (N, {x.shape[-1]}), the Linear's weight, "
-                         f"got {tuple(weight.shape)}")
-    if bias is not None:
-        _checks.tensor("bias", bias, ndim=1, dtypes=_DTYPES)
-        if bias.shape[0] != weight.shape[0]:
-            raise ValueError(f"bias: expected ({weight.shape[0]},), one per row of weight, got {tuple(bias.shape)}")
+    _checks.linear_operands(x, weight, bias, dtypes=_DTYPES, weight_shape="(N, K) = (N, {K}), the Linear's weight")
     _checks.tensor("residual", residual, dtypes=_DTYPES)
     expected = (*x.shape[:-1], weight.shape[0])
     if tuple(residual.shape) != expected:
         raise ValueError(f"residual: expected the output's shape {expected}, got {tuple(residual.shape)}")
-    for name, t in (("weight", weight), ("bias", bias), ("residual", residual)):
-        if t is not None and t.dtype != x.dtype:
-            raise TypeError(f"{name}: expected x's dtype ({x.dtype}), got {t.dtype}")
+    if residual.dtype != x.dtype:
+        raise TypeError(f"residual: expected x's dtype ({x.dtype}), got {residual.dtype}")
     _checks.same_device(x=x, weight=weight, bias=bias, residual=residual)
 
 
