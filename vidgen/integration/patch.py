@@ -33,11 +33,12 @@ by blanket-replacing every processor):
   projections run :func:`vidgen.ops.geglu`, the projection, GELU and product in one kernel
   (:mod:`vidgen.integration.feed_forward`); a ``proj`` that is not a plain ``nn.Linear`` (LoRA)
   stays diffusers'.
-* residual adds (``residual_adds=True``, off by default): the denoiser's SD-style diffusers
-  ``BasicTransformerBlock``s (norm type ``layer_norm``) add each half's residual in the epilogue of
-  the projection that ends it (``attn1``/``attn2``'s ``to_out[0]``, the feed-forward's last Linear),
-  :func:`vidgen.ops.linear_residual` (:mod:`vidgen.integration.residual_adds`); calls it cannot
-  reproduce (other processors, masks, LoRA layers, hooks) run diffusers' forward.
+* residual adds (``residual_adds=True``, off by default): the denoiser's SD-style transformer blocks
+  (diffusers' ``BasicTransformerBlock`` with norm type ``layer_norm``, Tune-A-Video's video blocks)
+  add each half's residual in the epilogue of the projection that ends it (``attn1``/``attn2``'s
+  ``to_out[0]``, the feed-forward's last Linear), :func:`vidgen.ops.linear_residual`
+  (:mod:`vidgen.integration.residual_adds`); a half it cannot fuse (another attention processor, a
+  mask, a LoRA layer, a hook) keeps diffusers' separate add and says why.
 * CUDA graphs (``cuda_graph=True``, off by default): the denoiser's forward (the UNet of a
   pipeline, or the patched UNet itself) is captured once per call signature and replayed
   (:mod:`vidgen.integration.graphs`): the same values, one launch per step instead of hundreds.

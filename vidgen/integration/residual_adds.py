@@ -20,10 +20,9 @@ the feed-forward's forward (a cache, offloading), a projection that is no longer
 ``nn.Linear`` (LoRA) or carries a hook, active dropout after a projection. Calls of 4-D
 activations, under autocast or in a dtype the kernel does not take run diffusers' forward whole;
 blocks of another structure (ada-norm, GLIGEN, positional embeddings, FreeNoise's blocks) are not
-patched, with a reason. Tune-A-Video's ``VideoTransformerBlock`` (a
-BasicTransformerBlock plus temporal attention, vidgen's frame attention as ``attn1``) gets
-:class:`VideoResidualBlockForward`: its frame attention's core is the processor's own
-(``FrameAttnProcessor.attention_core``).
+patched, with a reason. Tune-A-Video's ``VideoTransformerBlock`` (a BasicTransformerBlock plus
+temporal attention, vidgen's frame attention as ``attn1``) gets :class:`VideoResidualBlockForward`;
+vidgen's frame attention computes its own core (``FrameAttnProcessor.attention_core``).
 """
 from __future__ import annotations
 
@@ -233,8 +232,8 @@ _FORWARDS = {BasicTransformerBlock: ResidualBlockForward, VideoTransformerBlock:
 
 
 def patch_residual_adds(block: nn.Module) -> nn.Module:
-    """Install :class:`ResidualBlockForward` on ``block`` (a diffusers ``BasicTransformerBlock``);
-    idempotent; returns it."""
+    """Install :class:`ResidualBlockForward` on ``block`` (a diffusers ``BasicTransformerBlock``;
+    :class:`VideoResidualBlockForward` on a ``VideoTransformerBlock``); idempotent; returns it."""
     return install_forward(block, _FORWARDS.get(type(block), ResidualBlockForward),
                            residual_block_unsupported_reason(block), (BasicTransformerBlock,), argument="block")
 
