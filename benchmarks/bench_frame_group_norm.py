@@ -23,13 +23,20 @@ add the matmul rate (``matmul_fraction`` of the run's bf16 matmul ceiling; fwd+b
 forward's FLOPs three times, as autograd's backward of the projection does; vidgen's backward
 spends a fourth recomputing the projection).
 
+And a transformer block's output projections with their residual adds (``--ops linear_residual``):
+the feed-forward's last Linear (4C -> C) and the attention's ``to_out[0]`` (C -> C) at AnimateDiff's
+levels, the feed-forward's at Stable Video Diffusion's top level; peers ``torch_eager``
+(``F.linear(x, W, b) + residual``: cuBLAS, then an add reading the projection back),
+``torch_compile`` of the same, and ``vidgen``'s ``vidgen.ops.linear_residual`` (one matmul with the
+residual added in its epilogue). Matmul rate as for the GEGLU rows.
+
 Passes: ``fwd`` (inference) and ``fwd+bwd`` (tuning: gradients of x, weight and bias).
 ``copy_fraction`` is the ideal bytes (fwd: read x, write y; fwd+bwd: that plus read x and dy,
 write dx) over the run's measured copy bandwidth; vidgen's kernels read x twice per pass (a
 statistics pass, then the normalising pass), so their ceiling is below 1.
 
-Usage: ``python -m benchmarks.bench_frame_group_norm [--ops frame_group_norm geglu] [--dtype fp16] [--quick]
-[--smoke]``.
+Usage: ``python -m benchmarks.bench_frame_group_norm [--ops frame_group_norm geglu linear_residual] [--dtype fp16]
+[--quick] [--smoke]``.
 Writes ``benchmarks/results/frame_group_norm-<gpu>-<date>.{csv,json,png}``.
 """
 from __future__ import annotations
@@ -68,6 +75,12 @@ GEGLU_CASES = [("animatediff 64x64", 2 * 16 * 64 * 64, 320), ("animatediff 32x32
 # --smoke: the plumbing on any device, tiny odd shapes, eager peers only, nothing written.
 SMOKE_LEVELS, SMOKE_GROUPS, SMOKE_BATCH = [(5, 8)], 4, 1
 SMOKE_GEGLU_CASES = [("smoke", 13, 6)]
+# (case, M, K, N): the feed-forward's 4C -> C output Linear and the attention's C -> C output projection
+LINEAR_RESIDUAL_CASES = [
+    *((f"animatediff {side}x{side} {where}", 2 * 16 * side * side, k * channels, channels)
+      for side, channels in LEVELS[:3] for where, k in (("ff", 4), ("to_out", 1))),
+    ("svd 72x128 ff", 2 * 14 * 72 * 128, 4 * 320, 320)]
+SMOKE_LINEAR_RESIDUAL_CASES = [("smoke residual", 13, 10, 6)]
 
 
 def _error(exc: Exception) -> str:
@@ -231,7 +244,44 @@ def bench_geglu(dtype, device, ceilings, *, quick=False, smoke=False) -> list[di
     return rows
 
 
-BENCHES = {"frame_group_norm": bench_frame_group_norm, "geglu": bench_geglu}
+def torch_linear_residual(x, weight, bias, residual):
+    """diffusers' output projection and residual add: the Linear (cuBLAS), then the add reading it back."""
+    return torch.nn.functional.linear(x, weight, bias) + residual
+
+
+def bench_linear_residual(dtype, device, ceilings, *, quick=False, smoke=False) -> list[dict]:
+    from vidgen.ops import linear_residual
+
+    cases = SMOKE_LINEAR_RESIDUAL_CASES if smoke else LINEAR_RESIDUAL_CASES[:2] if quick else LINEAR_RESIDUAL_CASES
+    compiled = None if smoke else torch.compile(torch_linear_residual, dynamic=False)
+    timer = smoke_time_ms if smoke else harness.time_ms
+    rows = []
+    for name, tokens, k, n in cases:
+        x = torch.randn(tokens, k, device=device, dtype=dtype).requires_grad_()
+        weight = (torch.randn(n, k, device=device, dtype=dtype) * k ** -0.5).requires_grad_()
+        bias = (0.1 * torch.randn(n, device=device, dtype=dtype)).requires_grad_()
+        residual = torch.randn(tokens, n, device=device, dtype=dtype).requires_grad_()
+        peers = {"torch_eager": torch_linear_residual}
+        if compiled is not None:
+            peers["torch_compile"] = compiled
+        peers["vidgen"] = linear_residual
+        size = x.element_size()
+        forward_bytes = (x.numel() + weight.numel() + bias.numel() + 2 * residual.numel()) * size
+        # backward: read dy, x and weight; write dx, dweight and dbias (the residual's gradient is dy itself)
+        nbytes = {"fwd": forward_bytes, "fwd+bwd": forward_bytes + (residual.numel() + 2 * x.numel()
+                                                                   + 2 * weight.numel() + bias.numel()) * size}
+        projection = 2 * tokens * k * n
+        shape = {"bench": "linear_residual", "case": name, "M": tokens, "K": k, "N": n,
+                 "dtype": str(dtype).split(".")[-1]}
+        rows += measure_peers(shape, peers, [x, weight, bias, residual], nbytes, ceilings, device, timer,
+                              flops={"fwd": projection, "fwd+bwd": 3 * projection})
+        del x, weight, bias, residual
+        if torch.device(device).type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+BENCHES = {"frame_group_norm": bench_frame_group_norm, "geglu": bench_geglu, "linear_residual": bench_linear_residual}
 
 
 def main(argv=None) -> int:

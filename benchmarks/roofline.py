@@ -13,9 +13,9 @@ configurations side by side:
 * ``eager``: diffusers as users run it, one kernel per operator;
 * ``fused``: the same operators with ideal elementwise fusion (each chain of pointwise operators
   costs only its ends): what any elementwise fusion of diffusers' code could reach;
-* ``patched``: the step after ``vidgen.patch(..., feed_forward=True)`` (the GEGLU fusion is opt-in
-  until a GPU has timed it; where vidgen has no patch for a model, the eager step, and the output
-  says so);
+* ``patched``: the step after ``vidgen.patch(..., feed_forward=True, residual_adds=True)`` (the GEGLU
+  and residual-add fusions are opt-in until a GPU has timed them; where vidgen has no patch for a
+  model, the eager step, and the output says so);
 * ``compiled``: the patched step under torch.compile, modelled as Inductor's fusion (pointwise
   operators, reductions and normalisations fuse; matmuls, convolutions, attention and vidgen's ops
   stay library kernels, without epilogue fusion; a GroupNorm too large for one SM reads its input
@@ -250,7 +250,8 @@ def first_comparison(predictions: list[Prediction]) -> str:
             f"({patched / p.totals['patched'].ms:.1f}x); measured speedup {eager / patched:.2f}x, predicted "
             f"{p.speedup('patched'):.2f}x.")
     if sentences:
-        sentences.append("(That run's patched step had no fused GEGLU feed-forward; the predicted one has.)")
+        sentences.append("(That run's patched step had neither the fused GEGLU feed-forward nor the fused "
+                         "residual adds; the predicted one has both.)")
     return " ".join(sentences)
 
 
@@ -295,11 +296,20 @@ def readme_section(predictions: list[Prediction], ceilings: Ceilings, plot_link:
                  "which the patched step above runs with `vidgen.patch(pipe, feed_forward=True)` (opt-in until a "
                  "GPU run times it against cuBLAS; `benchmarks/bench_frame_group_norm.py` does); it was "
                  "predicted to save 6-11% of the patched step, and 4-8% after torch.compile, which cannot put "
-                 "this epilogue on its cuBLAS matmul. Left: the residual adds in the matmul epilogues, which "
-                 "default-mode Inductor does not fuse into cuBLAS or cuDNN either; they need the matmul with a "
-                 "residual epilogue inside a fused transformer-block forward (Inductor's max-autotune Triton "
-                 "templates fuse pointwise epilogues such as a residual add: `vidgen.patch(pipe, "
-                 "compile={\"mode\": \"max-autotune\"})`, not modelled here).")
+                 "this epilogue on its cuBLAS matmul. The transformer blocks' residual adds "
+                 "(`vidgen.ops.linear_residual`: the output projection's accumulator starts from the residual "
+                 "plus the bias, one store), which the patched step above runs with `vidgen.patch(pipe, "
+                 "residual_adds=True)` (opt-in for the same reason; the benchmark's `linear_residual` rows time "
+                 "it): both attentions' and the feed-forward's adds of the SD-style blocks (AnimateDiff's, Stable "
+                 "Video Diffusion's and Text2Video-Zero's image blocks, Tune-A-Video's and the Video Adapter's "
+                 "video blocks but their temporal attention) wherever the attention is diffusers' "
+                 "`AttnProcessor2_0` or vidgen's frame attention; all residual adds together were predicted to "
+                 "save 7-9.5% of the patched step before. What the table above still lists as residual adds "
+                 "is outside those blocks (a ResNet's second convolution with its shortcut add and `/ output_scale_factor`, the "
+                 "transformer models' `proj_out`, the motion modules' output) or behind another processor (Stable "
+                 "Video Diffusion's single-token cross-attention, Text2Video-Zero's cross-frame attention), which "
+                 "default-mode Inductor does not fuse into cuBLAS or cuDNN either (its max-autotune Triton "
+                 "templates can: `vidgen.patch(pipe, compile={\"mode\": \"max-autotune\"})`, not modelled here).")
     first = first_comparison(predictions)
     if first:
         parts.append("First comparison with a GPU: the H200 run of 2026-11-30 timed whole 10-step runs, not roles "

@@ -133,13 +133,14 @@ def _empty(*shape, dtype=torch.float16) -> torch.Tensor:
 
 
 def _patch(pipe_or_model) -> str | None:
-    """``vidgen.patch`` it, the GEGLU feed-forward fusion included (``feed_forward=True``, off by default
-    until a GPU has timed it); None when something was replaced, else why the patched step is the eager one."""
+    """``vidgen.patch`` it, the opt-in fusions included (the GEGLU feed-forward, ``feed_forward=True``, and
+    the transformer blocks' residual adds, ``residual_adds=True``: off by default until a GPU has timed
+    them); None when something was replaced, else why the patched step is the eager one."""
     import vidgen
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "nothing was patched": reported below instead
-        vidgen.patch(pipe_or_model, feed_forward=True)
+        vidgen.patch(pipe_or_model, feed_forward=True, residual_adds=True)
     report = vidgen.patch_report(pipe_or_model)
     if report.patched:
         return None

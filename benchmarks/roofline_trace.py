@@ -251,6 +251,12 @@ def _geglu_bwd(args, out) -> tuple[float, float]:
     return float(3 * geglu_flops(x, weight)), float(2 * _GEGLU_EPILOGUE_FLOPS * dy.numel())
 
 
+def _linear_residual_fwd(args, out) -> tuple[float, float]:
+    # the (M, K) x (K, N) product, then the bias and the residual added per output element
+    x, weight = args[:2]
+    return float(2 * (x.numel() // x.shape[-1]) * weight.shape[0] * weight.shape[1]), float(2 * out.numel())
+
+
 def _elementwise(per_element: int) -> Callable:
     def flops(args, out) -> tuple[float, float]:
         first = out[0] if isinstance(out, (tuple, list)) else out
@@ -274,6 +280,7 @@ VIDGEN_FLOPS: dict[str, Callable] = {
     # rounds and a Box-Muller transform per element
     "vidgen::geglu_fwd": _geglu_fwd,
     "vidgen::geglu_bwd": _geglu_bwd,
+    "vidgen::linear_residual_fwd": _linear_residual_fwd,
     "vidgen::guided_step": _elementwise(16),
     "vidgen::correlated_noise": _elementwise(40),
     "vidgen::add_noise": _elementwise(44),
@@ -305,11 +312,11 @@ def kind_of(func) -> str:
     name = op_name(func)
     base = name.split("::", 1)[1]
     if name.startswith("vidgen::"):
-        # attention and the GEGLU projection on tensor cores; the GroupNorm over frames a
+        # attention and the matmuls with epilogues (GEGLU, residual Linear) on tensor cores; the GroupNorm over frames a
         # normalisation (statistics, then apply: two passes when a video's group exceeds on-chip
         # memory); the fused elementwise ops (guidance, noise) one kernel each. Opaque to a compiler
         # but for COMPILED_AS_ATEN.
-        if "attention" in name or name.startswith("vidgen::geglu"):
+        if "attention" in name or name.startswith(("vidgen::geglu", "vidgen::linear_residual")):
             return MATMUL
         return NORMALISATION if name == _FRAME_GROUP_NORM else OTHER
     if func._overloadpacket in flop_registry:

@@ -61,6 +61,7 @@ KERNEL_MODULES = (
     "vidgen.kernels.temporal_attention",
     "vidgen.kernels.frame_group_norm",
     "vidgen.kernels.geglu",
+    "vidgen.kernels.linear_residual",
 )
 
 

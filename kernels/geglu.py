@@ -30,6 +30,8 @@ import triton.language as tl
 
 from ._aot import KernelSpec
 from ._launch import ARCHS, DTYPE_NAMES, LaunchConfig, cdiv, device_arch
+from . import _matmul
+from ._matmul import GROUP_M, output_tile
 
 SQRT1_2 = 1.0 / math.sqrt(2.0)
 
@@ -81,8 +83,7 @@ def geglu_backward_reference(dy: torch.Tensor, x: torch.Tensor, weight: torch.Te
 
 # ----------------------------------------------------------------------------------------------
 # Triton kernel. ``X`` (M, K) and ``W`` (2N, K) with unit stride along K, ``Out`` (M, N) with unit
-# stride along N. Programs walk the output tiles in groups of GROUP_M tile rows so that the weight
-# columns a group shares stay in L2 while its x tiles stream.
+# stride along N. Programs walk the output tiles in groups (``_matmul.output_tile``).
 # ----------------------------------------------------------------------------------------------
 @triton.jit
 def _geglu_forward_kernel(
@@ -96,20 +97,7 @@ def _geglu_forward_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    tiles_m = tl.cdiv(M, BLOCK_M)
-    tiles_n = tl.cdiv(N, BLOCK_N)
-    group = pid // (GROUP_M * tiles_n)
-    first_m = group * GROUP_M
-    group_rows = min(tiles_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % (GROUP_M * tiles_n)) % group_rows
-    pid_n = (pid % (GROUP_M * tiles_n)) // group_rows
-
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    # Tails wrap onto valid rows and columns (their results are never stored), so only K is masked.
-    safe_rows = (rows % M).to(tl.int64)
-    safe_cols = (cols % N).to(tl.int64)
+    rows, cols, safe_rows, safe_cols = output_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
     ks = tl.arange(0, BLOCK_K)
     x_ptrs = X + safe_rows[:, None] * stride_xm + ks[None, :]
     value_ptrs = W + safe_cols[None, :] * stride_wn + ks[:, None]           # (BLOCK_K, BLOCK_N) of W[value].T
@@ -135,7 +123,7 @@ def _geglu_forward_kernel(
 
 
 # ----------------------------------------------------------------------------------------------
-# Launch configs, ``(BLOCK_M x BLOCK_N w<warps> s<stages>)`` plus BLOCK_K, per (arch, kind). Two
+# Launch configs, ``(BLOCK_M x BLOCK_N w<warps> s<stages>, BLOCK_K)`` per (arch, kind). Two
 # accumulators make a (BLOCK_M, BLOCK_N) tile cost what a (BLOCK_M, 2 * BLOCK_N) GEMM tile does.
 # * sm_90 tensor: 128 x (2 x 128) on 8 warps (two warpgroups, 64 rows each: wgmma's m64), fp32
 #   accumulators 128 registers a thread; BLOCK_K 64 with 3 stages stages 3 x 48 KB of the 228 KB.
@@ -146,24 +134,13 @@ def _geglu_forward_kernel(
 # * fp32 (both archs, CUDA-core IEEE products): 64 x (2 x 64) on 4 warps, K steps of 16.
 # All compile without stack on triton 3.6 and the newest (tests/test_aot_compile.py).
 # ----------------------------------------------------------------------------------------------
-BLOCK_K = {(90, "tensor"): 64, (80, "tensor"): 64, (90, "fp32"): 16, (80, "fp32"): 16}
-_CONFIGS = {(90, "tensor"): "128x128 w8 s3", (80, "tensor"): "128x64 w8 s4",
-            (90, "fp32"): "64x64 w4 s2", (80, "fp32"): "64x64 w4 s2"}
-GROUP_M = 8
-
-
-def _kind(dtype: torch.dtype) -> str:
-    return "fp32" if dtype == torch.float32 else "tensor"
+_TILES = {(90, "tensor"): ("128x128 w8 s3", 64), (80, "tensor"): ("128x64 w8 s4", 64),
+          (90, "fp32"): ("64x64 w4 s2", 16), (80, "fp32"): ("64x64 w4 s2", 16)}
 
 
 def launch_config(arch: int, dtype: torch.dtype) -> tuple[LaunchConfig, int]:
     """(tile config, BLOCK_K) a launch on ``arch`` with ``dtype`` inputs takes."""
-    key = (arch, _kind(dtype))
-    return LaunchConfig.parse(_CONFIGS[key]), BLOCK_K[key]
-
-
-def _dot_precision(dtype: torch.dtype) -> str:
-    return "ieee" if dtype == torch.float32 else "tf32"  # tf32 is ignored for fp16/bf16 operands
+    return _matmul.launch_config(_TILES, arch, dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -179,7 +156,7 @@ def geglu_forward_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     _geglu_forward_kernel[grid](
         x, weight, x if bias is None else bias, out, m, n, k, x.stride(0), weight.stride(0), out.stride(0),
         HAS_BIAS=bias is not None, BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=block_k,
-        GROUP_M=GROUP_M, DOT_PRECISION=_dot_precision(x.dtype), **config.launch_options)
+        GROUP_M=GROUP_M, DOT_PRECISION=_matmul.dot_precision(x.dtype), **config.launch_options)
     return out
 
 
@@ -198,8 +175,8 @@ def aot_specs() -> list[KernelSpec]:
                              **{const: "constexpr" for const in ("HAS_BIAS", "BLOCK_M", "BLOCK_N", "BLOCK_K",
                                                                  "GROUP_M", "DOT_PRECISION")}}
                 constexprs = {"HAS_BIAS": has_bias, "BLOCK_M": config.block_m, "BLOCK_N": config.block_n,
-                              "BLOCK_K": block_k, "GROUP_M": GROUP_M, "DOT_PRECISION": _dot_precision(dtype)}
+                              "BLOCK_K": block_k, "GROUP_M": GROUP_M, "DOT_PRECISION": _matmul.dot_precision(dtype)}
                 specs.append(KernelSpec(module=__name__, kernel="_geglu_forward_kernel", signature=signature,
-                                        constexprs=constexprs, archs=(arch,), expect_wgmma=_kind(dtype) == "tensor",
+                                        constexprs=constexprs, archs=(arch,), expect_wgmma=_matmul.kind(dtype) == "tensor",
                                         **config.launch_options))
     return specs

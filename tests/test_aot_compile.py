@@ -35,11 +35,12 @@ def _compile_env(toolchain: str) -> tuple[dict, list[str]]:
     return env, ["--expect-triton", OLDEST_TRITON, "--dtypes", "fp16", "bf16"]
 
 
-# The oldest toolchain compiles the fp16/bf16 tensor-core kernels (attention, the GEGLU matmul),
+# The oldest toolchain compiles the fp16/bf16 tensor-core kernels (attention, the matmuls with epilogues),
 # whose register allocation changed between ptxas versions and which may not spill at all. fp32 and the
 # elementwise noise and guidance kernels compile with the newest only: a cold CI run stays inside
 # its half hour.
-_TENSOR_CORE_MODULES = tuple(m for m in KERNEL_MODULES if "attention" in m or m.endswith(".geglu"))  # FP8 too
+_TENSOR_CORE_MODULES = tuple(m for m in KERNEL_MODULES  # FP8 attention too
+                             if "attention" in m or m.endswith((".geglu", ".linear_residual")))
 _COMPILES = [(m, "newest") for m in KERNEL_MODULES] + [(m, "oldest") for m in _TENSOR_CORE_MODULES]
 
 

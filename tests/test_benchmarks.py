@@ -32,7 +32,7 @@ def test_end_to_end_benchmark_smoke_run(capsys, monkeypatch):
 
 
 def test_fused_norm_benchmark_smoke_run(capsys, monkeypatch):
-    """Every case and pass of the fusions' microbenchmark (GroupNorm over frames, GEGLU) runs each peer
+    """Every case and pass of the fusions' microbenchmark (GroupNorm over frames, GEGLU, residual Linear) runs each peer
     and compares vidgen's output with diffusers' way (reference backend: the kernels have their own tests)."""
     from benchmarks import bench_frame_group_norm as bench
     from vidgen.ops import use_backend
@@ -44,10 +44,11 @@ def test_fused_norm_benchmark_smoke_run(capsys, monkeypatch):
     with use_backend("torch"):
         assert bench.main(["--smoke", "--dtype", "fp32"]) == 0
     assert "nothing written" in capsys.readouterr().out
-    cases = [case.name for case in bench.NORM_CASES] + [case[0] for case in bench.SMOKE_GEGLU_CASES]
+    cases = [case.name for case in bench.NORM_CASES] + [case[0] for case in bench.SMOKE_GEGLU_CASES] \
+        + [case[0] for case in bench.SMOKE_LINEAR_RESIDUAL_CASES]
     assert {(row["case"], row["pass"]) for row in measured} == {
         (case, direction) for case in cases for direction in bench.PASSES}
-    assert all(row["vidgen_matmul_fraction"] > 0 for row in measured if row["bench"] == "geglu")
+    assert all(row["vidgen_matmul_fraction"] > 0 for row in measured if row["bench"] in ("geglu", "linear_residual"))
     for row in measured:
         assert row["vidgen_ms"] > 0 and row["torch_eager_ms"] > 0 and row["speedup_vs_torch_eager"] > 0
         assert not any(key.endswith("_error") for key in row)

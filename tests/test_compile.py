@@ -1,7 +1,8 @@
 """vidgen.patch(..., compile=True): regional torch.compile of every patched denoiser (AnimateDiff's
-UNetMotionModel, UNet3DConditionModel, Tune-A-Video's VideoUNet). Each repeated block traces as one
-graph without breaks (dynamo's explain), compiled blocks give eager's values under Inductor, and
-unpatch restores the eager blocks. Inductor compiles C++ on a CPU (minutes for a whole tiny UNet on
+UNetMotionModel, UNet3DConditionModel, Tune-A-Video's VideoUNet), the opt-in fusions (feed_forward,
+residual_adds) on. Each repeated block traces as one graph without breaks (dynamo's explain), vidgen's
+ops opaque custom ops in it, compiled blocks give eager's values under Inductor, and unpatch restores
+the eager blocks. Inductor compiles C++ on a CPU (minutes for a whole tiny UNet on
 this CI's cores): the default set compiles one block; whole denoisers are marked slow."""
 import pytest
 import torch
@@ -40,7 +41,7 @@ DENOISERS = {
 
 def patched(name):
     build, text_per_frame, _ = DENOISERS[name]
-    model = vidgen.patch(build().eval(), feed_forward=True)
+    model = vidgen.patch(build().eval(), feed_forward=True, residual_adds=True)
     return model, video_inputs(size=4, text_per_frame=text_per_frame)
 
 
@@ -75,6 +76,10 @@ def test_every_repeated_block_traces_as_one_graph(name):
         if cls in ("BasicTransformerBlock", "AnimateDiffTransformer3D", "VideoTransformerBlock"):
             # the GEGLU feed-forward (patch(feed_forward=True)): one opaque custom op in the graph
             assert "torch.ops.vidgen.geglu_fwd" in explained.graphs[0].code, f"{name} {cls}"
+        if cls in ("BasicTransformerBlock", "VideoTransformerBlock"):
+            # patch(residual_adds=True): both attentions' and the feed-forward's output projections
+            # (Tune-A-Video's temporal attention keeps its add)
+            assert explained.graphs[0].code.count("torch.ops.vidgen.linear_residual_fwd") == 3, f"{name} {cls}"
     torch._dynamo.reset()
 
 
@@ -124,7 +129,7 @@ def test_compiled_denoiser_equals_eager(name):
     model, inputs = patched(name)
     expected = run(model, *inputs)
     torch._dynamo.reset()
-    vidgen.patch(model, feed_forward=True, compile=True)
+    vidgen.patch(model, feed_forward=True, residual_adds=True, compile=True)
     torch.testing.assert_close(run(model, *inputs), expected, rtol=1e-5, atol=1e-5)
     vidgen.unpatch(model)
     torch._dynamo.reset()

@@ -1,5 +1,6 @@
 """Frame and temporal attention, compiled, at the shapes a real UNet runs: forward and all three gradients;
-the GEGLU feed-forward's fused forward at AnimateDiff's and Stable Video Diffusion's feed-forward shapes.
+the GEGLU feed-forward's fused forward at AnimateDiff's and Stable Video Diffusion's feed-forward shapes, and the
+residual Linear's at their output projections' shapes.
 
 Every self-attention level of Stable Diffusion 1.5 at 512x512 (N = 4096/1024/256/64 tokens per
 frame with head dims D = 40/80/160/160, 8 heads) and an SDXL level (N = 1024, D = 64, 20 heads),
@@ -34,6 +35,7 @@ from conftest import DEVICE
 from vidgen import ops
 from vidgen.kernels import frame_attention as frame_kernels
 from vidgen.kernels import geglu as geglu_kernels
+from vidgen.kernels import linear_residual as linear_residual_kernels
 from vidgen.kernels import temporal_attention as temporal_kernels
 
 
@@ -257,6 +259,35 @@ def test_geglu_matches_fp32_reference(name, tokens, dim, dtype, device):
 
 
 # ----------------------------------------------------------------------------------------------
+# Output projection + residual add (forward: its backward is PyTorch's matmuls)
+# ----------------------------------------------------------------------------------------------
+# (name, tokens M, K, N): the feed-forward's last Linear (4C -> C) and the attention's to_out (C -> C)
+# at the GEGLU shapes' levels.
+LINEAR_RESIDUAL_SHAPES = [(f"{name}-{where}", tokens, k * dim, dim) for name, tokens, dim in GEGLU_SHAPES
+                          for where, k in (("ff", 4), ("to_out", 1))]
+
+
+def check_linear_residual(tokens, k, n, dtype, device, seed):
+    x = random_inputs((tokens, k), 1, dtype, device, seed)[0]
+    residual = random_inputs((tokens, n), 1, dtype, device, seed + 3)[0]
+    weight = (random_inputs((n, k), 1, torch.float32, device, seed + 1)[0] * k ** -0.5).to(dtype)
+    bias = random_inputs((n,), 1, dtype, device, seed + 2)[0]
+    with ops.use_backend("triton"):
+        out = ops.linear_residual(x, weight, bias, residual)
+    expected = linear_residual_kernels.linear_residual_reference(x.float(), weight.float(), bias.float(),
+                                                                 residual.float())
+    assert_close({"out": (out, expected)}, dtype,
+                 f"linear_residual M={tokens} K={k} N={n} {dtype} seed={seed} (VIDGEN_TEST_SEED={seed} replays it)")
+
+
+@on_gpu
+@pytest.mark.parametrize("name,tokens,k,n", LINEAR_RESIDUAL_SHAPES, ids=[s[0] for s in LINEAR_RESIDUAL_SHAPES])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp16", "bf16"])
+def test_linear_residual_matches_fp32_reference(name, tokens, k, n, dtype, device):
+    check_linear_residual(tokens, k, n, dtype, device, fresh_seed())
+
+
+# ----------------------------------------------------------------------------------------------
 # The checking code itself, on shapes the interpreter finishes (any device)
 # ----------------------------------------------------------------------------------------------
 def test_every_level_frame_count_dtype_and_mode_is_covered():
@@ -306,3 +337,7 @@ def test_temporal_attention_check_on_a_tiny_case(layout, device):
 
 def test_geglu_check_on_a_tiny_case(device):
     check_geglu(37, 24, torch.float16, device, fresh_seed())
+
+
+def test_linear_residual_check_on_a_tiny_case(device):
+    check_linear_residual(37, 24, 19, torch.bfloat16, device, fresh_seed())

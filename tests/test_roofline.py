@@ -132,6 +132,29 @@ def test_geglu_is_one_matmul_with_the_projections_flops_and_writes_only_its_outp
     assert [op.name for op in _record(lambda: patched(x), [patched]).ops] == ["vidgen::geglu_fwd"]
 
 
+def test_linear_residual_is_one_matmul_and_a_fused_block_runs_three():
+    from diffusers.models.attention import BasicTransformerBlock
+
+    from vidgen.integration.residual_adds import patch_residual_adds
+    from vidgen.ops.linear_residual import linear_residual
+
+    x, weight, bias, residual = _meta(2, 5, 12), _meta(7, 12), _meta(7), _meta(2, 5, 7)
+    graph = _record(lambda: linear_residual(x, weight, bias, residual))
+    (op,) = graph.ops
+    assert (op.name, op.kind) == ("vidgen::linear_residual_fwd", MATMUL)
+    with FlopCounterMode(display=False) as counter:
+        F.linear(torch.randn(2, 5, 12), torch.randn(7, 12))
+    assert op.matmul_flops == counter.get_total_flops() == 2 * 10 * 12 * 7
+    kernel = Costing(graph).kernel([op.index])
+    assert kernel.write_bytes == 10 * 7 * 2  # the sum once: the projection never
+    assert kernel.read_bytes == (x.numel() + weight.numel() + bias.numel() + residual.numel()) * 2
+    block = BasicTransformerBlock(16, 2, 8, cross_attention_dim=12, activation_fn="geglu").to(META, HALF).eval()
+    patch_residual_adds(block)  # what patch(residual_adds=True) records
+    names = [op.name for op in _record(lambda: block(_meta(2, 5, 16), encoder_hidden_states=_meta(2, 3, 12)),
+                                       [block]).ops]
+    assert names.count("vidgen::linear_residual_fwd") == 3 and "aten::add" not in names
+
+
 def test_attention_runs_as_cudas_fused_kernel_with_its_flops():
     q = _meta(2, 3, 64, 40)
     graph = _record(lambda: F.scaled_dot_product_attention(q, q, q))

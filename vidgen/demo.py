@@ -42,6 +42,10 @@ def _cases(device: torch.device, small: bool) -> list[tuple[str, str, torch.dtyp
     ff_weight = torch.randn(8 * channels, channels, device=device, dtype=dtype) * channels ** -0.5
     ff_bias = torch.zeros(8 * channels, device=device, dtype=dtype)
     ff = f"{B * F * h * w}x{channels} -> {4 * channels}"
+    # the feed-forward's last Linear (4C -> C) with the block's residual add in its epilogue
+    ff_hidden = torch.randn(B * F * h * w, 4 * channels, device=device, dtype=dtype)
+    ff_out_weight = torch.randn(channels, 4 * channels, device=device, dtype=dtype) * (4 * channels) ** -0.5
+    ff_out = f"{B * F * h * w}x{4 * channels} -> {channels} +residual"
     return [
         ("correlated_noise", video, dtype,
          lambda: ops.correlated_noise(shape, kind="progressive", alpha=2.0, seed=0, device=device, dtype=dtype)),
@@ -53,6 +57,8 @@ def _cases(device: torch.device, small: bool) -> list[tuple[str, str, torch.dtyp
         ("temporal_attention", attn, dtype, lambda: ops.temporal_attention(q, k, v)),
         ("frame_group_norm", norm, dtype, lambda: ops.frame_group_norm(frames, F, groups, silu=True)),
         ("geglu", ff, dtype, lambda: ops.geglu(ff_tokens, ff_weight, ff_bias)),
+        ("linear_residual", ff_out, dtype,
+         lambda: ops.linear_residual(ff_hidden, ff_out_weight, ff_bias[:channels], ff_tokens)),
     ]
 
 

@@ -33,6 +33,12 @@ by blanket-replacing every processor):
   projections run :func:`vidgen.ops.geglu`, the projection, GELU and product in one kernel
   (:mod:`vidgen.integration.feed_forward`); a ``proj`` that is not a plain ``nn.Linear`` (LoRA)
   stays diffusers'.
+* residual adds (``residual_adds=True``, off by default): the denoiser's SD-style transformer blocks
+  (diffusers' ``BasicTransformerBlock`` with norm type ``layer_norm``, Tune-A-Video's video blocks)
+  add each half's residual in the epilogue of the projection that ends it (``attn1``/``attn2``'s
+  ``to_out[0]``, the feed-forward's last Linear), :func:`vidgen.ops.linear_residual`
+  (:mod:`vidgen.integration.residual_adds`); a half it cannot fuse (another attention processor, a
+  mask, a LoRA layer, a hook) keeps diffusers' separate add and says why.
 * CUDA graphs (``cuda_graph=True``, off by default): the denoiser's forward (the UNet of a
   pipeline, or the patched UNet itself) is captured once per call signature and replayed
   (:mod:`vidgen.integration.graphs`): the same values, one launch per step instead of hundreds.
@@ -164,7 +170,7 @@ class PatchRecord:
 def patch(obj, *, frame_attention: bool = True, temporal_attention: bool = True, guidance: bool = True,
           cuda_graph: bool = False, compile: bool | dict = False, attention_precision: str = "auto",
           cross_attention: bool = True, frame_parallel=False, guidance_parallel: bool = False,
-          feed_forward: bool = False):
+          feed_forward: bool = False, residual_adds: bool = False):
     """Make a diffusers pipeline or model run on vidgen's kernels; returns ``obj`` (patched in place).
 
     Args:
@@ -195,6 +201,9 @@ def patch(obj, *, frame_attention: bool = True, temporal_attention: bool = True,
         feed_forward: also run the denoiser's GEGLU feed-forward projections (diffusers' ``GEGLU``)
             on vidgen's fused matmul + GELU kernel (:mod:`vidgen.integration.feed_forward`). Off by
             default until a GPU run has timed the kernel against cuBLAS + the separate GELU.
+        residual_adds: also run the residual adds of the denoiser's SD-style transformer blocks in
+            their output projections' epilogues (:mod:`vidgen.integration.residual_adds`). Off by
+            default, as ``feed_forward``, until a GPU run has timed the kernel against cuBLAS + the add.
 
     What was replaced, and what stays on diffusers' path and why (a head dim the kernels do not
     serve, a scheduler other than DDIM and Euler, a motion module of another structure, ...), is in
@@ -228,6 +237,8 @@ def patch(obj, *, frame_attention: bool = True, temporal_attention: bool = True,
         options["cross_attention"] = False
     if feed_forward:
         options["feed_forward"] = True
+    if residual_adds:
+        options["residual_adds"] = True
     if frame_parallel is not False and frame_parallel is not None:
         from .frame_parallel import FrameParallel, resolve_group
 
@@ -411,6 +422,7 @@ def _patch_model(model: nn.Module, record: PatchRecord) -> None:
         record.summary += [role for role in ("frame_attention", "temporal_attention") if options[role]]
         _report_video_unet(model, report)
         _patch_feed_forwards(model, record)
+        _patch_residual_adds(model, record)
         _graph_denoiser(model, record)
         _shard_denoiser(model, record)
         _compile_denoiser(model, record)
@@ -435,6 +447,7 @@ def _patch_model(model: nn.Module, record: PatchRecord) -> None:
         _patch_cross_frame_attention(model, record, covered)
     _report_image_attention(model, report, covered)
     _patch_feed_forwards(model, record)
+    _patch_residual_adds(model, record)
     _graph_denoiser(model, record)
     _shard_denoiser(model, record)
     _compile_denoiser(model, record)
@@ -475,29 +488,52 @@ def _compile_denoiser(model: nn.Module, record: PatchRecord) -> None:
 def _patch_feed_forwards(model: nn.Module, record: PatchRecord) -> None:
     """feed_forward: every diffusers GEGLU in the denoiser (Stable Video Diffusion's too) on vidgen's fused
     projection + GELU."""
-    from diffusers import UNetSpatioTemporalConditionModel
     from diffusers.models.activations import GEGLU
-
-    if not record.options.get("feed_forward") or not (
-            _is_denoiser(model) or isinstance(model, UNetSpatioTemporalConditionModel)):
-        return
 
     from .feed_forward import patch_geglu, unpatch_geglu
 
+    _patch_each(model, record, "feed_forward", GEGLU, patch_geglu, unpatch_geglu,
+                ("GEGLU feed-forward", "projection + GELU in one kernel", "GEGLU"))
+
+
+def _patch_residual_adds(model: nn.Module, record: PatchRecord) -> None:
+    """residual_adds: every diffusers BasicTransformerBlock of the denoiser (Stable Video Diffusion's
+    spatial blocks, Tune-A-Video's video blocks too) with its residual adds in the output projections'
+    epilogues."""
+    from diffusers.models.attention import BasicTransformerBlock
+
+    from .residual_adds import patch_residual_adds, unpatch_residual_adds
+
+    _patch_each(model, record, "residual_adds", BasicTransformerBlock, patch_residual_adds, unpatch_residual_adds,
+                ("transformer block residual adds", "in the output projections' epilogues", "blocks"))
+
+
+def _patch_each(model: nn.Module, record: PatchRecord, option: str, module_type: type, patch_one, unpatch_one,
+                words: tuple[str, str, str]) -> None:
+    """The opt-in instance-level fusions: when ``option`` is on, ``patch_one`` on every ``module_type``
+    of the denoiser (Stable Video Diffusion's too), each reported as replaced or, where ``patch_one``
+    refuses it (ValueError: its unsupported reason), kept. ``words``: what the report calls one, what
+    the replacement does, what the summary counts."""
+    from diffusers import UNetSpatioTemporalConditionModel
+
+    if not record.options.get(option) or not (
+            _is_denoiser(model) or isinstance(model, UNetSpatioTemporalConditionModel)):
+        return
+    what, how, counted = words
     patched = 0
     for path, module in model.named_modules():
-        if not isinstance(module, GEGLU):
+        if not isinstance(module, module_type):
             continue
         try:
-            patch_geglu(module)
-        except ValueError as unsupported:  # geglu_module_unsupported_reason's answer
-            record.report.kept.append(PatchEntry(path, "GEGLU feed-forward", str(unsupported)))
+            patch_one(module)
+        except ValueError as unsupported:
+            record.report.kept.append(PatchEntry(path, what, str(unsupported)))
             continue
-        record.undo.append(lambda m=module: unpatch_geglu(m))
-        record.report.replaced.append(PatchEntry(path, "GEGLU feed-forward: projection + GELU in one kernel"))
+        record.undo.append(lambda m=module: unpatch_one(m))
+        record.report.replaced.append(PatchEntry(path, f"{what}: {how}"))
         patched += 1
     if patched:
-        record.summary.append(f"feed_forward ({patched} GEGLU)")
+        record.summary.append(f"{option} ({patched} {counted})")
 
 
 def _shard_denoiser(model: nn.Module, record: PatchRecord) -> None:

@@ -41,7 +41,7 @@ from .temporal import temporal_self_attention
 
 __all__ = ["FirstFrameAttnProcessor", "FrameAttnProcessor", "ReferenceFrameAttnProcessor",
            "ReferenceTemporalAttnProcessor", "SingleTokenCrossAttnProcessor", "TemporalAttnProcessor",
-           "frame_processor", "temporal_processor"]
+           "frame_processor", "sdpa_attention_core", "temporal_processor"]
 
 
 # -- frame attention ----------------------------------------------------------------------------
@@ -131,23 +131,11 @@ class FrameAttnProcessor:
         key_frames = self._key_frames(num_frames)
         return lambda: (k, v, key_frames)
 
-    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None,
-                 num_frames: int | None = None) -> torch.Tensor:
-        if encoder_hidden_states is not None:
-            raise ValueError("FrameAttnProcessor is for self-attention (attn1); got encoder_hidden_states, "
-                             "so this module is a cross-attention: keep its default processor")
-        if attention_mask is not None:
-            raise ValueError("FrameAttnProcessor does not take an attention_mask (frame-sparse attention is "
-                             "unmasked in every supported method)")
+    def attention_core(self, attn, hidden_states: torch.Tensor, num_frames: int | None = None) -> torch.Tensor:
+        """The attention up to the output projection: (B*F, N, C) tokens (after the module's spatial
+        norm) -> (B*F, N, heads * D), what ``attn.to_out[0]`` takes (a fused transformer block
+        adds its residual in that projection's epilogue: :mod:`vidgen.integration.residual_adds`)."""
         num_frames = num_frames if num_frames is not None else self.num_frames
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch_frames, channel, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch_frames, channel, height * width).transpose(1, 2)
         batch_frames, tokens, _ = hidden_states.shape
         videos = videos_in(batch_frames, num_frames, "FrameAttnProcessor")
         if attn.group_norm is not None:
@@ -172,9 +160,25 @@ class FrameAttnProcessor:
         else:
             warn_once("frame attention", reason, "in eager PyTorch")
             out = frame_attention_reference(q, k, v, key_frames, attn.scale)[0]
-        hidden_states = out.view(batch_frames, tokens, heads * head_dim)
-        hidden_states = attn.to_out[0](hidden_states)
-        hidden_states = attn.to_out[1](hidden_states)
+        return out.view(batch_frames, tokens, heads * head_dim)
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None,
+                 num_frames: int | None = None) -> torch.Tensor:
+        if encoder_hidden_states is not None:
+            raise ValueError("FrameAttnProcessor is for self-attention (attn1); got encoder_hidden_states, "
+                             "so this module is a cross-attention: keep its default processor")
+        if attention_mask is not None:
+            raise ValueError("FrameAttnProcessor does not take an attention_mask (frame-sparse attention is "
+                             "unmasked in every supported method)")
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch_frames, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch_frames, channel, height * width).transpose(1, 2)
+        hidden_states = attn.to_out[1](attn.to_out[0](self.attention_core(attn, hidden_states, num_frames)))
 
         if input_ndim == 4:
             hidden_states = hidden_states.transpose(-1, -2).reshape(batch_frames, channel, height, width)
@@ -193,6 +197,22 @@ def _merge_heads(x: torch.Tensor) -> torch.Tensor:
     """(batch, heads, tokens, D) -> (batch, tokens, heads * D)."""
     batch, heads, tokens, dim = x.shape
     return x.transpose(1, 2).reshape(batch, tokens, heads * dim)
+
+
+def sdpa_attention_core(attn: Attention, hidden_states: torch.Tensor,
+                        encoder_hidden_states: torch.Tensor | None = None) -> torch.Tensor:
+    """diffusers' ``AttnProcessor2_0`` up to the output projection, for the calls a fused transformer
+    block serves (3-D ``(batch, tokens, C)`` input, no mask, spatial or group norm, ``norm_cross``):
+    the projections, ``norm_q``/``norm_k``, SDPA at its default scale as that processor calls it,
+    and the heads merged, ``(batch, tokens, heads * D)``: what ``attn.to_out[0]`` takes."""
+    query = attn.to_q(hidden_states)
+    context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+    q, k, v = (_heads(x, attn.heads) for x in (query, attn.to_k(context), attn.to_v(context)))
+    if attn.norm_q is not None:
+        q = attn.norm_q(q)
+    if attn.norm_k is not None:
+        k = attn.norm_k(k)
+    return _merge_heads(F.scaled_dot_product_attention(q, k, v, dropout_p=0.0, is_causal=False)).to(query.dtype)
 
 
 class ReferenceFrameAttnProcessor:

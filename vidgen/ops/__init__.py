@@ -6,9 +6,10 @@ from .frame_attention import (first_frame_attention, frame_attention, full_frame
 from .frame_group_norm import frame_group_norm, frame_group_norm_apply, frame_group_norm_statistics
 from .geglu import geglu
 from .guidance import guided_step
+from .linear_residual import linear_residual
 from .noise import add_noise, correlated_noise
 from .temporal_attention import temporal_attention
 
 __all__ = ["BackendUnavailable", "add_noise", "correlated_noise", "first_frame_attention", "frame_attention",
            "frame_group_norm", "frame_group_norm_apply", "frame_group_norm_statistics", "full_frame_attention", "geglu",
-           "sparse_causal_attention", "guided_step", "temporal_attention", "use_backend"]
+           "linear_residual", "sparse_causal_attention", "guided_step", "temporal_attention", "use_backend"]

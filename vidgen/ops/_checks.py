@@ -28,6 +28,25 @@ def tensor(name: str, value, *, ndim: int | None = None, dtypes=FLOAT_DTYPES) ->
     return value
 
 
+def linear_operands(x, weight, bias, *, dtypes, weight_shape: str, rows_ok=bool) -> None:
+    """A projection's operands: x (..., K) non-empty, weight (rows, K) with ``rows_ok(rows)``, bias
+    (rows,) or None, all in x's dtype (one of ``dtypes``). ``weight_shape`` is what a wrong weight's
+    message expects, with ``{K}`` for x's last size."""
+    tensor("x", x, dtypes=dtypes)
+    if x.dim() < 1 or x.numel() == 0:
+        raise ValueError(f"x: expected a non-empty (..., K) tensor, got shape {tuple(x.shape)}")
+    tensor("weight", weight, ndim=2, dtypes=dtypes)
+    if not rows_ok(weight.shape[0]) or weight.shape[1] != x.shape[-1]:
+        raise ValueError(f"weight: expected {weight_shape.format(K=x.shape[-1])}, got {tuple(weight.shape)}")
+    if bias is not None:
+        tensor("bias", bias, ndim=1, dtypes=dtypes)
+        if bias.shape[0] != weight.shape[0]:
+            raise ValueError(f"bias: expected ({weight.shape[0]},), one per row of weight, got {tuple(bias.shape)}")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and t.dtype != x.dtype:
+            raise TypeError(f"{name}: expected x's dtype ({x.dtype}), got {t.dtype}")
+
+
 def same_device(**tensors: torch.Tensor | None) -> torch.device:
     present = {k: t for k, t in tensors.items() if t is not None}
     devices = {t.device for t in present.values()}

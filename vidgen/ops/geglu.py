@@ -82,20 +82,8 @@ def geglu_unsupported_reason(dtype: torch.dtype | None = None) -> str | None:
 
 
 def _check(x, weight, bias) -> None:
-    _checks.tensor("x", x, dtypes=_DTYPES)
-    if x.dim() < 1 or x.numel() == 0:
-        raise ValueError(f"x: expected a non-empty (..., K) tensor, got shape {tuple(x.shape)}")
-    _checks.tensor("weight", weight, ndim=2, dtypes=_DTYPES)
-    if weight.shape[0] % 2 or weight.shape[0] == 0 or weight.shape[1] != x.shape[-1]:
-        raise ValueError(f"weight: expected (2N, K) = (2N, {x.shape[-1]}), the projection's value rows then its "
-                         f"gate rows, got {tuple(weight.shape)}")
-    if bias is not None:
-        _checks.tensor("bias", bias, ndim=1, dtypes=_DTYPES)
-        if bias.shape[0] != weight.shape[0]:
-            raise ValueError(f"bias: expected ({weight.shape[0]},), one per row of weight, got {tuple(bias.shape)}")
-    for name, t in (("weight", weight), ("bias", bias)):
-        if t is not None and t.dtype != x.dtype:
-            raise TypeError(f"{name}: expected x's dtype ({x.dtype}), got {t.dtype}")
+    _checks.linear_operands(x, weight, bias, dtypes=_DTYPES, rows_ok=lambda rows: rows > 0 and rows % 2 == 0,
+                            weight_shape="(2N, K) = (2N, {K}), the projection's value rows then its gate rows")
     _checks.same_device(x=x, weight=weight, bias=bias)
 
 

@@ -1,0 +1,182 @@
+"""vidgen.patch(..., residual_adds=True): the denoiser's SD-style diffusers transformer blocks add their
+residuals in the output projections' epilogues (vidgen.ops.linear_residual). Equal to diffusers' blocks
+in value and gradient, reported, restored by unpatch; blocks and calls it cannot reproduce stay on
+diffusers' forward and say why."""
+import contextlib
+import warnings
+
+import pytest
+import torch
+from diffusers import UNetMotionModel
+from diffusers.models.attention import BasicTransformerBlock
+from diffusers.models.attention_processor import AttnProcessor
+from torch import nn
+
+import vidgen
+from test_patching import run, tiny_adapter, tiny_unet2d, video_inputs
+from vidgen.integration.residual_adds import (ResidualBlockForward, VideoResidualBlockForward, patch_residual_adds,
+                                              unpatch_residual_adds)
+from vidgen.ops._fallback import forget_warnings
+
+
+def motion_unet():
+    return UNetMotionModel.from_unet2d(tiny_unet2d(), tiny_adapter()).eval()
+
+
+@contextlib.contextmanager
+def no_fallback():
+    """Fail on any fallback to diffusers' forward: an equality that fell back would prove nothing."""
+    forget_warnings()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", vidgen.FallbackWarning)
+        yield
+
+
+def fused_blocks(model):
+    return [m for m in model.modules() if isinstance(m.__dict__.get("forward"), ResidualBlockForward)]
+
+
+def test_tiny_animatediff_unet_with_fused_residual_adds_equals_diffusers_and_unpatch_restores():
+    unet = motion_unet()
+    inputs = video_inputs(size=4, text_per_frame=True)
+    expected = run(unet, *inputs)
+    spatial = [m for name, m in unet.named_modules()
+               if isinstance(m, BasicTransformerBlock) and "motion_modules" not in name]
+    assert spatial
+    with vidgen.ops.use_backend("triton"):  # the kernel (the interpreter here)
+        vidgen.patch(unet, residual_adds=True)
+        assert fused_blocks(unet) == spatial  # the motion modules' blocks carry positional embeddings
+        with no_fallback():
+            torch.testing.assert_close(run(unet, *inputs), expected, rtol=2e-4, atol=2e-4)
+    report = vidgen.patch_report(unet)
+    assert len([e for e in report.replaced if e.what.startswith("transformer block residual adds: in the output")]) == len(spatial)
+    assert report.options["residual_adds"] is True
+    kept = [e for e in report.kept if e.what == "transformer block residual adds"]
+    assert kept and all("positional-embedding" in e.why for e in kept)
+    vidgen.unpatch(unet)
+    assert not fused_blocks(unet)
+    torch.testing.assert_close(run(unet, *inputs), expected, rtol=0, atol=0)
+
+
+def test_tiny_tune_a_video_unet_with_fused_residual_adds_equals_its_patched_forward():
+    """Frame attention, text attention and feed-forward adds fused (the temporal attention's stays
+    separate, by design). The PyTorch backend: the kernel is the AnimateDiff test's; the interpreter would run
+    the frame and temporal attention kernels too (16 s)."""
+    unet = vidgen.inflate(tiny_unet2d()).eval()
+    inputs = video_inputs(size=4)
+    with vidgen.ops.use_backend("torch"):
+        vidgen.patch(unet)
+        expected = run(unet, *inputs)
+        vidgen.patch(unet, residual_adds=True)
+        blocks = fused_blocks(unet)
+        assert blocks and all(isinstance(b.__dict__["forward"], VideoResidualBlockForward) for b in blocks)
+        with no_fallback():  # attn1, attn2 and the feed-forward fused
+            torch.testing.assert_close(run(unet, *inputs), expected, rtol=2e-4, atol=2e-4)
+    vidgen.unpatch(unet)
+    assert not fused_blocks(unet)
+
+
+def test_tiny_stable_video_diffusion_unet_with_fused_residual_adds_equals_its_patched_forward():
+    """The spatial blocks' self-attention and feed-forward adds fused; the single-token cross-attention
+    (vidgen's processor, a broadcast value projection) keeps its add and says so."""
+    from test_svd import assert_close, tiny_svd_unet, unet_inputs
+
+    unet = tiny_svd_unet().eval()
+    inputs = unet_inputs()
+    with vidgen.ops.use_backend("torch"):
+        vidgen.patch(unet)
+        expected = run(unet, *inputs)
+        vidgen.patch(unet, residual_adds=True)
+        assert fused_blocks(unet)
+        forget_warnings()
+        with pytest.warns(vidgen.FallbackWarning, match="attn2's processor is SingleTokenCrossAttnProcessor"):
+            assert_close(run(unet, *inputs), expected)
+
+
+def test_gradients_through_the_fused_blocks_equal_diffusers():
+    """Gradients (input and every parameter) of a tiny AnimateDiff UNet with the feed-forward fusion as
+    well: the op's PyTorch backward against autograd's. The PyTorch backend (the kernel's forward is
+    the test above's): the interpreter would take 4x as long."""
+    inputs = video_inputs(size=4, text_per_frame=True)
+    weights = torch.randn(inputs[0].shape, generator=torch.Generator().manual_seed(9))
+    results = []
+    for fused in (False, True):
+        unet = motion_unet()
+        if fused:
+            vidgen.patch(unet, feed_forward=True, residual_adds=True)
+            assert fused_blocks(unet)
+        sample = inputs[0].clone().requires_grad_()
+        with vidgen.ops.use_backend("torch"), no_fallback():
+            (unet(sample, *inputs[1:]).sample * weights).sum().backward()
+        results.append((sample.grad, {n: p.grad for n, p in unet.named_parameters() if p.grad is not None}))
+    (sample_grad, grads), (fused_sample_grad, fused_grads) = results
+    torch.testing.assert_close(fused_sample_grad, sample_grad, rtol=2e-4, atol=2e-4)
+    assert set(fused_grads) == set(grads)
+    for name in grads:
+        torch.testing.assert_close(fused_grads[name], grads[name], rtol=2e-4, atol=2e-4, msg=name)
+
+
+def tiny_block():
+    torch.manual_seed(0)
+    return BasicTransformerBlock(16, 2, 8, cross_attention_dim=12, activation_fn="geglu").eval()
+
+
+def test_adds_it_cannot_fuse_stay_separate_adds_and_say_why():
+    """Each half whose projection cannot take the residual runs as diffusers' forward runs it (the
+    module, then the add), the others stay fused; a call it cannot serve at all runs diffusers' forward."""
+    class LoraLinear(nn.Linear):  # stands in for peft's wrapped layer: not a plain nn.Linear
+        pass
+
+    block = tiny_block()
+    x, text = torch.randn(2, 5, 16), torch.randn(2, 3, 12)
+    expected = block(x, encoder_hidden_states=text)
+    patch_residual_adds(block)
+    forget_warnings()
+    with vidgen.ops.use_backend("torch"):
+        with no_fallback():
+            torch.testing.assert_close(block(x, encoder_hidden_states=text), expected, rtol=1e-5, atol=1e-5)
+        block.attn2.set_processor(AttnProcessor())  # any processor but AttnProcessor2_0 keeps its own math
+        with pytest.warns(vidgen.FallbackWarning, match="residual add after attn2 runs as a separate add: attn2's "
+                                                        "processor is AttnProcessor"):
+            torch.testing.assert_close(block(x, encoder_hidden_states=text), expected, rtol=1e-5, atol=1e-5)
+        block.attn2.set_processor(block.attn1.processor)
+        old = block.attn1.to_out[0]
+        block.attn1.to_out[0] = LoraLinear(old.in_features, old.out_features)
+        block.attn1.to_out[0].load_state_dict(old.state_dict())
+        with pytest.warns(vidgen.FallbackWarning, match="attn1.to_out.0 is a LoraLinear"):
+            torch.testing.assert_close(block(x, encoder_hidden_states=text), expected, rtol=1e-5, atol=1e-5)
+        block.attn1.to_out[0] = old
+        block.attn1.forward = lambda *args, **kwargs: type(block.attn1).forward(block.attn1, *args, **kwargs)
+        with pytest.warns(vidgen.FallbackWarning, match="a hook is on attn1"):  # as diffusers' hooks replace it
+            torch.testing.assert_close(block(x, encoder_hidden_states=text), expected, rtol=1e-5, atol=1e-5)
+        del block.attn1.forward
+        with pytest.warns(vidgen.FallbackWarning, match="attn1 is called with a mask or cross_attention_kwargs"):
+            block(x, encoder_hidden_states=text, cross_attention_kwargs={"scale": 1.0})
+        handle = block.ff.net[2].register_forward_hook(lambda module, args, out: out * 0)
+        with pytest.warns(vidgen.FallbackWarning, match="a hook is on ff.net.2"):
+            got = block(x, encoder_hidden_states=text)
+        handle.remove()
+        torch.testing.assert_close(got, type(block).forward(block, x, encoder_hidden_states=text) - block.ff(
+            block.norm3(got)), rtol=1e-5, atol=1e-5)  # the hook zeroed the feed-forward's output
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            with pytest.warns(vidgen.FallbackWarning, match="runs diffusers' forward: autocast is on"):
+                got = block(x, encoder_hidden_states=text)
+            torch.testing.assert_close(got, type(block).forward(block, x, encoder_hidden_states=text), rtol=0, atol=0)
+    unpatch_residual_adds(block)
+    assert "forward" not in block.__dict__
+
+
+def test_blocks_it_cannot_reproduce_are_refused_with_the_reason():
+    ada = BasicTransformerBlock(16, 2, 8, norm_type="ada_norm", num_embeds_ada_norm=10)
+    with pytest.raises(ValueError, match="norm_type 'ada_norm'"):
+        patch_residual_adds(ada)
+    with pytest.raises(TypeError, match="block: expected diffusers' BasicTransformerBlock or a "
+                                        "VideoTransformerBlock, got Linear"):
+        patch_residual_adds(nn.Linear(2, 2))
+    assert "forward" not in ada.__dict__
+
+
+def test_residual_adds_is_off_by_default():
+    unet = vidgen.patch(motion_unet())
+    assert not fused_blocks(unet)
+    assert "residual_adds" not in vidgen.patch_report(unet).options
