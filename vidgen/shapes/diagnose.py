@@ -7,6 +7,9 @@ prior of the work folder and for each saved video UNet (default: the built-in mo
   on opening frames, and a clip that moves left starts on the right, so a prior that reads the
   direction word places "moves left" shapes right of "moves right" ones (the data's opening
   frames: :func:`real_placement`).
+* **text separation**: how far apart the text encoder puts two captions that differ in one word
+  (a direction, a shape, a colour): the video models' only way to the direction word when the
+  encoder is frozen.
 * **caption and order sensitivity**: a video UNet's denoising loss on training clips with their
   own caption, with the direction word swapped for its opposite, and with the clip's frames in
   reverse order (the motion reversed, the caption kept). A model that uses the direction word
@@ -62,6 +65,23 @@ def prior_placement(prior_dir: str, per_direction: int = 12, steps: int = 20, gu
                       generator=torch.Generator().manual_seed(seed), output_type="pt").images
         x, y, _ = _mean_position(images)
         out[direction] = (x, y)
+    return out
+
+
+@torch.no_grad()
+def text_separation(model, base: data.Caption = data.Caption("red", "square", "left")) -> dict[str, float]:
+    """Relative L2 distance of the text encoder's last hidden states (over all tokens) between
+    ``base`` and the caption with its direction, shape or colour replaced (mean over replacements)."""
+    from ..sampling import encode_prompt
+
+    variants = {"direction": [data.Caption(base.colour, base.shape, d) for d in data.DIRECTIONS if d != base.direction],
+                "shape": [data.Caption(base.colour, s, base.direction) for s in data.SHAPES if s != base.shape],
+                "colour": [data.Caption(c, base.shape, base.direction) for c in data.COLOURS if c != base.colour]}
+    reference = encode_prompt(model, [str(base)]).float()[0]
+    out = {}
+    for word, captions in variants.items():
+        states = encode_prompt(model, [str(c) for c in captions]).float()
+        out[word] = float(((states - reference).norm(dim=(1, 2)) / reference.norm()).mean())
     return out
 
 
@@ -133,6 +153,9 @@ def main(argv=None) -> int:
     for direction in data.DIRECTIONS:
         print(f"  {direction:>5}: real ({real[direction][0]:4.1f}, {real[direction][1]:4.1f}), "
               f"prior ({made[direction][0]:4.1f}, {made[direction][1]:4.1f})")
+    separation = text_separation(VideoModel.from_pretrained(prior))
+    print("text encoder: relative change of 'a red square moves left' when one word changes: "
+          + ", ".join(f"{word} {100 * value:.1f} %" for word, value in separation.items()))
     latents = load_file(os.path.join(args.work, "clip_latents.safetensors"))["latents"]
     rows = torch.linspace(0, len(latents) - 1, args.clips).long()
     specs = experiments.training_specs(experiments.FULL)
