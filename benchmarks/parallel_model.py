@@ -193,7 +193,7 @@ def main(argv=None) -> int:
         print(f"{row['label']:40s} {row['total_bytes'] / 1e6:12.1f} {row['comm_seconds'] * 1e3:8.2f} "
               f"{row['speedup']:8.2f}")
     env = {"date": harness.environment()["date"], "commit": harness.commit(), "gpu": "prediction",
-           "torch": torch.__version__}
+           "torch": torch.__version__, "prediction": True}  # harness.is_prediction: not read as measurements
     stem = harness.write_results("parallel_model", rows, env, results_dir=args.results_dir)
     harness.plot_speedups(stem, rows, label_key="label", speedup_key="speedup",
                           title="Frame-parallel sampling: predicted speedup per step (exact)")

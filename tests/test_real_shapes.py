@@ -1,6 +1,7 @@
 """Frame and temporal attention, compiled, at the shapes a real UNet runs: forward and all three gradients;
 the GEGLU feed-forward's fused forward at AnimateDiff's and Stable Video Diffusion's feed-forward shapes, and the
-residual Linear's at their output projections' shapes.
+residual Linear's at their output projections' shapes; the GroupNorm over frames (+ SiLU), forward and gradients,
+at Tune-A-Video's ResNet norms and AnimateDiff's motion-module input norms.
 
 Every self-attention level of Stable Diffusion 1.5 at 512x512 (N = 4096/1024/256/64 tokens per
 frame with head dims D = 40/80/160/160, 8 heads) and an SDXL level (N = 1024, D = 64, 20 heads),
@@ -34,6 +35,7 @@ import torch
 from conftest import DEVICE
 from vidgen import ops
 from vidgen.kernels import frame_attention as frame_kernels
+from vidgen.kernels import frame_group_norm as group_norm_kernels
 from vidgen.kernels import geglu as geglu_kernels
 from vidgen.kernels import linear_residual as linear_residual_kernels
 from vidgen.kernels import temporal_attention as temporal_kernels
@@ -288,6 +290,41 @@ def test_linear_residual_matches_fp32_reference(name, tokens, k, n, dtype, devic
 
 
 # ----------------------------------------------------------------------------------------------
+# GroupNorm over frames (+ SiLU): statistics and apply passes, forward and backward
+# ----------------------------------------------------------------------------------------------
+# (name, frames F, channels C, latent side): the UNet levels at 512x512, batch 2, 32 groups; Tune-A-Video's
+# ResNet norms (SiLU fused) at 8 and 24 frames, AnimateDiff's motion-module input norms (no SiLU) at 16.
+GROUP_NORM_LEVELS = [(320, 64), (640, 32), (1280, 16), (1280, 8)]
+GROUP_NORM_CASES = [(f"{model}-F{frames}-{side}x{side}", frames, channels, side, silu)
+                    for model, frames_list, silu in (("tuneavideo", (8, 24), True), ("animatediff", (16,), False))
+                    for frames in frames_list for channels, side in GROUP_NORM_LEVELS]
+
+
+def check_frame_group_norm(videos, frames, channels, side, silu, dtype, device, seed):
+    x, dy = random_inputs((videos * frames, channels, side, side), 2, dtype, device, seed)
+    weight, bias = (1 + 0.1 * t for t in random_inputs((channels,), 2, dtype, device, seed + 1))
+    leaves = [t.clone().requires_grad_(True) for t in (x, weight, bias)]
+    with ops.use_backend("triton"):
+        out = ops.frame_group_norm(leaves[0], frames, 32, leaves[1], leaves[2], 1e-5, silu=silu)
+        dx, dweight, dbias = torch.autograd.grad(out, leaves, dy)
+    x32, w32, b32 = x.float(), weight.float(), bias.float()
+    expected, statistics = group_norm_kernels.frame_group_norm_reference(x32, frames, 32, w32, b32, 1e-5, silu)
+    grads = group_norm_kernels.frame_group_norm_backward_reference(dy.float(), x32, w32, b32, statistics, frames,
+                                                                    1e-5, silu)
+    assert_close({"out": (out, expected), "dx": (dx, grads[0]), "dweight": (dweight, grads[1]),
+                  "dbias": (dbias, grads[2])}, dtype,
+                 f"frame_group_norm B={videos} F={frames} C={channels} {side}x{side} silu={silu} {dtype} seed={seed} "
+                 f"(VIDGEN_TEST_SEED={seed} replays it)")
+
+
+@on_gpu
+@pytest.mark.parametrize("name,frames,channels,side,silu", GROUP_NORM_CASES, ids=[c[0] for c in GROUP_NORM_CASES])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp16", "bf16"])
+def test_frame_group_norm_matches_fp32_reference(name, frames, channels, side, silu, dtype, device):
+    check_frame_group_norm(BATCH, frames, channels, side, silu, dtype, device, fresh_seed())
+
+
+# ----------------------------------------------------------------------------------------------
 # The checking code itself, on shapes the interpreter finishes (any device)
 # ----------------------------------------------------------------------------------------------
 def test_every_level_frame_count_dtype_and_mode_is_covered():
@@ -341,3 +378,8 @@ def test_geglu_check_on_a_tiny_case(device):
 
 def test_linear_residual_check_on_a_tiny_case(device):
     check_linear_residual(37, 24, 19, torch.bfloat16, device, fresh_seed())
+
+
+@pytest.mark.parametrize("silu", [True, False])
+def test_frame_group_norm_check_on_a_tiny_case(silu, device):
+    check_frame_group_norm(2, 3, 64, 5, silu, torch.float16, device, fresh_seed())

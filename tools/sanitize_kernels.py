@@ -5,7 +5,8 @@
 
 Each entry runs one op once at a real Stable Diffusion 1.5 shape: the latents of a 16-frame
 512x512 video (2x4x16x64x64) for the noise and guidance ops, the SD1.5 head dims (40, 80, 160)
-and a 16-frame key table for the attention ops. The attention token count is modest (N = 256,
+and a 16-frame key table for the attention ops, SD1.5's first-level widths (320 channels, a
+1280-wide GEGLU) for the GroupNorm over frames and the projections. The attention token count is modest (N = 256,
 one video) because the sanitizer slows kernels 10-100x; N = 256 is SD1.5's 16x16 level, where
 D = 160 has faulted on a GPU before.
 
@@ -119,6 +120,39 @@ def _temporal_attention(head_dim: int):
     return run
 
 
+def _frame_group_norm(shapes: Shapes, device) -> list[torch.Tensor]:
+    """Tune-A-Video's ResNet norm: the statistics and apply passes forward, their backward, SiLU fused."""
+    from vidgen.ops import frame_group_norm
+
+    frames, channels = shapes.frames, 320
+    size = max(int(shapes.tokens ** 0.5), 1)
+    x = _randn(shapes.batch * frames, channels, size, size, device=device).requires_grad_(True)
+    weight, bias = (_randn(channels, device=device).requires_grad_(True) for _ in range(2))
+    out = frame_group_norm(x, frames, 32, weight, bias, silu=True)
+    return [out.detach(), *torch.autograd.grad(out, (x, weight, bias), _randn(*out.shape, device=device))]
+
+
+def _projection(shapes: Shapes, outputs: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A feed-forward's (M, K) input at SD1.5's first level (K = 320) and an (outputs, K) Linear."""
+    tokens = shapes.batch * shapes.frames * shapes.tokens
+    return (_randn(tokens, 320, device=device), _randn(outputs, 320, device=device) / 16,
+            _randn(outputs, device=device))
+
+
+def _geglu(shapes: Shapes, device) -> list[torch.Tensor]:
+    from vidgen.ops import geglu
+
+    x, weight, bias = _projection(shapes, 2 * 1280, device)
+    return [geglu(x, weight, bias)]
+
+
+def _linear_residual(shapes: Shapes, device) -> list[torch.Tensor]:
+    from vidgen.ops import linear_residual
+
+    x, weight, bias = _projection(shapes, 320, device)
+    return [linear_residual(x, weight, bias, _randn(*x.shape, device=device))]
+
+
 ENTRIES = [
     Entry("correlated_noise", "correlated_noise", "triton", _correlated_noise),
     Entry("add_noise", "add_noise", "triton", _add_noise),
@@ -127,6 +161,9 @@ ENTRIES = [
     *(Entry(f"frame_attention_{mode}_d{d}", "frame_attention", "triton", _frame_attention(mode, d))
       for d in HEAD_DIMS for mode in MODES),
     *(Entry(f"temporal_attention_d{d}", "temporal_attention", "triton", _temporal_attention(d)) for d in HEAD_DIMS),
+    Entry("frame_group_norm", "frame_group_norm", "triton", _frame_group_norm),
+    Entry("geglu", "geglu", "triton", _geglu),
+    Entry("linear_residual", "linear_residual", "triton", _linear_residual),
 ]
 NAMES = [entry.name for entry in ENTRIES]
 

@@ -26,6 +26,12 @@ KERNELS = {
     "temporal_attention (Triton, fwd+bwd)": ([("tests/test_temporal_attention.py", ""),
                                               ("tests/test_real_shapes.py", r"temporal_attention")],
                                              [r"^temporal_attention_"]),
+    "frame_group_norm (Triton, fwd+bwd)": ([("tests/test_frame_group_norm.py", ""),
+                                            ("tests/test_real_shapes.py", r"frame_group_norm")],
+                                           [r"^frame_group_norm$"]),
+    "geglu (Triton)": ([("tests/test_geglu.py", ""), ("tests/test_real_shapes.py", r"geglu")], [r"^geglu$"]),
+    "linear_residual (Triton)": ([("tests/test_linear_residual.py", ""),
+                                  ("tests/test_real_shapes.py", r"linear_residual")], [r"^linear_residual$"]),
 }
 CORRECT, FAILED, NOT_RUN = "correct on GPU", "failed", "not run"
 OUTCOMES = ("passed", "failed", "errors", "skipped")
