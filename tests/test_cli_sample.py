@@ -77,3 +77,23 @@ def test_clear_errors_for_a_wrong_model_folder_and_a_short_video(tmp_path, capsy
     assert "has 2 frames" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         sample.main(["--frames", "0"])
+
+
+def test_an_sd_folder_inflated_on_load_is_the_same_model_every_time(tmp_path):
+    """sample and invert inflate an SD folder with fresh temporal layers (a non-zero output bias): they
+    are drawn from a fixed seed, whatever the global RNG, while VideoModel.from_pretrained alone (what
+    vidgen tune seeds with its --seed) draws them from it."""
+    from vidgen import default_model
+    from vidgen.commands._models import load_video_model
+    from vidgen.sampling import VideoModel
+
+    folder = default_model.build(str(tmp_path / "sd"), "tiny")
+    states = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        states.append(load_video_model(folder).unet.state_dict())
+    temporal = [key for key in states[0] if "_temp." in key]
+    assert temporal and all(torch.equal(states[0][key], states[1][key]) for key in states[0])
+    torch.manual_seed(1)
+    drawn = VideoModel.from_pretrained(folder).unet.state_dict()
+    assert any(not torch.equal(drawn[key], states[0][key]) for key in temporal)

@@ -411,8 +411,8 @@ def test_cli_frame_parallel_counts_the_frames_of_latents_before_any_model_loads(
 
 @pytest.mark.slow
 def test_cli_frame_parallel_video_model_under_torchrun_writes_the_single_process_video(sd_dir, tmp_path):
-    # a saved Tune-A-Video model (sparse-causal, temporal attention that matters): loaded alike by every
-    # process, unlike an SD folder inflated on load, whose fresh temporal layers differ run to run
+    # a saved Tune-A-Video model (sparse-causal, temporal attention made to matter; an SD folder inflated
+    # on load has zero temporal output weights, so the exchange would barely show)
     from vidgen.train.loop import save_video_model
 
     save_video_model(tuneavideo_unet(sd_dir).unet, sd_dir, str(tmp_path / "tuned"), prediction_type="epsilon")

@@ -98,16 +98,25 @@ def model_pixel_size(model) -> tuple[int, int]:
     return side, side
 
 
+def load_video_model(path: str, **kwargs):
+    """``VideoModel.from_pretrained`` for the commands that sample or invert. An SD folder is inflated on
+    load with fresh temporal layers whose output bias is not zero, so they shape the video: they are
+    drawn from a fixed seed, and one folder is the same model in every run, command and process
+    (``vidgen tune`` draws them from its --seed instead: there they are part of the training run)."""
+    from ..sampling import VideoModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return VideoModel.from_pretrained(path, **kwargs)
+
+
 def load_video_models(args, model_dir: str, device: torch.device, dtype: torch.dtype):
     """(model, --prior's UNet or None, height, width) of a Tune-A-Video / LAMP / Video Adapter run;
     the pixel size is --height/--width, else the model's own."""
-    from ..sampling import VideoModel
-
-    model = VideoModel.from_pretrained(model_dir, frame_mode=args.frame_mode, torch_dtype=dtype, device=device)
+    model = load_video_model(model_dir, frame_mode=args.frame_mode, torch_dtype=dtype, device=device)
     prior = None
     if args.prior:
-        prior = VideoModel.from_pretrained(args.prior, frame_mode=args.frame_mode, torch_dtype=dtype,
-                                           device=device).unet
+        prior = load_video_model(args.prior, frame_mode=args.frame_mode, torch_dtype=dtype, device=device).unet
     default_height, default_width = model_pixel_size(model)
     return model, prior, args.height or default_height, args.width or default_width
 

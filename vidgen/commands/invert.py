@@ -10,8 +10,8 @@ import torch
 
 from . import _args
 from ._args import UsageError
-from ._models import (add_model_arguments, check_model_arguments, check_steps, check_vocabulary, model_pixel_size,
-                      resolve_dtype, resolve_model_dir)
+from ._models import (add_model_arguments, check_model_arguments, check_steps, check_vocabulary, load_video_model,
+                      model_pixel_size, resolve_dtype, resolve_model_dir)
 from .sample import save_latents
 
 
@@ -49,14 +49,14 @@ def main(argv=None) -> int:
         check_arguments(args)
     except UsageError as exc:
         return _args.fail(parser, exc)
-    from ..sampling import VideoModel, decode_latents, denoise, encode_prompt, encode_video, invert
+    from ..sampling import decode_latents, denoise, encode_prompt, encode_video, invert
     from ..video_io import frames_to_tensor, write_video
 
     device, dtype = torch.device(args.device), resolve_dtype(args)
     with _args.quiet_libraries(args.quiet):
         try:
-            model = VideoModel.from_pretrained(resolve_model_dir(args), frame_mode=args.frame_mode,
-                                               torch_dtype=dtype, device=device)
+            model = load_video_model(resolve_model_dir(args), frame_mode=args.frame_mode, torch_dtype=dtype,
+                                     device=device)
             default_height, default_width = model_pixel_size(model)
             size = (args.height or default_height, args.width or default_width)
             source = frames_to_tensor(args.source_frames, size=size)[None].to(device)

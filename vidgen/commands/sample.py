@@ -182,8 +182,8 @@ def _sample_video_model(args, model_dir: str, device: torch.device, dtype: torch
 
 def _shard_video_unets(args, unets: list[torch.nn.Module]) -> None:
     """--frame-parallel for a video model: its UNets (and --prior's) run on each process's frames. Every
-    process first takes rank 0's weights: an SD folder is inflated with freshly drawn temporal layers
-    (their output bias is random), which processes need not draw alike."""
+    process first takes rank 0's weights, so the processes run one model even where their folders
+    differ (an SD folder inflated on load is already the same model everywhere: load_video_model)."""
     import torch.distributed as dist
 
     import vidgen
