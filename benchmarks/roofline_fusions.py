@@ -199,3 +199,17 @@ def combined(costing: Costing, fusions: Iterable[Fusion] = FUSIONS) -> list[froz
     """The units of every fusion that overlaps none taken before it (in ``fusions`` order, so a
     larger fusion listed first wins over the smaller one inside it)."""
     return _disjoint(unit for fusion in fusions for unit in fusion.units(costing))
+
+
+def combined_under_compile(costing: Costing, ceilings: Ceilings, fusions: Iterable[Fusion] = FUSIONS
+                           ) -> list[frozenset[int]]:
+    """:func:`combined`, keeping each fusion (in ``fusions`` order) only if it makes the compiled step
+    faster: an opaque fused kernel can cost Inductor a fusion of its own (a residual add it would have
+    put into the LayerNorm after it), and nobody would build a fusion that loses under compile."""
+    kept: list[Fusion] = []
+    best = Totals.of(partition(costing, inductor), ceilings).seconds
+    for fusion in fusions:
+        trial = Totals.of(partition(costing, inductor, combined(costing, [*kept, fusion])), ceilings).seconds
+        if trial < best:
+            kept, best = [*kept, fusion], trial
+    return combined(costing, kept)

@@ -13,7 +13,7 @@ from benchmarks import harness, roofline
 from tools import report
 from benchmarks.roofline_cost import (H200_2026_11_30, Ceilings, Costing, Totals, elementwise, inductor,
                                       load_ceilings, never, partition)
-from benchmarks.roofline_fusions import geglu, group_norm_silu, residual_epilogue
+from benchmarks.roofline_fusions import Fusion, combined_under_compile, geglu, group_norm_silu, residual_epilogue
 from benchmarks.roofline_trace import MATMUL, NORMALISATION, POINTWISE, recording
 from vidgen.ops.frame_attention import frame_attention, frame_attention_reference, key_frames_for
 from vidgen.ops.temporal_attention import temporal_attention
@@ -250,6 +250,23 @@ def test_compile_fuses_norms_and_units_are_opaque_and_disjoint():
     assert [k.ops for k in partition(costing, inductor, [{2, 3}])] == [(0, 1), (2, 3), (4,)]
     with pytest.raises(ValueError, match="two units"):
         partition(costing, never, [{0, 1}, {1, 2}])
+
+
+def test_the_combined_fusions_under_compile_keep_only_those_that_pay():
+    x, w = _meta(4096, 320), _meta(320, 1280)
+
+    def step():
+        h = F.layer_norm(x + 1, (320,))
+        return F.gelu(h @ w) * 2
+
+    costing = Costing(_record(step))
+    ceilings = Ceilings(matmul_tflops=600.0, vector_tflops=60.0, copy_gbs=3000.0, launch_us=3.0, source="test")
+    epilogue = Fusion("matmul + GELU + scale", lambda c: [frozenset({2, 3, 4})], "one kernel")
+    lone_gelu = Fusion("GELU alone", lambda c: [frozenset({3})], "splits Inductor's GELU-scale kernel")
+    compiled = Totals.of(partition(costing, inductor), ceilings).seconds
+    assert Totals.of(partition(costing, inductor, [frozenset({3})]), ceilings).seconds > compiled
+    assert combined_under_compile(costing, ceilings, [lone_gelu, epilogue]) == [frozenset({2, 3, 4})]
+    assert combined_under_compile(costing, ceilings, [lone_gelu]) == []
 
 
 def test_fusion_candidates_find_their_patterns_in_diffusers_modules():
