@@ -30,7 +30,9 @@ def test_the_shipped_model_is_a_diffusers_folder_of_safetensors_weights():
     assert folder == default_model.SHAPES_DIR
     with open(os.path.join(folder, "model_index.json")) as f:
         index = json.load(f)
-    assert index["unet"] == ["vidgen", "VideoUNet"] and index["vae"] == ["diffusers", "AutoencoderKL"]
+    # a video UNet of either architecture make reproduce trains (report.choose_shipped picks the best)
+    assert index["unet"] in (["vidgen", "VideoUNet"], ["diffusers", "UNetMotionModel"])
+    assert index["vae"] == ["diffusers", "AutoencoderKL"]
     weights = [os.path.join(folder, part, name) for part in ("unet", "vae", "text_encoder")
                for name in os.listdir(os.path.join(folder, part)) if name.endswith(".safetensors")]
     assert len(weights) == 3 and sum(os.path.getsize(w) for w in weights) < 8 * 2**20  # a few MB
@@ -39,9 +41,8 @@ def test_the_shipped_model_is_a_diffusers_folder_of_safetensors_weights():
 
 
 def test_it_loads_like_any_folder_and_its_tokenizer_reads_each_word_as_one_token(model):
-    from vidgen import VideoUNet
-
-    assert isinstance(model.unet, VideoUNet) and model.unet.config.frame_mode == "sparse_causal"
+    with open(os.path.join(default_model.SHAPES_DIR, "model_index.json")) as f:
+        assert type(model.unet).__name__ == json.load(f)["unet"][1]
     assert sorted(model.tokenizer.init_kwargs["closed_vocabulary"]) == sorted(data.VOCABULARY)
     for word in data.VOCABULARY:
         assert len(model.tokenizer(word).input_ids) == 3  # start, the word, end
@@ -49,9 +50,8 @@ def test_it_loads_like_any_folder_and_its_tokenizer_reads_each_word_as_one_token
 
 def test_a_few_sampling_steps_draw_the_captions_better_than_chance(model):
     """Twelve captions (every colour and shape, the four directions), ten DDIM steps, a fixed seed:
-    colour and shape are read back far above chance (1/4, 1/3), and so the whole caption (1/48).
-    The direction is not asserted: the committed model does not follow its direction word
-    (docs/RESULTS.md, "What the numbers say")."""
+    colour, shape and direction are read back far above chance (1/4, 1/3, 1/4), and so the whole
+    caption (1/48). Seeds 0 to 3 gave direction 0.92 to 1.00 and caption 0.67 to 0.83."""
     settings = default_model.sampling_defaults("shapes")
     captions = [data.Caption(c, s, d) for (c, s), d in
                 zip([(c, s) for c in data.COLOURS for s in data.SHAPES], list(data.DIRECTIONS) * 3)]
@@ -59,8 +59,8 @@ def test_a_few_sampling_steps_draw_the_captions_better_than_chance(model):
                          guidance_scale=settings["guidance"], noise=settings["noise"], seed=0, progress=False).video
     assert video.shape == (12, data.FRAMES, 3, data.SIZE, data.SIZE)
     accuracy = scores.caption_scores(scores.report_videos(video), captions)
-    assert accuracy["colour"] >= 0.75 and accuracy["shape"] >= 0.5, accuracy
-    assert accuracy["caption"] > 3 * scores.CHANCE["caption"], accuracy
+    assert accuracy["colour"] >= 0.75 and accuracy["shape"] >= 0.5 and accuracy["direction"] >= 0.75, accuracy
+    assert accuracy["caption"] >= 0.5, accuracy
 
 
 def test_unknown_words_are_refused_with_the_vocabulary(model):

@@ -56,11 +56,12 @@ class VideoModel:
                         unet: torch.nn.Module | None = None, torch_dtype: torch.dtype = torch.float32,
                         device: torch.device | str = "cpu") -> "VideoModel":
         """Load a local Stable-Diffusion-layout folder. The ``unet`` subfolder may hold a 2-D UNet
-        (inflated with ``frame_mode``) or a saved :class:`~vidgen.VideoUNet`; pass
-        ``unet`` to use another video UNet (e.g. a ``UNetMotionModel``)."""
+        (inflated with ``frame_mode``), a saved :class:`~vidgen.VideoUNet` or a saved diffusers
+        ``UNetMotionModel`` (AnimateDiff's UNet with its motion modules); pass ``unet`` to use
+        another video UNet."""
         import json
 
-        from diffusers import AutoencoderKL, DDIMScheduler
+        from diffusers import AutoencoderKL, DDIMScheduler, UNetMotionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
         from .integration.video_unet import VideoUNet
@@ -75,6 +76,8 @@ class VideoModel:
                 saved_class = json.load(f).get("_class_name")
             if saved_class == "VideoUNet":
                 unet = VideoUNet.from_pretrained(path, subfolder="unet", torch_dtype=torch_dtype)
+            elif saved_class == "UNetMotionModel":
+                unet = UNetMotionModel.from_pretrained(path, subfolder="unet", torch_dtype=torch_dtype)
             else:
                 unet = VideoUNet.from_pretrained_2d(path, frame_mode=frame_mode, torch_dtype=torch_dtype)
         model = cls(

@@ -1,4 +1,4 @@
-"""Why a moving-shapes video model does or does not follow its direction word: three measurements.
+"""Why a moving-shapes video model does or does not follow its direction word: four measurements.
 
 ``python -m vidgen.shapes.diagnose [--work reproduce_out] [UNET_FOLDER ...]`` prints them for the
 prior of the work folder and for each saved video UNet (default: the built-in model's):
@@ -22,6 +22,7 @@ prior of the work folder and for each saved video UNet (default: the built-in mo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -88,29 +89,33 @@ def text_separation(model, base: data.Caption = data.Caption("red", "square", "l
 @torch.no_grad()
 def caption_sensitivity(model, latents: torch.Tensor, captions: list[data.Caption],
                         timesteps: tuple[int, ...] = (100, 400, 700, 900), chunk: int = 8) -> dict[int, dict[str, float]]:
-    """Per timestep, the epsilon loss of a :class:`~vidgen.sampling.VideoModel`'s UNet on clips
-    ``latents (N, C, F, h, w)`` with their ``captions``, with the direction word swapped, and with
-    the frames reversed (same noise draws for the three)."""
+    """Per timestep, the denoising loss of a :class:`~vidgen.sampling.VideoModel`'s UNet (against
+    its scheduler's target: the noise or v) on clips ``latents (N, C, F, h, w)`` with their
+    ``captions``, with the direction word swapped, and with the frames reversed (same noise draws
+    for the three)."""
     from ..ops import add_noise
     from ..sampling import encode_prompt
 
     unet = model.unet.eval()
     alphas_cumprod = model.scheduler.alphas_cumprod.float()
+    prediction_type = model.scheduler.config.prediction_type
     own = encode_prompt(model, [str(c) for c in captions]).float()
     swapped = encode_prompt(model, [str(data.Caption(c.colour, c.shape, OPPOSITE[c.direction]))
                                     for c in captions]).float()
 
-    def loss(noisy, eps, text, t):
-        total = sum(((unet(noisy[i:i + chunk], t[i:i + chunk], text[i:i + chunk]).sample - eps[i:i + chunk]) ** 2).sum()
+    def loss(noisy, target, text, t):
+        total = sum(((unet(noisy[i:i + chunk], t[i:i + chunk], text[i:i + chunk]).sample - target[i:i + chunk]) ** 2).sum()
                     for i in range(0, len(noisy), chunk))
-        return float(total / eps.numel())
+        return float(total / target.numel())
 
     out = {}
     for step in timesteps:
         t = torch.full((len(latents),), step)
         noisy, eps = add_noise(latents, t, alphas_cumprod, kind="iid", frame_dim=2, seed=step)
-        out[step] = {"own caption": loss(noisy, eps, own, t), "direction swapped": loss(noisy, eps, swapped, t),
-                     "frames reversed": loss(noisy.flip(2), eps.flip(2), own, t)}
+        a_t = alphas_cumprod[step]
+        target = eps if prediction_type == "epsilon" else a_t.sqrt() * eps - (1 - a_t).sqrt() * latents
+        out[step] = {"own caption": loss(noisy, target, own, t), "direction swapped": loss(noisy, target, swapped, t),
+                     "frames reversed": loss(noisy.flip(2), target.flip(2), own, t)}
     return out
 
 
@@ -134,15 +139,30 @@ def frame_coupling(unet, text: torch.Tensor, noisy_shape: tuple[int, ...], times
     return out
 
 
+def load_video_unet(folder: str):
+    """A saved video UNet of either architecture: a :class:`~vidgen.VideoUNet` (Tune-A-Video's
+    inflation) or a diffusers ``UNetMotionModel`` (a motion adapter)."""
+    import json
+
+    from diffusers import UNetMotionModel
+
+    from .. import VideoUNet
+
+    with open(os.path.join(folder, "config.json")) as f:
+        motion = json.load(f)["_class_name"] == "UNetMotionModel"
+    return (UNetMotionModel if motion else VideoUNet).from_pretrained(folder)
+
+
 def main(argv=None) -> int:
     from safetensors.torch import load_file
 
     from .. import VideoUNet
     from ..default_model import SHAPES_DIR
     from ..sampling import VideoModel, encode_prompt
+    from .training import TextPerFrame
 
     parser = argparse.ArgumentParser(prog="python -m vidgen.shapes.diagnose", description=__doc__.splitlines()[0])
-    parser.add_argument("unets", nargs="*", help="saved VideoUNet folders (default: the built-in model's)")
+    parser.add_argument("unets", nargs="*", help="saved video UNet folders (default: the built-in model's)")
     parser.add_argument("--work", default="reproduce_out", help="the work folder of make reproduce (its prior and clips)")
     parser.add_argument("--clips", type=int, default=48, help="training clips for the loss comparison")
     args = parser.parse_args(argv)
@@ -161,13 +181,15 @@ def main(argv=None) -> int:
     specs = experiments.training_specs(experiments.FULL)
     captions = [specs[i].caption for i in rows]
     for folder in args.unets or [os.path.join(SHAPES_DIR, "unet")]:
-        model = VideoModel.from_pretrained(prior, unet=VideoUNet.from_pretrained(folder))
+        model = VideoModel.from_pretrained(prior, unet=load_video_unet(folder))
+        config = model.unet.eval().config
+        if not isinstance(model.unet, VideoUNet):  # a motion UNet takes its text per frame
+            model = dataclasses.replace(model, unet=TextPerFrame(model.unet))
         print(f"{folder}:")
         for step, losses in caption_sensitivity(model, latents[rows], captions).items():
             own = losses["own caption"]
             print(f"  t={step:3d}: loss {own:.5f}; direction swapped {100 * (losses['direction swapped'] / own - 1):+.2f} %, "
                   f"frames reversed {100 * (losses['frames reversed'] / own - 1):+.2f} %")
-        config = model.unet.eval().config
         coupling = frame_coupling(model.unet, encode_prompt(model, ["a red square moves left"]).float(),
                                   (1, config.in_channels, data.FRAMES, config.sample_size, config.sample_size))
         print("  frame coupling (other frames' change / the redrawn frame's): "

@@ -34,6 +34,16 @@ UNET_CONFIG = dict(
     down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
     up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"))
 SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
+# Stable Diffusion 1.5's betas rescaled to a zero terminal SNR, sampled from t=999 ("trailing"),
+# with v-prediction (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps Are
+# Flawed"; Stable Diffusion 2's v-models). With SD 1.5's own schedule, the noisiest training input
+# still keeps sqrt(alphas_cumprod[999]) = 0.068 of the clean latents, and on 8x8 latents that is
+# enough to read where the shape is: a model trained so learns to take the layout from its input,
+# never from the caption or the other frames, and at sampling time, when the input is pure noise,
+# puts the shape wherever the noise suggests, frame by frame (docs/RESULTS.md, "Why the first
+# models did not learn motion").
+SCHEDULER_CONFIG = dict(SD15_SCHEDULER, rescale_betas_zero_snr=True, timestep_spacing="trailing",
+                        prediction_type="v_prediction")
 
 
 def build_tokenizer(path: str):
@@ -98,7 +108,7 @@ def build_unet(seed: int):
 def build_scheduler():
     from diffusers import DDIMScheduler
 
-    return DDIMScheduler(**SD15_SCHEDULER)
+    return DDIMScheduler(**SCHEDULER_CONFIG)
 
 
 def save_model(path: str, *, unet, vae, text_encoder, tokenizer_dir: str, scheduler) -> str:

@@ -299,23 +299,24 @@ def write(results: list[dict], run: dict, folder: str, work: str) -> dict[str, s
 
 
 def choose_shipped(results: list[dict]) -> dict:
-    """The built-in model: the inflated video model of the noise kind with the best mean caption
-    accuracy, its best seed."""
+    """The built-in model: of the video models (either architecture, each noise kind), the kind with
+    the best mean caption accuracy over its seeds, its best seed."""
     best = None
-    for noise in NOISE_NAMES:
-        runs = _by(results, experiment="pyoco", arch="inflated", noise=noise)
-        if not runs:
-            continue
-        mean = sum(r["scores"]["caption"] for r in runs) / len(runs)
-        if best is None or mean > best[0]:
-            best = (mean, max(runs, key=lambda r: r["scores"]["caption"]))
+    for arch in ARCH_NAMES:
+        for noise in NOISE_NAMES:
+            runs = _by(results, experiment="pyoco", arch=arch, noise=noise)
+            if not runs:
+                continue
+            mean = sum(r["scores"]["caption"] for r in runs) / len(runs)
+            if best is None or mean > best[0]:
+                best = (mean, max(runs, key=lambda r: r["scores"]["caption"]))
     if best is None:
-        raise ValueError("results: no inflated video model to ship")
+        raise ValueError("results: no video model to ship")
     return best[1]
 
 
 def ship(work: str, results: list[dict], settings: dict, target: str = SHIPPED) -> str:
-    """Copy the chosen video model (its VideoUNet plus the prior's VAE, text encoder, tokenizer and
+    """Copy the chosen video model (its video UNet plus the prior's VAE, text encoder, tokenizer and
     scheduler) into the package, with a note of how it was made and how to sample it (the
     experiments' sampler ``settings``)."""
     chosen = choose_shipped(results)
@@ -326,7 +327,9 @@ def ship(work: str, results: list[dict], settings: dict, target: str = SHIPPED) 
         shutil.copytree(os.path.join(work, "jobs", chosen["job"], "unet"), os.path.join(staging, "unet"))
         with open(os.path.join(prior, "model_index.json")) as f:
             index = json.load(f)
-        index["unet"] = ["vidgen", "VideoUNet"]
+        with open(os.path.join(staging, "unet", "config.json")) as f:
+            unet_class = json.load(f)["_class_name"]
+        index["unet"] = ["vidgen" if unet_class == "VideoUNet" else "diffusers", unet_class]
         with open(os.path.join(staging, "model_index.json"), "w") as f:
             json.dump(index, f, indent=2)
         with open(os.path.join(staging, "vidgen_model.json"), "w") as f:

@@ -3,9 +3,10 @@ video models the seeds make from it.
 
 * :func:`train_vae`: the autoencoder on single frames (L1 + L2 reconstruction, a KL weight of
   1e-6 as Stable Diffusion's), its ``scaling_factor`` set so that latents have unit variance.
-* :func:`train_prior`: the text encoder and the image UNet together, on single frames and their
-  captions, 10 % of them dropped to the empty prompt for classifier-free guidance, with an
-  exponential moving average of the weights (what the prior samples with).
+* :func:`train_prior`: the image UNet (v-prediction on a zero-terminal-SNR schedule:
+  ``models.SCHEDULER_CONFIG``) on single frames and their captions, the text encoder frozen or
+  trained with it, 10 % of the captions dropped to the empty prompt for classifier-free guidance,
+  with an exponential moving average of the weights (what the prior samples with).
 * :func:`finetune_video`: a video model made from the prior, trained on captioned clips with
   ``vidgen.train``'s loop: Tune-A-Video's inflation (``vidgen.inflate``; its temporal layers and
   frame attention trained) or an AnimateDiff motion adapter (diffusers' ``UNetMotionModel``; the
@@ -85,15 +86,22 @@ class _EMA:
 
 
 def image_diffusion_loss(unet, latents: torch.Tensor, text: torch.Tensor, alphas_cumprod: torch.Tensor,
-                         generator: torch.Generator, min_snr_gamma: float | None = 5.0) -> torch.Tensor:
-    """Epsilon-prediction loss of images ``(B, C, h, w)``: one uniform timestep per image, noise from
-    vidgen's ``add_noise`` (a one-frame video), each image weighted by min-SNR-gamma
-    (``min(SNR, gamma) / SNR``; Hang et al. 2023: the nearly clean timesteps stop dominating)."""
+                         generator: torch.Generator, prediction_type: str = "v_prediction",
+                         min_snr_gamma: float | None = 5.0) -> torch.Tensor:
+    """Denoising loss of images ``(B, C, h, w)``: one uniform timestep per image, noise from vidgen's
+    ``add_noise`` (a one-frame video). The target is ``v = sqrt(a_t) eps - sqrt(1 - a_t) x0``
+    (unweighted: its error is the clean image's error times ``1 + SNR``, so no timestep dominates)
+    or the noise, each image then weighted by min-SNR-gamma (``min(SNR, gamma) / SNR``; Hang et al.
+    2023: the nearly clean timesteps stop dominating)."""
     timesteps = torch.randint(0, alphas_cumprod.numel(), (latents.shape[0],), generator=generator)
     seed = int(torch.randint(0, 2**62, (), generator=generator))
     noisy, eps = add_noise(latents[:, :, None], timesteps, alphas_cumprod, kind="iid", seed=seed)
     noisy = noisy[:, :, 0].contiguous(memory_format=torch.channels_last)
-    error = (unet(noisy, timesteps, text).sample - eps[:, :, 0]).square().mean(dim=(1, 2, 3))
+    prediction = unet(noisy, timesteps, text).sample
+    a_t = alphas_cumprod[timesteps].view(-1, 1, 1, 1)
+    if prediction_type == "v_prediction":
+        return (prediction - (a_t.sqrt() * eps[:, :, 0] - (1 - a_t).sqrt() * latents)).square().mean()
+    error = (prediction - eps[:, :, 0]).square().mean(dim=(1, 2, 3))
     if min_snr_gamma is None:
         return error.mean()
     snr = alphas_cumprod[timesteps] / (1 - alphas_cumprod[timesteps])
@@ -102,16 +110,19 @@ def image_diffusion_loss(unet, latents: torch.Tensor, text: torch.Tensor, alphas
 
 def train_prior(latents: torch.Tensor, captions: list[str], tokenizer, *, steps: int, seed: int,
                 batch_size: int = 64, lr: float = 1e-3, uncond_prob: float = 0.1, ema_decay: float = 0.995,
-                min_snr_gamma: float | None = 5.0, progress=None):
-    """The text encoder and image UNet trained together on ``latents (N, C, h, w)`` and their
-    captions. Returns the EMA weights ``(unet, text_encoder)`` in eval mode."""
+                min_snr_gamma: float | None = 5.0, train_text_encoder: bool = True, progress=None):
+    """The image UNet trained on ``latents (N, C, h, w)`` and their captions, with the text encoder
+    (``train_text_encoder``) or against a frozen one. Returns the EMA weights ``(unet, text_encoder)``
+    in eval mode."""
     unet, text_encoder = models.build_unet(seed), models.build_text_encoder(tokenizer, seed + 1)
     unet.to(memory_format=torch.channels_last)  # a quarter faster convolutions on a CPU
-    alphas_cumprod = models.build_scheduler().alphas_cumprod.float()
+    scheduler = models.build_scheduler()
+    alphas_cumprod = scheduler.alphas_cumprod.float()
     distinct = sorted(set(captions))
     ids = tokenize(tokenizer, distinct + [""])
     caption_index = torch.tensor([distinct.index(c) for c in captions])
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    text_encoder.requires_grad_(train_text_encoder)
+    params = list(unet.parameters()) + (list(text_encoder.parameters()) if train_text_encoder else [])
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps, pct_start=0.05)
     ema_unet, ema_text = _EMA(unet, ema_decay), _EMA(text_encoder, ema_decay)
@@ -122,7 +133,8 @@ def train_prior(latents: torch.Tensor, captions: list[str], tokenizer, *, steps:
         rows = torch.randint(len(latents), (batch_size,), generator=generator)
         dropped = torch.rand(batch_size, generator=generator) < uncond_prob
         text = text_encoder(ids[torch.where(dropped, len(distinct), caption_index[rows])])[0]
-        loss = image_diffusion_loss(unet, latents[rows], text, alphas_cumprod, generator, min_snr_gamma)
+        loss = image_diffusion_loss(unet, latents[rows], text, alphas_cumprod, generator,
+                                    scheduler.config.prediction_type, min_snr_gamma)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
@@ -210,13 +222,14 @@ def finetune_video(arch: str, prior_dir: str, latents: torch.Tensor, captions: l
     dataset = LatentDataset(latents, torch.tensor([distinct.index(c) for c in captions]),
                             encode_prompt(loaded, distinct + [""]).float())
     alphas_cumprod = loaded.scheduler.alphas_cumprod.float()
+    prediction_type = loaded.scheduler.config.prediction_type
     del loaded
     trainable = video_trainable(arch, unet)
     model = unet if arch == "inflated" else TextPerFrame(unet)
     if arch == "motion_adapter":
         trainable = [f"unet.{n}" for n in trainable]
     loss_fn = dataset_loss(dataset, alphas_cumprod, seed=seed, batch_size=batch_size, uncond_prob=uncond_prob,
-                           noise=noise, noise_alpha=noise_alpha, prediction_type="epsilon")
+                           noise=noise, noise_alpha=noise_alpha, prediction_type=prediction_type)
     settings = TrainSettings(steps=steps, lr=lr, seed=seed, device="cpu", gradient_checkpointing=False,
                              checkpoint_every=steps, progress=False, resume=True)
     run = {"recipe": f"moving-shapes-{arch}", "noise": noise, "noise_alpha": noise_alpha, "videos": len(captions),
