@@ -6,6 +6,8 @@ from torch import nn
 
 from vidgen.ops import frame_group_norm, frame_group_norm_apply, frame_group_norm_statistics, use_backend
 
+from oracles import scaled_error  # tests/oracles.py
+
 # Against the float64 oracle: fp32 is exact up to rounding; fp16/bf16 round the output (and the
 # gradients) once, relative to the largest magnitude.
 TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
@@ -37,10 +39,6 @@ def inputs(shape, num_frames, dtype, device, seed, parameter_dtype=None, affine=
     weight = (torch.randn(channels, generator=g) + 1).to(device, parameter_dtype)
     bias = torch.randn(channels, generator=g).to(device, parameter_dtype)
     return x, weight, bias
-
-
-def scaled_error(actual, expected):
-    return float((actual.double().cpu() - expected.cpu()).abs().max() / expected.abs().max().clamp_min(1e-12))
 
 
 CASES = [  # (B*F, C, spatial...), F, G, dtype, silu

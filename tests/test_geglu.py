@@ -8,6 +8,8 @@ from diffusers.models.activations import GEGLU
 from vidgen.ops import BackendUnavailable, geglu, use_backend
 from vidgen.ops.geglu import geglu_unsupported_reason
 
+from oracles import scaled_error  # tests/oracles.py
+
 # Against the float64 oracle, relative to the largest magnitude: fp32 rounds the K-long sums (IEEE
 # products); fp16/bf16 round the operands' products into fp32 and the output once.
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
@@ -33,11 +35,6 @@ def oracle(module, x):
     if not (x.dtype == torch.float64 and x.device.type == "cpu" and x.is_leaf):
         x = x.detach().cpu().double()
     return reference, reference(x)
-
-
-def scaled_error(actual, expected):
-    actual, expected = actual.detach().double().cpu(), expected.detach()
-    return float((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-12))
 
 
 CASES = [  # x shape (..., K), N (inner), dtype, bias; tiles: tensor 128x128x64 (sm_90 table), fp32 64x64x16

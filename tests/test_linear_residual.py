@@ -8,6 +8,8 @@ from torch import nn
 from vidgen.ops import BackendUnavailable, linear_residual, use_backend
 from vidgen.ops.linear_residual import linear_residual_unsupported_reason
 
+from oracles import scaled_error  # tests/oracles.py
+
 # Against the float64 oracle, relative to the largest magnitude: fp32 rounds the K-long sums (IEEE
 # products); fp16/bf16 round the operands' products into fp32 and the output once.
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
@@ -34,11 +36,6 @@ def oracle(linear, x, residual):
 
 def as_leaf64(t):
     return t.detach().cpu().double().requires_grad_()
-
-
-def scaled_error(actual, expected):
-    actual, expected = actual.detach().double().cpu(), expected.detach()
-    return float((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-12))
 
 
 CASES = [  # x shape (..., K), N, dtype, bias; tiles: tensor 128x256x64 (sm_90 table), fp32 64x128x16
