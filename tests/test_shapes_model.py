@@ -114,3 +114,15 @@ def test_a_model_folder_is_replaced_whole_or_not_at_all(tmp_path):
         os.umask(umask)
     assert os.listdir(tmp_path) == ["model"] and os.listdir(target) == ["new.json"]
     assert os.stat(target).st_mode & 0o777 == 0o755
+
+
+def test_a_saved_video_unet_loads_as_its_class_and_a_2d_unet_is_refused(tmp_path):
+    from vidgen.sampling import load_video_unet
+    from vidgen.shapes import models
+
+    folder = os.path.join(default_model.SHAPES_DIR, "unet")
+    with open(os.path.join(folder, "config.json")) as f:
+        assert type(load_video_unet(folder)).__name__ == json.load(f)["_class_name"]
+    models.build_unet(0).save_pretrained(tmp_path / "unet2d")
+    with pytest.raises(ValueError, match="unet: .* holds a UNet2DConditionModel, expected one of VideoUNet"):
+        load_video_unet(tmp_path / "unet2d")

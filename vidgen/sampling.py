@@ -40,6 +40,31 @@ from .ops import correlated_noise
 # ----------------------------------------------------------------------------------------------
 # Components and timing
 # ----------------------------------------------------------------------------------------------
+# The video UNets a saved ``unet`` folder may hold, loaded as they are (a 2-D UNet is inflated).
+VIDEO_UNET_CLASSES = ("VideoUNet", "UNetMotionModel")
+
+
+def saved_unet_class(folder: str | os.PathLike) -> str | None:
+    """The ``_class_name`` of the model saved in ``folder`` (its ``config.json``), read without loading it."""
+    import json
+
+    with open(os.path.join(folder, "config.json")) as f:
+        return json.load(f).get("_class_name")
+
+
+def load_video_unet(folder: str | os.PathLike, torch_dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """A saved video UNet: a :class:`~vidgen.VideoUNet` (Tune-A-Video's inflation, tuned or not) or a
+    diffusers ``UNetMotionModel`` (AnimateDiff's UNet with its motion modules)."""
+    from diffusers import UNetMotionModel
+
+    from .integration.video_unet import VideoUNet
+
+    saved = saved_unet_class(folder)
+    if saved not in VIDEO_UNET_CLASSES:
+        raise ValueError(f"unet: {folder} holds a {saved}, expected one of {', '.join(VIDEO_UNET_CLASSES)}")
+    return (VideoUNet if saved == "VideoUNet" else UNetMotionModel).from_pretrained(folder, torch_dtype=torch_dtype)
+
+
 @dataclass
 class VideoModel:
     """What the samplers need: a video UNet and the image model's VAE, text encoder, tokenizer,
@@ -59,9 +84,7 @@ class VideoModel:
         (inflated with ``frame_mode``), a saved :class:`~vidgen.VideoUNet` or a saved diffusers
         ``UNetMotionModel`` (AnimateDiff's UNet with its motion modules); pass ``unet`` to use
         another video UNet."""
-        import json
-
-        from diffusers import AutoencoderKL, DDIMScheduler, UNetMotionModel
+        from diffusers import AutoencoderKL, DDIMScheduler
         from transformers import CLIPTextModel, CLIPTokenizer
 
         from .integration.video_unet import VideoUNet
@@ -72,12 +95,8 @@ class VideoModel:
         if missing:
             raise FileNotFoundError(f"model: {path} is not a diffusers Stable Diffusion folder (missing {', '.join(missing)})")
         if unet is None:
-            with open(os.path.join(path, "unet", "config.json")) as f:
-                saved_class = json.load(f).get("_class_name")
-            if saved_class == "VideoUNet":
-                unet = VideoUNet.from_pretrained(path, subfolder="unet", torch_dtype=torch_dtype)
-            elif saved_class == "UNetMotionModel":
-                unet = UNetMotionModel.from_pretrained(path, subfolder="unet", torch_dtype=torch_dtype)
+            if saved_unet_class(os.path.join(path, "unet")) in VIDEO_UNET_CLASSES:
+                unet = load_video_unet(os.path.join(path, "unet"), torch_dtype=torch_dtype)
             else:
                 unet = VideoUNet.from_pretrained_2d(path, frame_mode=frame_mode, torch_dtype=torch_dtype)
         model = cls(

@@ -139,26 +139,12 @@ def frame_coupling(unet, text: torch.Tensor, noisy_shape: tuple[int, ...], times
     return out
 
 
-def load_video_unet(folder: str):
-    """A saved video UNet of either architecture: a :class:`~vidgen.VideoUNet` (Tune-A-Video's
-    inflation) or a diffusers ``UNetMotionModel`` (a motion adapter)."""
-    import json
-
-    from diffusers import UNetMotionModel
-
-    from .. import VideoUNet
-
-    with open(os.path.join(folder, "config.json")) as f:
-        motion = json.load(f)["_class_name"] == "UNetMotionModel"
-    return (UNetMotionModel if motion else VideoUNet).from_pretrained(folder)
-
-
 def main(argv=None) -> int:
     from safetensors.torch import load_file
 
     from .. import VideoUNet
     from ..default_model import SHAPES_DIR
-    from ..sampling import VideoModel, encode_prompt
+    from ..sampling import VideoModel, encode_prompt, load_video_unet
     from .training import TextPerFrame
 
     parser = argparse.ArgumentParser(prog="python -m vidgen.shapes.diagnose", description=__doc__.splitlines()[0])

@@ -319,6 +319,8 @@ def ship(work: str, results: list[dict], settings: dict, target: str = SHIPPED) 
     """Copy the chosen video model (its video UNet plus the prior's VAE, text encoder, tokenizer and
     scheduler) into the package, with a note of how it was made and how to sample it (the
     experiments' sampler ``settings``)."""
+    from ..sampling import saved_unet_class
+
     chosen = choose_shipped(results)
     prior = os.path.join(work, "prior")
     with atomic_folder(target) as staging:
@@ -327,8 +329,7 @@ def ship(work: str, results: list[dict], settings: dict, target: str = SHIPPED) 
         shutil.copytree(os.path.join(work, "jobs", chosen["job"], "unet"), os.path.join(staging, "unet"))
         with open(os.path.join(prior, "model_index.json")) as f:
             index = json.load(f)
-        with open(os.path.join(staging, "unet", "config.json")) as f:
-            unet_class = json.load(f)["_class_name"]
+        unet_class = saved_unet_class(os.path.join(staging, "unet"))
         index["unet"] = ["vidgen" if unet_class == "VideoUNet" else "diffusers", unet_class]
         with open(os.path.join(staging, "model_index.json"), "w") as f:
             json.dump(index, f, indent=2)
