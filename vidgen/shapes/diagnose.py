@@ -95,6 +95,7 @@ def caption_sensitivity(model, latents: torch.Tensor, captions: list[data.Captio
     for the three)."""
     from ..ops import add_noise
     from ..sampling import encode_prompt
+    from ..train.tune import prediction_target
 
     unet = model.unet.eval()
     alphas_cumprod = model.scheduler.alphas_cumprod.float()
@@ -112,8 +113,7 @@ def caption_sensitivity(model, latents: torch.Tensor, captions: list[data.Captio
     for step in timesteps:
         t = torch.full((len(latents),), step)
         noisy, eps = add_noise(latents, t, alphas_cumprod, kind="iid", frame_dim=2, seed=step)
-        a_t = alphas_cumprod[step]
-        target = eps if prediction_type == "epsilon" else a_t.sqrt() * eps - (1 - a_t).sqrt() * latents
+        target = prediction_target(prediction_type, eps, latents, alphas_cumprod[step])
         out[step] = {"own caption": loss(noisy, target, own, t), "direction swapped": loss(noisy, target, swapped, t),
                      "frames reversed": loss(noisy.flip(2), target.flip(2), own, t)}
     return out

@@ -23,6 +23,7 @@ import os
 import torch
 
 from ..ops import add_noise
+from ..train.tune import prediction_target
 from . import models
 
 # ----------------------------------------------------------------------------------------------
@@ -98,10 +99,10 @@ def image_diffusion_loss(unet, latents: torch.Tensor, text: torch.Tensor, alphas
     noisy, eps = add_noise(latents[:, :, None], timesteps, alphas_cumprod, kind="iid", seed=seed)
     noisy = noisy[:, :, 0].contiguous(memory_format=torch.channels_last)
     prediction = unet(noisy, timesteps, text).sample
-    a_t = alphas_cumprod[timesteps].view(-1, 1, 1, 1)
+    target = prediction_target(prediction_type, eps[:, :, 0], latents, alphas_cumprod[timesteps].view(-1, 1, 1, 1))
     if prediction_type == "v_prediction":
-        return (prediction - (a_t.sqrt() * eps[:, :, 0] - (1 - a_t).sqrt() * latents)).square().mean()
-    error = (prediction - eps[:, :, 0]).square().mean(dim=(1, 2, 3))
+        return (prediction - target).square().mean()
+    error = (prediction - target).square().mean(dim=(1, 2, 3))
     if min_snr_gamma is None:
         return error.mean()
     snr = alphas_cumprod[timesteps] / (1 - alphas_cumprod[timesteps])

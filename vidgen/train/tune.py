@@ -38,6 +38,14 @@ def trainable_parameter_names(unet: torch.nn.Module, modules: tuple[str, ...] = 
     return list(dict.fromkeys(names))
 
 
+def prediction_target(prediction_type: str, eps: torch.Tensor, clean: torch.Tensor, a_t: torch.Tensor) -> torch.Tensor:
+    """What a denoiser of ``prediction_type`` is trained to output for ``x_t = sqrt(a_t) clean +
+    sqrt(1 - a_t) eps``: the noise, or ``v = sqrt(a_t) eps - sqrt(1 - a_t) clean``. ``a_t`` broadcasts."""
+    if prediction_type == "epsilon":
+        return eps
+    return a_t.sqrt() * eps - (1 - a_t).sqrt() * clean
+
+
 def diffusion_loss(unet: torch.nn.Module, latents: torch.Tensor, text: torch.Tensor, alphas_cumprod: torch.Tensor,
                    generator: torch.Generator, *, noise: str = "iid", noise_alpha: float | None = None,
                    prediction_type: str = "epsilon", clean_first_frame: bool = False) -> torch.Tensor:
@@ -55,11 +63,8 @@ def diffusion_loss(unet: torch.nn.Module, latents: torch.Tensor, text: torch.Ten
     if clean_first_frame:
         noisy = torch.cat([latents[:, :, :1], noisy[:, :, 1:]], dim=2)
     prediction = unet(noisy, timesteps, text).sample
-    if prediction_type == "epsilon":
-        target = eps
-    else:
-        a_t = alphas_cumprod[timesteps].view(videos, 1, 1, 1, 1).to(latents.dtype)
-        target = a_t.sqrt() * eps - (1 - a_t).sqrt() * latents
+    a_t = alphas_cumprod[timesteps].view(videos, 1, 1, 1, 1).to(latents.dtype)
+    target = prediction_target(prediction_type, eps, latents, a_t)
     if clean_first_frame:
         prediction, target = prediction[:, :, 1:], target[:, :, 1:]
     return F.mse_loss(prediction.float(), target.float())
