@@ -1,5 +1,6 @@
 """vidgen.patch(..., compile=True): regional torch.compile of every patched denoiser (AnimateDiff's
-UNetMotionModel, UNet3DConditionModel, Tune-A-Video's VideoUNet), the opt-in fusions (feed_forward,
+UNetMotionModel, UNet3DConditionModel, Tune-A-Video's VideoUNet, Stable Video Diffusion's
+UNetSpatioTemporalConditionModel), the opt-in fusions (feed_forward,
 residual_adds) on. Each repeated block traces as one graph without breaks (dynamo's explain), vidgen's
 ops opaque custom ops in it, compiled blocks give eager's values under Inductor, and unpatch restores
 the eager blocks. Inductor compiles C++ on a CPU (minutes for a whole tiny UNet on
@@ -60,6 +61,16 @@ def first_calls(model, inputs) -> dict:
     return calls
 
 
+def traced_as_one_graph(label: str, block, args, kwargs) -> str:
+    """Dynamo's explain of one call of ``block``: asserts one graph and no break; returns the graph's code."""
+    torch._dynamo.reset()
+    with torch.no_grad():
+        explained = torch._dynamo.explain(block)(*args, **kwargs)
+    reasons = [str(r.reason) for r in explained.break_reasons]
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), f"{label}: {reasons}"
+    return explained.graphs[0].code
+
+
 # ~15-30 s of tracing each: AnimateDiff (ResNet, transformer and motion-module blocks) by default
 @pytest.mark.parametrize("name", ["animatediff", pytest.param("unet3d", marks=pytest.mark.slow),
                                   pytest.param("tune-a-video", marks=pytest.mark.slow)])
@@ -68,18 +79,39 @@ def test_every_repeated_block_traces_as_one_graph(name):
     calls = first_calls(model, inputs)
     assert set(calls) == DENOISERS[name][2]
     for cls, (block, args, kwargs) in calls.items():
-        torch._dynamo.reset()
-        with torch.no_grad():
-            explained = torch._dynamo.explain(block)(*args, **kwargs)
-        reasons = [str(r.reason) for r in explained.break_reasons]
-        assert (explained.graph_count, explained.graph_break_count) == (1, 0), f"{name} {cls}: {reasons}"
+        code = traced_as_one_graph(f"{name} {cls}", block, args, kwargs)
         if cls in ("BasicTransformerBlock", "AnimateDiffTransformer3D", "VideoTransformerBlock"):
             # the GEGLU feed-forward (patch(feed_forward=True)): one opaque custom op in the graph
-            assert "torch.ops.vidgen.geglu_fwd" in explained.graphs[0].code, f"{name} {cls}"
+            assert "torch.ops.vidgen.geglu_fwd" in code, f"{name} {cls}"
         if cls in ("BasicTransformerBlock", "VideoTransformerBlock"):
-            # patch(residual_adds=True): both attentions' and the feed-forward's output projections
-            # (Tune-A-Video's temporal attention keeps its add)
-            assert explained.graphs[0].code.count("torch.ops.vidgen.linear_residual_fwd") == 3, f"{name} {cls}"
+            # patch(residual_adds=True): both attentions' and the feed-forward's output projections,
+            # and Tune-A-Video's temporal attention's
+            expected = 4 if cls == "VideoTransformerBlock" else 3
+            assert code.count("torch.ops.vidgen.linear_residual_fwd") == expected, f"{name} {cls}"
+    torch._dynamo.reset()
+
+
+def svd_blocks_and_calls():
+    """A patched tiny Stable Video Diffusion UNet (the opt-in fusions on), its inputs and the first call of
+    each of its repeated-block classes."""
+    from test_svd import tiny_svd_unet, unet_inputs
+
+    model = vidgen.patch(tiny_svd_unet().eval(), feed_forward=True, residual_adds=True)
+    inputs = unet_inputs()
+    return model, inputs, first_calls(model, inputs)
+
+
+def test_stable_video_diffusion_repeated_blocks_trace_as_one_graph():
+    """SVD's ResNet pair (spatial, temporal, blender) and its spatio-temporal transformer (vidgen's copy-free
+    forward, the temporal blocks' residual adds fused): one graph each, no break (~4 s of tracing)."""
+    model, inputs, calls = svd_blocks_and_calls()
+    assert set(calls) == {"SpatioTemporalResBlock", "TransformerSpatioTemporalModel"}
+    for cls, (block, args, kwargs) in calls.items():
+        code = traced_as_one_graph(f"svd {cls}", block, args, kwargs)
+        if cls == "TransformerSpatioTemporalModel":
+            # spatial block: attn1 and ff (attn2 is the single-token broadcast); temporal: ff_in, attn1 and ff
+            assert code.count("torch.ops.vidgen.linear_residual_fwd") == 5
+            assert "torch.ops.vidgen.temporal_attention_fwd" in code
     torch._dynamo.reset()
 
 
@@ -124,9 +156,9 @@ def test_an_inductor_compiled_video_resnet_block_equals_eager():
 
 
 @pytest.mark.slow  # Inductor compiles every block shape of the UNet: minutes per model on 2 CPU cores
-@pytest.mark.parametrize("name", list(DENOISERS))
+@pytest.mark.parametrize("name", [*DENOISERS, "svd"])
 def test_compiled_denoiser_equals_eager(name):
-    model, inputs = patched(name)
+    model, inputs = patched(name) if name != "svd" else svd_blocks_and_calls()[:2]
     expected = run(model, *inputs)
     torch._dynamo.reset()
     vidgen.patch(model, feed_forward=True, residual_adds=True, compile=True)

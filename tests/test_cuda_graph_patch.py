@@ -151,3 +151,23 @@ def test_a_failed_capture_leaves_that_signature_eager(motion_unet_dir, recorder,
     torch.testing.assert_close(out, run_unpatched(motion_unet_dir, device, inputs), rtol=1e-4, atol=1e-4)
     assert list(unet.forward.captured.values()) == [None]
     run(unet, *inputs)  # eager again, silently
+
+
+def test_stable_video_diffusion_unet_is_graphed_too(recorder, device):
+    """Stable Video Diffusion's UNet is a denoiser like the others: cuda_graph=True replays its forward."""
+    from test_svd import tiny_svd_unet, unet_inputs
+
+    unet = tiny_svd_unet().eval().to(device)
+    inputs = [t.to(device) for t in unet_inputs()]
+    with vidgen.ops.use_backend("torch"):
+        vidgen.patch(unet)
+        expected = run(unet, *inputs)
+        vidgen.patch(unet, cuda_graph=True)
+        assert isinstance(unet.__dict__["forward"], graphs.GraphedForward)
+        first, again = run(unet, *inputs), run(unet, *inputs)
+    torch.testing.assert_close(first, expected, rtol=0, atol=0)
+    torch.testing.assert_close(again, expected, rtol=0, atol=0)
+    if recorder is not None:
+        assert recorder.captures == 1 and recorder.replays == 2
+    vidgen.unpatch(unet)
+    assert "forward" not in unet.__dict__

@@ -157,3 +157,15 @@ def test_latte_sweep(op_calls, backend, frames, videos, guidance):
     assert op_calls
     vidgen.unpatch(pipe)
     assert torch.equal(generate(pipe, frames, videos=videos, guidance=guidance)[1], reference[1])
+
+
+@pytest.mark.parametrize("option", ["compile", "cuda_graph"])
+def test_compile_and_cuda_graph_leave_latte_eager_and_say_so(option):
+    """Latte's transformer is patched (copy-free temporal blocks) but not compiled or graphed by vidgen.patch:
+    the report says so rather than leaving the option silently unused."""
+    model = vidgen.patch(tiny_latte(3), **{option: True})
+    assert "forward" in model.__dict__  # the fused forward, not a graphed one
+    assert not any("_compiled_call_impl" in m.__dict__ for m in model.modules())
+    assert isinstance(model.__dict__["forward"], FusedLatteForward)
+    kept = [e for e in vidgen.patch_report(model).kept if f"{option} acts on UNet denoisers only" in e.why]
+    assert len(kept) == 1

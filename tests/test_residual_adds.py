@@ -14,6 +14,7 @@ from torch import nn
 
 import vidgen
 from test_patching import run, tiny_adapter, tiny_unet2d, video_inputs
+from vidgen.integration import residual_adds
 from vidgen.integration.residual_adds import (ResidualBlockForward, VideoResidualBlockForward, patch_residual_adds,
                                               unpatch_residual_adds)
 from vidgen.ops._fallback import forget_warnings
@@ -34,6 +35,15 @@ def no_fallback():
 
 def fused_blocks(model):
     return [m for m in model.modules() if isinstance(m.__dict__.get("forward"), ResidualBlockForward)]
+
+
+@pytest.fixture
+def fused_adds(monkeypatch):
+    """The residual adds that ran in a projection's epilogue (calls of vidgen.ops.linear_residual from the
+    fused forwards): a fused forward that silently took its unfused path would leave this empty."""
+    calls, real = [], residual_adds.linear_residual
+    monkeypatch.setattr(residual_adds, "linear_residual", lambda *a: calls.append(tuple(a[0].shape)) or real(*a))
+    return calls
 
 
 def test_tiny_animatediff_unet_with_fused_residual_adds_equals_diffusers_and_unpatch_restores():
@@ -58,10 +68,10 @@ def test_tiny_animatediff_unet_with_fused_residual_adds_equals_diffusers_and_unp
     torch.testing.assert_close(run(unet, *inputs), expected, rtol=0, atol=0)
 
 
-def test_tiny_tune_a_video_unet_with_fused_residual_adds_equals_its_patched_forward():
-    """Frame attention, text attention and feed-forward adds fused (the temporal attention's stays
-    separate, by design). The PyTorch backend: the kernel is the AnimateDiff test's; the interpreter would run
-    the frame and temporal attention kernels too (16 s)."""
+def test_tiny_tune_a_video_unet_with_fused_residual_adds_equals_its_patched_forward(fused_adds):
+    """Frame attention, text attention, feed-forward and temporal attention adds fused. The PyTorch
+    backend: the kernel is the AnimateDiff test's; the interpreter would run the frame and temporal
+    attention kernels too (16 s)."""
     unet = vidgen.inflate(tiny_unet2d()).eval()
     inputs = video_inputs(size=4)
     with vidgen.ops.use_backend("torch"):
@@ -70,16 +80,23 @@ def test_tiny_tune_a_video_unet_with_fused_residual_adds_equals_its_patched_forw
         vidgen.patch(unet, residual_adds=True)
         blocks = fused_blocks(unet)
         assert blocks and all(isinstance(b.__dict__["forward"], VideoResidualBlockForward) for b in blocks)
-        with no_fallback():  # attn1, attn2 and the feed-forward fused
+        with no_fallback():  # attn1, attn2, the feed-forward and attn_temp fused
+            torch.testing.assert_close(run(unet, *inputs), expected, rtol=2e-4, atol=2e-4)
+        assert len(fused_adds) == 4 * len(blocks)
+        vidgen.patch(unet, temporal_attention=False, residual_adds=True)  # the reference attn_temp: its add stays
+        forget_warnings()
+        with pytest.warns(vidgen.FallbackWarning, match="after attn_temp runs as a separate add: attn_temp's "
+                                                        "processor is ReferenceTemporalAttnProcessor"):
             torch.testing.assert_close(run(unet, *inputs), expected, rtol=2e-4, atol=2e-4)
     vidgen.unpatch(unet)
     assert not fused_blocks(unet)
 
 
-def test_tiny_stable_video_diffusion_unet_with_fused_residual_adds_equals_its_patched_forward():
-    """The spatial blocks' self-attention and feed-forward adds fused; the single-token cross-attention
-    (vidgen's processor, a broadcast value projection) keeps its add and says so."""
-    from test_svd import assert_close, tiny_svd_unet, unet_inputs
+def test_tiny_stable_video_diffusion_unet_with_fused_residual_adds_equals_its_patched_forward(fused_adds):
+    """The spatial blocks' self-attention and feed-forward adds fused, and the temporal blocks' ff_in,
+    attention over frames and feed-forward adds; the single-token cross-attentions (vidgen's processor,
+    a broadcast value projection) keep their adds, which are one pass, and the spatial block's says so."""
+    from test_svd import assert_close, spatio_temporal_models, tiny_svd_unet, unet_inputs
 
     unet = tiny_svd_unet().eval()
     inputs = unet_inputs()
@@ -87,10 +104,46 @@ def test_tiny_stable_video_diffusion_unet_with_fused_residual_adds_equals_its_pa
         vidgen.patch(unet)
         expected = run(unet, *inputs)
         vidgen.patch(unet, residual_adds=True)
-        assert fused_blocks(unet)
+        spatial = fused_blocks(unet)
+        temporal = [b for m in spatio_temporal_models(unet) for b in m.temporal_transformer_blocks]
+        assert spatial and len(temporal) == len(spatial)
         forget_warnings()
-        with pytest.warns(vidgen.FallbackWarning, match="attn2's processor is SingleTokenCrossAttnProcessor"):
+        with pytest.warns(vidgen.FallbackWarning, match="attn2's processor is SingleTokenCrossAttnProcessor") as caught:
             assert_close(run(unet, *inputs), expected)
+        assert len([w for w in caught if issubclass(w.category, vidgen.FallbackWarning)]) == 1
+        assert len(fused_adds) == 2 * len(spatial) + 3 * len(temporal)
+    report = vidgen.patch_report(unet)
+    assert len([e for e in report.replaced if e.what.startswith("SVD temporal block residual adds")]) == len(temporal)
+    vidgen.unpatch(unet)
+    fused_adds.clear()
+    vidgen.patch(unet)  # without residual_adds: no temporal block fuses its adds
+    with vidgen.ops.use_backend("torch"):
+        assert_close(run(unet, *inputs), expected)
+    assert not fused_adds
+
+
+def test_tiny_text2video_zero_unet_with_fused_residual_adds_equals_diffusers(fused_adds):
+    """Text2Video-Zero's first-frame self-attention (vidgen's kernel) and its cross-frame processor's text
+    cross-attention add their residuals in the projections' epilogues too: every half of every block fused,
+    the kernel itself (the interpreter here)."""
+    from diffusers.pipelines.deprecated.text_to_video_synthesis.pipeline_text_to_video_zero import (
+        CrossFrameAttnProcessor2_0)
+
+    from test_patching import t2v_zero_inputs
+
+    unet = tiny_unet2d()
+    unet.set_attn_processor(CrossFrameAttnProcessor2_0(batch_size=2))
+    inputs = t2v_zero_inputs(size=4)
+    expected = run(unet, *inputs)
+    with vidgen.ops.use_backend("triton"):
+        vidgen.patch(unet, residual_adds=True)
+        blocks = fused_blocks(unet)
+        assert blocks
+        with no_fallback():
+            torch.testing.assert_close(run(unet, *inputs), expected, rtol=2e-4, atol=2e-4)
+    assert len(fused_adds) == 3 * len(blocks)
+    vidgen.unpatch(unet)
+    assert torch.equal(run(unet, *inputs), expected)
 
 
 def test_gradients_through_the_fused_blocks_equal_diffusers():
@@ -180,3 +233,37 @@ def test_residual_adds_is_off_by_default():
     unet = vidgen.patch(motion_unet())
     assert not fused_blocks(unet)
     assert "residual_adds" not in vidgen.patch_report(unet).options
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_stable_video_diffusion_temporal_block_with_fused_adds_equals_its_unfused_forward_in_value_and_gradient(
+        backend, fused_adds):
+    """One temporal block of a tiny SVD UNet through vidgen's copy-free forward, its ff_in, attn1 and ff adds
+    fused or not: the same output, and the same gradients of the input, the context and every parameter
+    (the kernel's forward in the interpreter; the op's PyTorch backward)."""
+    from test_svd import spatio_temporal_models, tiny_svd_unet
+
+    from vidgen.integration.svd import temporal_block_over_frames
+
+    block = spatio_temporal_models(tiny_svd_unet())[0].temporal_transformer_blocks[0]
+    frames, channels = 3, block.norm_in.normalized_shape[0]
+    gen = torch.Generator().manual_seed(5)
+    tokens = torch.randn(2 * frames, 5, channels, generator=gen)  # (B*F, N, C), two videos
+    context = torch.randn(2, 1, block.attn2.to_k.in_features, generator=gen)
+    weights = torch.randn(tokens.shape, generator=gen)
+    results = []
+    for fused in (False, True):
+        block.zero_grad()
+        x, ctx = tokens.clone().requires_grad_(), context.clone().requires_grad_()
+        with vidgen.ops.use_backend(backend), no_fallback():
+            out = temporal_block_over_frames(block, x, frames, ctx, residual_adds=fused)
+        (out * weights).sum().backward()
+        results.append((out.detach(), x.grad, ctx.grad, {n: p.grad.clone() for n, p in block.named_parameters()
+                                                        if p.grad is not None}))
+    assert len(fused_adds) == 3
+    (out, dx, dctx, grads), (fused_out, fused_dx, fused_dctx, fused_grads) = results
+    for got, expected in ((fused_out, out), (fused_dx, dx), (fused_dctx, dctx)):
+        torch.testing.assert_close(got, expected, rtol=2e-4, atol=2e-4)
+    assert set(fused_grads) == set(grads)
+    for name in grads:
+        torch.testing.assert_close(fused_grads[name], grads[name], rtol=2e-4, atol=2e-4, msg=name)

@@ -17,19 +17,23 @@ from __future__ import annotations
 
 import torch
 from diffusers.models.attention import BasicTransformerBlock
-from diffusers.models.resnet import ResnetBlock2D, TemporalConvLayer
-from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
+from diffusers.models.resnet import ResnetBlock2D, SpatioTemporalResBlock, TemporalConvLayer
+from diffusers.models.transformers.transformer_temporal import (TransformerSpatioTemporalModel,
+                                                                TransformerTemporalModel)
 from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
 from torch import nn
 
 __all__ = ["REPEATED_BLOCKS", "compile_repeated_blocks", "uncompile_blocks"]
 
 # The repeated blocks of the denoisers vidgen patches (UNetMotionModel, UNet3DConditionModel,
-# VideoUNet and plain UNet2DConditionModel): ResNet blocks (VideoResnetBlock included), spatial
-# transformer blocks (VideoTransformerBlock included), motion modules and UNet3D's temporal
+# VideoUNet, UNetSpatioTemporalConditionModel and plain UNet2DConditionModel): ResNet blocks
+# (VideoResnetBlock included; Stable Video Diffusion's spatial + temporal pair with its blender),
+# spatial transformer blocks (VideoTransformerBlock included), motion modules (Stable Video
+# Diffusion's spatio-temporal transformers with their copy-free forward) and UNet3D's temporal
 # convolutions.
-REPEATED_BLOCKS: tuple[type[nn.Module], ...] = (ResnetBlock2D, BasicTransformerBlock, AnimateDiffTransformer3D,
-                                                TransformerTemporalModel, TemporalConvLayer)
+REPEATED_BLOCKS: tuple[type[nn.Module], ...] = (ResnetBlock2D, SpatioTemporalResBlock, BasicTransformerBlock,
+                                                AnimateDiffTransformer3D, TransformerTemporalModel,
+                                                TransformerSpatioTemporalModel, TemporalConvLayer)
 
 
 def repeated_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -34,9 +34,10 @@ by blanket-replacing every processor):
   (:mod:`vidgen.integration.feed_forward`); a ``proj`` that is not a plain ``nn.Linear`` (LoRA)
   stays diffusers'.
 * residual adds (``residual_adds=True``, off by default): the denoiser's SD-style transformer blocks
-  (diffusers' ``BasicTransformerBlock`` with norm type ``layer_norm``, Tune-A-Video's video blocks)
-  add each half's residual in the epilogue of the projection that ends it (``attn1``/``attn2``'s
-  ``to_out[0]``, the feed-forward's last Linear), :func:`vidgen.ops.linear_residual`
+  (diffusers' ``BasicTransformerBlock`` with norm type ``layer_norm``, Text2Video-Zero's cross-frame
+  attention included, Tune-A-Video's video blocks with their temporal attention) and Stable Video
+  Diffusion's temporal blocks add each half's residual in the epilogue of the projection that ends
+  it (``to_out[0]``, the feed-forward's last Linear), :func:`vidgen.ops.linear_residual`
   (:mod:`vidgen.integration.residual_adds`); a half it cannot fuse (another attention processor, a
   mask, a LoRA layer, a hook) keeps diffusers' separate add and says why.
 * CUDA graphs (``cuda_graph=True``, off by default): the denoiser's forward (the UNet of a
@@ -201,9 +202,11 @@ def patch(obj, *, frame_attention: bool = True, temporal_attention: bool = True,
         feed_forward: also run the denoiser's GEGLU feed-forward projections (diffusers' ``GEGLU``)
             on vidgen's fused matmul + GELU kernel (:mod:`vidgen.integration.feed_forward`). Off by
             default until a GPU run has timed the kernel against cuBLAS + the separate GELU.
-        residual_adds: also run the residual adds of the denoiser's SD-style transformer blocks in
-            their output projections' epilogues (:mod:`vidgen.integration.residual_adds`). Off by
-            default, as ``feed_forward``, until a GPU run has timed the kernel against cuBLAS + the add.
+        residual_adds: also run the residual adds of the denoiser's SD-style transformer blocks
+            (Text2Video-Zero's cross-frame attention included) and of Stable Video Diffusion's
+            temporal blocks in their output projections' epilogues
+            (:mod:`vidgen.integration.residual_adds`). Off by default, as ``feed_forward``, until a
+            GPU run has timed the kernel against cuBLAS + the add.
 
     What was replaced, and what stays on diffusers' path and why (a head dim the kernels do not
     serve, a scheduler other than DDIM and Euler, a motion module of another structure, ...), is in
@@ -459,13 +462,31 @@ def _patch_model(model: nn.Module, record: PatchRecord) -> None:
 
 
 def _is_denoiser(model: nn.Module) -> bool:
-    from diffusers import UNet3DConditionModel, UNetMotionModel
+    """The UNets whose forward is a pipeline's denoising step: what cuda_graph, compile, frame_parallel
+    and the opt-in fusions act on."""
+    from diffusers import UNet3DConditionModel, UNetMotionModel, UNetSpatioTemporalConditionModel
 
-    return isinstance(model, (UNet2DConditionModel, UNet3DConditionModel, UNetMotionModel))  # VideoUNet included
+    return isinstance(model, (UNet2DConditionModel, UNet3DConditionModel, UNetMotionModel,  # VideoUNet included
+                              UNetSpatioTemporalConditionModel))
+
+
+def _denoiser_option_served(model: nn.Module, record: PatchRecord, option: str, what: str) -> bool:
+    """Whether ``option`` (on) acts on ``model``: a denoiser UNet. Latte's transformer, the one other
+    video denoiser vidgen patches, runs its temporal blocks as functions rather than module calls;
+    the option leaves it as it is, and the report says so."""
+    from diffusers import LatteTransformer3DModel
+
+    if _is_denoiser(model):
+        return True
+    if isinstance(model, LatteTransformer3DModel):
+        record.report.kept.append(PatchEntry("", what, f"{option} acts on UNet denoisers only; Latte's transformer "
+                                                       "runs eagerly (torch.compile of the whole model works)"))
+    return False
 
 
 def _graph_denoiser(model: nn.Module, record: PatchRecord) -> None:
-    if not record.options.get("cuda_graph") or not _is_denoiser(model):
+    if not record.options.get("cuda_graph") or not _denoiser_option_served(model, record, "cuda_graph",
+                                                                            "forward replayed from CUDA graphs"):
         return
     from .graphs import graph_forward, ungraph_forward
 
@@ -477,7 +498,7 @@ def _graph_denoiser(model: nn.Module, record: PatchRecord) -> None:
 
 def _compile_denoiser(model: nn.Module, record: PatchRecord) -> None:
     options = record.options.get("compile")
-    if options is None or not _is_denoiser(model):
+    if options is None or not _denoiser_option_served(model, record, "compile", "repeated blocks compiled"):
         return
     blocks = compile_repeated_blocks(model, {} if options is True else options)
     record.undo.append(lambda: uncompile_blocks(blocks))
@@ -506,6 +527,29 @@ def _patch_residual_adds(model: nn.Module, record: PatchRecord) -> None:
 
     _patch_each(model, record, "residual_adds", BasicTransformerBlock, patch_residual_adds, unpatch_residual_adds,
                 ("transformer block residual adds", "in the output projections' epilogues", "blocks"))
+    if record.options.get("residual_adds"):
+        _patch_spatio_temporal_residual_adds(model, record)
+
+
+def _patch_spatio_temporal_residual_adds(model: nn.Module, record: PatchRecord) -> None:
+    """residual_adds on Stable Video Diffusion's temporal blocks: where their copy-free forward runs
+    them (:func:`_patch_spatio_temporal`), ``ff_in``'s, ``attn1``'s and ``ff``'s adds go into those
+    projections' epilogues (:func:`vidgen.integration.svd.temporal_block_over_frames`)."""
+    from .svd import FusedSpatioTemporalForward
+
+    for path, module in _spatio_temporal_models(model):
+        prefix = f"{path}." if path else ""
+        forward = module.__dict__.get("forward")
+        if not isinstance(forward, FusedSpatioTemporalForward):
+            record.report.kept.append(PatchEntry(path, "SVD temporal block residual adds",
+                                                 "the temporal blocks run diffusers' forward (see SVD temporal blocks)"))
+            continue
+        forward.residual_adds = True
+        record.undo.append(lambda f=forward: setattr(f, "residual_adds", False))
+        record.report.replaced += [
+            PatchEntry(f"{prefix}temporal_transformer_blocks.{i}", "SVD temporal block residual adds: ff_in's, "
+                       "attn1's and ff's in their output projections' epilogues")
+            for i in range(len(module.temporal_transformer_blocks))]
 
 
 def _patch_each(model: nn.Module, record: PatchRecord, option: str, module_type: type, patch_one, unpatch_one,
@@ -514,10 +558,7 @@ def _patch_each(model: nn.Module, record: PatchRecord, option: str, module_type:
     of the denoiser (Stable Video Diffusion's too), each reported as replaced or, where ``patch_one``
     refuses it (ValueError: its unsupported reason), kept. ``words``: what the report calls one, what
     the replacement does, what the summary counts."""
-    from diffusers import UNetSpatioTemporalConditionModel
-
-    if not record.options.get(option) or not (
-            _is_denoiser(model) or isinstance(model, UNetSpatioTemporalConditionModel)):
+    if not record.options.get(option) or not _is_denoiser(model):
         return
     what, how, counted = words
     patched = 0
@@ -546,7 +587,7 @@ def _shard_denoiser(model: nn.Module, record: PatchRecord) -> None:
     parallel = record.options.get("frame_parallel")
     svd = isinstance(model, UNetSpatioTemporalConditionModel)
     latte = isinstance(model, LatteTransformer3DModel)
-    if not parallel or not (svd or latte or _is_denoiser(model)):
+    if not parallel or not (latte or _is_denoiser(model)):
         return
     video = VideoArgument("sample", frame_dim=2)
     if svd:

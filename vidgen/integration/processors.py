@@ -184,7 +184,8 @@ class FrameAttnProcessor:
             hidden_states = hidden_states.transpose(-1, -2).reshape(batch_frames, channel, height, width)
         if attn.residual_connection:
             hidden_states = hidden_states + residual
-        return hidden_states / attn.rescale_output_factor
+        # diffusers divides by 1.0 too: a pass over the output that changes no value
+        return hidden_states / attn.rescale_output_factor if attn.rescale_output_factor != 1.0 else hidden_states
 
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -258,15 +259,28 @@ class FirstFrameAttnProcessor:
         self.batch_size = original.batch_size
         self.first_frame = FrameAttnProcessor(mode="first_frame", precision=precision)
 
+    def kernel_unsupported_reason(self, attn: Attention, dtype: torch.dtype) -> str | None:
+        """Why the first-frame kernel does not serve a self-attention call of ``attn`` on ``dtype``
+        activations (the original processor runs it), or None."""
+        return frame_attention_unsupported_reason(head_dim_of(attn), dtype)
+
+    def attention_core(self, attn: Attention, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The first-frame attention of a self-attention call the kernel serves, up to the output
+        projection (:meth:`FrameAttnProcessor.attention_core`): what a fused transformer block
+        (:mod:`vidgen.integration.residual_adds`) projects with the residual in the epilogue."""
+        return self.first_frame.attention_core(attn, hidden_states, num_frames=self._frames_in(hidden_states))
+
+    def _frames_in(self, hidden_states: torch.Tensor) -> int:
+        return max(1, hidden_states.shape[0] // self.batch_size)  # Text2Video-Zero's "(b f)" batch
+
     def __call__(self, attn: Attention, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None):
         if encoder_hidden_states is not None or attention_mask is not None:
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask)
-        reason = frame_attention_unsupported_reason(head_dim_of(attn), hidden_states.dtype)
+        reason = self.kernel_unsupported_reason(attn, hidden_states.dtype)
         if reason is not None:
             warn_once("Text2Video-Zero cross-frame attention", reason, f"diffusers' {type(self.original).__name__}")
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask)
-        num_frames = max(1, hidden_states.shape[0] // self.batch_size)  # Text2Video-Zero's "(b f)" batch
-        return self.first_frame(attn, hidden_states, num_frames=num_frames)
+        return self.first_frame(attn, hidden_states, num_frames=self._frames_in(hidden_states))
 
 
 # -- temporal attention -------------------------------------------------------------------------

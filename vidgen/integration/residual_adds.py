@@ -13,8 +13,11 @@ the feed-forward's activation, a fused GEGLU included) and each projection with 
 its epilogue, from the modules' own weights (parameters and state dict untouched).
 
 Each of the three adds is fused where its projection can take it; otherwise that half runs as
-diffusers' forward runs it (the module called, then the add) and says why once: another attention
-processor (xformers, IP-Adapter, Stable Video Diffusion's single-token cross-attention, a user's),
+diffusers' forward runs it (the module called, then the add) and says why once: an attention
+processor whose core is not computed here (xformers, IP-Adapter, Stable Video Diffusion's
+single-token cross-attention, a user's; the cores computed are ``AttnProcessor2_0``'s, vidgen's
+frame attention's, Text2Video-Zero's first-frame attention on vidgen's kernel and its
+``CrossFrameAttnProcessor2_0`` on a cross-attention call, which is ``AttnProcessor2_0``'s),
 a mask or ``cross_attention_kwargs``, forward chunking, a hook that replaced the attention's or
 the feed-forward's forward (a cache, offloading), a projection that is no longer a plain
 ``nn.Linear`` (LoRA) or carries a hook, active dropout after a projection. Calls of 4-D
@@ -23,6 +26,12 @@ blocks of another structure (ada-norm, GLIGEN, positional embeddings, FreeNoise'
 patched, with a reason. Tune-A-Video's ``VideoTransformerBlock`` (a BasicTransformerBlock plus
 temporal attention, vidgen's frame attention as ``attn1``) gets :class:`VideoResidualBlockForward`;
 vidgen's frame attention computes its own core (``FrameAttnProcessor.attention_core``).
+
+The same halves serve the temporal blocks vidgen runs on the image layout, one at a time:
+:func:`temporal_attention_plus_residual` (an attention over frames,
+:func:`~vidgen.integration.temporal.temporal_attention_core`) and :func:`feed_forward_plus_residual`
+(a feed-forward), used by Stable Video Diffusion's temporal blocks
+(:func:`~vidgen.integration.svd.temporal_block_over_frames`) and Tune-A-Video's ``attn_temp``.
 """
 from __future__ import annotations
 
@@ -34,11 +43,13 @@ from torch import nn
 from ..ops import _fallback
 from ..ops.linear_residual import linear_residual, linear_residual_unsupported_reason
 from .forwards import InstanceForward, install_forward, restore_forward
-from .processors import FrameAttnProcessor, sdpa_attention_core
+from .frame_parallel import active_shard
+from .processors import FirstFrameAttnProcessor, FrameAttnProcessor, TemporalAttnProcessor, sdpa_attention_core
+from .temporal import attend_over_frames, temporal_attention_core
 from .video_unet import VideoTransformerBlock
 
-__all__ = ["ResidualBlockForward", "VideoResidualBlockForward", "patch_residual_adds",
-           "residual_block_unsupported_reason", "unpatch_residual_adds"]
+__all__ = ["ResidualBlockForward", "VideoResidualBlockForward", "feed_forward_plus_residual", "patch_residual_adds",
+           "residual_block_unsupported_reason", "temporal_attention_plus_residual", "unpatch_residual_adds"]
 
 
 def residual_block_unsupported_reason(block: nn.Module) -> str | None:
@@ -83,14 +94,34 @@ def _projection_reason(path: str, linear: nn.Module, dropouts: list[nn.Module], 
     return None
 
 
-def _attention_reason(name: str, attn: nn.Module, context, mask, kwargs: dict, dtype: torch.dtype) -> str | None:
+def _is_cross_frame_processor(processor) -> bool:
+    """Text2Video-Zero's ``CrossFrameAttnProcessor2_0`` (SD's pipeline's or SDXL's copy)."""
+    kind = type(processor)
+    return kind.__name__ == "CrossFrameAttnProcessor2_0" and kind.__module__.startswith("diffusers.")
+
+
+def _attention_reason(name: str, attn: nn.Module, normed: torch.Tensor, context, mask, kwargs: dict
+                      ) -> str | None:
     """Why the residual add after attention ``name`` stays a separate add (None: it is fused).
-    The attention core (:func:`_attention_core`) is diffusers' ``AttnProcessor2_0``'s, or vidgen's
-    frame attention's (Tune-A-Video's ``attn1``), which takes ``num_frames``."""
-    processor = attn.processor
+    The attention core (:func:`_attention_core`) is diffusers' ``AttnProcessor2_0``'s, vidgen's
+    frame attention's (Tune-A-Video's ``attn1``, which takes ``num_frames``), Text2Video-Zero's
+    first-frame attention on vidgen's kernel, or Text2Video-Zero's ``CrossFrameAttnProcessor2_0`` on
+    a cross-attention call (``AttnProcessor2_0``'s math without ``norm_q``/``norm_k``)."""
+    processor, dtype = attn.processor, normed.dtype
     if type(processor) is FrameAttnProcessor:
         if context is not None or mask is not None or set(kwargs) - {"num_frames"}:
             return f"{name} (frame attention) is called with a context, a mask or arguments other than num_frames"
+    elif type(processor) is FirstFrameAttnProcessor:
+        if context is not None or mask is not None or kwargs:
+            return f"{name} (first-frame attention) is called with a context, a mask or cross_attention_kwargs"
+        reason = processor.kernel_unsupported_reason(attn, dtype)
+        if reason is not None:
+            return f"{name} runs diffusers' cross-frame processor: {reason}"
+    elif _is_cross_frame_processor(processor):
+        if context is None or mask is not None or kwargs:
+            return f"{name}'s cross-frame processor is called as self-attention, with a mask or cross_attention_kwargs"
+        if context.shape[0] != normed.shape[0] or attn.norm_q is not None or attn.norm_k is not None:
+            return f"{name}'s cross-frame processor is called on a context of another batch, or with norm_q/norm_k"
     elif type(processor) is not AttnProcessor2_0:
         return f"{name}'s processor is {type(processor).__name__}, whose attention the fused block does not compute"
     elif mask is not None or kwargs:
@@ -104,16 +135,32 @@ def _attention_reason(name: str, attn: nn.Module, context, mask, kwargs: dict, d
     return _projection_reason(f"{name}.to_out.0", attn.to_out[0], list(attn.to_out[1:]), dtype)
 
 
-def _feed_forward_reason(block: BasicTransformerBlock, dtype: torch.dtype) -> str | None:
-    """Why the residual add after the feed-forward stays a separate add (None: it is fused)."""
-    ff = block.ff
-    if block._chunk_size is not None:
+def _temporal_attention_reason(name: str, attn: nn.Module, dtype: torch.dtype) -> str | None:
+    """Why the residual add after ``name``, an attention over frames whose core vidgen computes
+    (:func:`~vidgen.integration.temporal.temporal_attention_core`), stays a separate add (None: it
+    is fused). Its caller decided that vidgen computes it (its processor, hooks)."""
+    if attn.residual_connection or attn.rescale_output_factor != 1.0:
+        return f"{name} adds its own residual or rescales its output"
+    return _projection_reason(f"{name}.to_out.0", attn.to_out[0], list(attn.to_out[1:]), dtype)
+
+
+def _feed_forward_reason(name: str, ff: nn.Module, chunk_size: int | None, dtype: torch.dtype) -> str | None:
+    """Why the residual add after the feed-forward ``name`` stays a separate add (None: it is fused)."""
+    if chunk_size is not None:
         return "feed-forward chunking is on"
     if not isinstance(ff, FeedForward) or len(ff.net) < 3:
-        return f"the feed-forward is a {type(ff).__name__}, not diffusers' FeedForward"
+        return f"{name} is a {type(ff).__name__}, not diffusers' FeedForward"
     if _replaced(ff):
-        return "a hook is on the feed-forward"
-    return _projection_reason("ff.net.2", ff.net[2], list(ff.net[3:]), dtype)
+        return f"a hook is on {name}"
+    return _projection_reason(f"{name}.net.2", ff.net[2], list(ff.net[3:]), dtype)
+
+
+def _activations_reason(hidden_states: torch.Tensor) -> str | None:
+    """Why no projection can take a residual on this call's activations (None: one can)."""
+    device = hidden_states.device.type
+    if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+        return "autocast is on (it picks the projections' precision per call)"
+    return linear_residual_unsupported_reason(hidden_states.dtype)
 
 
 def _call_reason(block: BasicTransformerBlock, hidden_states: torch.Tensor, cross_attention_kwargs) -> str | None:
@@ -125,10 +172,7 @@ def _call_reason(block: BasicTransformerBlock, hidden_states: torch.Tensor, cros
         return f"hidden_states of {hidden_states.dim()} dims (expected (batch, tokens, C))"
     if cross_attention_kwargs and "gligen" in cross_attention_kwargs:
         return "called with GLIGEN inputs"
-    device = hidden_states.device.type
-    if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
-        return "autocast is on (it picks the projections' precision per call)"
-    return linear_residual_unsupported_reason(hidden_states.dtype)
+    return _activations_reason(hidden_states)
 
 
 def _say(what: str, reason: str, instead: str) -> None:
@@ -146,36 +190,68 @@ def _attention_half(name: str, attn: nn.Module, normed: torch.Tensor, context, m
                     residual: torch.Tensor) -> torch.Tensor:
     """``attn(normed, context, mask, **kwargs) + residual``, the add in the output projection's
     epilogue where :func:`_attention_reason` allows, else as diffusers' forward computes it."""
-    reason = _attention_reason(name, attn, context, mask, kwargs, residual.dtype)
+    reason = _attention_reason(name, attn, normed, context, mask, kwargs)
     if reason is not None:
         _unfused(name, reason)
         return attn(normed, encoder_hidden_states=context, attention_mask=mask, **kwargs) + residual
+    return _project_plus(attn, _attention_core(attn, normed, context, kwargs), residual)
+
+
+def _project_plus(attn: nn.Module, core: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     projection = attn.to_out[0]
-    return linear_residual(_attention_core(attn, normed, context, kwargs), projection.weight, projection.bias,
-                           residual)
+    return linear_residual(core, projection.weight, projection.bias, residual)
 
 
 def _attention_core(attn: nn.Module, normed: torch.Tensor, context, kwargs: dict) -> torch.Tensor:
     """What ``attn``'s processor computes before the output projection (one :func:`_attention_reason` accepts)."""
     if type(attn.processor) is FrameAttnProcessor:
         return attn.processor.attention_core(attn, normed, **kwargs)
+    if type(attn.processor) is FirstFrameAttnProcessor:
+        return attn.processor.attention_core(attn, normed)
     return sdpa_attention_core(attn, normed, context)
 
 
-def _feed_forward_half(block: BasicTransformerBlock, normed: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+def _feed_forward_half(name: str, ff: nn.Module, chunk: tuple[int | None, int], normed: torch.Tensor,
+                       residual: torch.Tensor) -> torch.Tensor:
     """``ff(normed) + residual``, the add in the last Linear's epilogue where :func:`_feed_forward_reason`
-    allows, else as diffusers' forward computes it."""
-    ff = block.ff
-    reason = _feed_forward_reason(block, residual.dtype)
+    allows, else as diffusers' forward computes it. ``chunk``: the block's (chunk size, chunk dim)."""
+    chunk_size, chunk_dim = chunk
+    reason = _feed_forward_reason(name, ff, chunk_size, residual.dtype)
     if reason is not None:
-        _unfused("the feed-forward", reason)
-        if block._chunk_size is not None:
-            return _chunked_feed_forward(ff, normed, block._chunk_dim, block._chunk_size) + residual
+        _unfused(name, reason)
+        if chunk_size is not None:
+            return _chunked_feed_forward(ff, normed, chunk_dim, chunk_size) + residual
         return ff(normed) + residual
     inner = normed
     for module in ff.net[:2]:  # the activation (a fused GEGLU's forward included) and dropout
         inner = module(inner)
     return linear_residual(inner, ff.net[2].weight, ff.net[2].bias, residual)
+
+
+def temporal_attention_plus_residual(name: str, attn: nn.Module, normed: torch.Tensor, num_frames: int,
+                                     residual: torch.Tensor) -> torch.Tensor:
+    """``attend_over_frames(attn, normed, num_frames) + residual``, the add in ``attn.to_out[0]``'s
+    epilogue where the activations and the projection allow (else the separate add, said once).
+
+    ``attn``: a self-attention over frames the caller runs on vidgen's temporal attention (it has
+    checked the module and its processor); ``normed``, ``residual``: (B*F, N, C), frame fastest.
+    """
+    reason = _activations_reason(residual) or _temporal_attention_reason(name, attn, residual.dtype)
+    if reason is not None:
+        _unfused(name, reason)
+        return attend_over_frames(attn, normed, num_frames, None, 0) + residual
+    return _project_plus(attn, temporal_attention_core(attn, normed, num_frames, None, 0)[0], residual)
+
+
+def feed_forward_plus_residual(name: str, ff: nn.Module, normed: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """``ff(normed) + residual`` for diffusers' ``FeedForward`` ``ff`` of a block that does not chunk
+    it, the add in its last Linear's epilogue where the activations and the projection allow (else
+    the separate add, said once)."""
+    reason = _activations_reason(residual)
+    if reason is not None:
+        _unfused(name, reason)
+        return ff(normed) + residual
+    return _feed_forward_half(name, ff, (None, 0), normed, residual)
 
 
 class ResidualBlockForward(InstanceForward):
@@ -197,16 +273,17 @@ class ResidualBlockForward(InstanceForward):
         if block.attn2 is not None:
             hidden_states = _attention_half("attn2", block.attn2, block.norm2(hidden_states), encoder_hidden_states,
                                             encoder_attention_mask, kwargs, hidden_states)
-        return _feed_forward_half(block, block.norm3(hidden_states), hidden_states)
+        return _feed_forward_half("ff", block.ff, (block._chunk_size, block._chunk_dim), block.norm3(hidden_states),
+                                  hidden_states)
 
 
 class VideoResidualBlockForward(ResidualBlockForward):
     """Tune-A-Video's :class:`~vidgen.integration.video_unet.VideoTransformerBlock` with fused residual
     adds: its forward (frame attention, text attention, feed-forward, temporal attention, each plus
-    its residual) with the first three adds fused where their projections can take them. The
-    temporal attention's output projection runs inside
-    :func:`~vidgen.integration.temporal.temporal_self_attention` (vidgen's processor) or after a
-    layout copy (the reference one), so its add stays a separate one, by design."""
+    its residual) with each add fused where its projection can take it. The temporal attention's is
+    fused where vidgen's :class:`~vidgen.integration.processors.TemporalAttnProcessor` runs it on one
+    process (its core: :func:`~vidgen.integration.temporal.temporal_attention_core`); the reference
+    processor (a layout copy around SDPA) and frame-parallel shards keep the separate add."""
 
     def __call__(self, hidden_states: torch.Tensor, attention_mask=None, encoder_hidden_states=None,
                  encoder_attention_mask=None, timestep=None, cross_attention_kwargs=None, class_labels=None,
@@ -224,8 +301,26 @@ class VideoResidualBlockForward(ResidualBlockForward):
         if block.attn2 is not None:
             hidden_states = _attention_half("attn2", block.attn2, block.norm2(hidden_states), encoder_hidden_states,
                                             encoder_attention_mask, dict(cross_attention_kwargs or {}), hidden_states)
-        hidden_states = _feed_forward_half(block, block.norm3(hidden_states), hidden_states)
-        return block.attn_temp(block.norm_temp(hidden_states), **frames) + hidden_states
+        hidden_states = _feed_forward_half("ff", block.ff, (block._chunk_size, block._chunk_dim),
+                                           block.norm3(hidden_states), hidden_states)
+        attn, normed = block.attn_temp, block.norm_temp(hidden_states)
+        reason = _temporal_processor_reason(attn)
+        if reason is not None:
+            _unfused("attn_temp", reason)
+            return attn(normed, **frames) + hidden_states
+        return temporal_attention_plus_residual("attn_temp", attn, normed, frames["num_frames"], hidden_states)
+
+
+def _temporal_processor_reason(attn: nn.Module) -> str | None:
+    """Why the temporal attention ``attn_temp`` is not computed here (None: vidgen's
+    :class:`~vidgen.integration.processors.TemporalAttnProcessor` would run it on one process)."""
+    if type(attn.processor) is not TemporalAttnProcessor:
+        return f"attn_temp's processor is {type(attn.processor).__name__}, whose attention the fused block does not compute"
+    if active_shard() is not None:
+        return "frame-parallel: attn_temp exchanges positions between processes"
+    if _replaced(attn):
+        return "a hook is on attn_temp"
+    return None
 
 
 _FORWARDS = {BasicTransformerBlock: ResidualBlockForward, VideoTransformerBlock: VideoResidualBlockForward}

@@ -37,6 +37,7 @@ from .blocks import attention_call_reason
 from .frame_parallel import active_shard
 from .forwards import InstanceForward, install_forward, restore_forward
 from .layout import head_dim_of, videos_in
+from .residual_adds import feed_forward_plus_residual, temporal_attention_plus_residual
 from .temporal import attend_over_frames
 
 __all__ = ["FusedSpatioTemporalForward", "cross_attentions", "patch_spatio_temporal",
@@ -82,17 +83,28 @@ def spatio_temporal_unsupported_reason(model: nn.Module) -> str | None:
 
 
 def temporal_block_over_frames(block: nn.Module, hidden_states: torch.Tensor, num_frames: int,
-                               context: torch.Tensor | None) -> torch.Tensor:
+                               context: torch.Tensor | None, residual_adds: bool = False) -> torch.Tensor:
     """``TemporalBasicTransformerBlock.forward`` on the image layout, without its two permuted copies.
 
     ``hidden_states``: (B*F, N, C), frame fastest (checked by the caller); ``context``: (B, T, C')
     per video, the time context before diffusers broadcasts it over positions. Returns (B*F, N, C).
+    ``residual_adds``: ``ff_in``'s, ``attn1``'s and ``ff``'s residual adds in their last projection's
+    epilogue where it can take them (:mod:`vidgen.integration.residual_adds`); ``attn2``'s output
+    is a broadcast view when its context is one token, so its add is one pass already.
     """
     residual = hidden_states
-    hidden_states = block.ff_in(block.norm_in(hidden_states))
-    if block.is_res:
-        hidden_states = hidden_states + residual
-    hidden_states = attend_over_frames(block.attn1, block.norm1(hidden_states), num_frames, None, 0) + hidden_states
+    normed = block.norm_in(hidden_states)
+    if residual_adds and block.is_res:
+        hidden_states = feed_forward_plus_residual("ff_in", block.ff_in, normed, residual)
+    else:
+        hidden_states = block.ff_in(normed)
+        if block.is_res:
+            hidden_states = hidden_states + residual
+    if residual_adds:
+        hidden_states = temporal_attention_plus_residual("attn1", block.attn1, block.norm1(hidden_states), num_frames,
+                                                         hidden_states)
+    else:
+        hidden_states = attend_over_frames(block.attn1, block.norm1(hidden_states), num_frames, None, 0) + hidden_states
     if block.attn2 is not None:
         # every query attends to its own video's context: queries of one video in one row
         videos = context.shape[0]
@@ -100,6 +112,8 @@ def temporal_block_over_frames(block: nn.Module, hidden_states: torch.Tensor, nu
         # (B, F*N, C); a broadcast view when the context is one token (SingleTokenCrossAttnProcessor)
         attended = block.attn2(queries, encoder_hidden_states=context).unflatten(1, (num_frames, -1))
         hidden_states = (attended + hidden_states.unflatten(0, (videos, num_frames))).flatten(0, 1)
+    if residual_adds and block.is_res:
+        return feed_forward_plus_residual("ff", block.ff, block.norm3(hidden_states), hidden_states)
     ff_output = block.ff(block.norm3(hidden_states))
     return ff_output + hidden_states if block.is_res else ff_output
 
@@ -123,6 +137,8 @@ class FusedSpatioTemporalForward(InstanceForward):
         super().__init__(model)
         self._checked_blocks = tuple(model.temporal_transformer_blocks)
         self._structure: str | None = None  # patch_spatio_temporal checked these blocks
+        # the temporal blocks' residual adds in their projections' epilogues (vidgen.patch(..., residual_adds=True))
+        self.residual_adds = False
 
     def _unfusable_reason(self, hidden_states, encoder_hidden_states, image_only_indicator) -> str | None:
         """Why this call runs diffusers' forward ("" for a reason not worth a warning), or None."""
@@ -183,7 +199,7 @@ class FusedSpatioTemporalForward(InstanceForward):
         for block, temporal_block in zip(m.transformer_blocks, m.temporal_transformer_blocks):
             hidden_states = block(hidden_states, encoder_hidden_states=encoder_hidden_states)
             mix = (hidden_states.unflatten(0, (videos, num_frames)) + emb).flatten(0, 1)
-            mix = self._temporal_block(temporal_block, mix, num_frames, context, shard)
+            mix = self._temporal_block(temporal_block, mix, num_frames, context, shard, self.residual_adds)
             hidden_states = m.time_mixer(x_spatial=hidden_states, x_temporal=mix,
                                          image_only_indicator=image_only_indicator)
 
@@ -198,16 +214,16 @@ class FusedSpatioTemporalForward(InstanceForward):
 
     @staticmethod
     def _temporal_block(block: nn.Module, tokens: torch.Tensor, num_frames: int, context: torch.Tensor,
-                        shard) -> torch.Tensor:
+                        shard, residual_adds: bool) -> torch.Tensor:
         """:func:`temporal_block_over_frames` of ``(B*F, N, C)`` tokens; on a frame-parallel shard, of every
         frame of this rank's positions (all-to-all there and back: only ``attn1`` mixes frames, the rest
         of the block is per token, and ``attn2``'s context is per video)."""
         if shard is None:
-            return temporal_block_over_frames(block, tokens, num_frames, context)
+            return temporal_block_over_frames(block, tokens, num_frames, context, residual_adds)
         positions = tokens.shape[1]
         columns = shard.to_positions(tokens)  # (B*F, N_r, C)
         if columns.shape[1]:  # a rank may hold no position of a tiny map
-            columns = temporal_block_over_frames(block, columns, shard.num_frames, context)
+            columns = temporal_block_over_frames(block, columns, shard.num_frames, context, residual_adds)
         return shard.to_frames(columns, positions)
 
 

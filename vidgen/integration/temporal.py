@@ -18,7 +18,7 @@ from ..ops.temporal_attention import (temporal_attention, temporal_attention_ref
                                       temporal_attention_unsupported_reason)
 from .layout import videos_in
 
-__all__ = ["attend_over_frames", "temporal_self_attention"]
+__all__ = ["attend_over_frames", "temporal_attention_core", "temporal_self_attention"]
 
 
 def _split_heads(x: torch.Tensor, batch: int, num_frames: int, heads: int) -> torch.Tensor:
@@ -77,6 +77,21 @@ def attend_over_frames(attn: nn.Module, hidden_states: torch.Tensor, num_frames:
                        positional_embedding: torch.Tensor | None, identity_videos: int) -> torch.Tensor:
     """:func:`temporal_self_attention` on arguments already checked (the motion module's fused
     forward checks its call once, then runs every block through this)."""
+    out, attn_input = temporal_attention_core(attn, hidden_states, num_frames, positional_embedding, identity_videos)
+    out = attn.to_out[0](out)
+    out = attn.to_out[1](out)  # dropout
+    if attn.residual_connection:  # diffusers' residual is the attention's own input, embedding included
+        out = out + attn_input
+    return out / attn.rescale_output_factor if attn.rescale_output_factor != 1.0 else out
+
+
+def temporal_attention_core(attn: nn.Module, hidden_states: torch.Tensor, num_frames: int,
+                            positional_embedding: torch.Tensor | None, identity_videos: int
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`attend_over_frames` up to the output projection: ``(out, attn_input)``, the heads'
+    outputs merged, (B*F, N, H*D), what ``attn.to_out[0]`` takes (a fused block adds its residual in
+    that projection's epilogue: :mod:`vidgen.integration.residual_adds`), and the attention's input
+    (``hidden_states`` plus the positional embedding, if any)."""
     batch = hidden_states.shape[0] // num_frames
     attn_input = hidden_states
     if positional_embedding is not None:
@@ -104,9 +119,4 @@ def attend_over_frames(attn: nn.Module, hidden_states: torch.Tensor, num_frames:
             out = torch.cat([out, v[attended:]])
     else:
         out = v
-    out = out.flatten(-2).flatten(0, 1)  # (B*F, N, H*D)
-    out = attn.to_out[0](out)
-    out = attn.to_out[1](out)  # dropout
-    if attn.residual_connection:  # diffusers' residual is the attention's own input, embedding included
-        out = out + attn_input
-    return out / attn.rescale_output_factor if attn.rescale_output_factor != 1.0 else out
+    return out.flatten(-2).flatten(0, 1), attn_input  # (B*F, N, H*D)
