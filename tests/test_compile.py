@@ -88,6 +88,10 @@ def test_every_repeated_block_traces_as_one_graph(name):
             # and Tune-A-Video's temporal attention's
             expected = 4 if cls == "VideoTransformerBlock" else 3
             assert code.count("torch.ops.vidgen.linear_residual_fwd") == expected, f"{name} {cls}"
+        if cls in ("AnimateDiffTransformer3D", "TransformerTemporalModel"):
+            # the motion module's blocks, run by its fused forward: both attentions' and the feed-forward's
+            expected = 3 * len(block.transformer_blocks)
+            assert code.count("torch.ops.vidgen.linear_residual_fwd") == expected, f"{name} {cls}"
     torch._dynamo.reset()
 
 

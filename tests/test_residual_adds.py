@@ -13,7 +13,7 @@ from diffusers.models.attention_processor import AttnProcessor
 from torch import nn
 
 import vidgen
-from test_patching import run, tiny_adapter, tiny_unet2d, video_inputs
+from test_patching import _animatediff_pipeline, run, sd_dir, tiny_adapter, tiny_unet2d, video_inputs  # noqa: F401
 from vidgen.integration import residual_adds
 from vidgen.integration.residual_adds import (ResidualBlockForward, VideoResidualBlockForward, patch_residual_adds,
                                               unpatch_residual_adds)
@@ -46,26 +46,34 @@ def fused_adds(monkeypatch):
     return calls
 
 
-def test_tiny_animatediff_unet_with_fused_residual_adds_equals_diffusers_and_unpatch_restores():
+def test_tiny_animatediff_unet_with_fused_residual_adds_equals_diffusers_and_unpatch_restores(fused_adds):
+    """The spatial blocks get the fused block forward; the motion modules' blocks, which vidgen's motion-module
+    forward runs itself (with their positional embeddings), fuse their adds there."""
     unet = motion_unet()
     inputs = video_inputs(size=4, text_per_frame=True)
     expected = run(unet, *inputs)
     spatial = [m for name, m in unet.named_modules()
                if isinstance(m, BasicTransformerBlock) and "motion_modules" not in name]
-    assert spatial
+    motion_blocks = [m for name, m in unet.named_modules()
+                     if isinstance(m, BasicTransformerBlock) and "motion_modules" in name]
+    assert spatial and motion_blocks and all(b.pos_embed is not None for b in motion_blocks)
     with vidgen.ops.use_backend("triton"):  # the kernel (the interpreter here)
         vidgen.patch(unet, residual_adds=True)
-        assert fused_blocks(unet) == spatial  # the motion modules' blocks carry positional embeddings
+        assert fused_blocks(unet) == spatial
         with no_fallback():
             torch.testing.assert_close(run(unet, *inputs), expected, rtol=2e-4, atol=2e-4)
+    assert len(fused_adds) == 3 * (len(spatial) + len(motion_blocks))  # attn1, attn2 and ff of each block
     report = vidgen.patch_report(unet)
     assert len([e for e in report.replaced if e.what.startswith("transformer block residual adds: in the output")]) == len(spatial)
+    motion_modules = [name for name, m in unet.named_modules() if type(m).__name__ == "AnimateDiffTransformer3D"]
+    assert sorted(e.where for e in report.replaced if e.what.startswith("motion module residual adds")) == sorted(motion_modules)
     assert report.options["residual_adds"] is True
-    kept = [e for e in report.kept if e.what == "transformer block residual adds"]
-    assert kept and all("positional-embedding" in e.why for e in kept)
+    assert not [e for e in report.kept if "residual adds" in e.what]
     vidgen.unpatch(unet)
     assert not fused_blocks(unet)
+    fused_adds.clear()
     torch.testing.assert_close(run(unet, *inputs), expected, rtol=0, atol=0)
+    assert not fused_adds
 
 
 def test_tiny_tune_a_video_unet_with_fused_residual_adds_equals_its_patched_forward(fused_adds):
@@ -267,3 +275,21 @@ def test_stable_video_diffusion_temporal_block_with_fused_adds_equals_its_unfuse
     assert set(fused_grads) == set(grads)
     for name in grads:
         torch.testing.assert_close(fused_grads[name], grads[name], rtol=2e-4, atol=2e-4, msg=name)
+
+
+def test_free_noise_split_inference_with_fused_residual_adds_matches_diffusers(sd_dir, fused_adds):
+    """FreeNoise's windows and split inference's bands are views of the video: the motion-module blocks' adds
+    fuse on them too (a band's residual is a strided view) and the latents equal diffusers'."""
+    from test_free_noise import close, generate
+
+    pipe = _animatediff_pipeline(sd_dir)
+    pipe.enable_free_noise(context_length=2, context_stride=1, weighting_scheme="delayed_reverse_sawtooth")
+    pipe.enable_free_noise_split_inference(spatial_split_size=24, temporal_split_size=2)
+    reference = generate(pipe, 3, videos=2)[0]
+    with vidgen.ops.use_backend("torch"):
+        vidgen.patch(pipe, residual_adds=True)
+        assert any(e.what.startswith("motion module residual adds") for e in vidgen.patch_report(pipe).replaced)
+        with no_fallback():
+            close(generate(pipe, 3, videos=2)[0], reference)
+    assert fused_adds
+    vidgen.unpatch(pipe)

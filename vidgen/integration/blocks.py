@@ -25,6 +25,7 @@ from torch import nn
 
 from ..ops.temporal_attention import temporal_attention_unsupported_reason
 from .layout import head_dim_of
+from .residual_adds import feed_forward_plus_residual, temporal_attention_plus_residual
 from .temporal import attend_over_frames
 
 __all__ = ["REPRODUCED_PROCESSORS", "Modulation", "attention_call_reason", "block_over_frames", "block_unsupported_reason",
@@ -113,31 +114,49 @@ def _attention(attn: nn.Module, normed: torch.Tensor, table: torch.Tensor | None
     return out.unflatten(0, (videos, frames))
 
 
+def _attention_plus(name: str, attn: nn.Module, normed: torch.Tensor, table: torch.Tensor | None,
+                    identity_videos: int, video: torch.Tensor) -> torch.Tensor:
+    """``_attention(...) + video``, the add in the output projection's epilogue where it can take it
+    (:func:`~vidgen.integration.residual_adds.temporal_attention_plus_residual`)."""
+    videos, frames = normed.shape[:2]
+    out = temporal_attention_plus_residual(name, attn, normed.flatten(0, 1), frames, video.flatten(0, 1), table,
+                                           identity_videos)
+    return out.unflatten(0, (videos, frames))
+
+
 def self_attentions_over_frames(block: nn.Module, video: torch.Tensor, *, identity_videos: tuple[int, int] = (0, 0),
-                                modulation: Modulation | None = None) -> torch.Tensor:
+                                modulation: Modulation | None = None, residual_adds: bool = False) -> torch.Tensor:
     """The attention half of ``block`` on a (B, F, N, C) video view: ``attn1`` (and ``attn2``, a
     second self-attention) with their norms, position table, modulation and residuals.
 
     ``identity_videos``: per attention, how many of the last videos get identity attention (PAG's
     perturbed branch; see :func:`~vidgen.integration.temporal.temporal_self_attention`).
-    Returns a new (B, F, N, C) tensor.
+    ``residual_adds``: each residual add in its attention's output projection (``patch(residual_adds=True)``;
+    not the gated adds of a modulated block). Returns a new (B, F, N, C) tensor.
     """
     table = block.pos_embed.pe[0] if block.pos_embed is not None else None  # (max_seq_length, C)
     normed = block.norm1(video)
     if modulation is not None:
         normed = normed * (1 + modulation.scale_msa) + modulation.shift_msa
-    attended = _attention(block.attn1, normed, table, identity_videos[0])
-    if modulation is not None:
-        attended = modulation.gate_msa * attended
-    video = attended + video
+        video = modulation.gate_msa * _attention(block.attn1, normed, table, identity_videos[0]) + video
+    elif residual_adds:
+        video = _attention_plus("attn1", block.attn1, normed, table, identity_videos[0], video)
+    else:
+        video = _attention(block.attn1, normed, table, identity_videos[0]) + video
     if block.attn2 is not None:  # layer_norm blocks only (block_unsupported_reason)
+        if residual_adds:
+            return _attention_plus("attn2", block.attn2, block.norm2(video), table, identity_videos[1], video)
         video = _attention(block.attn2, block.norm2(video), table, identity_videos[1]) + video
     return video
 
 
-def feed_forward(block: nn.Module, video: torch.Tensor, modulation: Modulation | None = None) -> torch.Tensor:
-    """The feed-forward half of ``block`` with its norm, modulation and residual, on (B, F, N, C)."""
+def feed_forward(block: nn.Module, video: torch.Tensor, modulation: Modulation | None = None,
+                 residual_adds: bool = False) -> torch.Tensor:
+    """The feed-forward half of ``block`` with its norm, modulation and residual, on (B, F, N, C)
+    (``residual_adds``: the add in the last Linear's epilogue, as in :func:`self_attentions_over_frames`)."""
     if modulation is None:
+        if residual_adds:
+            return feed_forward_plus_residual("ff", block.ff, block.norm3(video), video)
         return block.ff(block.norm3(video)) + video
     # ada_norm_single blocks normalise the feed-forward's input with norm2 (there is no norm3)
     normed = block.norm2(video) * (1 + modulation.scale_mlp) + modulation.shift_mlp
@@ -145,8 +164,9 @@ def feed_forward(block: nn.Module, video: torch.Tensor, modulation: Modulation |
 
 
 def block_over_frames(block: nn.Module, video: torch.Tensor, *, identity_videos: tuple[int, int] = (0, 0),
-                      modulation: Modulation | None = None) -> torch.Tensor:
+                      modulation: Modulation | None = None, residual_adds: bool = False) -> torch.Tensor:
     """diffusers' ``BasicTransformerBlock.forward`` as a temporal layer on a (B, F, N, C) video view
     (which :func:`block_unsupported_reason` accepts); returns a new (B, F, N, C) tensor."""
-    video = self_attentions_over_frames(block, video, identity_videos=identity_videos, modulation=modulation)
-    return feed_forward(block, video, modulation)
+    video = self_attentions_over_frames(block, video, identity_videos=identity_videos, modulation=modulation,
+                                        residual_adds=residual_adds)
+    return feed_forward(block, video, modulation, residual_adds)

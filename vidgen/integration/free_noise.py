@@ -114,9 +114,10 @@ def _blend_weights(windows: tuple[tuple[int, int], ...], tail: int, num_frames: 
     return window_weights.view(1, -1, 1, 1).to(device), sums.view(1, -1, 1, 1).to(device)
 
 
-def free_noise_block_over_frames(block: nn.Module, video: torch.Tensor, *,
-                                 identity_videos: tuple[int, int] = (0, 0)) -> torch.Tensor:
+def free_noise_block_over_frames(block: nn.Module, video: torch.Tensor, *, identity_videos: tuple[int, int] = (0, 0),
+                                 residual_adds: bool = False) -> torch.Tensor:
     """``FreeNoiseTransformerBlock.forward`` on a (B, F, N, C) video view; returns a new (B, F, N, C).
+    ``residual_adds``: see :func:`~vidgen.integration.blocks.self_attentions_over_frames`.
 
     Callers hand the calls :func:`diffusers_fails_on` to diffusers' block instead.
     """
@@ -126,26 +127,30 @@ def free_noise_block_over_frames(block: nn.Module, video: torch.Tensor, *,
     weights, sums = _blend_weights(windows, tail, num_frames, scheme_weights, video.dtype, video.device)
     blended = torch.zeros_like(video)
     for i, (start, end) in enumerate(windows):
-        out = self_attentions_over_frames(block, video[:, start:end], identity_videos=identity_videos)
+        out = self_attentions_over_frames(block, video[:, start:end], identity_videos=identity_videos,
+                                          residual_adds=residual_adds)
         if tail and i == len(windows) - 1:
             blended[:, -tail:] += out[:, -tail:] * weights[:, -tail:]
         else:
             blended[:, start:end] += out * weights
     blended = torch.where(sums > 0, blended / sums, blended).to(video.dtype)  # a frame no window covers stays 0
-    return feed_forward(block, blended)
+    return feed_forward(block, blended, residual_adds=residual_adds)
 
 
-def run_block(block: nn.Module, video: torch.Tensor, *, identity_videos: tuple[int, int] = (0, 0)) -> torch.Tensor:
+def run_block(block: nn.Module, video: torch.Tensor, *, identity_videos: tuple[int, int] = (0, 0),
+              residual_adds: bool = False) -> torch.Tensor:
     """One motion-module block, as it stands now, on a (B, F, N, C) video view: a plain block, a
-    FreeNoise block, either wrapped for split inference (run on bands of spatial positions)."""
+    FreeNoise block, either wrapped for split inference (run on bands of spatial positions).
+    ``residual_adds``: see :func:`~vidgen.integration.blocks.self_attentions_over_frames`."""
     inner = unwrap_split(block)
     forward = free_noise_block_over_frames if is_free_noise_block(inner) else block_over_frames
     split = split_size_of(block)
     videos, _, positions, _ = video.shape
     band = max(1, split // videos) if split is not None else positions
     if band >= positions:
-        return forward(inner, video, identity_videos=identity_videos)
+        return forward(inner, video, identity_videos=identity_videos, residual_adds=residual_adds)
     out = torch.empty_like(video)
     for start in range(0, positions, band):
-        out[:, :, start:start + band] = forward(inner, video[:, :, start:start + band], identity_videos=identity_videos)
+        out[:, :, start:start + band] = forward(inner, video[:, :, start:start + band], identity_videos=identity_videos,
+                                                residual_adds=residual_adds)
     return out

@@ -153,6 +153,8 @@ class FusedMotionForward(InstanceForward):
         self.returns_output_class = isinstance(module, _motion_module_types()[1])  # TransformerTemporalModel
         self._checked_parts: tuple[nn.Module, ...] = (module.proj_in, module.proj_out, *module.transformer_blocks)
         self._structure: str | None = None  # patch_motion_module checked these parts
+        # the blocks' residual adds in their projections' epilogues (vidgen.patch(..., residual_adds=True))
+        self.residual_adds = False
 
     def _structure_reason(self) -> str | None:
         """:func:`motion_module_unsupported_reason` of the module as it stands now, asked again only
@@ -226,8 +228,8 @@ class FusedMotionForward(InstanceForward):
                 inner = unwrap_split(block)
                 identity = (_identity_videos(inner.attn1, videos),
                             _identity_videos(inner.attn2, videos) if inner.attn2 is not None else 0)
-                tokens = run_block(block, tokens.unflatten(0, (videos, block_frames)),
-                                   identity_videos=identity).flatten(0, 1)
+                tokens = run_block(block, tokens.unflatten(0, (videos, block_frames)), identity_videos=identity,
+                                   residual_adds=self.residual_adds).flatten(0, 1)
         if shard is not None:
             tokens = shard.to_frames(tokens, positions)
         out = _project_out_residual(m.proj_out, tokens, hidden_states.flatten(2))

@@ -35,10 +35,10 @@ by blanket-replacing every processor):
   stays diffusers'.
 * residual adds (``residual_adds=True``, off by default): the denoiser's SD-style transformer blocks
   (diffusers' ``BasicTransformerBlock`` with norm type ``layer_norm``, Text2Video-Zero's cross-frame
-  attention included, Tune-A-Video's video blocks with their temporal attention) and Stable Video
-  Diffusion's temporal blocks add each half's residual in the epilogue of the projection that ends
-  it (``to_out[0]``, the feed-forward's last Linear), :func:`vidgen.ops.linear_residual`
-  (:mod:`vidgen.integration.residual_adds`); a half it cannot fuse (another attention processor, a
+  attention included, Tune-A-Video's video blocks with their temporal attention), the motion modules'
+  blocks (run by their fused forward) and Stable Video Diffusion's temporal blocks add each half's
+  residual in the epilogue of the projection that ends it (``to_out[0]``, the feed-forward's last
+  Linear), :func:`vidgen.ops.linear_residual` (:mod:`vidgen.integration.residual_adds`); a half it cannot fuse (another attention processor, a
   mask, a LoRA layer, a hook) keeps diffusers' separate add and says why.
 * CUDA graphs (``cuda_graph=True``, off by default): the denoiser's forward (the UNet of a
   pipeline, or the patched UNet itself) is captured once per call signature and replayed
@@ -203,8 +203,8 @@ def patch(obj, *, frame_attention: bool = True, temporal_attention: bool = True,
             on vidgen's fused matmul + GELU kernel (:mod:`vidgen.integration.feed_forward`). Off by
             default until a GPU run has timed the kernel against cuBLAS + the separate GELU.
         residual_adds: also run the residual adds of the denoiser's SD-style transformer blocks
-            (Text2Video-Zero's cross-frame attention included) and of Stable Video Diffusion's
-            temporal blocks in their output projections' epilogues
+            (Text2Video-Zero's cross-frame attention included), of the motion modules' blocks and of
+            Stable Video Diffusion's temporal blocks in their output projections' epilogues
             (:mod:`vidgen.integration.residual_adds`). Off by default, as ``feed_forward``, until a
             GPU run has timed the kernel against cuBLAS + the add.
 
@@ -518,52 +518,62 @@ def _patch_feed_forwards(model: nn.Module, record: PatchRecord) -> None:
 
 
 def _patch_residual_adds(model: nn.Module, record: PatchRecord) -> None:
-    """residual_adds: every diffusers BasicTransformerBlock of the denoiser (Stable Video Diffusion's
-    spatial blocks, Tune-A-Video's video blocks too) with its residual adds in the output projections'
-    epilogues."""
+    """residual_adds: the temporal layers vidgen runs on the image layout (the motion modules' blocks,
+    Stable Video Diffusion's temporal blocks: a flag of their fused forward), then every other diffusers
+    BasicTransformerBlock of the denoiser (Stable Video Diffusion's spatial blocks, Tune-A-Video's
+    video blocks too) with its residual adds in the output projections' epilogues."""
     from diffusers.models.attention import BasicTransformerBlock
 
     from .residual_adds import patch_residual_adds, unpatch_residual_adds
 
+    if not record.options.get("residual_adds") or not _is_denoiser(model):
+        return
+    fused_layers = _patch_temporal_layer_residual_adds(model, record)
     _patch_each(model, record, "residual_adds", BasicTransformerBlock, patch_residual_adds, unpatch_residual_adds,
-                ("transformer block residual adds", "in the output projections' epilogues", "blocks"))
-    if record.options.get("residual_adds"):
-        _patch_spatio_temporal_residual_adds(model, record)
+                ("transformer block residual adds", "in the output projections' epilogues", "blocks"),
+                skip_under=fused_layers)
 
 
-def _patch_spatio_temporal_residual_adds(model: nn.Module, record: PatchRecord) -> None:
-    """residual_adds on Stable Video Diffusion's temporal blocks: where their copy-free forward runs
-    them (:func:`_patch_spatio_temporal`), ``ff_in``'s, ``attn1``'s and ``ff``'s adds go into those
-    projections' epilogues (:func:`vidgen.integration.svd.temporal_block_over_frames`)."""
+def _patch_temporal_layer_residual_adds(model: nn.Module, record: PatchRecord) -> tuple[str, ...]:
+    """Turn on the residual adds of the motion modules' and Stable Video Diffusion's fused forwards
+    (:func:`vidgen.integration.blocks.block_over_frames`, :func:`vidgen.integration.svd.temporal_block_over_frames`);
+    returns the motion modules' paths, whose blocks their forward runs (no block forward of their own)."""
+    from .motion import FusedMotionForward
     from .svd import FusedSpatioTemporalForward
 
-    for path, module in _spatio_temporal_models(model):
-        prefix = f"{path}." if path else ""
+    layers = [(path, module, "motion module residual adds", FusedMotionForward, "motion module", [path])
+              for path, module in _motion_modules(model)]
+    layers += [(path, module, "SVD temporal block residual adds", FusedSpatioTemporalForward, "SVD temporal blocks",
+                [f"{path}.temporal_transformer_blocks.{i}" if path else f"temporal_transformer_blocks.{i}"
+                 for i in range(len(module.temporal_transformer_blocks))]) for path, module in _spatio_temporal_models(model)]
+    fused_motion_modules = []
+    for path, module, what, fused_type, entry, wheres in layers:
         forward = module.__dict__.get("forward")
-        if not isinstance(forward, FusedSpatioTemporalForward):
-            record.report.kept.append(PatchEntry(path, "SVD temporal block residual adds",
-                                                 "the temporal blocks run diffusers' forward (see SVD temporal blocks)"))
+        if not isinstance(forward, fused_type):
+            record.report.kept.append(PatchEntry(path, what, f"it runs diffusers' forward (see {entry})"))
             continue
         forward.residual_adds = True
         record.undo.append(lambda f=forward: setattr(f, "residual_adds", False))
-        record.report.replaced += [
-            PatchEntry(f"{prefix}temporal_transformer_blocks.{i}", "SVD temporal block residual adds: ff_in's, "
-                       "attn1's and ff's in their output projections' epilogues")
-            for i in range(len(module.temporal_transformer_blocks))]
+        record.report.replaced += [PatchEntry(where, f"{what}: each attention's and feed-forward's add in its "
+                                              "output projection's epilogue") for where in wheres]
+        if fused_type is FusedMotionForward:
+            fused_motion_modules.append(path)
+    return tuple(fused_motion_modules)
 
 
 def _patch_each(model: nn.Module, record: PatchRecord, option: str, module_type: type, patch_one, unpatch_one,
-                words: tuple[str, str, str]) -> None:
+                words: tuple[str, str, str], skip_under: tuple[str, ...] = ()) -> None:
     """The opt-in instance-level fusions: when ``option`` is on, ``patch_one`` on every ``module_type``
     of the denoiser (Stable Video Diffusion's too), each reported as replaced or, where ``patch_one``
     refuses it (ValueError: its unsupported reason), kept. ``words``: what the report calls one, what
-    the replacement does, what the summary counts."""
+    the replacement does, what the summary counts. ``skip_under``: paths of modules whose own fused
+    forward already covers the ``module_type`` instances inside them (left as they are, unreported)."""
     if not record.options.get(option) or not _is_denoiser(model):
         return
     what, how, counted = words
     patched = 0
     for path, module in model.named_modules():
-        if not isinstance(module, module_type):
+        if not isinstance(module, module_type) or any(path.startswith(f"{p}.") for p in skip_under):
             continue
         try:
             patch_one(module)

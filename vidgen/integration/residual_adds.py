@@ -30,8 +30,9 @@ vidgen's frame attention computes its own core (``FrameAttnProcessor.attention_c
 The same halves serve the temporal blocks vidgen runs on the image layout, one at a time:
 :func:`temporal_attention_plus_residual` (an attention over frames,
 :func:`~vidgen.integration.temporal.temporal_attention_core`) and :func:`feed_forward_plus_residual`
-(a feed-forward), used by Stable Video Diffusion's temporal blocks
-(:func:`~vidgen.integration.svd.temporal_block_over_frames`) and Tune-A-Video's ``attn_temp``.
+(a feed-forward), used by the motion modules' blocks (:mod:`vidgen.integration.blocks`), Stable
+Video Diffusion's temporal blocks (:func:`~vidgen.integration.svd.temporal_block_over_frames`) and
+Tune-A-Video's ``attn_temp``.
 """
 from __future__ import annotations
 
@@ -229,9 +230,11 @@ def _feed_forward_half(name: str, ff: nn.Module, chunk: tuple[int | None, int], 
 
 
 def temporal_attention_plus_residual(name: str, attn: nn.Module, normed: torch.Tensor, num_frames: int,
-                                     residual: torch.Tensor) -> torch.Tensor:
-    """``attend_over_frames(attn, normed, num_frames) + residual``, the add in ``attn.to_out[0]``'s
-    epilogue where the activations and the projection allow (else the separate add, said once).
+                                     residual: torch.Tensor, positional_embedding: torch.Tensor | None = None,
+                                     identity_videos: int = 0) -> torch.Tensor:
+    """``attend_over_frames(attn, normed, num_frames, positional_embedding, identity_videos) + residual``,
+    the add in ``attn.to_out[0]``'s epilogue where the activations and the projection allow (else the
+    separate add, said once).
 
     ``attn``: a self-attention over frames the caller runs on vidgen's temporal attention (it has
     checked the module and its processor); ``normed``, ``residual``: (B*F, N, C), frame fastest.
@@ -239,8 +242,9 @@ def temporal_attention_plus_residual(name: str, attn: nn.Module, normed: torch.T
     reason = _activations_reason(residual) or _temporal_attention_reason(name, attn, residual.dtype)
     if reason is not None:
         _unfused(name, reason)
-        return attend_over_frames(attn, normed, num_frames, None, 0) + residual
-    return _project_plus(attn, temporal_attention_core(attn, normed, num_frames, None, 0)[0], residual)
+        return attend_over_frames(attn, normed, num_frames, positional_embedding, identity_videos) + residual
+    core, _ = temporal_attention_core(attn, normed, num_frames, positional_embedding, identity_videos)
+    return _project_plus(attn, core, residual)
 
 
 def feed_forward_plus_residual(name: str, ff: nn.Module, normed: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
